@@ -1,0 +1,170 @@
+"""The ``raybridge`` command line, shaped like V2Ray's.
+
+    raybridge run -c a.json [-c b.json ...]   run a node (several files merge as in V2Ray 4.34)
+    raybridge test -c a.json                  validate only; non-zero exit with a clear message
+    raybridge uuid                            print a fresh UUID for a VMess user
+    raybridge version                         print the version
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from raybridge import __version__
+from raybridge import log as logs
+from raybridge.errors import ConfigError
+
+#: V2Ray exits with 23 when its configuration cannot be loaded; scripts may rely on it.
+EXIT_CONFIG = 23
+
+logger = logging.getLogger("raybridge")
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def event_loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return f"{type(loop).__module__}.{type(loop).__name__}"
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        "-config",
+        dest="config",
+        action="append",
+        metavar="FILE",
+        help="config file (JSON with comments); repeat to merge several; '-' reads stdin",
+    )
+    parser.add_argument("configs", nargs="*", metavar="FILE", help=argparse.SUPPRESS)
+
+
+def _config_paths(args: argparse.Namespace) -> list[str]:
+    paths = list(args.config or []) + list(args.configs or [])
+    if not paths:
+        raise SystemExit("raybridge: no config file given (use -c FILE)")
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raybridge",
+        description="A V2Ray 4.34 compatible proxy with reverse (bridge/portal) tunnels.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run a node from config files")
+    _add_config_args(run)
+    run.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
+    test = sub.add_parser("test", help="validate config files and exit")
+    _add_config_args(test)
+    sub.add_parser("uuid", help="print a new random UUID")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def load(paths: Sequence[str]) -> Any:
+    from raybridge.config.loader import load_config
+
+    return load_config(paths)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from raybridge.node import Node
+
+    paths = _config_paths(args)
+    try:
+        config = load(paths)
+        Node(config)
+    except ConfigError as exc:
+        print(f"raybridge: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"raybridge: cannot read configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in getattr(config, "warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print("Configuration OK.")
+    return 0
+
+
+async def serve(config: Any, *, ready: asyncio.Event | None = None) -> int:
+    from raybridge.node import Node
+
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except OSError as exc:
+        logger.error("failed to start: %s", exc)
+        return 1
+    logger.warning("raybridge %s started (%s)", __version__, event_loop_name())
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await node.close()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    paths = _config_paths(args)
+    try:
+        config = load(paths)
+        from raybridge.node import Node
+
+        Node(config)  # validate fully before binding anything
+    except ConfigError as exc:
+        print(f"raybridge: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"raybridge: cannot read configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    lc = config.log
+    logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=args.log_format)
+    for warning in getattr(config, "warnings", []):
+        logger.warning("config: %s", warning)
+    return run_loop(serve(config))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "test":
+        return cmd_test(args)
+    if args.command == "uuid":
+        print(uuid.uuid4())
+        return 0
+    if args.command == "version":
+        print(f"raybridge {__version__} (V2Ray 4.34 compatible, Python {sys.version.split()[0]})")
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,483 @@
+"""One parsed file -> :class:`FileConfig` (its sections, validated, not yet merged).
+
+Mirrors ``infra/conf/v2ray.go`` (``Config``, ``InboundDetourConfig``,
+``OutboundDetourConfig``), ``log.go``, ``policy.go`` and ``reverse.go`` of V2Ray 4.34.
+Merging several files is :mod:`raybridge.config.loader`'s job.
+
+raybridge's own top-level sections are added with :func:`register_section`; V2Ray ignores
+unknown top-level keys, so a config with, say, a ``"status"`` section still runs on V2Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from raybridge.config.fields import (
+    INT32_MAX,
+    INT32_MIN,
+    UINT16,
+    UINT32,
+    Ctx,
+    Obj,
+    describe,
+    inbound_ports,
+    normalize_ip,
+    parse_address,
+)
+from raybridge.config.jsonc import JObject, JValue
+from raybridge.config.model import (
+    SUPPORTED_INBOUNDS,
+    SUPPORTED_OUTBOUNDS,
+    InboundConfig,
+    LevelPolicy,
+    LogConfig,
+    LogLevel,
+    MuxConfig,
+    OutboundConfig,
+    PolicyConfig,
+    ReverseConfig,
+    ReverseEndpoint,
+    RoutingConfig,
+)
+from raybridge.config.rules import build_routing
+from raybridge.config.settings import (
+    INBOUND_SETTINGS,
+    OUTBOUND_SETTINGS,
+    check_stream_settings,
+    check_tcp_settings,
+)
+
+#: Protocols V2Ray 4.34 knows but raybridge does not implement.
+KNOWN_V2RAY_INBOUNDS = frozenset({"shadowsocks", "vless", "trojan", "mtproto"})
+KNOWN_V2RAY_OUTBOUNDS = frozenset(
+    {"http", "socks", "shadowsocks", "vless", "trojan", "mtproto", "dns"}
+)
+
+#: V2Ray 4.34's top-level keys (``conf.Config``).
+V2RAY_TOP_LEVEL = (
+    "port",
+    "inbound",
+    "outbound",
+    "inboundDetour",
+    "outboundDetour",
+    "log",
+    "routing",
+    "dns",
+    "inbounds",
+    "outbounds",
+    "transport",
+    "policy",
+    "api",
+    "stats",
+    "reverse",
+)
+
+SectionParser = Callable[[Obj], object]
+_EXTRA_SECTIONS: dict[str, tuple[str, SectionParser]] = {}
+
+
+def register_section(name: str, parser: SectionParser) -> None:
+    """Add a raybridge top-level section. ``parser`` gets the section as an :class:`Obj`
+    (call ``obj.finish()`` to warn about unknown keys) and returns the value stored in
+    ``Config.sections[name]``. Like V2Ray's sections, a later file replaces it whole."""
+    key = name.lower()
+    if key in {n.lower() for n in V2RAY_TOP_LEVEL}:
+        raise ValueError(f"{name!r} is a V2Ray top-level key")
+    _EXTRA_SECTIONS[key] = (name, parser)
+
+
+@dataclass(slots=True)
+class PendingInbound:
+    """An inbound before merging: V2Ray's top-level ``port`` may still supply its port."""
+
+    config: InboundConfig
+    has_port: bool
+
+
+@dataclass(slots=True)
+class FileConfig:
+    """The sections one file defines (``None``: absent, so an earlier file's stays)."""
+
+    file: str
+    port: int | None = None
+    log: LogConfig | None = None
+    routing: RoutingConfig | None = None
+    policy: PolicyConfig | None = None
+    reverse: ReverseConfig | None = None
+    inbound: PendingInbound | None = None
+    inbound_detours: list[PendingInbound] | None = None
+    inbounds: list[PendingInbound] = field(default_factory=list)
+    outbound: OutboundConfig | None = None
+    outbound_detours: list[OutboundConfig] | None = None
+    outbounds: list[OutboundConfig] = field(default_factory=list)
+    sections: dict[str, object] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- protocol names
+
+
+def _protocol(obj: Obj, supported: frozenset[str], known: frozenset[str], kind: str) -> str:
+    node = obj.get("protocol")
+    if node is None:
+        raise obj.missing("protocol")
+    path = obj.sub("protocol")
+    name = obj.ctx.expect_string(node, path).lower()  # V2Ray lower-cases it too
+    if name in supported:
+        return name
+    if name in known:
+        raise obj.ctx.error(node, path, f'protocol "{name}" is not supported by raybridge')
+    other = SUPPORTED_OUTBOUNDS if kind == "inbound" else SUPPORTED_INBOUNDS
+    hint = (
+        f" (it is an {'outbound' if kind == 'inbound' else 'inbound'} protocol)"
+        if (name in other)
+        else ""
+    )
+    raise obj.ctx.error(node, path, f"unknown protocol {describe(node)} for an {kind}{hint}")
+
+
+def _settings(obj: Obj) -> Obj:
+    node = obj.get("settings")
+    if node is None:
+        return Obj(obj.ctx, JObject([], obj.line, obj.node.col), obj.sub("settings"))
+    return obj.ctx.expect_object(node, obj.sub("settings"))
+
+
+# --------------------------------------------------------------------------- inbounds
+
+_SNIFF_PROTOCOLS = {"http": "http", "tls": "tls", "https": "tls", "ssl": "tls"}
+
+
+def _sniff_list(obj: Obj, name: str) -> frozenset[str] | None:
+    values = obj.string_list(name)
+    if values is None:
+        return None
+    out: set[str] = set()
+    for value in values:
+        mapped = _SNIFF_PROTOCOLS.get(value.lower())
+        if mapped is None:
+            raise obj.ctx.error(
+                obj.get(name), obj.sub(name), f'unknown sniffing protocol "{value}"'
+            )
+        out.add(mapped)
+    return frozenset(out)
+
+
+def _listen(obj: Obj) -> str:
+    node = obj.get("listen")
+    if node is None:
+        return "0.0.0.0"
+    path = obj.sub("listen")
+    raw = obj.ctx.expect_string(node, path)
+    ip = normalize_ip(raw)
+    if ip is not None:
+        return ip
+    name = parse_address(raw)
+    if name == "localhost":
+        return "127.0.0.1"  # V2Ray listens on 127.0.0.1 for "localhost"
+    if name.startswith(("/", "@")):
+        raise obj.ctx.error(
+            node, path, f"listening on a Unix domain socket ({describe(node)}) is not supported"
+        )
+    raise obj.ctx.error(node, path, f"cannot listen on {describe(node)}: not an IP address")
+
+
+def build_inbound(obj: Obj) -> PendingInbound:
+    ctx = obj.ctx
+    protocol = _protocol(obj, SUPPORTED_INBOUNDS, KNOWN_V2RAY_INBOUNDS, "inbound")
+    tag = obj.string("tag")
+    listen = _listen(obj)
+    port_node = obj.get("port")
+    ports = [] if port_node is None else inbound_ports(ctx, port_node, obj.sub("port"))
+
+    alloc = obj.object("allocate")
+    if alloc is not None:
+        strategy_node = alloc.get("strategy")
+        strategy = (
+            ""
+            if strategy_node is None
+            else ctx.expect_string(strategy_node, alloc.sub("strategy")).lower()
+        )
+        if strategy not in ("always", "random", "external"):
+            raise ctx.error(
+                strategy_node or alloc.node,
+                alloc.sub("strategy"),
+                f"unknown allocation strategy {describe(strategy_node) if strategy_node else ''}",
+            )
+        alloc.integer("concurrency", 0, UINT32)
+        alloc.integer("refresh", 0, UINT32)
+        if strategy != "always":
+            ctx.warn(
+                strategy_node,
+                alloc.sub("strategy"),
+                f'strategy "{strategy}" is not supported: raybridge listens on every port',
+            )
+        alloc.finish()
+
+    stream = obj.object("streamSettings")
+    if stream is not None:
+        check_stream_settings(stream)
+
+    sniffing_enabled = False
+    dest_override: frozenset[str] = frozenset()
+    legacy = _sniff_list(obj, "domainOverride")  # validated even when "sniffing" wins
+    sniff = obj.object("sniffing")
+    if sniff is not None:
+        sniffing_enabled = sniff.boolean("enabled")
+        dest_override = _sniff_list(sniff, "destOverride") or frozenset()
+        sniff.finish()
+    elif legacy:
+        # V2Ray: a non-empty domainOverride means sniffing on, overriding these.
+        sniffing_enabled, dest_override = True, legacy
+
+    settings = INBOUND_SETTINGS[protocol](_settings(obj))
+    obj.finish()
+    return PendingInbound(
+        InboundConfig(
+            protocol=protocol,
+            tag=tag,
+            listen=listen,
+            ports=ports,
+            settings=settings,
+            sniffing_enabled=sniffing_enabled,
+            sniffing_dest_override=dest_override,
+            file=ctx.file,
+            line=obj.line,
+            path=obj.path,
+        ),
+        has_port=port_node is not None,
+    )
+
+
+# --------------------------------------------------------------------------- outbounds
+
+
+def _mux(obj: Obj) -> MuxConfig:
+    enabled = obj.boolean("enabled")
+    node = obj.get("concurrency")
+    concurrency = (
+        0 if node is None else obj.ctx.expect_int(node, obj.sub("concurrency"), -32768, 32767)
+    )
+    obj.finish()
+    if concurrency < 0:
+        return MuxConfig(enabled=False)
+    if concurrency > 1024:
+        raise obj.ctx.error(
+            node, obj.sub("concurrency"), f"invalid mux concurrency {concurrency} (1..1024)"
+        )
+    return MuxConfig(enabled=enabled, concurrency=concurrency or 8)
+
+
+def build_outbound(obj: Obj) -> OutboundConfig:
+    ctx = obj.ctx
+    protocol = _protocol(obj, SUPPORTED_OUTBOUNDS, KNOWN_V2RAY_OUTBOUNDS, "outbound")
+    tag = obj.string("tag")
+    send_through = None
+    st_node = obj.get("sendThrough")
+    if st_node is not None:
+        raw = ctx.expect_string(st_node, obj.sub("sendThrough"))
+        send_through = normalize_ip(raw)
+        if send_through is None:
+            raise ctx.error(
+                st_node,
+                obj.sub("sendThrough"),
+                f"unable to send through {describe(st_node)}: not an IP address",
+            )
+    stream = obj.object("streamSettings")
+    if stream is not None:
+        check_stream_settings(stream)
+    proxy_tag = None
+    proxy = obj.object("proxySettings")
+    if proxy is not None:
+        proxy_tag = proxy.string("tag")
+        if not proxy_tag:
+            raise proxy.error("proxy tag is not set")
+        proxy.finish()
+    mux_obj = obj.object("mux")
+    mux = MuxConfig() if mux_obj is None else _mux(mux_obj)
+    settings = OUTBOUND_SETTINGS[protocol](_settings(obj))
+    obj.finish()
+    return OutboundConfig(
+        protocol=protocol,
+        tag=tag,
+        settings=settings,
+        send_through=send_through,
+        mux=mux,
+        proxy_tag=proxy_tag,
+        file=ctx.file,
+        line=obj.line,
+        path=obj.path,
+    )
+
+
+# --------------------------------------------------------------------------- log, policy, reverse
+
+_LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error", "none")
+
+
+def build_log(obj: Obj) -> LogConfig:
+    def target(name: str) -> str | None:
+        value = obj.string(name)
+        return None if value == "none" else value  # V2Ray compares "none" exactly
+
+    access, error = target("access"), target("error")
+    level: LogLevel = "warning"
+    node = obj.get("loglevel")
+    if node is not None:
+        raw = obj.ctx.expect_string(node, obj.sub("loglevel")).lower()
+        for known in _LOG_LEVELS:
+            if raw == known:
+                level = known
+                break
+        else:
+            obj.ctx.warn(
+                node, obj.sub("loglevel"), f'unknown loglevel {describe(node)}: using "warning"'
+            )
+    if level == "none":
+        access = error = None
+    obj.finish()
+    return LogConfig(access=access, error=error, level=level, file=obj.ctx.file, line=obj.line)
+
+
+def _level_policy(obj: Obj) -> LevelPolicy:
+    defaults = LevelPolicy()
+    buffer = obj.opt_integer("bufferSize", INT32_MIN, INT32_MAX)  # KiB; negative: unlimited
+    buffer_size = defaults.buffer_size if buffer is None else max(buffer * 1024, -1)
+    policy = LevelPolicy(
+        handshake=obj.integer("handshake", 0, UINT32, defaults.handshake),
+        conn_idle=obj.integer("connIdle", 0, UINT32, defaults.conn_idle),
+        uplink_only=obj.opt_integer("uplinkOnly", 0, UINT32),
+        downlink_only=obj.opt_integer("downlinkOnly", 0, UINT32),
+        buffer_size=buffer_size,
+        stats_user_uplink=obj.boolean("statsUserUplink"),
+        stats_user_downlink=obj.boolean("statsUserDownlink"),
+    )
+    obj.finish()
+    return policy
+
+
+def build_policy(obj: Obj) -> PolicyConfig:
+    ctx = obj.ctx
+    levels: dict[int, LevelPolicy] = {}
+    levels_obj = obj.object("levels")
+    if levels_obj is not None:
+        # A Go map: keys are exact (no case folding) and must be uint32 numbers.
+        for key, value in levels_obj.node.items:
+            path = levels_obj.sub(key.value)
+            if not (key.value.isascii() and key.value.isdigit()) or int(key.value) > UINT32:
+                raise ctx.error(key, path, f'policy level "{key.value}" is not a number')
+            if value.kind == "null":
+                continue
+            levels[int(key.value)] = _level_policy(ctx.expect_object(value, path))
+    system = obj.object("system")
+    if system is not None:
+        for name in (
+            "statsInboundUplink",
+            "statsInboundDownlink",
+            "statsOutboundUplink",
+            "statsOutboundDownlink",
+        ):
+            system.boolean(name)
+        system.finish()
+    obj.finish()
+    return PolicyConfig(levels=levels, file=ctx.file, line=obj.line)
+
+
+def _endpoints(obj: Obj, name: str, kind: str) -> list[ReverseEndpoint]:
+    out: list[ReverseEndpoint] = []
+    for item in obj.objects(name):
+        tag = item.string("tag")
+        if not tag:
+            raise item.error(f"{kind} tag is empty")
+        domain = item.string("domain")
+        if not domain:
+            raise item.error(f"{kind} domain is empty")
+        item.finish()
+        out.append(ReverseEndpoint(tag=tag, domain=domain, file=obj.ctx.file, line=item.line))
+    return out
+
+
+def build_reverse(obj: Obj) -> ReverseConfig:
+    config = ReverseConfig(
+        bridges=_endpoints(obj, "bridges", "bridge"),
+        portals=_endpoints(obj, "portals", "portal"),
+        file=obj.ctx.file,
+        line=obj.line,
+    )
+    obj.finish()
+    return config
+
+
+def check_transport(obj: Obj) -> None:
+    """The global ``transport`` section: defaults for every streamSettings."""
+    tcp = obj.object("tcpSettings")
+    if tcp is not None:
+        check_tcp_settings(tcp)
+    for name in ("kcpSettings", "wsSettings", "httpSettings", "dsSettings", "quicSettings"):
+        node = obj.get(name)
+        if node is not None:
+            obj.ctx.warn(node, obj.sub(name), "ignored: raybridge only does plain TCP")
+    obj.finish()
+
+
+# --------------------------------------------------------------------------- a whole file
+
+
+def build_file(ctx: Ctx, value: JValue) -> FileConfig:
+    """Validate one parsed file and return its sections."""
+    fc = FileConfig(file=ctx.file)
+    if value.kind == "null":
+        return fc  # Go decodes `null` into an empty config
+    top = ctx.expect_object(value, "", "an object at the top level")
+
+    port = top.opt_integer("port", 0, UINT16)
+    fc.port = port or None
+
+    section = top.object("log")
+    if section is not None:
+        fc.log = build_log(section)
+    section = top.object("routing")
+    if section is not None:
+        fc.routing = build_routing(section)
+    section = top.object("policy")
+    if section is not None:
+        fc.policy = build_policy(section)
+    section = top.object("reverse")
+    if section is not None:
+        fc.reverse = build_reverse(section)
+    section = top.object("transport")
+    if section is not None:
+        check_transport(section)
+
+    inbound = top.object("inbound")
+    if inbound is not None:
+        fc.inbound = build_inbound(inbound)
+    detours = top.array("inboundDetour")
+    if detours is not None:
+        fc.inbound_detours = [build_inbound(ctx.expect_object(v, p)) for p, v in detours]
+    fc.inbounds = [build_inbound(o) for o in top.objects("inbounds")]
+
+    outbound = top.object("outbound")
+    if outbound is not None:
+        fc.outbound = build_outbound(outbound)
+    odetours = top.array("outboundDetour")
+    if odetours is not None:
+        fc.outbound_detours = [build_outbound(ctx.expect_object(v, p)) for p, v in odetours]
+    fc.outbounds = [build_outbound(o) for o in top.objects("outbounds")]
+
+    for name, message in (
+        ("dns", "the dns section is ignored: raybridge uses the system resolver"),
+        ("api", "the api section is ignored: raybridge has no gRPC API"),
+        ("stats", "the stats section is ignored: raybridge keeps no traffic statistics"),
+    ):
+        node = top.get(name)
+        if node is not None:
+            ctx.warn(node, name, message)
+
+    for key, (name, parser) in _EXTRA_SECTIONS.items():
+        node = top.get(key)
+        if node is not None:
+            fc.sections[name] = parser(ctx.expect_object(node, name))
+
+    top.finish()
+    return fc

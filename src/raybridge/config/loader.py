@@ -1,0 +1,315 @@
+"""Reading config files and merging several of them the way V2Ray 4.34 does.
+
+``v2ray -config a.json -config b.json`` (``main/jsonem/jsonem.go``): the first file is
+taken whole; every later file is applied with ``Config.Override`` (``infra/conf/v2ray.go``):
+
+* ``log``, ``routing``, ``dns``, ``transport``, ``policy``, ``api``, ``stats``, ``reverse``
+  (and raybridge's own sections): a later file's section replaces the earlier one whole;
+* legacy ``inbound`` / ``outbound`` / ``inboundDetour`` / ``outboundDetour``: replaced whole
+  (an empty ``inboundDetour: []`` does clear it);
+* ``inbounds``: if the later file has exactly one entry and the list so far is not empty,
+  an entry with the same ``tag`` is replaced in place, otherwise the entry is appended;
+  with several entries the later list replaces the earlier one; an empty list does nothing;
+* ``outbounds``: the same, except that a single new entry is **prepended** (it becomes the
+  default outbound) unless the file name, lower-cased, contains ``tail``;
+* the legacy top-level ``port`` is only read from the first file.
+
+The final lists are ``inbound`` + ``inboundDetour`` + ``inbounds`` (the same for
+outbounds); ``port`` fills in the first inbound's port if that has none.
+
+Unlike V2Ray, which only fully validates what survives the merge, every file is validated
+on its own first, so an error in a section that a later file overrides is still reported
+(with the file that holds it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from raybridge.config.build import FileConfig, PendingInbound, build_file
+from raybridge.config.fields import Ctx
+from raybridge.config.jsonc import Document, parse_document
+from raybridge.config.model import (
+    Config,
+    ConfigWarning,
+    InboundConfig,
+    LogConfig,
+    OutboundConfig,
+    PolicyConfig,
+    ReverseConfig,
+    RoutingConfig,
+)
+from raybridge.errors import ConfigError
+
+__all__ = ["STDIN_NAMES", "list_conf_dir", "load_config", "load_config_text", "merge_files"]
+
+#: Arguments that mean "read standard input" (V2Ray: ``stdin:``; we also take ``-``).
+STDIN_NAMES = ("-", "stdin:")
+
+
+def _read(path: str) -> tuple[str, str]:
+    """Return ``(display name, text)`` for one ``-config`` argument."""
+    if path in STDIN_NAMES:
+        data = sys.stdin.buffer.read()
+        name = "<stdin>"
+    elif path.startswith(("http://", "https://")):
+        raise ConfigError("loading a config from a URL is not supported by raybridge", file=path)
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file: {e.strerror or e}", file=path) from e
+        name = path
+    # Invalid UTF-8 becomes U+FFFD, as Go's decoder does inside strings.
+    return name, data.decode("utf-8", errors="replace")
+
+
+def _build(
+    name: str, doc: Document, environ: Mapping[str, str]
+) -> tuple[FileConfig, list[ConfigWarning]]:
+    ctx = Ctx(file=name, environ=environ)
+    if doc.trailing is not None:
+        line, col = doc.trailing
+        ctx.warnings.append(
+            ConfigWarning(
+                file=name,
+                line=line,
+                path="",
+                message=f"text after the top-level value (from char {col}) is ignored, "
+                "as V2Ray ignores it",
+            )
+        )
+    return build_file(ctx, doc.value), ctx.warnings
+
+
+def load_config_text(
+    text: str, name: str = "<config>", *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Load one config given as text; ``name`` is used in messages."""
+    env = os.environ if environ is None else environ
+    fc, warnings = _build(name, parse_document(text, name), env)
+    return merge_files([fc], warnings)
+
+
+def load_config(paths: Sequence[str], *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and merge ``-config`` files in order (``-`` or ``stdin:`` reads stdin).
+
+    All files are read and parsed before any is validated, as V2Ray does, so a syntax
+    error in any file is reported first.
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise ConfigError("no config file given")
+    env = os.environ if environ is None else environ
+    texts = [_read(p) for p in paths]
+    docs = [(name, parse_document(text, name)) for name, text in texts]
+    files: list[FileConfig] = []
+    warnings: list[ConfigWarning] = []
+    for name, doc in docs:
+        fc, file_warnings = _build(name, doc, env)
+        files.append(fc)
+        warnings.extend(file_warnings)
+    return merge_files(files, warnings)
+
+
+def list_conf_dir(directory: str) -> list[str]:
+    """V2Ray's ``-confdir``: the ``*.json`` files of ``directory`` sorted by name (they
+    come after the ``-config`` files)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        raise ConfigError(f"cannot read config directory: {e.strerror or e}", file=directory) from e
+    return [
+        os.path.join(directory, n)
+        for n in names
+        if n.endswith(".json") and os.path.isfile(os.path.join(directory, n))
+    ]
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _tag_index(tags: Sequence[str], tag: str) -> int:
+    """V2Ray's ``findInboundTag``: the first entry with exactly this tag ("" included)."""
+    for i, t in enumerate(tags):
+        if t == tag:
+            return i
+    return -1
+
+
+def merge_files(files: Sequence[FileConfig], warnings: list[ConfigWarning]) -> Config:
+    """Merge per-file sections in order (``Override``) and finish the config."""
+    first = files[0]
+    port = first.port
+    log: LogConfig | None = first.log
+    routing: RoutingConfig | None = first.routing
+    policy: PolicyConfig | None = first.policy
+    reverse: ReverseConfig | None = first.reverse
+    sections = dict(first.sections)
+    inbound, inbound_detours, inbounds = first.inbound, first.inbound_detours, list(first.inbounds)
+    outbound, outbound_detours = first.outbound, first.outbound_detours
+    outbounds = list(first.outbounds)
+
+    for fc in files[1:]:
+        log = fc.log or log
+        routing = fc.routing or routing
+        policy = fc.policy or policy
+        reverse = fc.reverse or reverse
+        sections.update(fc.sections)
+        inbound = fc.inbound or inbound
+        outbound = fc.outbound or outbound
+        if fc.inbound_detours is not None:
+            inbound_detours = fc.inbound_detours
+        if fc.outbound_detours is not None:
+            outbound_detours = fc.outbound_detours
+
+        if len(fc.inbounds) == 1 and inbounds:
+            new_in = fc.inbounds[0]
+            idx = _tag_index([p.config.tag for p in inbounds], new_in.config.tag)
+            if idx >= 0:
+                inbounds[idx] = new_in
+            else:
+                inbounds.append(new_in)
+        elif fc.inbounds:
+            inbounds = list(fc.inbounds)
+
+        if len(fc.outbounds) == 1 and outbounds:
+            new_out = fc.outbounds[0]
+            idx = _tag_index([o.tag for o in outbounds], new_out.tag)
+            if idx >= 0:
+                outbounds[idx] = new_out
+            elif "tail" in fc.file.lower():
+                outbounds.append(new_out)
+            else:
+                outbounds.insert(0, new_out)
+        elif fc.outbounds:
+            outbounds = list(fc.outbounds)
+
+    all_in: list[PendingInbound] = []
+    if inbound is not None:
+        all_in.append(inbound)
+    all_in.extend(inbound_detours or ())
+    all_in.extend(inbounds)
+    all_out: list[OutboundConfig] = []
+    if outbound is not None:
+        all_out.append(outbound)
+    all_out.extend(outbound_detours or ())
+    all_out.extend(outbounds)
+
+    final_in = _finish_inbounds(all_in, port, warnings)
+    final_out = _finish_outbounds(all_out, warnings)
+    config = Config(
+        log=log or LogConfig(),
+        inbounds=final_in,
+        outbounds=final_out,
+        routing=routing or RoutingConfig(),
+        reverse=reverse or ReverseConfig(),
+        policy=policy or PolicyConfig(),
+        sections=sections,
+        warnings=warnings,
+        files=[fc.file for fc in files],
+    )
+    _check_references(config, warnings)
+    return config
+
+
+def _finish_inbounds(
+    pending: list[PendingInbound], port: int | None, warnings: list[ConfigWarning]
+) -> list[InboundConfig]:
+    configs: list[InboundConfig] = []
+    for i, p in enumerate(pending):
+        cfg = p.config
+        if not p.has_port:
+            if i == 0 and port is not None:
+                cfg = replace(cfg, ports=[port])
+            else:
+                raise ConfigError('"port" is missing', file=cfg.file, line=cfg.line, path=cfg.path)
+        configs.append(cfg)
+    # V2Ray keeps only the last handler for a tag: the earlier ones never start.
+    last: dict[str, int] = {}
+    for i, cfg in enumerate(configs):
+        if cfg.tag:
+            last[cfg.tag] = i
+    result: list[InboundConfig] = []
+    for i, cfg in enumerate(configs):
+        if cfg.tag and last[cfg.tag] != i:
+            later = configs[last[cfg.tag]]
+            warnings.append(
+                ConfigWarning(
+                    file=cfg.file,
+                    line=cfg.line,
+                    path=cfg.path,
+                    message=f'tag "{cfg.tag}" is used again at {later.file}:{later.line}; '
+                    "this inbound is dropped (V2Ray never starts it either)",
+                )
+            )
+            continue
+        result.append(replace(cfg, index=len(result)))
+    return result
+
+
+def _finish_outbounds(
+    configs: list[OutboundConfig], warnings: list[ConfigWarning]
+) -> list[OutboundConfig]:
+    seen: dict[str, OutboundConfig] = {}
+    result: list[OutboundConfig] = []
+    for i, cfg in enumerate(configs):
+        if cfg.tag:
+            if cfg.tag in seen:
+                warnings.append(
+                    ConfigWarning(
+                        file=cfg.file,
+                        line=cfg.line,
+                        path=cfg.path,
+                        message=f'tag "{cfg.tag}" is already used by '
+                        f"{seen[cfg.tag].file}:{seen[cfg.tag].line}; routing uses this one",
+                    )
+                )
+            seen[cfg.tag] = cfg
+        result.append(replace(cfg, index=i))
+    return result
+
+
+def _check_references(config: Config, warnings: list[ConfigWarning]) -> None:
+    """Warn about routing targets and inbound tags that name nothing (V2Ray only logs
+    these at run time, when traffic falls through to the default outbound)."""
+    outbound_tags = {o.tag for o in config.outbounds if o.tag}
+    outbound_tags.update(p.tag for p in config.reverse.portals)
+    inbound_tags = {i.tag for i in config.inbounds if i.tag}
+    inbound_tags.update(b.tag for b in config.reverse.bridges)
+    balancers = {b.tag for b in config.routing.balancers}
+    for rule in config.routing.rules:
+        if rule.outbound_tag is not None and rule.outbound_tag not in outbound_tags:
+            warnings.append(
+                ConfigWarning(
+                    file=rule.file,
+                    line=rule.line,
+                    path=rule.path + ".outboundTag",
+                    message=f'"{rule.outbound_tag}" names no outbound or portal: matching '
+                    "traffic goes to the default outbound",
+                )
+            )
+        if rule.balancer_tag is not None and rule.balancer_tag not in balancers:
+            warnings.append(
+                ConfigWarning(
+                    file=rule.file,
+                    line=rule.line,
+                    path=rule.path + ".balancerTag",
+                    message=f'"{rule.balancer_tag}" names no balancer',
+                )
+            )
+        for tag in rule.inbound_tags or ():
+            if tag not in inbound_tags:
+                warnings.append(
+                    ConfigWarning(
+                        file=rule.file,
+                        line=rule.line,
+                        path=rule.path + ".inboundTag",
+                        message=f'"{tag}" names no inbound or bridge: this never matches',
+                    )
+                )

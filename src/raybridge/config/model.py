@@ -1,0 +1,414 @@
+"""The configuration model: what a V2Ray 4.34 JSON config means, with 4.34's defaults.
+
+Every class is a frozen, slotted dataclass with keyword-only fields. Lists inside are plain
+lists (frozen-ish: treat them as read-only). Objects built from a JSON object remember
+``file`` and ``line`` (of the object's opening brace) and, where useful, ``path`` (such as
+``inbounds[1]``) so the runtime can name the config location in its messages, e.g. a rule
+whose CIDR fails to compile::
+
+    raise ConfigError("invalid CIDR", file=rule.file, line=rule.line, path=rule.path + ".ip")
+
+Sources for the defaults: ``../shared/spec/PROTOCOLS.md`` sections 4.3-4.9 and 6, and
+``infra/conf/*.go`` of V2Ray 4.34.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "DEFAULT_LEVEL_POLICY",
+    "SUPPORTED_INBOUNDS",
+    "SUPPORTED_OUTBOUNDS",
+    "BalancerConfig",
+    "BlackholeSettings",
+    "Config",
+    "ConfigWarning",
+    "DokodemoSettings",
+    "FreedomSettings",
+    "HttpInboundSettings",
+    "InboundConfig",
+    "InboundSettings",
+    "LevelPolicy",
+    "LogConfig",
+    "MuxConfig",
+    "OutboundConfig",
+    "OutboundSettings",
+    "PolicyConfig",
+    "ReverseConfig",
+    "ReverseEndpoint",
+    "RoutingConfig",
+    "RuleConfig",
+    "SocksInboundSettings",
+    "VMessInboundSettings",
+    "VMessOutboundSettings",
+    "VMessServerConfig",
+    "VMessUserConfig",
+]
+
+Network = Literal["tcp", "udp"]
+LogLevel = Literal["debug", "info", "warning", "error", "none"]
+VMessSecurity = Literal["auto", "aes-128-gcm", "chacha20-poly1305", "none"]
+FreedomDomainStrategy = Literal["AsIs", "UseIP", "UseIPv4", "UseIPv6"]
+RouterDomainStrategy = Literal["AsIs", "IPIfNonMatch", "IPOnDemand"]
+
+#: Protocols raybridge implements (V2Ray names, lower case).
+SUPPORTED_INBOUNDS = frozenset({"socks", "http", "vmess", "dokodemo-door"})
+SUPPORTED_OUTBOUNDS = frozenset({"freedom", "blackhole", "vmess"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigWarning:
+    """A non-fatal finding: V2Ray would accept (or ignore) this, but the user should know."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line is not None else "")
+        field_ = f" {self.path}:" if self.path else ""
+        return f"{where}:{field_} {self.message}"
+
+
+# --------------------------------------------------------------------------- log
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    """The ``log`` section (PROTOCOLS.md 4.9).
+
+    ``access`` / ``error``: ``None`` = off, ``""`` = console, anything else = a file path.
+    raybridge's console is **stderr**; V2Ray 4.34 writes its console logs to stdout. We use
+    stderr so that stdout stays free for tools (``-test`` output, JSON dumps) and because
+    that is where Python's logging and service managers expect diagnostics.
+
+    ``level`` is the error-log severity; ``"none"`` turns both logs off (and then
+    ``access`` and ``error`` are both ``None``).
+    """
+
+    access: str | None = None
+    error: str | None = ""
+    level: LogLevel = "warning"
+    file: str | None = None
+    line: int | None = None
+
+
+# --------------------------------------------------------------------------- users
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMessUserConfig:
+    """A VMess user (inbound ``clients[]`` or outbound ``vnext[].users[]``).
+
+    ``alter_id`` 0 selects the AEAD header (PROTOCOLS.md 1.2). ``security`` is one of
+    ``auto``, ``aes-128-gcm``, ``chacha20-poly1305``, ``none`` (anything else in the JSON
+    means ``auto``, as in V2Ray); a server ignores it.
+    """
+
+    id: uuid.UUID
+    alter_id: int = 0
+    level: int = 0
+    email: str = ""
+    security: VMessSecurity = "auto"
+    file: str = ""
+    line: int = 0
+
+
+# --------------------------------------------------------------------------- inbound settings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SocksInboundSettings:
+    """``socks`` inbound settings (PROTOCOLS.md 4.3, 5.1).
+
+    ``accounts`` maps user name to password. ``ip`` is the address put in the UDP ASSOCIATE
+    reply (``None``: use the rule of 5.1). ``timeout`` is V2Ray's deprecated idle timeout
+    (seconds, 0 = unset; only applied at ``user_level`` 0).
+    """
+
+    auth: Literal["noauth", "password"] = "noauth"
+    accounts: dict[str, str] = field(default_factory=dict)
+    udp: bool = False
+    ip: str | None = None
+    user_level: int = 0
+    timeout: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpInboundSettings:
+    """``http`` inbound settings (PROTOCOLS.md 4.3, 5.2). Non-empty ``accounts`` turns on
+    Basic proxy authentication. ``timeout``: deprecated idle seconds (0 = unset)."""
+
+    accounts: dict[str, str] = field(default_factory=dict)
+    allow_transparent: bool = False
+    timeout: int = 0
+    user_level: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMessInboundSettings:
+    """``vmess`` inbound settings. ``disable_insecure_encryption``: reject security NONE,
+    LEGACY and unknown (PROTOCOLS.md 4.3). The ``default`` block only matters for detour
+    users, which raybridge does not support, so it is validated and dropped."""
+
+    clients: list[VMessUserConfig] = field(default_factory=list)
+    disable_insecure_encryption: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DokodemoSettings:
+    """``dokodemo-door`` settings. ``address``/``port``: the fixed target (``port`` 0 =
+    unset); ``networks``: what the inbound listens for (default TCP only).
+    ``timeout``: deprecated idle seconds, applied only at ``user_level`` 0."""
+
+    address: str | None = None
+    port: int = 0
+    networks: frozenset[Network] = frozenset({"tcp"})
+    follow_redirect: bool = False
+    timeout: int = 0
+    user_level: int = 0
+
+
+InboundSettings = (
+    SocksInboundSettings | HttpInboundSettings | VMessInboundSettings | DokodemoSettings
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundConfig:
+    """One inbound. ``ports`` is the expanded port list (``"1000-1002"`` -> three ports);
+    the inbound listens on every one of them at ``listen`` (an IP address or
+    ``localhost``). ``index`` is the position in the merged inbound list; ``path`` names the
+    JSON location (``inbounds[0]``, ``inbound``, ``inboundDetour[2]``)."""
+
+    protocol: str
+    tag: str = ""
+    listen: str = "0.0.0.0"
+    ports: list[int] = field(default_factory=list)
+    settings: InboundSettings
+    sniffing_enabled: bool = False
+    sniffing_dest_override: frozenset[str] = frozenset()
+    file: str = ""
+    line: int = 0
+    index: int = 0
+    path: str = ""
+
+
+# --------------------------------------------------------------------------- outbound settings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FreedomSettings:
+    """``freedom`` settings. ``redirect``: ``(host, port)`` replacing the destination:
+    ``host`` ``None`` keeps the requested address (V2Ray also keeps it for ``0.0.0.0``,
+    which we map to ``None``); ``port`` 0 keeps the requested port (PROTOCOLS.md 4.4).
+    ``timeout``: deprecated idle seconds (0 = unset)."""
+
+    domain_strategy: FreedomDomainStrategy = "AsIs"
+    redirect: tuple[str | None, int] | None = None
+    user_level: int = 0
+    timeout: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlackholeSettings:
+    """``blackhole``: ``"none"`` closes at once; ``"http"`` writes a 403 first (4.4)."""
+
+    response: Literal["none", "http"] = "none"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMessServerConfig:
+    """One ``vnext`` entry: a server and the users to pick from (at random)."""
+
+    address: str
+    port: int
+    users: list[VMessUserConfig]
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMessOutboundSettings:
+    """``vmess`` outbound: servers used round-robin (PROTOCOLS.md 4.4)."""
+
+    servers: list[VMessServerConfig]
+
+
+OutboundSettings = FreedomSettings | BlackholeSettings | VMessOutboundSettings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MuxConfig:
+    """Mux.Cool (PROTOCOLS.md 2.4). ``concurrency``: max active sessions per connection,
+    1..1024 (JSON 0 -> 8; a negative value disables mux entirely -> ``enabled`` False)."""
+
+    enabled: bool = False
+    concurrency: int = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundConfig:
+    """One outbound. The first outbound of the merged list is the default one.
+    ``send_through``: local IP to bind; ``proxy_tag``: dial through that outbound."""
+
+    protocol: str
+    tag: str = ""
+    settings: OutboundSettings
+    send_through: str | None = None
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    proxy_tag: str | None = None
+    file: str = ""
+    line: int = 0
+    index: int = 0
+    path: str = ""
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleConfig:
+    """One ``"type": "field"`` routing rule (PROTOCOLS.md 4.5), kept close to the JSON.
+
+    Condition fields are ``None`` when absent; all present ones must match (AND), any value
+    within one may match (OR). The string lists are exactly as written (the router compiles
+    and validates domains, CIDRs, geoip: etc. and reports problems with ``file``/``line``):
+    ``domains`` holds ``domain`` + ``domains``; ``ips``/``sources`` hold CIDRs, bare IPs,
+    ``geoip:``/``ext:`` entries. An empty JSON list means "no condition" (``None``), as in
+    V2Ray. ``ports``/``source_ports`` are inclusive ranges; an *empty* list is still a
+    condition and matches nothing (V2Ray does the same for ``"port": ""``).
+    ``networks`` lists only known networks; unknown names (``" udp"`` in ``"tcp, udp"``)
+    are dropped with a warning, so a rule may carry an empty set that matches nothing.
+    Exactly one of ``outbound_tag`` / ``balancer_tag`` is set (``outboundTag`` wins).
+    ``attrs`` is V2Ray's Starlark expression over sniffed attributes.
+    """
+
+    outbound_tag: str | None = None
+    balancer_tag: str | None = None
+    inbound_tags: list[str] | None = None
+    domains: list[str] | None = None
+    ips: list[str] | None = None
+    ports: list[tuple[int, int]] | None = None
+    source_ports: list[tuple[int, int]] | None = None
+    networks: frozenset[Network] | None = None
+    sources: list[str] | None = None
+    users: list[str] | None = None
+    protocols: list[str] | None = None
+    attrs: str | None = None
+    file: str = ""
+    line: int = 0
+    index: int = 0
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BalancerConfig:
+    """A balancer: candidates are outbound tags starting with any ``selector`` string."""
+
+    tag: str
+    selector: list[str]
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingConfig:
+    """``routing``. ``domain_strategy`` (router): ``AsIs`` | ``IPIfNonMatch`` |
+    ``IPOnDemand`` (V2Ray's ``AlwaysIP`` behaves as ``AsIs`` in 4.34 and is mapped to it)."""
+
+    domain_strategy: RouterDomainStrategy = "AsIs"
+    rules: list[RuleConfig] = field(default_factory=list)
+    balancers: list[BalancerConfig] = field(default_factory=list)
+    file: str | None = None
+    line: int | None = None
+
+
+# --------------------------------------------------------------------------- reverse
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReverseEndpoint:
+    """A bridge or portal: ``tag`` (bridge: an inbound tag for routing; portal: an
+    outbound tag) and the tunnel ``domain`` shared by both ends (PROTOCOLS.md 4.6)."""
+
+    tag: str
+    domain: str
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReverseConfig:
+    bridges: list[ReverseEndpoint] = field(default_factory=list)
+    portals: list[ReverseEndpoint] = field(default_factory=list)
+    file: str | None = None
+    line: int | None = None
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LevelPolicy:
+    """Per-level policy; defaults are 4.34's ``SessionDefault`` (PROTOCOLS.md section 6).
+
+    Timeouts in seconds. ``buffer_size`` in bytes per connection (JSON gives KiB);
+    ``-1`` = unlimited, ``0`` = no buffering.
+
+    ``uplink_only``/``downlink_only`` are ``None`` unless the config sets them: V2Ray 4.34
+    defaults both to 1 s because it does not propagate half-close and needs them to end
+    every relay; raybridge propagates half-close, so it applies them only when asked to.
+    """
+
+    handshake: int = 60
+    conn_idle: int = 300
+    uplink_only: int | None = None
+    downlink_only: int | None = None
+    buffer_size: int = 512 * 1024
+    stats_user_uplink: bool = False
+    stats_user_downlink: bool = False
+
+
+DEFAULT_LEVEL_POLICY = LevelPolicy()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyConfig:
+    """``policy.levels``; a level's unset fields take the defaults. ``policy.system``
+    (stats counters) is accepted and ignored: raybridge has no stats API."""
+
+    levels: dict[int, LevelPolicy] = field(default_factory=dict)
+    file: str | None = None
+    line: int | None = None
+
+    def level(self, n: int) -> LevelPolicy:
+        """The policy for user level ``n`` (the defaults for levels not configured)."""
+        return self.levels.get(n, DEFAULT_LEVEL_POLICY)
+
+
+# --------------------------------------------------------------------------- top level
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A whole (merged) configuration.
+
+    ``outbounds[0]`` is the default outbound. ``sections`` holds raybridge's own top-level
+    sections (see :func:`raybridge.config.build.register_section`) by registered name.
+    ``files`` are the files merged, in order; ``warnings`` the non-fatal findings.
+    """
+
+    log: LogConfig = field(default_factory=LogConfig)
+    inbounds: list[InboundConfig] = field(default_factory=list)
+    outbounds: list[OutboundConfig] = field(default_factory=list)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    reverse: ReverseConfig = field(default_factory=ReverseConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sections: dict[str, object] = field(default_factory=dict)
+    warnings: list[ConfigWarning] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)

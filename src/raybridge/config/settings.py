@@ -1,0 +1,500 @@
+"""Protocol ``settings`` objects, VMess users and ``streamSettings``.
+
+Mirrors ``infra/conf/{socks,http,vmess,dokodemo,freedom,blackhole,transport_internet}.go``
+of V2Ray 4.34 (PROTOCOLS.md 4.3, 4.4), with these deliberate differences:
+
+* SOCKS ``auth`` must be ``noauth`` or ``password`` (any case); V2Ray silently treats every
+  other value, even ``"Password"``, as noauth, which would open a proxy that was meant to
+  be protected.
+* Values V2Ray silently replaces by a default (an unknown VMess ``security``, an unknown
+  freedom ``domainStrategy``, an unknown network name) produce a warning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import uuid
+from collections.abc import Callable
+
+from raybridge.config.fields import UINT16, UINT32, Ctx, Obj, describe, parse_address
+from raybridge.config.jsonc import JValue
+from raybridge.config.model import (
+    BlackholeSettings,
+    DokodemoSettings,
+    FreedomDomainStrategy,
+    FreedomSettings,
+    HttpInboundSettings,
+    InboundSettings,
+    Network,
+    OutboundSettings,
+    SocksInboundSettings,
+    VMessInboundSettings,
+    VMessOutboundSettings,
+    VMessSecurity,
+    VMessServerConfig,
+    VMessUserConfig,
+)
+
+# --------------------------------------------------------------------------- VMess users
+
+_UUID_GROUPS = (8, 4, 4, 4, 12)
+_HEX = frozenset("0123456789abcdefABCDEF")
+_SECURITIES: dict[str, VMessSecurity] = {
+    "auto": "auto",
+    "aes-128-gcm": "aes-128-gcm",
+    "chacha20-poly1305": "chacha20-poly1305",
+    "none": "none",
+}
+
+
+def parse_vmess_id(ctx: Ctx, node: JValue, path: str) -> uuid.UUID:
+    """A VMess ``id`` the way V2Ray's ``uuid.ParseString`` reads it: five hex groups
+    (8-4-4-4-12), each optionally preceded by one ``-``. V2Ray ignores anything after the
+    32nd hex digit; we accept that too, with a warning."""
+    text = ctx.expect_string(node, path)
+    shown = describe(node)
+    rest = text
+    digits: list[str] = []
+    for size in _UUID_GROUPS:
+        if rest.startswith("-"):
+            rest = rest[1:]
+        group = rest[:size]
+        if len(group) < size or not _HEX.issuperset(group):
+            raise ctx.error(node, path, f"{shown} is not a valid UUID")
+        digits.append(group)
+        rest = rest[size:]
+    if rest:
+        ctx.warn(node, path, f"{shown}: text after the UUID is ignored")
+    return uuid.UUID("".join(digits))
+
+
+def vmess_user(obj: Obj, *, server: bool) -> VMessUserConfig:
+    """A VMess user object (``id``, ``alterId``, ``level``, ``email``, ``security``)."""
+    id_node = obj.get("id")
+    if id_node is None:
+        raise obj.missing("id")
+    user_id = parse_vmess_id(obj.ctx, id_node, obj.sub("id"))
+    alter_id = obj.integer("alterId", 0, UINT16)
+    level = obj.integer("level", 0, UINT32)
+    email = obj.string("email")
+    security: VMessSecurity = "auto"
+    sec_node = obj.get("security")
+    if sec_node is not None:
+        raw = obj.ctx.expect_string(sec_node, obj.sub("security"))
+        known = _SECURITIES.get(raw.lower())
+        if known is not None:
+            security = known
+        elif not server:
+            obj.ctx.warn(
+                sec_node,
+                obj.sub("security"),
+                f'unknown security {describe(sec_node)}: V2Ray 4.34 uses "auto"',
+            )
+    obj.finish()
+    return VMessUserConfig(
+        id=user_id,
+        alter_id=alter_id,
+        level=level,
+        email=email,
+        security=security,
+        file=obj.ctx.file,
+        line=obj.line,
+    )
+
+
+def _accounts(obj: Obj) -> dict[str, str]:
+    accounts: dict[str, str] = {}
+    for acc in obj.objects("accounts"):
+        accounts[acc.string("user")] = acc.string("pass")
+        acc.finish()
+    return accounts
+
+
+# --------------------------------------------------------------------------- inbound settings
+
+
+def socks_inbound(obj: Obj) -> SocksInboundSettings:
+    auth_node = obj.get("auth")
+    auth = "noauth"
+    if auth_node is not None:
+        raw = obj.ctx.expect_string(auth_node, obj.sub("auth"))
+        if raw.lower() in ("noauth", "password"):
+            auth = raw.lower()
+        else:
+            close = difflib.get_close_matches(raw.lower(), ["noauth", "password"], n=1, cutoff=0.5)
+            hint = f'did you mean "{close[0]}"? ' if close else ""
+            raise obj.ctx.error(
+                auth_node,
+                obj.sub("auth"),
+                f'{describe(auth_node)} is not a SOCKS auth method: {hint}write "noauth" or '
+                '"password" (V2Ray would silently run without authentication)',
+            )
+    accounts = _accounts(obj)
+    ip_node = obj.get("ip")
+    ip = None if ip_node is None else parse_address(obj.ctx.expect_string(ip_node, obj.sub("ip")))
+    settings = SocksInboundSettings(
+        auth="password" if auth == "password" else "noauth",
+        accounts=accounts,
+        udp=obj.boolean("udp"),
+        ip=ip or None,
+        user_level=obj.integer("userLevel", 0, UINT32),
+        timeout=obj.integer("timeout", 0, UINT32),
+    )
+    if settings.auth == "password" and not accounts:
+        obj.ctx.warn(obj.node, obj.path, 'auth is "password" but there are no accounts')
+    obj.finish()
+    return settings
+
+
+def http_inbound(obj: Obj) -> HttpInboundSettings:
+    settings = HttpInboundSettings(
+        accounts=_accounts(obj),
+        allow_transparent=obj.boolean("allowTransparent"),
+        timeout=obj.integer("timeout", 0, UINT32),
+        user_level=obj.integer("userLevel", 0, UINT32),
+    )
+    obj.finish()
+    return settings
+
+
+def vmess_inbound(obj: Obj) -> VMessInboundSettings:
+    clients: list[VMessUserConfig] = []
+    emails: dict[str, str] = {}
+    for i, (path, item) in enumerate(obj.array("clients") or ()):
+        user = vmess_user(obj.ctx.expect_object(item, path), server=True)
+        if user.email:
+            # V2Ray refuses to start: "User x already exists." (emails compare lower-cased)
+            key = user.email.lower()
+            if key in emails:
+                raise obj.ctx.error(
+                    item, path, f'email "{user.email}" is already used by {emails[key]}'
+                )
+            emails[key] = f"clients[{i}]"
+        clients.append(user)
+    default = obj.object("default")
+    if default is not None:
+        default.integer("alterId", 0, UINT16)
+        default.integer("level", 0, 255)
+        default.finish()
+    for name in ("detour", "features"):
+        node = obj.get(name)
+        if node is not None:
+            obj.ctx.warn(
+                node,
+                obj.sub(name),
+                "dynamic ports (detour) are not supported by raybridge: ignored; clients "
+                "keep using this port",
+            )
+    settings = VMessInboundSettings(
+        clients=clients,
+        disable_insecure_encryption=obj.boolean("disableInsecureEncryption"),
+    )
+    if not clients:
+        obj.ctx.warn(obj.node, obj.path, "no clients: every connection will be refused")
+    obj.finish()
+    return settings
+
+
+def network_set(ctx: Ctx, node: JValue, path: str) -> frozenset[Network]:
+    """V2Ray's ``NetworkList`` (``"tcp"``, ``"tcp,udp"``, ``["tcp", "udp"]``), split without
+    trimming; unknown names (``" udp"``) are dropped with a warning, as V2Ray drops them
+    silently."""
+    names = ctx.string_list(node, path)
+    found: set[Network] = set()
+    for name in names:
+        low = name.lower()
+        if low == "tcp":
+            found.add("tcp")
+        elif low == "udp":
+            found.add("udp")
+        else:
+            hint = ' (no spaces: write "tcp,udp")' if name.strip().lower() in ("tcp", "udp") else ""
+            ctx.warn(node, path, f"unknown network {json.dumps(name)} is ignored{hint}")
+    return frozenset(found)
+
+
+def dokodemo(obj: Obj) -> DokodemoSettings:
+    address_node = obj.get("address")
+    address = None
+    if address_node is not None:
+        address = parse_address(obj.ctx.expect_string(address_node, obj.sub("address"))) or None
+    networks: frozenset[Network] = frozenset({"tcp"})
+    net_node = obj.get("network")
+    if net_node is not None:
+        networks = network_set(obj.ctx, net_node, obj.sub("network"))
+        if not networks:
+            raise obj.ctx.error(net_node, obj.sub("network"), "no network specified")
+    settings = DokodemoSettings(
+        address=address,
+        port=obj.integer("port", 0, UINT16),
+        networks=networks,
+        follow_redirect=obj.boolean("followRedirect"),
+        timeout=obj.integer("timeout", 0, UINT32),
+        user_level=obj.integer("userLevel", 0, UINT32),
+    )
+    if settings.address is None and not settings.follow_redirect:
+        obj.ctx.warn(
+            obj.node, obj.path, 'no "address" and followRedirect is off: every connection fails'
+        )
+    obj.finish()
+    return settings
+
+
+INBOUND_SETTINGS: dict[str, Callable[[Obj], InboundSettings]] = {
+    "socks": socks_inbound,
+    "http": http_inbound,
+    "vmess": vmess_inbound,
+    "dokodemo-door": dokodemo,
+}
+
+# --------------------------------------------------------------------------- outbound settings
+
+_FREEDOM_STRATEGIES: dict[str, FreedomDomainStrategy] = {
+    "asis": "AsIs",
+    "": "AsIs",
+    "useip": "UseIP",
+    "use_ip": "UseIP",
+    "useip4": "UseIPv4",
+    "useipv4": "UseIPv4",
+    "use_ipv4": "UseIPv4",
+    "use_ip_v4": "UseIPv4",
+    "use_ip4": "UseIPv4",
+    "useip6": "UseIPv6",
+    "useipv6": "UseIPv6",
+    "use_ipv6": "UseIPv6",
+    "use_ip_v6": "UseIPv6",
+    "use_ip6": "UseIPv6",
+}
+
+
+def _split_host_port(text: str) -> tuple[str, str] | None:
+    """Go's ``net.SplitHostPort`` for ``host:port``, ``[v6]:port`` and ``:port``."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            return None
+        host, port = text[1:close], text[close + 2 :]
+        if "[" in host or "]" in port or "[" in port:
+            return None
+        return host, port
+    host, sep, port = text.rpartition(":")
+    if not sep or ":" in host or "[" in host or "]" in host or "]" in port:
+        return None
+    return host, port
+
+
+def freedom(obj: Obj) -> FreedomSettings:
+    strategy: FreedomDomainStrategy = "AsIs"
+    ds_node = obj.get("domainStrategy")
+    if ds_node is not None:
+        raw = obj.ctx.expect_string(ds_node, obj.sub("domainStrategy"))
+        mapped = _FREEDOM_STRATEGIES.get(raw.lower())
+        if mapped is None:
+            obj.ctx.warn(
+                ds_node,
+                obj.sub("domainStrategy"),
+                f'unknown domainStrategy {describe(ds_node)}: using "AsIs" as V2Ray does',
+            )
+        else:
+            strategy = mapped
+    redirect: tuple[str | None, int] | None = None
+    red_node = obj.get("redirect")
+    if red_node is not None:
+        path = obj.sub("redirect")
+        text = obj.ctx.expect_string(red_node, path)
+        if text:
+            parts = _split_host_port(text)
+            if parts is None:
+                raise obj.ctx.error(
+                    red_node, path, f'{describe(red_node)} is not a "host:port" address'
+                )
+            host, port_text = parts
+            if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > UINT16:
+                raise obj.ctx.error(red_node, path, f"{describe(red_node)} has an invalid port")
+            host = parse_address(host) if host else ""
+            # freedom leaves the address alone for an empty host and for 0.0.0.0 (AnyIP).
+            redirect = (host if host and host != "0.0.0.0" else None, int(port_text))
+    settings = FreedomSettings(
+        domain_strategy=strategy,
+        redirect=redirect,
+        user_level=obj.integer("userLevel", 0, UINT32),
+        timeout=obj.integer("timeout", 0, UINT32),
+    )
+    obj.finish()
+    return settings
+
+
+def blackhole(obj: Obj) -> BlackholeSettings:
+    response = "none"
+    resp = obj.object("response")
+    if resp is not None:
+        type_node = resp.get("type")
+        if type_node is None:
+            raise resp.missing("type")
+        raw = resp.ctx.expect_string(type_node, resp.sub("type")).lower()
+        if raw not in ("none", "http"):
+            raise resp.ctx.error(
+                type_node,
+                resp.sub("type"),
+                f'unknown blackhole response type {describe(type_node)} ("none" or "http")',
+            )
+        response = raw
+        resp.finish()
+    obj.finish()
+    return BlackholeSettings(response="http" if response == "http" else "none")
+
+
+def vmess_outbound(obj: Obj) -> VMessOutboundSettings:
+    vnext = obj.array("vnext")
+    if not vnext:
+        raise obj.error('"vnext" is missing or empty: no VMess server configured')
+    servers: list[VMessServerConfig] = []
+    for path, item in vnext:
+        srv = obj.ctx.expect_object(item, path)
+        addr_node = srv.get("address")
+        if addr_node is None:
+            raise srv.missing("address")
+        address = parse_address(srv.ctx.expect_string(addr_node, srv.sub("address")))
+        if not address:
+            raise srv.ctx.error(addr_node, srv.sub("address"), "address is empty")
+        port_node = srv.get("port")
+        if port_node is None:
+            raise srv.missing("port")
+        port = srv.ctx.expect_int(port_node, srv.sub("port"), 0, UINT16)
+        if port == 0:
+            raise srv.ctx.error(port_node, srv.sub("port"), "0 is not a server port")
+        users = [vmess_user(u, server=False) for u in srv.objects("users")]
+        if not users:
+            raise srv.error('"users" is missing or empty: no VMess user configured')
+        srv.finish()
+        servers.append(
+            VMessServerConfig(
+                address=address, port=port, users=users, file=srv.ctx.file, line=srv.line
+            )
+        )
+    obj.finish()
+    return VMessOutboundSettings(servers=servers)
+
+
+OUTBOUND_SETTINGS: dict[str, Callable[[Obj], OutboundSettings]] = {
+    "freedom": freedom,
+    "blackhole": blackhole,
+    "vmess": vmess_outbound,
+}
+
+# --------------------------------------------------------------------------- streamSettings
+
+_TRANSPORTS = {
+    "tcp": "tcp",
+    "kcp": "mkcp",
+    "mkcp": "mkcp",
+    "ws": "websocket",
+    "websocket": "websocket",
+    "h2": "http",
+    "http": "http",
+    "ds": "domainsocket",
+    "domainsocket": "domainsocket",
+    "quic": "quic",
+}
+_OTHER_TRANSPORT_SETTINGS = (
+    "kcpSettings",
+    "wsSettings",
+    "httpSettings",
+    "dsSettings",
+    "quicSettings",
+)
+
+
+def check_tcp_settings(obj: Obj) -> None:
+    """``tcpSettings``: only ``header.type`` ``none`` and no PROXY protocol."""
+    header = obj.object("header")
+    if header is not None:
+        type_node = header.get("type")
+        if type_node is None:
+            raise header.missing("type")
+        kind = header.ctx.expect_string(type_node, header.sub("type")).lower()
+        if kind == "http":
+            raise header.ctx.error(
+                type_node,
+                header.sub("type"),
+                'TCP header obfuscation "http" is not supported by raybridge',
+            )
+        if kind != "none":
+            raise header.ctx.error(
+                type_node, header.sub("type"), f"unknown TCP header type {describe(type_node)}"
+            )
+        header.ignore("request", "response")
+        header.finish()
+    if obj.boolean("acceptProxyProtocol"):
+        raise obj.ctx.error(
+            obj.get("acceptProxyProtocol"),
+            obj.sub("acceptProxyProtocol"),
+            "the PROXY protocol is not supported by raybridge",
+        )
+    obj.finish()
+
+
+def check_stream_settings(obj: Obj) -> None:
+    """Accept only what plain TCP without TLS means; anything else is a ConfigError."""
+    ctx = obj.ctx
+    net_node = obj.get("network")
+    if net_node is not None:
+        raw = ctx.expect_string(net_node, obj.sub("network"))
+        transport = _TRANSPORTS.get(raw.lower())
+        if transport is None:
+            raise ctx.error(net_node, obj.sub("network"), f"unknown transport {describe(net_node)}")
+        if transport != "tcp":
+            raise ctx.error(
+                net_node,
+                obj.sub("network"),
+                f"transport {describe(net_node)} is not supported by raybridge (only plain TCP)",
+            )
+    sec_node = obj.get("security")
+    if sec_node is not None:
+        raw = ctx.expect_string(sec_node, obj.sub("security"))
+        if raw.lower() == "tls":
+            raise ctx.error(sec_node, obj.sub("security"), "TLS is not supported by raybridge")
+        if raw.lower() not in ("", "none"):
+            ctx.warn(
+                sec_node,
+                obj.sub("security"),
+                f"unknown security {describe(sec_node)} means no security (as in V2Ray)",
+            )
+    obj.ignore("tlsSettings")  # only read by V2Ray when security is "tls"
+    tcp = obj.object("tcpSettings")
+    if tcp is not None:
+        check_tcp_settings(tcp)
+    for name in _OTHER_TRANSPORT_SETTINGS:
+        node = obj.get(name)
+        if node is not None:
+            ctx.warn(node, obj.sub(name), "ignored: the network is tcp")
+    sock = obj.object("sockopt")
+    if sock is not None:
+        mark_node = sock.get("mark")
+        if mark_node is not None and ctx.expect_int(
+            mark_node, sock.sub("mark"), -(2**31), 2**31 - 1
+        ):
+            raise ctx.error(
+                mark_node, sock.sub("mark"), "SO_MARK (sockopt.mark) is not supported by raybridge"
+            )
+        tproxy_node = sock.get("tproxy")
+        if tproxy_node is not None:
+            mode = ctx.expect_string(tproxy_node, sock.sub("tproxy")).lower()
+            if mode == "tproxy":
+                raise ctx.error(
+                    tproxy_node, sock.sub("tproxy"), "TPROXY is not supported by raybridge"
+                )
+            # "redirect" is what followRedirect implies anyway; other values mean off.
+        tfo = sock.get("tcpFastOpen")
+        if tfo is not None:
+            ctx.expect_bool(tfo, sock.sub("tcpFastOpen"))
+            ctx.warn(tfo, sock.sub("tcpFastOpen"), "TCP Fast Open settings are ignored")
+        if sock.boolean("acceptProxyProtocol"):
+            raise ctx.error(
+                sock.get("acceptProxyProtocol"),
+                sock.sub("acceptProxyProtocol"),
+                "the PROXY protocol is not supported by raybridge",
+            )
+        sock.finish()
+    obj.finish()

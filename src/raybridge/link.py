@@ -1,0 +1,282 @@
+"""The small set of interfaces that connects inbounds, outbounds and the dispatcher.
+
+A proxied connection is a *link*: two :class:`End` objects wired to each other
+(``a.peer is b`` and ``b.peer is a``). Each end sits on a medium (a TCP socket, a VMess
+stream, a Mux.Cool session, a UDP flow). What an end reads from its medium it hands to its
+peer with ``peer.write()``; what its peer hands it, it sends out on its medium. The calls
+mirror asyncio's transport API so that the hot path is plain method calls, with no
+coroutines, queues or copies between the two sockets::
+
+    client socket --data_received--> [inbound End] --peer.write()--> [outbound End] --> server
+                  <--transport.write-- [inbound End] <--peer.write()-- [outbound End] <--
+
+Flow control is asyncio's: when an end's medium cannot take more (its transport called
+``pause_writing``), the end calls ``peer.pause_reading()`` and the peer stops reading its
+own medium until ``resume_reading()``. A slow reader therefore stalls the sender instead of
+growing memory.
+
+A link whose destination network is UDP carries datagrams: each ``write()`` is exactly one
+datagram.
+
+Interfaces (``Inbound``, ``Outbound``) live here too; the :class:`Dispatcher
+<raybridge.dispatcher.Dispatcher>` turns an inbound's request into an outbound's end.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from raybridge.address import Destination
+
+#: Bytes an end buffers (before its medium is ready, or in its own queues) before it asks its
+#: peer to pause. Also used as the transports' high write-buffer mark.
+HIGH_WATER = 512 * 1024
+LOW_WATER = 128 * 1024
+
+_session_ids = itertools.count(1)
+
+
+class End(abc.ABC):
+    """One end of a bidirectional link. Its peer calls these methods."""
+
+    peer: End | None
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send ``data`` out on this end's medium (for UDP links: one datagram)."""
+
+    @abc.abstractmethod
+    def write_eof(self) -> None:
+        """The peer's input ended cleanly: finish this direction (TCP half-close, EOS, End)."""
+
+    @abc.abstractmethod
+    def abort(self, exc: BaseException | None = None) -> None:
+        """The peer failed: tear down this end at once, without calling the peer back."""
+
+    @abc.abstractmethod
+    def pause_reading(self) -> None:
+        """The peer's medium is full: stop reading this end's medium."""
+
+    @abc.abstractmethod
+    def resume_reading(self) -> None:
+        """The peer's medium drained: read again."""
+
+
+def join(a: End, b: End) -> None:
+    a.peer = b
+    b.peer = a
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """What routing and logging know about one proxied connection (V2Ray's context)."""
+
+    inbound_tag: str
+    source: Destination | None = None
+    user: str | None = None  # the authenticated user's email / username
+    level: int = 0
+    protocol: str = ""  # sniffed or known application protocol, e.g. "http/1.1"
+    id: int = field(default_factory=lambda: next(_session_ids))
+    started: float = field(default_factory=time.monotonic)
+    # Counters the ends update on the hot path (plain attribute arithmetic).
+    bytes_up: int = 0
+    bytes_down: int = 0
+    active: bool = True  # set by ends on traffic; cleared by the idle timer
+
+    def child(self, inbound_tag: str | None = None) -> Session:
+        """A new session for a stream carried inside this one (mux sessions, tunnels)."""
+        return Session(
+            inbound_tag=self.inbound_tag if inbound_tag is None else inbound_tag,
+            source=self.source,
+            user=self.user,
+            level=self.level,
+        )
+
+
+class Inbound(abc.ABC):
+    """Listens for clients, runs a protocol handshake, and hands each request to
+    :meth:`Dispatcher.dispatch`."""
+
+    tag: str
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Outbound(abc.ABC):
+    """Carries links to their destination."""
+
+    tag: str
+
+    @abc.abstractmethod
+    def connect(self, session: Session, dest: Destination, peer: End) -> End:
+        """Return the end that carries ``dest`` for ``peer``, already joined to it.
+
+        Must not block: an end whose medium is not ready yet (a dial in progress) buffers
+        what it is given, up to :data:`HIGH_WATER`, then pauses its peer.
+        """
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Called once before the node serves traffic."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Called once at shutdown."""
+
+
+class IdleTimer:
+    """Closes a link that has carried no traffic for ``timeout`` seconds.
+
+    Like V2Ray's ``signal.ActivityTimer``, it checks once per period whether any traffic
+    passed (ends set ``session.active = True``) instead of re-arming a timer per chunk, so an
+    idle link is closed between ``timeout`` and ``2 * timeout`` after its last byte.
+    """
+
+    __slots__ = ("_handle", "_loop", "_on_idle", "_session", "timeout")
+
+    def __init__(self, session: Session, timeout: float, on_idle: Callable[[], None]) -> None:
+        self._session = session
+        self._on_idle = on_idle
+        self._loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self._handle: asyncio.TimerHandle | None = None
+        if timeout > 0:
+            self._handle = self._loop.call_later(timeout, self._check)
+
+    def set_timeout(self, timeout: float) -> None:
+        """Switch to a new period (e.g. V2Ray's uplinkOnly after one direction ended)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.timeout = timeout
+        if timeout > 0:
+            self._session.active = False
+            self._handle = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        if self._session.active:
+            self._session.active = False
+            self._handle = self._loop.call_later(self.timeout, self._check)
+        else:
+            self._handle = None
+            self._on_idle()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class DeferredEnd(End):
+    """Stands in for an end that does not exist yet (e.g. while routing waits for DNS).
+
+    It buffers what its peer sends, pausing the peer past :data:`HIGH_WATER`, and replays
+    everything into the real end once :meth:`bind` is called.
+    """
+
+    def __init__(self) -> None:
+        self.peer: End | None = None
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._eof = False
+        self._reading_paused = False
+        self._paused_peer = False
+        self._aborted = False
+        self._target: End | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._target is not None:
+            self._target.write(data)
+            return
+        if self._aborted:
+            return
+        self._buffer.append(data)
+        self._size += len(data)
+        if self._size > HIGH_WATER and not self._paused_peer and self.peer is not None:
+            self._paused_peer = True
+            self.peer.pause_reading()
+
+    def write_eof(self) -> None:
+        if self._target is not None:
+            self._target.write_eof()
+        else:
+            self._eof = True
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        if self._target is not None:
+            self._target.abort(exc)
+            return
+        self._aborted = True
+        self._buffer.clear()
+
+    def pause_reading(self) -> None:
+        if self._target is not None:
+            self._target.pause_reading()
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self._target is not None:
+            self._target.resume_reading()
+        self._reading_paused = False
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    def bind(self, real: End) -> None:
+        """``real`` has been joined to our peer; hand it everything we held."""
+        self._target = real
+        if self._aborted:
+            real.abort()
+            return
+        if self._reading_paused:
+            real.pause_reading()
+        buffer, self._buffer = self._buffer, []
+        for data in buffer:
+            real.write(data)
+        if self._eof:
+            real.write_eof()
+        if self._paused_peer and self.peer is not None:
+            self._paused_peer = False
+            self.peer.resume_reading()
+
+    def fail(self, exc: BaseException) -> None:
+        """No real end will come: abort our peer."""
+        self._aborted = True
+        self._buffer.clear()
+        if self.peer is not None:
+            self.peer.abort(exc)
+
+
+class ClosedEnd(End):
+    """An end for a link that was refused: it aborts its peer as soon as it is joined."""
+
+    def __init__(self, reason: BaseException) -> None:
+        self.peer: End | None = None
+        self.reason = reason
+
+    def start(self) -> None:
+        if self.peer is not None:
+            asyncio.get_running_loop().call_soon(self.peer.abort, self.reason)
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        pass
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass

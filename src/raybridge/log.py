@@ -1,0 +1,183 @@
+"""Access and error logs in V2Ray's style (PROTOCOLS.md 4.9 and 6).
+
+Error log: ``2026/11/24 20:52:26 [Warning] proxy/vmess: message``, levels debug, info,
+warning, error, none. Access log: ``2026/11/24 20:52:26 from 127.0.0.1:5555 accepted
+tcp:example.com:443 [socks-in -> vmess-out]``. Each goes to the console (stderr: stdout is
+left to commands' own output), to a file, or nowhere. ``json`` format writes one JSON object
+per line instead, for log shippers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+from raybridge.address import Destination
+
+ERROR_LOGGER = "raybridge"
+ACCESS_LOGGER = "raybridge.access"
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+_LEVEL_NAMES = {
+    logging.DEBUG: "Debug",
+    logging.INFO: "Info",
+    logging.WARNING: "Warning",
+    logging.ERROR: "Error",
+    logging.CRITICAL: "Error",
+}
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, access: bool) -> None:
+        super().__init__()
+        self.access = access
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
+        message = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            message += "\n" + self.formatException(record.exc_info)
+        if self.access:
+            return f"{stamp} {message}"
+        component = record.name.removeprefix("raybridge").lstrip(".").replace(".", "/")
+        component = component or "core"
+        return f"{stamp} [{_LEVEL_NAMES.get(record.levelno, 'Info')}] {component}: {message}"
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, access: bool) -> None:
+        super().__init__()
+        self.access = access
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "type": "access" if self.access else "error",
+            "level": _LEVEL_NAMES.get(record.levelno, "Info").lower(),
+            "component": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+_handlers: list[logging.Handler] = []
+
+
+def _handler(target: str | None, access: bool, fmt: str, stream: TextIO) -> logging.Handler:
+    handler: logging.Handler
+    if target:
+        handler = logging.FileHandler(target, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(access) if fmt == "json" else TextFormatter(access))
+    return handler
+
+
+def setup(
+    *,
+    access: str | None = None,
+    error: str | None = "",
+    level: str = "warning",
+    fmt: str = "text",
+    stream: TextIO | None = None,
+) -> None:
+    """Configure both logs.
+
+    ``access``/``error``: ``None`` or ``"none"`` = off, ``""`` = console, else a file path.
+    ``level``: debug/info/warning/error/none (``none`` turns both logs off).
+    """
+    stream = stream or sys.stderr
+    for handler in _handlers:
+        for name in (ERROR_LOGGER, ACCESS_LOGGER):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+    _handlers.clear()
+
+    error_logger = logging.getLogger(ERROR_LOGGER)
+    error_logger.propagate = False
+    access_logger = logging.getLogger(ACCESS_LOGGER)
+    access_logger.propagate = False
+
+    level = (level or "warning").lower()
+    if level == "none":
+        access = error = None
+    if error is not None and error.lower() != "none":
+        handler = _handler(error, False, fmt, stream)
+        error_logger.addHandler(handler)
+        _handlers.append(handler)
+        error_logger.setLevel(LEVELS.get(level, logging.WARNING))
+    else:
+        error_logger.setLevel(logging.CRITICAL + 1)
+    if access is not None and access.lower() != "none":
+        handler = _handler(access, True, fmt, stream)
+        access_logger.addHandler(handler)
+        _handlers.append(handler)
+        access_logger.setLevel(logging.INFO)
+    else:
+        access_logger.setLevel(logging.CRITICAL + 1)
+
+
+def format_source(source: Destination | None) -> str:
+    if source is None:
+        return ""
+    host = str(source.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{source.port}"
+
+
+def accepted(
+    source: Destination | None,
+    dest: Destination,
+    inbound_tag: str,
+    outbound_tag: str,
+    user: str | None = None,
+) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    message = f"from {format_source(source)} accepted {dest} [{inbound_tag} -> {outbound_tag}]"
+    if user:
+        message += f" email: {user}"
+    access_log.info(
+        message,
+        extra={
+            "fields": {
+                "status": "accepted",
+                "source": format_source(source),
+                "destination": str(dest),
+                "inbound": inbound_tag,
+                "outbound": outbound_tag,
+                "user": user or "",
+            }
+        },
+    )
+
+
+def rejected(source: Destination | None, reason: str, inbound_tag: str = "") -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    access_log.info(
+        f"from {format_source(source)} rejected {reason}",
+        extra={
+            "fields": {
+                "status": "rejected",
+                "source": format_source(source),
+                "inbound": inbound_tag,
+                "reason": reason,
+            }
+        },
+    )

@@ -1,0 +1,205 @@
+"""A node: everything one config describes, built, started and stopped together.
+
+``Node(config)`` builds outbounds, the router, the dispatcher and inbounds (raising
+:class:`~raybridge.errors.ConfigError` for anything that cannot be built, which is what
+``raybridge test`` relies on); ``await node.start()`` binds the listeners;
+``await node.close()`` stops them and closes every live connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from raybridge.address import parse_host
+from raybridge.config.model import Config, InboundConfig, OutboundConfig
+from raybridge.dispatcher import Dispatcher
+from raybridge.errors import ConfigError
+from raybridge.link import Inbound, Outbound
+from raybridge.protocols.vmess import User
+from raybridge.proxy.base import Policy, StreamInbound
+from raybridge.proxy.blackhole import BlackholeOutbound
+from raybridge.proxy.dokodemo import DokodemoInbound
+from raybridge.proxy.freedom import FreedomOutbound
+from raybridge.proxy.http import HttpInbound
+from raybridge.proxy.socks import SocksInbound
+from raybridge.proxy.vmess import VMessInbound, VMessOutbound, VMessServer
+from raybridge.router import Router, compile_rule
+
+logger = logging.getLogger("raybridge")
+
+
+def _where(cfg: Any, section: str) -> dict[str, Any]:
+    return {
+        "file": getattr(cfg, "file", None),
+        "line": getattr(cfg, "line", None),
+        "path": f"{section}[{getattr(cfg, 'index', 0)}]",
+    }
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.outbounds: list[Outbound] = [self._outbound(o) for o in config.outbounds]
+        rules = [compile_rule(r) for r in config.routing.rules]
+        tags = [o.tag for o in self.outbounds]
+        balancers = {b.tag: list(b.selector) for b in config.routing.balancers}
+        self.router = Router(
+            rules, tags, balancers=balancers, domain_strategy=config.routing.domain_strategy
+        )
+        self.dispatcher = Dispatcher(self.router, self.outbounds)
+        self.inbounds: list[Inbound] = []
+        for inbound in config.inbounds:
+            self.inbounds.extend(self._inbounds(inbound))
+        self.started = False
+
+    # -- building --------------------------------------------------------------------------
+    def policy(self, level: int) -> Policy:
+        lp = self.config.policy.level(level)
+        return Policy(
+            handshake=lp.handshake,
+            conn_idle=lp.conn_idle,
+            uplink_only=lp.uplink_only,
+            downlink_only=lp.downlink_only,
+            buffer_size=lp.buffer_size,
+        )
+
+    def _outbound(self, cfg: OutboundConfig) -> Outbound:
+        s = cfg.settings
+        tag = cfg.tag or ""
+        if cfg.protocol == "freedom":
+            redirect = None
+            if s.redirect is not None:
+                host, port = s.redirect
+                redirect = (parse_host(host) if host else None, port)
+            return FreedomOutbound(
+                tag,
+                domain_strategy=s.domain_strategy,
+                redirect=redirect,
+                send_through=cfg.send_through,
+            )
+        if cfg.protocol == "blackhole":
+            return BlackholeOutbound(tag, response=s.response)
+        if cfg.protocol == "vmess":
+            servers = [
+                VMessServer(
+                    address=srv.address,
+                    port=srv.port,
+                    users=tuple(
+                        (
+                            User(id=u.id, alter_id=u.alter_id, level=u.level, email=u.email),
+                            u.security,
+                        )
+                        for u in srv.users
+                    ),
+                )
+                for srv in s.servers
+            ]
+            if not servers or not all(srv.users for srv in servers):
+                raise ConfigError(
+                    "a VMess outbound needs a server with at least one user",
+                    **_where(cfg, "outbounds"),
+                )
+            return VMessOutbound(tag, servers, send_through=cfg.send_through)
+        raise ConfigError(f"unknown outbound protocol {cfg.protocol!r}", **_where(cfg, "outbounds"))
+
+    def _inbounds(self, cfg: InboundConfig) -> list[StreamInbound]:
+        s = cfg.settings
+        tag = cfg.tag or ""
+        out: list[StreamInbound] = []
+        for port in cfg.ports:
+            policy = self.policy(getattr(s, "user_level", 0))
+            inbound: StreamInbound
+            if cfg.protocol == "socks":
+                inbound = SocksInbound(
+                    tag,
+                    cfg.listen,
+                    port,
+                    self.dispatcher,
+                    policy,
+                    accounts=dict(s.accounts) if s.auth == "password" else None,
+                    udp=s.udp,
+                    ip=s.ip,
+                    user_level=s.user_level,
+                )
+            elif cfg.protocol == "http":
+                inbound = HttpInbound(
+                    tag,
+                    cfg.listen,
+                    port,
+                    self.dispatcher,
+                    policy,
+                    accounts=dict(s.accounts),
+                    allow_transparent=s.allow_transparent,
+                    user_level=s.user_level,
+                )
+            elif cfg.protocol == "vmess":
+                users = [
+                    User(id=c.id, alter_id=c.alter_id, level=c.level, email=c.email)
+                    for c in s.clients
+                ]
+                inbound = VMessInbound(
+                    tag,
+                    cfg.listen,
+                    port,
+                    self.dispatcher,
+                    self.policy(0),
+                    users=users,
+                    disable_insecure_encryption=s.disable_insecure_encryption,
+                )
+            elif cfg.protocol == "dokodemo-door":
+                if not s.address or not s.port:
+                    raise ConfigError(
+                        'dokodemo-door needs "address" and "port" (followRedirect is not '
+                        "supported)",
+                        **_where(cfg, "inbounds"),
+                    )
+                inbound = DokodemoInbound(
+                    tag,
+                    cfg.listen,
+                    port,
+                    self.dispatcher,
+                    policy,
+                    address=parse_host(s.address),
+                    target_port=s.port,
+                    networks=frozenset(s.networks),
+                    user_level=s.user_level,
+                    udp_idle=float(s.timeout) if getattr(s, "timeout", 0) else None,
+                )
+            else:
+                raise ConfigError(
+                    f"unknown inbound protocol {cfg.protocol!r}", **_where(cfg, "inbounds")
+                )
+            out.append(inbound)
+        return out
+
+    # -- running ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            for outbound in self.outbounds:
+                await outbound.start()
+            for inbound in self.inbounds:
+                await inbound.start()
+        except BaseException:
+            await self.close()
+            raise
+        self.started = True
+
+    async def close(self) -> None:
+        for inbound in self.inbounds:
+            try:
+                await inbound.close()
+            except Exception:  # pragma: no cover - best effort at shutdown
+                logger.exception("closing inbound %s", inbound.tag)
+        for outbound in self.outbounds:
+            try:
+                await outbound.close()
+            except Exception:  # pragma: no cover
+                logger.exception("closing outbound %s", outbound.tag)
+        self.started = False
+
+    def inbound(self, tag: str) -> Inbound:
+        for inbound in self.inbounds:
+            if inbound.tag == tag:
+                return inbound
+        raise KeyError(tag)

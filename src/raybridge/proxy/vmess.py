@@ -1,0 +1,326 @@
+"""The ``vmess`` inbound and outbound: the codec of :mod:`raybridge.protocols.vmess` on TCP.
+
+Inbound: authenticates the request header (AEAD or legacy, for every user), dispatches
+its destination (command 0x03, Mux, goes to ``v1.mux.cool`` like in V2Ray), and relays the
+body. An authentication failure is *drained*: the server keeps reading and discarding up to
+a per-server pseudo-random byte count before it closes, like V2Ray, so a prober cannot tell
+where the check failed (PROTOCOLS.md 1.6).
+
+Outbound: dials the server (round robin over ``vnext``, a random user of the server, 5
+attempts), sends the request header together with the first payload, and never waits for
+the response header before sending.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from raybridge.address import Destination, Network
+from raybridge.dispatcher import Dispatcher
+from raybridge.errors import LocalProtocolError
+from raybridge.link import End, Outbound, Session, join
+from raybridge.protocols.vmess import (
+    ClientConnection,
+    Command,
+    Data,
+    EndOfStream,
+    RequestReceived,
+    ServerConnection,
+    User,
+    UserValidator,
+    VMessAuthError,
+    VMessError,
+    security_from_config,
+)
+from raybridge.proxy.base import InboundEnd, Policy, StreamInbound
+from raybridge.transport.tcp import StreamEnd, open_tcp
+
+logger = logging.getLogger("raybridge.proxy.vmess")
+
+MUX_DOMAIN = "v1.mux.cool"
+#: Retry schedule of V2Ray's VMess outbound (PROTOCOLS.md 3.1, 8.21).
+DIAL_ATTEMPTS = 5
+DIAL_DELAYS = (0.2, 0.4, 0.6, 0.8)
+
+
+class VMessInboundEnd(InboundEnd):
+    inbound: VMessInbound
+
+    def handshake_started(self) -> None:
+        self.codec = ServerConnection(
+            self.inbound.validator,
+            urandom=os.urandom,
+            disable_insecure_encryption=self.inbound.disable_insecure_encryption,
+        )
+        self.drain_to: int | None = None
+        self.received = 0
+        self.udp = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.drain_to is not None:
+            self.received += len(data)
+            if self.received >= self.drain_to:
+                self.abort()
+            return
+        session = self.session
+        if session is not None:
+            session.active = True
+        try:
+            events = self.codec.receive_data(data)
+        except VMessAuthError as exc:
+            self._auth_failed(exc, len(data))
+            return
+        except VMessError as exc:
+            self._failed(exc)
+            return
+        peer = self.peer
+        for event in events:
+            if type(event) is Data:
+                if peer is not None:
+                    session = self.session
+                    if session is not None:
+                        session.bytes_up += len(event.data)
+                    peer.write(event.data)
+            elif type(event) is RequestReceived:
+                peer = self._request(event)
+            elif type(event) is EndOfStream:
+                self._body_ended()
+
+    def _request(self, event: RequestReceived) -> End:
+        header, user = event.header, event.user
+        self.new_session(user=user.email or None, level=user.level)
+        if header.command is Command.MUX or header.target is None:
+            dest = Destination(Network.TCP, MUX_DOMAIN, 0)
+        elif header.command is Command.UDP:
+            self.udp = True
+            dest = Destination(Network.UDP, header.target.host, header.target.port)
+        else:
+            dest = header.target
+        logger.debug(
+            "%s: %s request from %s (%s, %s) to %s",
+            self.inbound.describe(),
+            "AEAD" if event.aead else "legacy",
+            self.source_text,
+            header.security.name,
+            user.email or user.id,
+            dest,
+        )
+        return self.start_relay(dest)
+
+    def _body_ended(self) -> None:
+        if self._read_eof:
+            return
+        self._read_eof = True
+        if self.peer is not None:
+            self.peer.write_eof()
+        self._half_closed(self.policy.uplink_only)
+        if self._write_eof and self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        if not self.relaying:
+            self.reject("connection ended during the VMess handshake")
+            return False
+        # A TCP EOF without an EOS chunk: treat it as the end of the request body.
+        self._body_ended()
+        return not self._write_eof
+
+    def _auth_failed(self, exc: VMessAuthError, size: int) -> None:
+        reason = f"VMess: {exc}"
+        if exc.drain_to is None:
+            self.reject(reason)
+            return
+        from raybridge import log as logs
+
+        logger.info("%s: %s from %s; draining", self.inbound.describe(), exc, self.source_text)
+        logs.rejected(self.source, reason, self.inbound.tag)
+        self.drain_to = exc.drain_to
+        self.received = self.codec.bytes_received
+        if self.received >= self.drain_to:
+            self.abort()
+
+    def _failed(self, exc: VMessError) -> None:
+        if self.relaying:
+            logger.info("%s: bad data from %s: %s", self.inbound.describe(), self.source_text, exc)
+            peer = self.peer
+            self.abort(exc)
+            if peer is not None:
+                peer.abort(exc)
+        else:
+            self.reject(f"VMess: {exc}")
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.send_wire(self.codec.send(data))
+        except LocalProtocolError as exc:
+            if not self.udp:
+                raise
+            logger.debug("dropped UDP datagram: %s", exc)
+
+    def _finish_write(self) -> None:
+        if self.transport is not None:
+            self.send_wire(self.codec.send_eof())
+            if self._read_eof:
+                self.transport.close()
+
+
+class VMessInbound(StreamInbound):
+    protocol_name = "vmess"
+    end_class = VMessInboundEnd
+
+    def __init__(
+        self,
+        tag: str,
+        listen: str,
+        port: int,
+        dispatcher: Dispatcher,
+        policy: Policy | None = None,
+        *,
+        users: Sequence[User],
+        disable_insecure_encryption: bool = False,
+        validator: UserValidator | None = None,
+    ) -> None:
+        super().__init__(tag, listen, port, dispatcher, policy)
+        self.validator = validator or UserValidator(users, clock=time.time)
+        self.disable_insecure_encryption = disable_insecure_encryption
+
+
+class VMessOutboundEnd(StreamEnd):
+    def __init__(self, session: Session, codec: ClientConnection, udp: bool) -> None:
+        super().__init__(session)
+        self.codec = codec
+        self.udp = udp
+        self._body_done = False
+
+    def connection_made(self, transport: object) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        if self.transport is not None:
+            # Nothing to send yet: send the header alone so the server can dial early.
+            header = self.codec.header()
+            if header:
+                self.transport.write(header)
+
+    def write(self, data: bytes) -> None:
+        try:
+            wire = self.codec.send(data)
+        except LocalProtocolError as exc:
+            if not self.udp:
+                raise
+            logger.debug("dropped UDP datagram: %s", exc)
+            return
+        self.send_wire(wire)
+
+    def _finish_write(self) -> None:
+        if self.transport is not None:
+            self.send_wire(self.codec.send_eof())
+            if self._read_eof:
+                self.transport.close()
+
+    def write_eof(self) -> None:
+        if self._write_eof or self.closed:
+            return
+        if self.transport is None:
+            # Queue the EOS chunk now, in order after the pending data.
+            self.send_wire(self.codec.send_eof())
+            self._write_eof = True
+            return
+        super().write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        try:
+            events = self.codec.receive_data(data)
+        except VMessError as exc:
+            logger.info("bad response from VMess server: %s", exc)
+            peer = self.peer
+            self.abort(exc)
+            if peer is not None:
+                peer.abort(exc)
+            return
+        peer = self.peer
+        for event in events:
+            if type(event) is Data:
+                if session is not None:
+                    session.active = True
+                    session.bytes_down += len(event.data)
+                if peer is not None:
+                    peer.write(event.data)
+            elif type(event) is EndOfStream:
+                self._body_ended()
+
+    def _body_ended(self) -> None:
+        if self._read_eof:
+            return
+        self._read_eof = True
+        if self.peer is not None:
+            self.peer.write_eof()
+        if self._write_eof and self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        self._body_ended()
+        return not self._write_eof
+
+
+@dataclass(frozen=True, slots=True)
+class VMessServer:
+    address: str
+    port: int
+    users: tuple[tuple[User, str], ...]  # (user, security name from the config)
+
+
+class VMessOutbound(Outbound):
+    def __init__(
+        self,
+        tag: str,
+        servers: Sequence[VMessServer],
+        *,
+        send_through: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not servers or not all(s.users for s in servers):
+            raise ValueError("a VMess outbound needs at least one server with a user")
+        self.tag = tag
+        self.servers = list(servers)
+        self.send_through = send_through
+        self._next = itertools.cycle(range(len(self.servers)))
+        self._rng = rng or random.SystemRandom()
+
+    def connect(self, session: Session, dest: Destination, peer: End) -> End:
+        server = self.servers[next(self._next)]
+        user, security = self._rng.choice(server.users)
+        target: Destination | None
+        if dest.host == MUX_DOMAIN:
+            command, target = Command.MUX, None
+        elif dest.network is Network.UDP:
+            command, target = Command.UDP, dest
+        else:
+            command, target = Command.TCP, dest
+        codec = ClientConnection(
+            user,
+            command,
+            target,
+            security_from_config(security),
+            now=time.time(),
+            urandom=os.urandom,
+        )
+        end = VMessOutboundEnd(session, codec, command is Command.UDP)
+        join(peer, end)
+        local = (self.send_through, 0) if self.send_through else None
+        end.start_connect(
+            lambda e: open_tcp(
+                e,
+                server.address,
+                server.port,
+                attempts=DIAL_ATTEMPTS,
+                delays=DIAL_DELAYS,
+                local_addr=local,
+            )
+        )
+        return end

@@ -1,0 +1,288 @@
+"""TCP connections as link ends, and dialing with retries.
+
+:class:`StreamEnd` is an ``asyncio.Protocol`` and an :class:`~raybridge.link.End` at once:
+the event loop calls its protocol methods, the peer calls its end methods, and the two are
+short-circuited (``data_received`` -> ``peer.write`` -> ``transport.write``). Subclasses that
+speak a protocol on the socket (SOCKS, VMess, ...) override ``data_received`` and ``write``.
+
+Half-close is propagated: EOF from the socket becomes ``peer.write_eof()``, and the peer's
+``write_eof()`` becomes a TCP FIN (``transport.write_eof()``). The socket is closed once
+both directions are done. (V2Ray 4.34 does not propagate half-close; see PROTOCOLS.md 6.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Sequence
+
+from raybridge.link import HIGH_WATER, LOW_WATER, End, Session
+
+log = logging.getLogger("raybridge.transport")
+
+
+class StreamEnd(asyncio.Protocol, End):
+    """A stream connection as one end of a link."""
+
+    #: Count traffic into ``session.bytes_up`` when read from this end's medium (inbound
+    #: side) or into ``bytes_down`` (outbound side).
+    inbound_side = False
+
+    def __init__(self, session: Session | None = None) -> None:
+        self.peer: End | None = None
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self._pending: list[bytes] = []  # wire bytes queued before the transport exists
+        self._pending_size = 0
+        self._pending_eof = False
+        self._paused_peer = False  # we paused the peer because of _pending
+        self._reading_paused = False  # the peer paused us
+        self._read_eof = False  # medium -> peer finished
+        self._write_eof = False  # peer -> medium finished
+        self._aborted = False
+        self._lost = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self._notified = False
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._aborted or self._lost
+
+    @property
+    def done(self) -> bool:
+        """Both directions finished cleanly."""
+        return self._read_eof and self._write_eof
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self._aborted:
+            transport.abort()
+            return
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if self._reading_paused:
+            transport.pause_reading()
+        if self._paused_peer:
+            self._paused_peer = False
+            if self.peer is not None:
+                self.peer.resume_reading()
+        if self._pending:
+            pending, self._pending, self._pending_size = self._pending, [], 0
+            transport.writelines(pending)
+        if self._pending_eof:
+            self._pending_eof = False
+            self._finish_write()
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None:
+            session.active = True
+            if self.inbound_side:
+                session.bytes_up += len(data)
+            else:
+                session.bytes_down += len(data)
+        peer = self.peer
+        if peer is not None:
+            peer.write(data)
+
+    def eof_received(self) -> bool:
+        self._read_eof = True
+        if self.peer is not None:
+            self.peer.write_eof()
+        # Keep the transport open for writing unless both directions are done.
+        return not self._write_eof
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.transport = None
+        if not self._aborted and not self.done and self.peer is not None:
+            self.peer.abort(exc or ConnectionResetError("connection closed"))
+        self._notify_closed(exc)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.resume_reading()
+
+    # -- hooks -------------------------------------------------------------------------
+    def _notify_closed(self, exc: Exception | None) -> None:
+        if not self._notified:
+            self._notified = True
+            self.on_closed(exc)
+
+    def on_closed(self, exc: Exception | None) -> None:
+        """Called once when the connection is gone (subclasses log or clean up here)."""
+
+    # -- End ---------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self.send_wire(data)
+
+    def send_wire(self, data: bytes) -> None:
+        """Send bytes exactly as given (already encoded by a subclass)."""
+        if self.closed or not data:
+            return
+        session = self.session
+        if session is not None:
+            session.active = True
+            if self.inbound_side:
+                session.bytes_down += len(data)
+            else:
+                session.bytes_up += len(data)
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > HIGH_WATER and not self._paused_peer and self.peer is not None:
+            self._paused_peer = True
+            self.peer.pause_reading()
+
+    def write_eof(self) -> None:
+        if self._write_eof or self.closed:
+            return
+        self._write_eof = True
+        if self.transport is None:
+            self._pending_eof = True
+            return
+        self._finish_write()
+
+    def _finish_write(self) -> None:
+        """Send whatever ends this direction on the wire (a subclass may add an EOS first)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._read_eof:
+            transport.close()  # flushes, then closes: both directions are done
+        elif transport.can_write_eof():
+            transport.write_eof()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        if self._aborted or self._lost:
+            return
+        self._aborted = True
+        self._pending.clear()
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+        else:
+            self._notify_closed(None)
+
+    def close(self) -> None:
+        """Close gracefully (flush what is buffered), without telling the peer."""
+        if self.closed:
+            return
+        if self.transport is not None:
+            self._aborted = True
+            self.transport.close()
+        else:
+            self.abort()
+
+    def pause_reading(self) -> None:
+        if self._reading_paused:
+            return
+        self._reading_paused = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    # -- outgoing connections ----------------------------------------------------------
+    def start_connect(
+        self,
+        connector: Callable[[StreamEnd], asyncio.Future[None] | asyncio.Task[None]],
+    ) -> None:
+        """Run ``connector(self)`` (a coroutine that dials with ``self`` as the protocol)
+        in the background; a failure aborts the peer."""
+        self._connect_task = asyncio.ensure_future(self._run_connect(connector))
+
+    async def _run_connect(self, connector: Callable[[StreamEnd], object]) -> None:
+        try:
+            await connector(self)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.connect_failed(exc)
+
+    def connect_failed(self, exc: BaseException) -> None:
+        if self._aborted:
+            return
+        self._aborted = True
+        self._pending.clear()
+        if self.peer is not None:
+            self.peer.abort(exc)
+        self._notify_closed(exc if isinstance(exc, Exception) else None)
+
+
+async def open_tcp(
+    protocol: asyncio.Protocol,
+    host: str,
+    port: int,
+    *,
+    attempts: int = 1,
+    delays: Sequence[float] = (),
+    local_addr: tuple[str, int] | None = None,
+    family: int = 0,
+) -> None:
+    """Dial ``host:port`` with ``protocol``, retrying like V2Ray's ``retry.ExponentialBackoff``.
+
+    ``delays[i]`` is the wait before attempt ``i + 1`` (V2Ray's VMess outbound: 5 attempts,
+    0, 200, 400, 600, 800 ms, PROTOCOLS.md 3.1).
+    """
+    loop = asyncio.get_running_loop()
+    last: Exception | None = None
+    for attempt in range(max(1, attempts)):
+        if attempt and attempt - 1 < len(delays) and delays[attempt - 1] > 0:
+            await asyncio.sleep(delays[attempt - 1])
+        try:
+            await loop.create_connection(
+                lambda: protocol, host, port, local_addr=local_addr, family=family
+            )
+            return
+        except OSError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+def describe_peer(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]), int(peer[1])
+    return None
+
+
+def sockname(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
+    name = transport.get_extra_info("sockname")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return str(name[0]), int(name[1])
+    return None
+
+
+async def start_tcp_server(
+    factory: Callable[[], asyncio.Protocol], host: str, port: int
+) -> asyncio.AbstractServer:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        factory, host, port, reuse_address=True, backlog=4096, family=_family(host)
+    )
+
+
+def _family(host: str) -> int:
+    if ":" in host:
+        return socket.AF_INET6
+    return socket.AF_INET if host and host[0].isdigit() else 0

@@ -1,0 +1,361 @@
+"""Test helpers: echo servers, a SOCKS client, V2Ray processes, in-process raybridge nodes.
+
+Everything binds 127.0.0.1 and every server or process a helper starts is stopped by the
+helper's context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from raybridge.address import Destination, Network, parse_host
+from raybridge.protocols.socks import SocksClient, SocksCommand, encode_udp_datagram
+
+V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
+HAVE_V2RAY = os.path.exists(V2RAY)
+LOCAL = "127.0.0.1"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (SOCKS UDP shares the TCP port)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOCAL, 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((LOCAL, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+# -- echo servers ------------------------------------------------------------------------
+
+
+class _Echo(asyncio.Protocol):
+    def __init__(self, server: EchoServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections += 1
+        self.server.live.add(transport)
+        transport.set_write_buffer_limits(256 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close once the client is done (after flushing)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.live.discard(self.transport)
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)
+
+
+class EchoServer:
+    """TCP and UDP echo on the same port of 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.connections = 0
+        self.live: set[asyncio.Transport] = set()
+
+    async def __aenter__(self) -> EchoServer:
+        loop = asyncio.get_running_loop()
+        self.port = free_port()
+        self.server = await loop.create_server(lambda: _Echo(self), LOCAL, self.port)
+        self.udp, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=(LOCAL, self.port))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for t in list(self.live):
+            t.abort()
+        self.udp.close()
+        await asyncio.sleep(0)
+
+
+# -- SOCKS client --------------------------------------------------------------------------
+
+
+async def socks_connect(
+    port: int,
+    host: str,
+    target_port: int,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(LOCAL, port, limit=1 << 20)
+    client = SocksClient(
+        Destination(Network.TCP, parse_host(host), target_port),
+        username=username,
+        password=password,
+    )
+    writer.write(client.initial_bytes())
+    while not client.done:
+        data = await reader.read(4096)
+        if not data:
+            raise ConnectionError("SOCKS server closed the connection")
+        out = client.receive_data(data)
+        if out:
+            writer.write(out)
+    if client.trailing:
+        raise AssertionError("unexpected bytes after the SOCKS reply")
+    return reader, writer
+
+
+async def echo_roundtrip(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int, chunk: int = 65536
+) -> tuple[str, str]:
+    """Send ``size`` random bytes while reading the echo; return both SHA-256 digests."""
+    payload = os.urandom(min(size, 1 << 20))
+    sent = hashlib.sha256()
+    got = hashlib.sha256()
+
+    async def send() -> None:
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            offset = (size - left) % len(payload)
+            piece = (payload[offset:] + payload)[:n]
+            sent.update(piece)
+            writer.write(piece)
+            await writer.drain()
+            left -= n
+
+    async def receive() -> None:
+        left = size
+        while left > 0:
+            data = await reader.read(min(1 << 20, left))
+            if not data:
+                raise ConnectionError(f"connection closed with {left} bytes missing")
+            got.update(data)
+            left -= len(data)
+
+    await asyncio.gather(send(), receive())
+    return sent.hexdigest(), got.hexdigest()
+
+
+async def socks_echo(port: int, echo_port: int, size: int, host: str = LOCAL) -> None:
+    reader, writer = await socks_connect(port, host, echo_port)
+    try:
+        a, b = await asyncio.wait_for(echo_roundtrip(reader, writer, size), 120)
+        assert a == b, "echoed bytes differ"
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+class _UdpClient(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait(data)
+
+
+async def socks_udp_echo(
+    port: int, echo_port: int, datagrams: list[bytes], *, timeout: float = 10.0
+) -> list[bytes]:
+    """UDP ASSOCIATE through the SOCKS inbound; send datagrams to the echo server and
+    return the payloads that come back (in arrival order)."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    client = SocksClient(
+        Destination(Network.UDP, parse_host("0.0.0.0"), 0), command=SocksCommand.UDP_ASSOCIATE
+    )
+    writer.write(client.initial_bytes())
+    while not client.done:
+        data = await reader.read(4096)
+        if not data:
+            raise ConnectionError("SOCKS server closed the connection")
+        out = client.receive_data(data)
+        if out:
+            writer.write(out)
+    relay = client.bound
+    transport, proto = await loop.create_datagram_endpoint(
+        _UdpClient, local_addr=(LOCAL, 0)
+    )
+    target = Destination(Network.UDP, parse_host(LOCAL), echo_port)
+    replies: list[bytes] = []
+    try:
+        for datagram in datagrams:
+            transport.sendto(encode_udp_datagram(target, datagram), (str(relay.host), relay.port))
+            reply = await asyncio.wait_for(proto.queue.get(), timeout)
+            # strip the SOCKS UDP header: 00 00 00 01 <4 bytes ip> <2 bytes port>
+            assert reply[:4] == b"\x00\x00\x00\x01", reply[:10]
+            replies.append(reply[10:])
+    finally:
+        transport.close()
+        writer.close()
+    return replies
+
+
+# -- V2Ray processes -----------------------------------------------------------------------
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((LOCAL, port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {port}") from None
+            time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def v2ray(
+    config: dict[str, Any], wait: list[int] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the real V2Ray 4.34 with ``config`` until the block ends."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+        path = f.name
+    proc = subprocess.Popen(
+        [V2RAY, "-config", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        for port in wait or []:
+            try:
+                wait_port(port)
+            except TimeoutError:
+                proc.kill()
+                out = proc.communicate()[0].decode(errors="replace")
+                raise RuntimeError(f"v2ray did not start:\n{out}") from None
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        os.unlink(path)
+
+
+async def wait_port_async(port: int, timeout: float = 10.0) -> None:
+    await asyncio.to_thread(wait_port, port, timeout)
+
+
+# -- in-process raybridge nodes -----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def node(config: dict[str, Any] | str, name: str = "<test>") -> AsyncIterator[Any]:
+    """Run a raybridge node in this event loop until the block ends."""
+    from raybridge.config.loader import load_config_text
+    from raybridge.node import Node
+
+    text = config if isinstance(config, str) else json.dumps(config, indent=1)
+    n = Node(load_config_text(text, name))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.close()
+
+
+# -- config builders ----------------------------------------------------------------------
+
+
+def client_config(
+    socks_port: int,
+    server_port: int,
+    user_id: str,
+    *,
+    alter_id: int = 0,
+    security: str = "auto",
+    http_port: int | None = None,
+) -> dict[str, Any]:
+    """Node C: SOCKS (with UDP) in, VMess out."""
+    inbounds: list[dict[str, Any]] = [
+        {
+            "tag": "socks-in",
+            "protocol": "socks",
+            "listen": LOCAL,
+            "port": socks_port,
+            "settings": {"auth": "noauth", "udp": True},
+        }
+    ]
+    if http_port:
+        inbounds.append(
+            {"tag": "http-in", "protocol": "http", "listen": LOCAL, "port": http_port}
+        )
+    return {
+        "log": {"loglevel": "warning"},
+        "inbounds": inbounds,
+        "outbounds": [
+            {
+                "tag": "vmess-out",
+                "protocol": "vmess",
+                "settings": {
+                    "vnext": [
+                        {
+                            "address": LOCAL,
+                            "port": server_port,
+                            "users": [
+                                {"id": user_id, "alterId": alter_id, "security": security}
+                            ],
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+
+
+def server_config(port: int, user_id: str, *, alter_id: int = 0) -> dict[str, Any]:
+    """Node B: VMess in, freedom out."""
+    return {
+        "log": {"loglevel": "warning"},
+        "inbounds": [
+            {
+                "tag": "vmess-in",
+                "protocol": "vmess",
+                "listen": LOCAL,
+                "port": port,
+                "settings": {"clients": [{"id": user_id, "alterId": alter_id}]},
+            }
+        ],
+        "outbounds": [{"tag": "direct", "protocol": "freedom"}],
+    }
