@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 from raybridge.address import Destination, Network, parse_host
 from raybridge.protocols.socks import SocksClient, SocksCommand, encode_udp_datagram
@@ -55,8 +55,7 @@ class _Echo(asyncio.Protocol):
         self.server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.server.connections += 1
         self.server.live.add(transport)
         transport.set_write_buffer_limits(256 * 1024)
@@ -126,16 +125,29 @@ async def socks_connect(
         password=password,
     )
     writer.write(client.initial_bytes())
-    while not client.done:
-        data = await reader.read(4096)
-        if not data:
-            raise ConnectionError("SOCKS server closed the connection")
-        out = client.receive_data(data)
+    await _socks_replies(client, reader, writer)
+    return reader, writer
+
+
+async def _socks_replies(
+    client: SocksClient, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Read the server's replies byte-exactly, so payload that follows stays in ``reader``."""
+    try:
+        choice = await reader.readexactly(2)
+        out = client.receive_data(choice)  # the password request or the command
         if out:
             writer.write(out)
-    if client.trailing:
-        raise AssertionError("unexpected bytes after the SOCKS reply")
-    return reader, writer
+        if choice[1] == 2:
+            out = client.receive_data(await reader.readexactly(2))  # password result
+            if out:
+                writer.write(out)
+        head = await reader.readexactly(5)  # VER REP RSV ATYP + first address byte
+        rest = {1: 4 - 1, 4: 16 - 1, 3: head[4]}.get(head[3], 0) + 2
+        client.receive_data(head + await reader.readexactly(rest))
+    except asyncio.IncompleteReadError:
+        raise ConnectionError("SOCKS server closed the connection") from None
+    assert client.done
 
 
 async def echo_roundtrip(
@@ -200,17 +212,9 @@ async def socks_udp_echo(
         Destination(Network.UDP, parse_host("0.0.0.0"), 0), command=SocksCommand.UDP_ASSOCIATE
     )
     writer.write(client.initial_bytes())
-    while not client.done:
-        data = await reader.read(4096)
-        if not data:
-            raise ConnectionError("SOCKS server closed the connection")
-        out = client.receive_data(data)
-        if out:
-            writer.write(out)
+    await _socks_replies(client, reader, writer)
     relay = client.bound
-    transport, proto = await loop.create_datagram_endpoint(
-        _UdpClient, local_addr=(LOCAL, 0)
-    )
+    transport, proto = await loop.create_datagram_endpoint(_UdpClient, local_addr=(LOCAL, 0))
     target = Destination(Network.UDP, parse_host(LOCAL), echo_port)
     replies: list[bytes] = []
     try:
@@ -318,9 +322,7 @@ def client_config(
         }
     ]
     if http_port:
-        inbounds.append(
-            {"tag": "http-in", "protocol": "http", "listen": LOCAL, "port": http_port}
-        )
+        inbounds.append({"tag": "http-in", "protocol": "http", "listen": LOCAL, "port": http_port})
     return {
         "log": {"loglevel": "warning"},
         "inbounds": inbounds,
@@ -333,9 +335,7 @@ def client_config(
                         {
                             "address": LOCAL,
                             "port": server_port,
-                            "users": [
-                                {"id": user_id, "alterId": alter_id, "security": security}
-                            ],
+                            "users": [{"id": user_id, "alterId": alter_id, "security": security}],
                         }
                     ]
                 },
@@ -359,3 +359,45 @@ def server_config(port: int, user_id: str, *, alter_id: int = 0) -> dict[str, An
         ],
         "outbounds": [{"tag": "direct", "protocol": "freedom"}],
     }
+
+
+class _Http(asyncio.Protocol):
+    """A tiny HTTP/1.1 origin: ``GET /<n>`` answers ``n`` deterministic bytes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer:
+            return
+        head = self.buffer.split(b"\r\n\r\n", 1)[0].decode()
+        self.buffer = b""
+        method, path, _ = head.split("\r\n", 1)[0].split(" ", 2)
+        n = int(path.strip("/") or 0)
+        body = http_body(n)
+        headers = "\r\n".join(head.split("\r\n")[1:])
+        self.transport.write(  # type: ignore[attr-defined]
+            f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nKeep-Alive: timeout=5\r\n"
+            f"X-Request-Headers: {len(headers)}\r\nX-Method: {method}\r\n\r\n".encode()
+            + body
+        )
+        if "connection: close" in head.lower():
+            self.transport.close()  # type: ignore[attr-defined]
+
+
+def http_body(n: int) -> bytes:
+    block = hashlib.sha256(b"raybridge").digest() * 2048
+    return (block * (n // len(block) + 1))[:n]
+
+
+@contextlib.asynccontextmanager
+async def http_server() -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+    port = free_port()
+    server = await loop.create_server(_Http, LOCAL, port)
+    try:
+        yield port
+    finally:
+        server.close()

@@ -1,9 +1,9 @@
 """The ``raybridge`` command line, shaped like V2Ray's.
 
-    raybridge run -c a.json [-c b.json ...]   run a node (several files merge as in V2Ray 4.34)
-    raybridge test -c a.json                  validate only; non-zero exit with a clear message
-    raybridge uuid                            print a fresh UUID for a VMess user
-    raybridge version                         print the version
+raybridge run -c a.json [-c b.json ...]   run a node (several files merge as in V2Ray 4.34)
+raybridge test -c a.json                  validate only; non-zero exit with a clear message
+raybridge uuid                            print a fresh UUID for a VMess user
+raybridge version                         print the version
 """
 
 from __future__ import annotations

@@ -189,9 +189,9 @@ def compile_rule(rule: object) -> Rule:
     if sources is not None:
         sm = IPMatcher(sources, where)
         conds.append(
-            lambda s, d: s.source is not None
-            and not isinstance(s.source.host, str)
-            and sm(s.source.host)
+            lambda s, d: (
+                s.source is not None and not isinstance(s.source.host, str) and sm(s.source.host)
+            )
         )
     users = getattr(rule, "users", None)
     if users is not None:

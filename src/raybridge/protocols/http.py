@@ -50,6 +50,11 @@ _CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _PROXY_AUTH_REQUIRED = (
     b'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="proxy"\r\n\r\n'
 )
+_METHOD_PREFIX = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}(?: |\Z)|\Z")
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\n"
     b"Connection: close\r\nProxy-Connection: close\r\nContent-Length: 0\r\n\r\n"
@@ -178,6 +183,10 @@ class HttpProxyServer:
             return None  # h11 would take b"" as end of stream; EOF is the transport's business
         chunk = bytes(data)
         self._raw += chunk
+        if _METHOD_PREFIX.match(self._raw) is None:
+            # Not an HTTP request line (a method token, then a space): say so at once
+            # instead of waiting for a line end that may never come.
+            raise self._fail(_BAD_REQUEST, "malformed HTTP request: bad request line")
         try:
             self._conn.receive_data(chunk)
             event = self._conn.next_event()
@@ -189,6 +198,11 @@ class HttpProxyServer:
             return None
         if not isinstance(event, h11.Request):  # cannot happen before any request; be safe
             raise self._fail(_BAD_REQUEST, f"unexpected HTTP event {type(event).__name__}")
+        # h11 caps only heads that arrive incomplete; one that arrives whole in a single
+        # read must be capped too, or a client could make us hold any amount.
+        head_size = len(self._raw) - len(self._conn.trailing_data[0])
+        if head_size > self._max_head:
+            raise self._fail(_HEAD_TOO_LARGE, f"request head too large ({head_size} bytes)")
         try:
             return self._handle(event)
         except (ValueError, UnicodeError) as exc:

@@ -106,6 +106,9 @@ class InboundEnd(StreamEnd):
             peer.abort(TimeoutError("idle"))
 
     def eof_received(self) -> bool:
+        if not self.relaying:
+            self.reject(f"{self.inbound.protocol_name}: connection ended during the handshake")
+            return False
         keep = super().eof_received()
         self._half_closed(self.policy.uplink_only)
         return keep

@@ -77,8 +77,8 @@ class SocksInboundEnd(InboundEnd):
         return Destination(Network.UDP, host, port)
 
     def eof_received(self) -> bool:
-        if not self.relaying or self.udp_control:
-            self.abort()
+        if self.udp_control:
+            self.abort()  # the client ended its UDP association
             return False
         return super().eof_received()
 
@@ -136,4 +136,3 @@ class SocksInbound(StreamInbound):
 
     def _open_flow(self, flow: UdpClientFlow) -> None:
         self.dispatcher.dispatch(flow.session, flow.dest, flow)
-

@@ -125,8 +125,7 @@ class VMessInboundEnd(InboundEnd):
 
     def eof_received(self) -> bool:
         if not self.relaying:
-            self.reject("connection ended during the VMess handshake")
-            return False
+            return super().eof_received()
         # A TCP EOF without an EOS chunk: treat it as the end of the request body.
         self._body_ended()
         return not self._write_eof

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from raybridge.link import HIGH_WATER, LOW_WATER, End, Session
 
@@ -57,8 +58,7 @@ class StreamEnd(asyncio.Protocol, End):
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         if self._aborted:
             transport.abort()
             return

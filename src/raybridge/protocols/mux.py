@@ -1,0 +1,712 @@
+"""Mux.Cool: the frame codec and a sans-IO session table for both ends (PROTOCOLS.md section 2).
+
+Byte layout (PROTOCOLS.md 2.2; big-endian)::
+
+    frame = META_LEN(2) | META(META_LEN) | [ DATA_LEN(2) | DATA(DATA_LEN) ]   iff OPTION & 0x01
+    META  = SESSION_ID(2) | STATUS(1) | OPTION(1) | [ New extras ]
+    New extras (STATUS 0x01 only) = NETWORK(1) | PORT(2) | ATYP(1) | ADDRESS
+        NETWORK 0x01 TCP, 0x02 UDP; ATYP 0x01 IPv4, 0x02 domain (LEN(1) + bytes), 0x03 IPv6
+
+    4 <= META_LEN <= 512 (New: >= 8); META bytes beyond what STATUS needs are ignored.
+    DATA_LEN <= 65535 for TCP sessions, <= 2048 for UDP sessions (one datagram per frame).
+
+Two layers:
+
+* :func:`encode_frame` / :class:`FrameDecoder` / :class:`Frame`: the frame syntax, nothing else.
+* :class:`MuxConnection`: the session table of one mux connection, modelled on h2's
+  ``receive_data`` / ``data_to_send``. The *client* role opens sessions (V2Ray's mux client
+  and the reverse portal), the *server* role accepts them (V2Ray's mux server and the reverse
+  bridge). User sends and the protocol's own replies (End for an unknown session, End+Error
+  for a refused one) go to one outgoing queue, drained by :meth:`MuxConnection.data_to_send`.
+
+Behaviour taken from V2Ray 4.34 (``common/mux/{client,server,session}.go``), PROTOCOLS.md 2.3:
+
+* Keep+Data for an unknown session: queue End (OPTION 0) for that ID, discard the data.
+  End, KeepAlive and Keep without data for unknown sessions: ignored.
+* A New frame received by the client role is ignored (its data discarded).
+* End from the peer ends the session at once (``SessionEnded``; sends to it fail from then
+  on) and is answered with our own End: 4.34 ends every session with an End from each side
+  (its writer sends one when its direction stops), and one for a forgotten session is ignored.
+  :meth:`MuxConnection.half_close` is the gentler local close (End, but keep receiving).
+* Anything malformed raises :class:`MuxError`; the whole connection is then dead (every later
+  ``receive_data`` raises again) and the caller should fail all sessions
+  (:meth:`MuxConnection.connection_lost`). Misuse by the caller raises LocalProtocolError;
+  a send on a session that is not open raises its subclass :class:`SessionClosedError` (the
+  peer may have ended it while the caller's data was on its way: check ``is_open``).
+
+raybridge's own decisions where V2Ray is silent or unsafe:
+
+* A New frame for an ID that is already open on the server: V2Ray overwrites its session map
+  entry and leaks the old session, whose replies then interleave with the new one's under the
+  same ID. We end the old session locally (``SessionEnded(error=True)``) and open the new
+  one. No End frame is sent for the old session: the peer would apply it to the new one.
+* ``max_sessions`` on the server: a New beyond the cap is answered with End+Error and not
+  opened. (V2Ray's server has no cap; its client stops at ``concurrency``.)
+* Zero-length data is never an event and never sent: V2Ray turns an empty write into a Keep
+  frame *without* data, so it cannot carry an empty datagram either.
+* Received TCP data is delivered as it arrives: one ``SessionData`` per contiguous piece of
+  a frame's DATA in one ``receive_data`` call (frame boundaries mean nothing on a stream), so
+  a 64 KiB frame that trickles in over many VMess chunks is copied once and never buffered
+  whole. UDP datagrams and the first payload of a New frame are delivered whole.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import Enum, IntEnum, IntFlag, auto
+from typing import TypeAlias
+
+from raybridge.address import VMESS_ADDRESS, Destination, Network
+from raybridge.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "MAX_FRAME_DATA",
+    "MAX_META_LEN",
+    "MAX_UDP_DATA",
+    "V2RAY_FRAME_DATA",
+    "Frame",
+    "FrameDecoder",
+    "FrameOption",
+    "KeepAliveReceived",
+    "MuxConnection",
+    "MuxError",
+    "MuxEvent",
+    "Role",
+    "SessionClosedError",
+    "SessionData",
+    "SessionEnded",
+    "SessionOpened",
+    "Status",
+    "encode_frame",
+]
+
+#: Receivers reject a longer META (PROTOCOLS.md 2.2).
+MAX_META_LEN = 512
+#: Largest DATA of a UDP (packet) session's frame; more tears down the connection (2.2).
+MAX_UDP_DATA = 2048
+#: Largest DATA of a TCP (stream) session's frame: what the uint16 DATA_LEN allows (2.2).
+MAX_FRAME_DATA = 0xFFFF
+#: What V2Ray 4.34 itself writes per TCP frame (2.2); it accepts up to MAX_FRAME_DATA.
+V2RAY_FRAME_DATA = 8192
+
+
+class MuxError(RemoteProtocolError):
+    """The peer broke Mux.Cool framing; this ends the whole mux connection."""
+
+
+class SessionClosedError(LocalProtocolError):
+    """A send on a session ID that is not open (never opened, ended by us or by the peer)."""
+
+
+class Status(IntEnum):
+    """STATUS byte of a frame (PROTOCOLS.md 2.2)."""
+
+    NEW = 1
+    KEEP = 2
+    END = 3
+    KEEPALIVE = 4
+
+
+class FrameOption(IntFlag):
+    """OPTION bits of a frame (PROTOCOLS.md 2.2); unknown bits are kept and ignored."""
+
+    DATA = 1
+    ERROR = 2
+
+
+class Role(Enum):
+    """Which end of a mux connection: CLIENT opens sessions, SERVER accepts them (2.3)."""
+
+    CLIENT = auto()
+    SERVER = auto()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Frame:
+    """One decoded frame. ``data`` is ``None`` iff OPTION lacks the Data bit."""
+
+    session_id: int
+    status: Status
+    option: FrameOption
+    target: Destination | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOpened:
+    """Server role: the peer opened a session (a New frame); ``data`` is its first payload."""
+
+    session_id: int
+    target: Destination
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionData:
+    """Payload for an open session: a piece of the stream (TCP) or one datagram (UDP)."""
+
+    session_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEnded:
+    """The session is gone: the peer sent End (``error`` = its Error bit), or raybridge ended
+    it (``error=True``: a duplicate New replaced it, or :meth:`MuxConnection.connection_lost`)."""
+
+    session_id: int
+    error: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeepAliveReceived:
+    """A KeepAlive frame arrived (V2Ray 4.34 never sends one; PROTOCOLS.md 2.4)."""
+
+
+MuxEvent: TypeAlias = SessionOpened | SessionData | SessionEnded | KeepAliveReceived
+_Buffer: TypeAlias = bytes | bytearray | memoryview
+
+_U16 = struct.Struct(">H")
+_META = struct.Struct(">HHBB")  # META_LEN, SESSION_ID, STATUS, OPTION
+_META_DATA = struct.Struct(">HHBBH")  # ... and DATA_LEN, for a META without extras
+_SID_STATUS_OPTION = struct.Struct(">HBB")
+
+_NEW, _KEEP, _END, _KEEPALIVE = 1, 2, 3, 4
+_OPT_DATA, _OPT_ERROR = 1, 2
+
+
+def _encode_target(target: Destination) -> bytes:
+    try:
+        return bytes((Network(target.network),)) + VMESS_ADDRESS.encode(target.host, target.port)
+    except ValueError as exc:  # includes UnicodeEncodeError
+        raise LocalProtocolError(f"cannot encode mux target {target}: {exc}") from None
+
+
+def encode_frame(
+    session_id: int,
+    status: Status,
+    *,
+    data: bytes | bytearray | memoryview | None = None,
+    target: Destination | None = None,
+    error: bool = False,
+) -> bytes:
+    """One frame. ``data=None`` leaves the Data bit clear; ``data=b""`` sets it with DATA_LEN 0.
+
+    ``target`` is required for New and refused otherwise (4.34 never writes extras elsewhere).
+    """
+    if not 0 <= session_id <= 0xFFFF:
+        raise LocalProtocolError(f"session ID out of range: {session_id}")
+    if status not in (_NEW, _KEEP, _END, _KEEPALIVE):
+        raise LocalProtocolError(f"unknown mux status: {status!r}")
+    extras = b""
+    if status == _NEW:
+        if target is None:
+            raise LocalProtocolError("a New frame needs a target")
+        extras = _encode_target(target)
+    elif target is not None:
+        raise LocalProtocolError("only a New frame carries a target")
+    option = (_OPT_DATA if data is not None else 0) | (_OPT_ERROR if error else 0)
+    head = _META.pack(4 + len(extras), session_id, status, option) + extras
+    if data is None:
+        return head
+    size = memoryview(data).nbytes
+    if size > MAX_FRAME_DATA:
+        raise LocalProtocolError(f"frame data too long: {size} > {MAX_FRAME_DATA}")
+    return b"".join((head, _U16.pack(size), data))
+
+
+# --- header parsing, shared by FrameDecoder and MuxConnection -------------------------------
+
+
+def _header_length(buf: _Buffer, pos: int, end: int) -> int:
+    """Bytes of the header (META_LEN .. DATA_LEN) starting at ``pos``.
+
+    With too few bytes to tell, a lower bound that grows as more arrive, so a caller can ask
+    again; the bad-META_LEN checks fire as soon as the two length bytes are there.
+    """
+    if end - pos < 2:
+        return 2
+    meta_len = (buf[pos] << 8) | buf[pos + 1]
+    if meta_len > MAX_META_LEN:
+        raise MuxError(f"META_LEN {meta_len} > {MAX_META_LEN}")
+    if meta_len < 4:
+        raise MuxError(f"META_LEN {meta_len} < 4")
+    if end - pos < 2 + meta_len:
+        return 2 + meta_len
+    return 4 + meta_len if buf[pos + 5] & _OPT_DATA else 2 + meta_len
+
+
+def _decode_target(buf: _Buffer, start: int, meta_end: int) -> Destination:
+    if meta_end - start < 4:  # NETWORK, PORT, ATYP: META_LEN < 8
+        raise MuxError(f"New frame META_LEN {meta_end - start + 4} < 8")
+    extras = bytes(buf[start:meta_end])  # <= 508 bytes, New frames only
+    network = extras[0]
+    if network != 1 and network != 2:
+        raise MuxError(f"unknown mux network type: {network}")
+    decoded = VMESS_ADDRESS.decode(extras, 1, MuxError)
+    if decoded is None:
+        raise MuxError("New frame address runs past the end of META")
+    host, port, _ = decoded
+    return Destination(Network(network), host, port)
+
+
+def _decode_header(
+    buf: _Buffer, pos: int, length: int
+) -> tuple[int, int, int, Destination | None, int]:
+    """Decode a complete header of ``length`` bytes at ``pos``.
+
+    Returns ``(session_id, status, option, target, data_len)``, ``data_len = -1`` without
+    the Data bit.
+    """
+    session_id, status, option = _SID_STATUS_OPTION.unpack_from(buf, pos + 2)
+    has_data = option & _OPT_DATA
+    meta_end = pos + length - 2 if has_data else pos + length
+    target = None
+    if status == _NEW:
+        target = _decode_target(buf, pos + 6, meta_end)
+    elif status != _KEEP and status != _END and status != _KEEPALIVE:
+        raise MuxError(f"unknown mux session status: {status}")
+    data_len = ((buf[meta_end] << 8) | buf[meta_end + 1]) if has_data else -1
+    return session_id, status, option, target, data_len
+
+
+def _udp_check(data_len: int) -> None:
+    if data_len > MAX_UDP_DATA:
+        raise MuxError(f"UDP frame data too long: {data_len} > {MAX_UDP_DATA}")
+
+
+class FrameDecoder:
+    """Incremental frame parser: whole frames only, no session semantics.
+
+    The one session-independent DATA_LEN rule is checked: a New frame for a UDP target may
+    carry at most 2048 bytes. (A Keep frame's limit depends on its session: MuxConnection.)
+    """
+
+    __slots__ = ("_buf", "_failed", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._failed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: _Buffer) -> list[Frame]:
+        if self._failed:
+            raise MuxError("the mux stream has already failed")
+        buf = self._buf
+        buf += data
+        end = len(buf)
+        pos = self._pos
+        frames: list[Frame] = []
+        try:
+            while True:
+                need = _header_length(buf, pos, end)
+                if end - pos < need:
+                    break
+                session_id, status, option, target, data_len = _decode_header(buf, pos, need)
+                body = pos + need
+                payload = None
+                if data_len >= 0:
+                    if target is not None and target.network is Network.UDP:
+                        _udp_check(data_len)
+                    if end - body < data_len:
+                        break
+                    payload = bytes(buf[body : body + data_len])
+                    body += data_len
+                frames.append(
+                    Frame(
+                        session_id=session_id,
+                        status=Status(status),
+                        option=FrameOption(option),
+                        target=target,
+                        data=payload,
+                    )
+                )
+                pos = body
+        except MuxError:
+            self._failed = True
+            raise
+        if pos == end:
+            buf.clear()
+            pos = 0
+        elif pos >= 4096:  # bytearray deletes from the front cheaply; don't do it every call
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        return frames
+
+
+# --- the connection state machine ------------------------------------------------------------
+
+# What to do with the DATA of the frame being received.
+_DISCARD = 0  # unknown session, End/KeepAlive data, New on the client side, refused New
+_STREAM = 1  # TCP session: deliver each piece as it arrives
+_DATAGRAM = 2  # UDP session: collect the whole frame, deliver one datagram
+_OPEN = 3  # New frame on the server: collect the first payload, then SessionOpened
+
+_PayloadPiece: TypeAlias = bytes | memoryview
+
+
+def _owned(data: _Buffer) -> bytes | memoryview:
+    """``data`` itself if nobody can change it before it is sent, else a copy."""
+    if type(data) is bytes:
+        return data
+    if (
+        isinstance(data, memoryview)
+        and isinstance(data.obj, bytes)
+        and data.itemsize == 1
+        and data.ndim == 1
+        and data.c_contiguous
+    ):
+        return data
+    return bytes(data)
+
+
+class MuxConnection:
+    """The session table of one mux connection, either role (see the module docstring).
+
+    ``data_to_send()`` returns one ``bytes`` object: the transport under a mux connection is a
+    VMess body encoder, which cuts its input into chunks anyway and is cheapest with one
+    contiguous buffer. Sends keep references to ``bytes`` (and memoryviews of ``bytes``)
+    rather than copying them, so each payload byte is copied once, by the join in
+    ``data_to_send``; mutable buffers are copied when queued.
+    """
+
+    __slots__ = (
+        "_allocated",
+        "_collect",
+        "_current_id",
+        "_current_target",
+        "_failed",
+        "_half_closed",
+        "_header",
+        "_max_frame_data",
+        "_max_sessions",
+        "_mode",
+        "_next_id",
+        "_out",
+        "_remaining",
+        "_sessions",
+        "role",
+    )
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_sessions: int = 0,
+        first_session_id: int = 1,
+        max_frame_data: int = MAX_FRAME_DATA,
+    ) -> None:
+        if max_sessions < 0:
+            raise ValueError(f"max_sessions must be >= 0: {max_sessions}")
+        if not 0 <= first_session_id <= 0xFFFF:
+            raise ValueError(f"first_session_id out of range: {first_session_id}")
+        if not 1 <= max_frame_data <= MAX_FRAME_DATA:
+            raise ValueError(f"max_frame_data must be 1..{MAX_FRAME_DATA}: {max_frame_data}")
+        self.role = role
+        self._max_sessions = max_sessions
+        self._max_frame_data = max_frame_data
+        self._next_id = first_session_id
+        self._allocated = 0
+        self._sessions: dict[int, Network] = {}
+        self._half_closed: set[int] = set()  # End sent by half_close(), still receiving
+        self._out: list[_PayloadPiece] = []
+        self._failed = False
+        # Receive state: a partial header (< 517 bytes) waits in _header; DATA is consumed
+        # straight from the caller's buffer, _remaining bytes of it still to come.
+        self._header = bytearray()
+        self._remaining = 0
+        self._mode = _DISCARD
+        self._current_id = 0
+        self._current_target: Destination | None = None
+        self._collect = bytearray()
+
+    # -- queries --------------------------------------------------------------------------
+
+    @property
+    def session_count(self) -> int:
+        """Sessions open now (V2Ray's ``ActiveConnections``; checked against concurrency)."""
+        return len(self._sessions)
+
+    @property
+    def allocated_total(self) -> int:
+        """Sessions ever opened on this connection (V2Ray's ``TotalConnections``: its client
+        stops at 128, the portal drains a tunnel above 256; PROTOCOLS.md 2.4, 3.2)."""
+        return self._allocated
+
+    def is_open(self, session_id: int) -> bool:
+        return session_id in self._sessions
+
+    def session_network(self, session_id: int) -> Network:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise SessionClosedError(f"mux session {session_id} is not open") from None
+
+    def session_ids(self) -> list[int]:
+        return list(self._sessions)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def open_session(self, target: Destination, data: bytes | bytearray | memoryview = b"") -> int:
+        """Client role: allocate the next ID (never reused) and queue a New frame.
+
+        ``data`` rides in the New frame (V2Ray sends the first payload that way when it
+        arrives within 100 ms); a TCP payload longer than ``max_frame_data`` continues in
+        Keep frames. Raises LocalProtocolError on the server role, at ``max_sessions``, once
+        the 16-bit IDs are used up, or for a UDP datagram over 2048 bytes.
+        """
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError("only the client role opens mux sessions")
+        if self._max_sessions and len(self._sessions) >= self._max_sessions:
+            raise LocalProtocolError(f"mux session limit reached ({self._max_sessions})")
+        session_id = self._next_id
+        if session_id > 0xFFFF:
+            raise LocalProtocolError("mux session IDs exhausted on this connection")
+        extras = _encode_target(target)
+        payload = _owned(data)
+        size = len(payload)
+        udp = target.network is Network.UDP
+        if udp and size > MAX_UDP_DATA:
+            raise LocalProtocolError(f"UDP datagram too long for mux: {size} > {MAX_UDP_DATA}")
+        self._next_id = session_id + 1
+        self._sessions[session_id] = target.network
+        self._allocated += 1
+        meta_len = 4 + len(extras)
+        if not size:
+            self._out.append(_META.pack(meta_len, session_id, _NEW, 0) + extras)
+            return session_id
+        limit = self._max_frame_data
+        first = payload if udp or size <= limit else memoryview(payload)[:limit]
+        head = _META.pack(meta_len, session_id, _NEW, _OPT_DATA) + extras + _U16.pack(len(first))
+        self._out += (head, first)
+        if len(first) < size:
+            self._queue_stream(session_id, memoryview(payload)[len(first) :])
+        return session_id
+
+    def send_data(self, session_id: int, data: bytes | bytearray | memoryview) -> None:
+        """Queue Keep frames: a TCP payload is cut into frames of at most ``max_frame_data``
+        bytes; a UDP payload is one datagram, one frame, at most 2048 bytes."""
+        network = self._sessions.get(session_id)
+        if network is None or (self._half_closed and session_id in self._half_closed):
+            raise SessionClosedError(f"mux session {session_id} is not open for sending")
+        payload = _owned(data)
+        size = len(payload)
+        if not size:
+            return
+        if network is Network.UDP:
+            if size > MAX_UDP_DATA:
+                raise LocalProtocolError(f"UDP datagram too long for mux: {size} > {MAX_UDP_DATA}")
+        elif size > self._max_frame_data:
+            self._queue_stream(session_id, memoryview(payload))
+            return
+        self._out += (_META_DATA.pack(4, session_id, _KEEP, _OPT_DATA, size), payload)
+
+    def _queue_stream(self, session_id: int, view: memoryview) -> None:
+        out = self._out
+        step = self._max_frame_data
+        for start in range(0, len(view), step):
+            piece = view[start : start + step]
+            out += (_META_DATA.pack(4, session_id, _KEEP, _OPT_DATA, len(piece)), piece)
+
+    def end_session(self, session_id: int, error: bool = False) -> None:
+        """Queue End (with the Error bit if ``error``) and forget the session.
+
+        Idempotent: a session that is not open (already ended by either side) sends nothing;
+        neither does a half-closed one (its End is out already).
+        """
+        if self._sessions.pop(session_id, None) is None:
+            return
+        if self._half_closed and session_id in self._half_closed:
+            self._half_closed.remove(session_id)
+        else:
+            self._out.append(_META.pack(4, session_id, _END, _OPT_ERROR if error else 0))
+
+    def half_close(self, session_id: int) -> None:
+        """Queue End but keep delivering the peer's data until the peer's own End arrives.
+
+        For a local FIN: a 4.34 peer treats End as the end of our direction only (its server
+        closes the uplink and keeps sending the response, then sends End). A raybridge peer
+        ends the session when End arrives (see ``receive_data``), so between two raybridge
+        nodes this is a plain close. Sends fail afterwards; idempotent.
+        """
+        if session_id in self._sessions and session_id not in self._half_closed:
+            self._half_closed.add(session_id)
+            self._out.append(_META.pack(4, session_id, _END, 0))
+
+    def send_keepalive(self) -> None:
+        """Queue a KeepAlive frame (session ID 0). V2Ray ignores them (PROTOCOLS.md 2.4)."""
+        self._out.append(_META.pack(4, 0, _KEEPALIVE, 0))
+
+    def data_to_send(self) -> bytes:
+        """Everything queued so far, as one ``bytes`` (``b""`` if nothing)."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        if len(out) == 1 and type(out[0]) is bytes:
+            return out[0]
+        return b"".join(out)
+
+    def connection_lost(self) -> list[SessionEnded]:
+        """The transport under this connection is gone (or ``receive_data`` raised): forget
+        every session and return ``SessionEnded(error=True)`` for each."""
+        ended = [SessionEnded(session_id=sid, error=True) for sid in self._sessions]
+        self._sessions.clear()
+        self._half_closed.clear()
+        return ended
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[MuxEvent]:
+        """Feed bytes from the peer; returns the events they complete.
+
+        Replies the protocol needs (End for an unknown session, End+Error for a refused New)
+        are queued for :meth:`data_to_send`. Raises :class:`MuxError` on malformed input; the
+        connection is then unusable.
+        """
+        if self._failed:
+            raise MuxError("the mux connection has already failed")
+        with memoryview(data) as raw, raw.cast("B") as view:
+            try:
+                return self._receive(view)
+            except MuxError:
+                self._failed = True
+                raise
+
+    def _receive(self, view: memoryview) -> list[MuxEvent]:
+        events: list[MuxEvent] = []
+        sessions = self._sessions
+        header = self._header
+        end = len(view)
+        pos = 0
+        while True:
+            remaining = self._remaining
+            if remaining:
+                # DATA phase: consume straight from the caller's buffer.
+                if pos >= end:
+                    break
+                stop = pos + remaining if end - pos >= remaining else end
+                self._remaining = remaining - (stop - pos)
+                mode = self._mode
+                if mode == _STREAM:
+                    session_id = self._current_id
+                    if session_id in sessions:  # else ended locally mid-frame: drop the rest
+                        events.append(
+                            SessionData(session_id=session_id, data=view[pos:stop].tobytes())
+                        )
+                elif mode != _DISCARD:
+                    if self._remaining:
+                        self._collect += view[pos:stop]
+                    elif self._collect:
+                        self._collect += view[pos:stop]
+                        self._finish(bytes(self._collect), events)
+                        self._collect.clear()
+                    else:  # the whole DATA is here: copy it once
+                        self._finish(view[pos:stop].tobytes(), events)
+                pos = stop
+                continue
+            # HEADER phase.
+            if header:
+                # A header split across calls: top it up with just the bytes it needs.
+                while True:
+                    need = _header_length(header, 0, len(header))
+                    have = len(header)
+                    if have >= need:
+                        break
+                    if pos >= end:
+                        return events
+                    stop = min(end, pos + need - have)
+                    header += view[pos:stop]
+                    pos = stop
+                parsed = _decode_header(header, 0, need)
+                header.clear()
+            else:
+                if pos >= end:
+                    break
+                need = _header_length(view, pos, end)
+                if end - pos < need:
+                    header += view[pos:end]  # shorter than one header: < 517 bytes
+                    break
+                parsed = _decode_header(view, pos, need)
+                pos += need
+            self._on_header(*parsed, events)
+        return events
+
+    def _on_header(
+        self,
+        session_id: int,
+        status: int,
+        option: int,
+        target: Destination | None,
+        data_len: int,
+        events: list[MuxEvent],
+    ) -> None:
+        sessions = self._sessions
+        mode = _DISCARD
+        if status == _KEEP:
+            if data_len < 0:
+                return
+            network = sessions.get(session_id)
+            if network is None:
+                # V2Ray's answer to data for a session it doesn't know (PROTOCOLS.md 2.3).
+                self._out.append(_META.pack(4, session_id, _END, 0))
+            elif network is Network.TCP:
+                mode = _STREAM
+            else:
+                _udp_check(data_len)
+                mode = _DATAGRAM
+        elif status == _END:
+            if sessions.pop(session_id, None) is not None:
+                events.append(SessionEnded(session_id=session_id, error=bool(option & _OPT_ERROR)))
+                if session_id in self._half_closed:
+                    self._half_closed.remove(session_id)
+                else:
+                    # Our own End, as 4.34 always sends one when its side of a session stops
+                    # (2.3); a peer that has forgotten the session ignores it.
+                    self._out.append(_META.pack(4, session_id, _END, 0))
+        elif status == _KEEPALIVE:
+            events.append(KeepAliveReceived())
+        elif self.role is Role.SERVER:  # New (the client role ignores New: 2.3)
+            assert target is not None  # _decode_header guarantees one for New
+            if target.network is Network.UDP:
+                _udp_check(data_len)
+            if sessions.pop(session_id, None) is not None:
+                # Duplicate ID: replace the old session (see the module docstring).
+                self._half_closed.discard(session_id)
+                events.append(SessionEnded(session_id=session_id, error=True))
+            if self._max_sessions and len(sessions) >= self._max_sessions:
+                self._out.append(_META.pack(4, session_id, _END, _OPT_ERROR))
+            elif data_len <= 0:
+                self._open(session_id, target, b"", events)
+            else:
+                mode = _OPEN
+                self._current_target = target
+        if data_len > 0:
+            self._remaining = data_len
+            self._mode = mode
+            self._current_id = session_id
+
+    def _finish(self, payload: bytes, events: list[MuxEvent]) -> None:
+        """The DATA of a collected frame (datagram or New payload) is complete."""
+        session_id = self._current_id
+        if self._mode == _OPEN:
+            target = self._current_target
+            assert target is not None
+            self._current_target = None
+            self._open(session_id, target, payload, events)
+        elif session_id in self._sessions:
+            events.append(SessionData(session_id=session_id, data=payload))
+
+    def _open(
+        self, session_id: int, target: Destination, payload: bytes, events: list[MuxEvent]
+    ) -> None:
+        self._sessions[session_id] = target.network
+        self._allocated += 1
+        events.append(SessionOpened(session_id=session_id, target=target, data=payload))

@@ -1,0 +1,399 @@
+"""VMess body framing, one direction at a time (PROTOCOLS.md 1.9).
+
+Generic chunk (1.9.1), used by AES-128-GCM and ChaCha20-Poly1305 always, by LEGACY with
+option S (inside one AES-CFB stream) and by NONE over UDP with S::
+
+    SIZE(2) = uint16(len(SEALED) + p) XOR mask    mask: SHAKE128 word if M, else 0
+    SEALED  = AEAD(payload) (+16) | FNV32(payload) ‖ payload (+4) | payload (+0)
+    PADDING = p bytes, p = SHAKE128 word % 64 if P (drawn before the mask), else 0
+
+    AEAD nonce = uint16(count) ‖ IV[2:12], count += 1 per chunk, wrapping at 65536.
+    End of stream: a chunk whose payload is empty (SIZE == overhead + p).
+
+NONE over TCP/Mux with S (1.9.5): ``SIZE(2, masked if M) ‖ payload``, no padding, EOS = 0.
+Without S (NONE, LEGACY): raw bytes (LEGACY: through AES-CFB), no framing, no EOS chunk.
+
+Readers accept any SIZE up to 65535 and fail on a bad tag or checksum (V2Ray silently
+skips small bad chunks; we do not). Writers never emit SIZE > 65535.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import CipherContext
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from raybridge.errors import LocalProtocolError
+from raybridge.protocols.vmess.errors import VMessError
+from raybridge.protocols.vmess.events import Data, EndOfStream
+from raybridge.protocols.vmess.header import Command, Option, Security
+from raybridge.protocols.vmess.primitives import (
+    FNV_EMPTY,
+    HashlibShakeStream,
+    ShakeStream,
+    aes_cfb_decryptor,
+    aes_cfb_encryptor,
+    chacha20_key,
+    fnv1a32,
+    new_shake_stream,
+)
+
+__all__ = ["MAX_CHUNK_SIZE", "BodyReader", "BodyWriter", "max_payload"]
+
+BytesLike = bytes | bytearray | memoryview
+Urandom = Callable[[int], bytes]
+
+#: The largest SIZE a chunk may carry: the full uint16 range (1.9.7).
+MAX_CHUNK_SIZE = 0xFFFF
+_MAX_PADDING = 63
+
+_RAW = 0  # no framing
+_STREAM = 1  # NONE over TCP/Mux with S: SIZE ‖ payload
+_AUTH = 2  # generic chunk format
+
+_AUTH_NOOP = 0
+_AUTH_FNV = 1
+_AUTH_AEAD = 2
+
+_pack_u16 = struct.Struct(">H").pack
+_pack_u32 = struct.Struct(">I").pack
+_PAD_POOL = 4096
+_COMPACT_AT = 1 << 16
+
+
+class _AEAD(Protocol):
+    def encrypt(self, nonce: bytes, data: BytesLike, associated_data: None) -> bytes: ...
+    def decrypt(self, nonce: bytes, data: BytesLike, associated_data: None) -> bytes: ...
+
+
+def _framing(security: Security, options: Option, command: Command) -> tuple[int, int, int]:
+    """(mode, authenticator, overhead) chosen as ``DecodeRequestBody`` & co. do (1.9)."""
+    chunked = bool(options & Option.CHUNK_STREAM)
+    if security == Security.NONE:
+        if not chunked:
+            return _RAW, _AUTH_NOOP, 0
+        if command == Command.UDP:
+            return _AUTH, _AUTH_NOOP, 0
+        return _STREAM, _AUTH_NOOP, 0
+    if security == Security.LEGACY:
+        return (_AUTH, _AUTH_FNV, 4) if chunked else (_RAW, _AUTH_NOOP, 0)
+    if security in (Security.AES_128_GCM, Security.CHACHA20_POLY1305):
+        return _AUTH, _AUTH_AEAD, 16  # chunked whatever S says
+    raise ValueError(f"no body framing for security {security!r}")
+
+
+def max_payload(security: Security, options: Option, command: Command) -> int:
+    """Largest payload one chunk can carry without SIZE exceeding 65535 (any padding)."""
+    mode, _, overhead = _framing(security, options, command)
+    if mode == _RAW:
+        return 1 << 62
+    if mode == _STREAM:
+        return MAX_CHUNK_SIZE
+    padding = _MAX_PADDING if options & Option.GLOBAL_PADDING else 0
+    return MAX_CHUNK_SIZE - overhead - padding
+
+
+def _check_options(options: Option) -> None:
+    if options & Option.GLOBAL_PADDING and not options & Option.CHUNK_MASKING:
+        # The padding length comes from the masking stream; V2Ray 4.34 crashes on P without M.
+        raise ValueError("option GlobalPadding requires ChunkMasking")
+
+
+class _Direction:
+    """State shared by writer and reader of one direction: cipher, nonce counter, SHAKE."""
+
+    __slots__ = (
+        "_aead",
+        "_auth",
+        "_cfb",
+        "_count",
+        "_iv_tail",
+        "_mask",
+        "_mode",
+        "_overhead",
+        "_pad",
+        "_shake",
+    )
+
+    def __init__(
+        self,
+        security: Security,
+        options: Option,
+        command: Command,
+        key: bytes,
+        iv: bytes,
+        cfb: CipherContext | None,
+    ) -> None:
+        _check_options(options)
+        self._mode, self._auth, self._overhead = _framing(security, options, command)
+        self._aead: _AEAD | None = None
+        if security == Security.AES_128_GCM:
+            self._aead = AESGCM(key)
+        elif security == Security.CHACHA20_POLY1305:
+            self._aead = ChaCha20Poly1305(chacha20_key(key))
+        self._cfb = cfb
+        self._count = 0
+        self._iv_tail = iv[2:12]
+        self._mask = bool(options & Option.CHUNK_MASKING)
+        # NONE over TCP/Mux ignores P: its chunk-stream framing has no padding (1.9.5).
+        self._pad = bool(options & Option.GLOBAL_PADDING) and self._mode == _AUTH
+        self._shake: ShakeStream | HashlibShakeStream | None = (
+            new_shake_stream(iv) if self._mask else None
+        )
+
+
+class BodyWriter(_Direction):
+    """Seals one direction's body. ``cfb`` continues an existing AES-CFB stream (LEGACY body
+    after a legacy response header, 1.8); by default LEGACY starts a fresh one from key/IV."""
+
+    __slots__ = ("_closed", "_max", "_packet", "_pad_pool", "_pad_pos", "_urandom")
+
+    def __init__(
+        self,
+        *,
+        security: Security,
+        options: Option,
+        command: Command,
+        key: bytes,
+        iv: bytes,
+        urandom: Urandom,
+        chunk_size: int = 16384,
+        cfb: CipherContext | None = None,
+    ) -> None:
+        if security == Security.LEGACY and cfb is None:
+            cfb = aes_cfb_encryptor(key, iv)
+        super().__init__(security, options, command, key, iv, cfb)
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        self._packet = command == Command.UDP
+        # A datagram cannot be split: UDP is bounded only by what one chunk can carry.
+        limit = max_payload(security, options, command)
+        self._max = limit if self._packet else min(chunk_size, limit)
+        self._urandom = urandom
+        self._pad_pool = b""
+        self._pad_pos = 0
+        self._closed = False
+
+    @property
+    def framed(self) -> bool:
+        """False for raw bodies (no S with NONE/LEGACY): their end is the connection's end."""
+        return self._mode != _RAW
+
+    def _padding(self, n: int) -> bytes:
+        pos = self._pad_pos
+        if pos + n > len(self._pad_pool):
+            self._pad_pool = self._urandom(_PAD_POOL)
+            pos = 0
+        self._pad_pos = pos + n
+        return self._pad_pool[pos : pos + n]
+
+    def write(self, data: BytesLike) -> bytes:
+        if self._closed:
+            raise LocalProtocolError("VMess body already ended")
+        n = len(data)
+        if n == 0:
+            return b""  # an empty chunk would be the end-of-stream marker
+        if self._mode == _RAW:
+            out = bytes(data)
+            return self._cfb.update(out) if self._cfb is not None else out
+        if self._packet and n > self._max:
+            raise LocalProtocolError(f"UDP datagram of {n} bytes does not fit one chunk")
+        mv = memoryview(data)
+        parts: list[bytes] = []
+        if self._mode == _STREAM:
+            self._seal_stream(mv, n, parts)
+        else:
+            self._seal_auth(mv, n, parts)
+        out = b"".join(parts)
+        return self._cfb.update(out) if self._cfb is not None else out
+
+    def write_eof(self) -> bytes:
+        """The end-of-stream chunk (b"" for raw bodies, which end when the connection does)."""
+        if self._closed:
+            raise LocalProtocolError("VMess body already ended")
+        self._closed = True
+        if self._mode == _RAW:
+            return b""
+        parts: list[bytes] = []
+        if self._mode == _STREAM:
+            mask = self._shake.next_u16() if self._shake is not None else 0
+            parts.append(_pack_u16(mask))
+        else:
+            self._seal_auth(memoryview(b""), 0, parts)
+        out = b"".join(parts)
+        return self._cfb.update(out) if self._cfb is not None else out
+
+    def _seal_stream(self, mv: memoryview, n: int, parts: list[bytes]) -> None:
+        shake = self._shake
+        step = self._max
+        append = parts.append
+        for pos in range(0, n, step):
+            chunk = mv[pos : pos + step]
+            mask = shake.next_u16() if shake is not None else 0
+            append(_pack_u16(len(chunk) ^ mask))
+            append(bytes(chunk))
+
+    def _seal_auth(self, mv: memoryview, n: int, parts: list[bytes]) -> None:
+        shake = self._shake
+        pad_on = self._pad
+        overhead = self._overhead
+        aead = self._aead
+        auth = self._auth
+        tail = self._iv_tail
+        count = self._count
+        step = self._max
+        append = parts.append
+        pos = 0
+        while True:
+            chunk = mv[pos : pos + step]
+            pos += step
+            pad = shake.next_u16() % 64 if pad_on and shake is not None else 0
+            mask = shake.next_u16() if shake is not None else 0
+            append(_pack_u16((len(chunk) + overhead + pad) ^ mask))
+            if aead is not None:
+                append(aead.encrypt(_pack_u16(count) + tail, chunk, None))
+                count = (count + 1) & 0xFFFF
+            elif auth == _AUTH_FNV:
+                payload = bytes(chunk)
+                append(_pack_u32(fnv1a32(payload) if payload else FNV_EMPTY))
+                append(payload)
+            else:
+                append(bytes(chunk))
+            if pad:
+                append(self._padding(pad))
+            if pos >= n:
+                break
+        self._count = count
+
+
+class BodyReader(_Direction):
+    """Opens one direction's body from bytes that may arrive split anywhere."""
+
+    __slots__ = ("_buf", "_done", "_off", "_pending_pad", "_pending_size")
+
+    def __init__(
+        self,
+        *,
+        security: Security,
+        options: Option,
+        command: Command,
+        key: bytes,
+        iv: bytes,
+        cfb: CipherContext | None = None,
+    ) -> None:
+        if security == Security.LEGACY and cfb is None:
+            cfb = aes_cfb_decryptor(key, iv)
+        super().__init__(security, options, command, key, iv, cfb)
+        self._buf = bytearray()  # unparsed bytes start at self._off
+        self._off = 0
+        self._pending_size = -1  # SIZE already read (and SHAKE words drawn) for the next chunk
+        self._pending_pad = 0
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, data: BytesLike) -> list[Data | EndOfStream]:
+        if self._done:
+            if len(data):
+                raise VMessError("data after end of stream")
+            return []
+        if self._cfb is not None:
+            data = self._cfb.update(data)
+        if self._mode == _RAW:
+            return [Data(bytes(data))] if len(data) else []
+        events: list[Data | EndOfStream] = []
+        buf = self._buf
+        if not buf:
+            # Fast path: parse straight from the caller's bytes, keep only the unparsed tail.
+            with memoryview(data) as mv:
+                end = len(mv)
+                pos = self._parse(mv, 0, end, events)
+                if pos < end:
+                    buf += mv[pos:]
+            return events
+        buf += data
+        with memoryview(buf) as mv:
+            pos = self._parse(mv, self._off, len(mv), events)
+        if pos == len(buf):
+            buf.clear()
+            self._off = 0
+        elif pos > _COMPACT_AT or 2 * pos > len(buf):
+            # Compact occasionally, not per call: a big chunk arriving in small pieces
+            # must not move the whole buffer each time.
+            del buf[:pos]
+            self._off = 0
+        else:
+            self._off = pos
+        return events
+
+    def feed_eof(self) -> list[Data | EndOfStream]:
+        """The connection was closed by the peer. V2Ray takes that as a clean end when it
+        falls on a chunk boundary (its size read sees io.EOF) and as an error mid-chunk."""
+        if self._done:
+            return []
+        if len(self._buf) > self._off or self._pending_size >= 0:
+            raise VMessError("connection closed in the middle of a chunk")
+        self._done = True
+        return [EndOfStream()]
+
+    def _parse(self, mv: memoryview, pos: int, end: int, events: list[Data | EndOfStream]) -> int:
+        shake = self._shake
+        pad_on = self._pad
+        overhead = self._overhead
+        aead = self._aead
+        auth = self._auth
+        stream = self._mode == _STREAM
+        tail = self._iv_tail
+        count = self._count
+        size = self._pending_size
+        pad = self._pending_pad
+        append = events.append
+        try:
+            while True:
+                if size < 0:
+                    if end - pos < 2:
+                        break
+                    pad = shake.next_u16() % 64 if pad_on and shake is not None else 0
+                    mask = shake.next_u16() if shake is not None else 0
+                    size = ((mv[pos] << 8) | mv[pos + 1]) ^ mask
+                    pos += 2
+                    if size < overhead + pad:
+                        raise VMessError(f"chunk size {size} below overhead and padding")
+                if end - pos < size:
+                    break
+                sealed_end = pos + size - pad
+                if stream:
+                    payload = bytes(mv[pos:sealed_end])
+                elif aead is not None:
+                    try:
+                        payload = aead.decrypt(_pack_u16(count) + tail, mv[pos:sealed_end], None)
+                    except InvalidTag:
+                        raise VMessError("chunk authentication failed") from None
+                    count = (count + 1) & 0xFFFF
+                elif auth == _AUTH_FNV:
+                    payload = bytes(mv[pos + 4 : sealed_end])
+                    expected = int.from_bytes(mv[pos : pos + 4], "big")
+                    if (fnv1a32(payload) if payload else FNV_EMPTY) != expected:
+                        raise VMessError("chunk checksum mismatch")
+                else:
+                    payload = bytes(mv[pos:sealed_end])
+                pos += size
+                size = -1
+                if not payload:
+                    self._done = True
+                    append(EndOfStream())
+                    if pos < end:
+                        raise VMessError("data after end of stream")
+                    break
+                append(Data(payload))
+        finally:
+            self._count = count
+            self._pending_size = size
+            self._pending_pad = pad
+        return pos

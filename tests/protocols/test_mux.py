@@ -1,0 +1,1050 @@
+"""Mux.Cool frame codec and session table (PROTOCOLS.md sections 2 and 7)."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    rule,
+)
+
+from raybridge.address import Destination, Network, tcp, udp
+from raybridge.errors import LocalProtocolError
+from raybridge.protocols.mux import (
+    MAX_UDP_DATA,
+    Frame,
+    FrameDecoder,
+    FrameOption,
+    KeepAliveReceived,
+    MuxConnection,
+    MuxError,
+    MuxEvent,
+    Role,
+    SessionClosedError,
+    SessionData,
+    SessionEnded,
+    SessionOpened,
+    Status,
+    encode_frame,
+)
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def h(text: str) -> bytes:
+    return bytes.fromhex(text.replace(" ", ""))
+
+
+# --- PROTOCOLS.md section 7 vectors ----------------------------------------------------------
+
+EXAMPLE_80 = tcp("example.com", 80)
+DNS = udp("8.8.8.8", 53)
+CONTROL = Destination(Network.UDP, "reverse.internal.v2ray.com", 0)
+
+VECTORS = {
+    "new-tcp-data": (
+        "0014 0001 01 01 01 0050 02 0b 6578616d706c652e636f6d 0002 6869",
+        Frame(
+            session_id=1,
+            status=Status.NEW,
+            option=FrameOption.DATA,
+            target=EXAMPLE_80,
+            data=b"hi",
+        ),
+    ),
+    "keep-data": (
+        "0004 0001 02 01 0002 6869",
+        Frame(session_id=1, status=Status.KEEP, option=FrameOption.DATA, data=b"hi"),
+    ),
+    "end": ("0004 0001 03 00", Frame(session_id=1, status=Status.END, option=FrameOption(0))),
+    "end-error": (
+        "0004 0001 03 02",
+        Frame(session_id=1, status=Status.END, option=FrameOption.ERROR),
+    ),
+    "new-udp": (
+        "000c 0002 01 00 02 0035 01 08080808",
+        Frame(session_id=2, status=Status.NEW, option=FrameOption(0), target=DNS),
+    ),
+    "control-new": (
+        "0023 0001 01 00 02 0000 02 1a 726576657273652e696e7465726e616c2e76327261792e636f6d",
+        Frame(session_id=1, status=Status.NEW, option=FrameOption(0), target=CONTROL),
+    ),
+}
+
+
+def encode(frame: Frame) -> bytes:
+    return encode_frame(
+        frame.session_id,
+        frame.status,
+        data=frame.data,
+        target=frame.target,
+        error=bool(frame.option & FrameOption.ERROR),
+    )
+
+
+@pytest.mark.parametrize("name", VECTORS)
+def test_vector_encode(name: str) -> None:
+    wire, frame = VECTORS[name]
+    assert encode(frame) == h(wire)
+
+
+@pytest.mark.parametrize("name", VECTORS)
+def test_vector_decode(name: str) -> None:
+    wire, frame = VECTORS[name]
+    assert decode_three_ways(h(wire)) == [frame]
+
+
+def test_vectors_written_by_connection() -> None:
+    client = MuxConnection(Role.CLIENT)
+    assert client.open_session(EXAMPLE_80, b"hi") == 1
+    assert client.data_to_send() == h(VECTORS["new-tcp-data"][0])
+    client.send_data(1, b"hi")
+    assert client.data_to_send() == h(VECTORS["keep-data"][0])
+    client.end_session(1)
+    assert client.data_to_send() == h(VECTORS["end"][0])
+    assert client.open_session(DNS) == 2
+    assert client.data_to_send() == h(VECTORS["new-udp"][0])
+    client.end_session(2, error=True)
+    assert client.data_to_send() == h("0004 0002 03 02")
+
+    portal = MuxConnection(Role.CLIENT)
+    assert portal.open_session(CONTROL) == 1
+    assert portal.data_to_send() == h(VECTORS["control-new"][0])
+
+
+def test_vectors_read_by_server() -> None:
+    server = MuxConnection(Role.SERVER)
+    wire = h(VECTORS["new-tcp-data"][0] + VECTORS["keep-data"][0] + VECTORS["end-error"][0])
+    assert server.receive_data(wire) == [
+        SessionOpened(session_id=1, target=EXAMPLE_80, data=b"hi"),
+        SessionData(session_id=1, data=b"hi"),
+        SessionEnded(session_id=1, error=True),
+    ]
+    assert server.session_count == 0
+    assert server.data_to_send() == h("0004 0001 03 00")  # our own End, as 4.34 sends
+
+
+# --- the frame decoder, three ways -----------------------------------------------------------
+
+
+def decode_three_ways(wire: bytes) -> list[Frame]:
+    """Decode whole, one byte at a time, and with a partial frame after it: all must agree."""
+    whole = FrameDecoder().feed(wire)
+    decoder = FrameDecoder()
+    bytewise = [frame for i in range(len(wire)) for frame in decoder.feed(wire[i : i + 1])]
+    assert decoder.buffered == 0
+    decoder = FrameDecoder()
+    trailing = decoder.feed(wire + h("0004 0009 02 01 0003 6162"))
+    assert decoder.buffered == 10
+    assert decoder.feed(b"c") == [
+        Frame(session_id=9, status=Status.KEEP, option=FrameOption.DATA, data=b"abc")
+    ]
+    assert whole == bytewise == trailing
+    return whole
+
+
+ADDRESSES: list[object] = [
+    ipaddress.IPv4Address("1.2.3.4"),
+    ipaddress.IPv6Address("2001:db8::1"),
+    "example.com",
+    "a" * 255,
+]
+
+
+@pytest.mark.parametrize("host", ADDRESSES, ids=["ipv4", "ipv6", "domain", "domain255"])
+@pytest.mark.parametrize("network", [Network.TCP, Network.UDP])
+@pytest.mark.parametrize("data", [None, b"", b"payload"])
+@pytest.mark.parametrize("error", [False, True])
+def test_new_frame_round_trip(
+    host: object, network: Network, data: bytes | None, error: bool
+) -> None:
+    target = Destination(network, host, 65535)  # type: ignore[arg-type]
+    frame = Frame(
+        session_id=0xFFFF,
+        status=Status.NEW,
+        option=(FrameOption.DATA if data is not None else FrameOption(0))
+        | (FrameOption.ERROR if error else FrameOption(0)),
+        target=target,
+        data=data,
+    )
+    assert decode_three_ways(encode(frame)) == [frame]
+
+
+@pytest.mark.parametrize("status", [Status.KEEP, Status.END, Status.KEEPALIVE])
+@pytest.mark.parametrize(
+    "data",
+    [None, b"", b"x", bytes(range(256)) * 255 + bytes(255)],
+    ids=["none", "empty", "1", "65535"],
+)
+@pytest.mark.parametrize("error", [False, True])
+def test_other_frames_round_trip(status: Status, data: bytes | None, error: bool) -> None:
+    option = (FrameOption.DATA if data is not None else FrameOption(0)) | (
+        FrameOption.ERROR if error else FrameOption(0)
+    )
+    frame = Frame(session_id=0, status=status, option=option, data=data)
+    wire = encode(frame)
+    if data is not None and len(data) > 1000:
+        assert FrameDecoder().feed(wire) == [frame]
+    else:
+        assert decode_three_ways(wire) == [frame]
+
+
+def test_extra_meta_bytes_are_ignored() -> None:
+    keep = "000a 0001 02 01 010203040506 0002 6869"
+    new = "0016 0001 01 00 01 0050 02 0b 6578616d706c652e636f6d ffff"
+    assert decode_three_ways(h(keep + new)) == [
+        Frame(session_id=1, status=Status.KEEP, option=FrameOption.DATA, data=b"hi"),
+        Frame(session_id=1, status=Status.NEW, option=FrameOption(0), target=EXAMPLE_80),
+    ]
+
+
+def test_unknown_option_bits_are_kept() -> None:
+    (frame,) = decode_three_ways(h("0004 0001 02 fd 0001 7a"))
+    assert frame.option == 0xFD
+    assert frame.option & FrameOption.DATA
+    assert frame.data == b"z"
+
+
+def test_zero_length_data_and_max_meta() -> None:
+    wire = h("0004 0001 02 01 0000") + h("0200 0001 04 00") + bytes(508)
+    assert decode_three_ways(wire) == [
+        Frame(session_id=1, status=Status.KEEP, option=FrameOption.DATA, data=b""),
+        Frame(session_id=1, status=Status.KEEPALIVE, option=FrameOption(0)),
+    ]
+
+
+def test_domain_that_is_an_ip_literal() -> None:
+    (frame,) = FrameDecoder().feed(h("0010 0001 01 00 01 0050 02 07 312e322e332e34"))
+    assert frame.target == tcp("1.2.3.4", 80)
+
+
+BAD_FRAMES = {
+    "meta-len-513": "0201 0001 02 00",
+    "meta-len-3": "0003 0001 02",
+    "meta-len-0": "0000",
+    "new-meta-len-7": "0007 0001 01 00 01 0050 01",
+    "status-0": "0004 0001 00 00",
+    "status-5": "0004 0001 05 00",
+    "status-ff": "0004 0001 ff 01 0000",
+    "network-0": "000c 0001 01 00 00 0035 01 08080808",
+    "network-3": "000c 0001 01 00 03 0035 01 08080808",
+    "atyp-4": "000c 0001 01 00 01 0035 04 08080808",
+    "ipv4-past-meta": "000a 0001 01 00 01 0035 01 0808 0808",
+    "ipv6-past-meta": "0014 0001 01 00 01 0035 03 00000000000000000000000000",
+    "domain-past-meta": "000c 0001 01 00 01 0050 02 05 616263 6465",
+    "domain-empty": "0009 0001 01 00 01 0050 02 00",
+    "domain-bad-char": "000b 0001 01 00 01 0050 02 02 612f",
+    "udp-new-2049": "000c 0001 01 01 02 0035 01 08080808 0801" + "00" * 2049,
+}
+
+
+@pytest.mark.parametrize("name", BAD_FRAMES)
+def test_bad_frames(name: str) -> None:
+    wire = h(BAD_FRAMES[name])
+    with pytest.raises(MuxError):
+        FrameDecoder().feed(wire)
+    decoder = FrameDecoder()
+    with pytest.raises(MuxError):
+        for i in range(len(wire)):
+            decoder.feed(wire[i : i + 1])
+    with pytest.raises(MuxError):
+        decoder.feed(b"")  # a failed decoder stays failed
+    roles = [Role.CLIENT, Role.SERVER] if name != "udp-new-2049" else [Role.SERVER]
+    for role in roles:
+        with pytest.raises(MuxError):
+            MuxConnection(role).receive_data(wire)
+        conn = MuxConnection(role)
+        with pytest.raises(MuxError):
+            for i in range(len(wire)):
+                conn.receive_data(wire[i : i + 1])
+        with pytest.raises(MuxError):
+            conn.receive_data(h("0004 0001 04 00"))
+
+
+def test_meta_len_errors_fire_before_meta_arrives() -> None:
+    with pytest.raises(MuxError):
+        MuxConnection(Role.SERVER).receive_data(h("0201"))
+    with pytest.raises(MuxError):
+        FrameDecoder().feed(h("0002"))
+
+
+# --- MuxConnection: receive rules ------------------------------------------------------------
+
+
+def new(sid: int, target: Destination = EXAMPLE_80, data: bytes | None = None) -> bytes:
+    return encode_frame(sid, Status.NEW, target=target, data=data)
+
+
+def keep(sid: int, data: bytes | None) -> bytes:
+    return encode_frame(sid, Status.KEEP, data=data)
+
+
+def end(sid: int, error: bool = False, data: bytes | None = None) -> bytes:
+    return encode_frame(sid, Status.END, error=error, data=data)
+
+
+def merged(events: Sequence[MuxEvent]) -> list[MuxEvent]:
+    """Join consecutive SessionData of one TCP session (one-byte feeding splits them).
+
+    Sessions announced as UDP by a SessionOpened keep their datagram boundaries.
+    """
+    out: list[MuxEvent] = []
+    udp_ids: set[int] = set()
+    for event in events:
+        last = out[-1] if out else None
+        if isinstance(event, SessionOpened):
+            if event.target.network is Network.UDP:
+                udp_ids.add(event.session_id)
+            else:
+                udp_ids.discard(event.session_id)
+        if (
+            isinstance(event, SessionData)
+            and event.session_id not in udp_ids
+            and isinstance(last, SessionData)
+            and last.session_id == event.session_id
+        ):
+            out[-1] = SessionData(session_id=event.session_id, data=last.data + event.data)
+        else:
+            out.append(event)
+    return out
+
+
+def receive_three_ways(
+    make: Callable[[], MuxConnection], wire: bytes
+) -> tuple[list[MuxEvent], bytes]:
+    """Feed whole, byte by byte and with a trailing partial frame, and also in two pieces cut
+    at (nearly) every point; all must agree. Returns the events and the queued replies."""
+    results = []
+    for how in ("whole", "bytewise", "trailing"):
+        conn = make()
+        if how == "whole":
+            events = conn.receive_data(wire)
+        elif how == "bytewise":
+            events = [e for i in range(len(wire)) for e in conn.receive_data(wire[i : i + 1])]
+        else:
+            events = conn.receive_data(wire + h("0004 0001 02 01 00"))
+        results.append((merged(events), conn.data_to_send()))
+    assert results[0] == results[1] == results[2]
+    for cut in range(1, len(wire), 1 if len(wire) < 1000 else 97):
+        conn = make()
+        events = conn.receive_data(wire[:cut]) + conn.receive_data(wire[cut:])
+        assert (merged(events), conn.data_to_send()) == results[0]
+    return results[0]
+
+
+def test_keep_data_for_unknown_session_is_answered_with_end() -> None:
+    wire = keep(7, b"\x00\x04\x00\x01\x05\x00" * 10) + keep(8, b"") + keep(9, None) + new(1)
+    events, replies = receive_three_ways(lambda: MuxConnection(Role.SERVER), wire)
+    assert events == [SessionOpened(session_id=1, target=EXAMPLE_80)]
+    assert replies == h("0004 0007 03 00 0004 0008 03 00")  # Keep without data: no reply
+
+
+def test_client_answers_unknown_keep_too() -> None:
+    events, replies = receive_three_ways(lambda: MuxConnection(Role.CLIENT), keep(3, b"late data"))
+    assert events == []
+    assert replies == h("0004 0003 03 00")
+
+
+def test_end_and_keepalive_for_unknown_sessions_are_ignored() -> None:
+    wire = end(5) + end(6, error=True, data=b"junk") + encode_frame(0, Status.KEEPALIVE)
+    wire += encode_frame(0, Status.KEEPALIVE, data=b"ignored")
+    for role in Role:
+        events, replies = receive_three_ways(functools.partial(MuxConnection, role), wire)
+        assert events == [KeepAliveReceived(), KeepAliveReceived()]
+        assert replies == b""
+
+
+def test_client_ignores_new_frames() -> None:
+    wire = new(1, data=b"x" * 3000) + new(2, DNS, data=b"y" * 3000) + keep(1, b"z")
+    events, replies = receive_three_ways(lambda: MuxConnection(Role.CLIENT), wire)
+    assert events == []
+    assert replies == h("0004 0001 03 00")  # the Keep for the never-opened session 1
+
+
+def test_server_session_lifecycle() -> None:
+    wire = new(1, data=b"first") + new(2, DNS) + keep(1, b"more") + keep(2, b"dgram")
+    wire += keep(2, b"") + end(1, data=b"discarded") + end(2, error=True)
+    events, replies = receive_three_ways(lambda: MuxConnection(Role.SERVER), wire)
+    assert events == [
+        SessionOpened(session_id=1, target=EXAMPLE_80, data=b"first"),
+        SessionOpened(session_id=2, target=DNS),
+        SessionData(session_id=1, data=b"more"),
+        SessionData(session_id=2, data=b"dgram"),
+        SessionEnded(session_id=1, error=False),
+        SessionEnded(session_id=2, error=True),
+    ]
+    assert replies == h("0004 0001 03 00 0004 0002 03 00")
+
+
+def test_udp_datagrams_arrive_whole() -> None:
+    datagrams = [bytes([i]) * (i * 97 % 2049) for i in range(1, 30)]
+    wire = new(4, DNS, data=datagrams[0]) + b"".join(keep(4, d) for d in datagrams[1:])
+    events, _ = receive_three_ways(lambda: MuxConnection(Role.SERVER), wire)
+    assert events[0] == SessionOpened(session_id=4, target=DNS, data=datagrams[0])
+    assert events[1:] == [SessionData(session_id=4, data=d) for d in datagrams[1:]]
+
+
+def test_udp_keep_over_2048_ends_the_connection() -> None:
+    for role in Role:
+        conn = MuxConnection(role)
+        if role is Role.CLIENT:
+            conn.open_session(DNS)
+        else:
+            conn.receive_data(new(1, DNS))
+        conn.receive_data(keep(1, bytes(MAX_UDP_DATA)))
+        with pytest.raises(MuxError):
+            conn.receive_data(keep(1, bytes(MAX_UDP_DATA + 1)))
+        with pytest.raises(MuxError):
+            conn.receive_data(b"")
+
+
+def test_tcp_frame_of_65535_and_streaming_delivery() -> None:
+    payload = bytes(range(256)) * 255 + bytes(255)
+    assert len(payload) == 65535
+    server = MuxConnection(Role.SERVER)
+    server.receive_data(new(1))
+    wire = keep(1, payload)
+    pieces = [wire[i : i + 2030] for i in range(0, len(wire), 2030)]
+    first = server.receive_data(pieces[0])
+    # TCP data is delivered as it arrives, not held back until the frame is complete.
+    assert first == [SessionData(session_id=1, data=payload[: 2030 - 8])]
+    rest = [e for piece in pieces[1:] for e in server.receive_data(piece)]
+    assert all(isinstance(e, SessionData) and len(e.data) <= 2030 for e in rest)
+    assert b"".join(e.data for e in first + rest if isinstance(e, SessionData)) == payload
+
+
+def test_local_end_in_the_middle_of_a_frame_drops_the_rest() -> None:
+    server = MuxConnection(Role.SERVER)
+    server.receive_data(new(1) + new(2, DNS))
+    wire = keep(1, b"a" * 100) + keep(2, b"b" * 100) + keep(1, b"c")
+    assert server.receive_data(wire[:58]) == [SessionData(session_id=1, data=b"a" * 50)]
+    server.end_session(1)
+    # the rest of session 1's frame is dropped; session 2 (UDP) waits for its whole datagram
+    assert server.receive_data(wire[58:158]) == []
+    server.end_session(2, error=True)
+    assert server.receive_data(wire[158:]) == []
+    assert server.data_to_send() == h("0004 0001 03 00 0004 0002 03 02 0004 0001 03 00")
+
+
+def test_duplicate_new_replaces_the_open_session() -> None:
+    server = MuxConnection(Role.SERVER)
+    server.receive_data(new(1, data=b"old"))
+    events = server.receive_data(new(1, DNS, data=b"new"))
+    assert events == [
+        SessionEnded(session_id=1, error=True),
+        SessionOpened(session_id=1, target=DNS, data=b"new"),
+    ]
+    assert server.data_to_send() == b""  # an End would hit the new session at the peer
+    assert server.session_network(1) is Network.UDP
+    assert (server.session_count, server.allocated_total) == (1, 2)
+
+
+def test_server_session_cap() -> None:
+    server = MuxConnection(Role.SERVER, max_sessions=2)
+    events = server.receive_data(new(1) + new(2) + new(3, data=b"refused") + keep(3, b"x"))
+    assert events == [
+        SessionOpened(session_id=1, target=EXAMPLE_80),
+        SessionOpened(session_id=2, target=EXAMPLE_80),
+    ]
+    assert server.data_to_send() == h("0004 0003 03 02 0004 0003 03 00")
+    assert not server.is_open(3)
+    # a duplicate at the cap replaces, it doesn't need a free slot
+    assert server.receive_data(new(2)) == [
+        SessionEnded(session_id=2, error=True),
+        SessionOpened(session_id=2, target=EXAMPLE_80),
+    ]
+    server.end_session(1)
+    assert server.receive_data(new(3)) == [SessionOpened(session_id=3, target=EXAMPLE_80)]
+    assert server.allocated_total == 4
+
+
+def test_receive_does_not_lock_the_callers_buffer() -> None:
+    server = MuxConnection(Role.SERVER)
+    buf = bytearray(new(1) + keep(1, b"abc"))
+    server.receive_data(buf)
+    buf += b"more"  # would raise BufferError if a view were still exported
+    buf2 = bytearray(h("0000"))
+    with pytest.raises(MuxError):
+        server.receive_data(memoryview(buf2))
+    buf2 += b"x"
+
+
+# --- MuxConnection: send rules ---------------------------------------------------------------
+
+
+def test_session_ids_count_up_and_are_never_reused() -> None:
+    client = MuxConnection(Role.CLIENT)
+    ids = [client.open_session(EXAMPLE_80) for _ in range(3)]
+    client.end_session(3)
+    ids.append(client.open_session(DNS))
+    assert ids == [1, 2, 3, 4]
+    assert client.session_ids() == [1, 2, 4]
+    assert (client.session_count, client.allocated_total) == (3, 4)
+    last = MuxConnection(Role.CLIENT, first_session_id=0xFFFF)
+    assert last.open_session(EXAMPLE_80) == 0xFFFF
+    with pytest.raises(LocalProtocolError):
+        last.open_session(EXAMPLE_80)
+
+
+def test_client_session_limit_and_server_cannot_open() -> None:
+    client = MuxConnection(Role.CLIENT, max_sessions=1)
+    client.open_session(EXAMPLE_80)
+    with pytest.raises(LocalProtocolError):
+        client.open_session(EXAMPLE_80)
+    client.end_session(1)
+    assert client.open_session(EXAMPLE_80) == 2
+    with pytest.raises(LocalProtocolError):
+        MuxConnection(Role.SERVER).open_session(EXAMPLE_80)
+
+
+def test_tcp_sends_are_cut_at_max_frame_data() -> None:
+    client = MuxConnection(Role.CLIENT, max_frame_data=8192)
+    payload = bytes(range(256)) * 80  # 20480 bytes
+    client.open_session(EXAMPLE_80, payload)
+    client.send_data(1, memoryview(payload))
+    frames = FrameDecoder().feed(client.data_to_send())
+    assert [(f.status, len(f.data or b"")) for f in frames] == [
+        (Status.NEW, 8192),
+        (Status.KEEP, 8192),
+        (Status.KEEP, 4096),
+        (Status.KEEP, 8192),
+        (Status.KEEP, 8192),
+        (Status.KEEP, 4096),
+    ]
+    assert b"".join(f.data or b"" for f in frames) == payload * 2
+    big = MuxConnection(Role.CLIENT)
+    big.open_session(EXAMPLE_80)
+    big.send_data(1, bytes(100_000))
+    frames = FrameDecoder().feed(big.data_to_send())
+    assert [len(f.data or b"") for f in frames[1:]] == [65535, 34465]
+
+
+def test_udp_send_rules() -> None:
+    client = MuxConnection(Role.CLIENT)
+    with pytest.raises(LocalProtocolError):
+        client.open_session(DNS, bytes(MAX_UDP_DATA + 1))
+    assert client.session_count == 0 and client.data_to_send() == b""
+    sid = client.open_session(DNS, bytes(MAX_UDP_DATA))
+    client.send_data(sid, bytes(MAX_UDP_DATA))
+    with pytest.raises(LocalProtocolError):
+        client.send_data(sid, bytes(MAX_UDP_DATA + 1))
+    client.send_data(sid, b"")  # nothing: V2Ray cannot send an empty datagram either
+    frames = FrameDecoder().feed(client.data_to_send())
+    assert [len(f.data or b"") for f in frames] == [MAX_UDP_DATA, MAX_UDP_DATA]
+
+
+def test_end_session_is_idempotent_and_sends_fail_after_end() -> None:
+    client = MuxConnection(Role.CLIENT)
+    client.open_session(EXAMPLE_80)
+    client.data_to_send()
+    client.end_session(1, error=True)
+    client.end_session(1)
+    client.end_session(42)
+    assert client.data_to_send() == h("0004 0001 03 02")
+    with pytest.raises(SessionClosedError):
+        client.send_data(1, b"x")
+    with pytest.raises(SessionClosedError):
+        client.session_network(1)
+    client.open_session(EXAMPLE_80)
+    client.receive_data(end(2))
+    assert not client.is_open(2)
+    with pytest.raises(SessionClosedError):
+        client.send_data(2, b"x")
+
+
+def test_half_close_keeps_receiving_until_the_peers_end() -> None:
+    """What a 4.34 server does after our End: it closes the uplink, sends the rest of the
+    response, then its own End (PROTOCOLS.md 2.3)."""
+    client = MuxConnection(Role.CLIENT)
+    client.open_session(EXAMPLE_80, b"GET / HTTP/1.0\r\n\r\n")
+    client.data_to_send()
+    client.half_close(1)
+    client.half_close(1)
+    assert client.data_to_send() == h("0004 0001 03 00")
+    with pytest.raises(SessionClosedError):
+        client.send_data(1, b"more")
+    assert client.is_open(1) and client.session_count == 1
+    events = client.receive_data(keep(1, b"HTTP/1.0 200 OK") + end(1, error=True))
+    assert events == [
+        SessionData(session_id=1, data=b"HTTP/1.0 200 OK"),
+        SessionEnded(session_id=1, error=True),
+    ]
+    assert client.data_to_send() == b""  # our End is out already
+    assert client.session_count == 0
+
+
+def test_end_after_half_close_sends_nothing_more() -> None:
+    server = MuxConnection(Role.SERVER)
+    server.receive_data(new(1) + new(2))
+    server.half_close(1)
+    server.half_close(7)  # unknown: nothing
+    server.end_session(1, error=True)
+    assert server.data_to_send() == h("0004 0001 03 00")
+    assert server.receive_data(keep(1, b"late")) == []
+    assert server.data_to_send() == h("0004 0001 03 00")  # unknown session by now
+    server.half_close(2)
+    assert server.receive_data(new(2)) == [  # a duplicate New replaces it as usual
+        SessionEnded(session_id=2, error=True),
+        SessionOpened(session_id=2, target=EXAMPLE_80),
+    ]
+    server.send_data(2, b"ok")
+    assert server.data_to_send() == h("0004 0002 03 00") + keep(2, b"ok")
+
+
+def test_queued_data_is_immune_to_later_buffer_changes() -> None:
+    client = MuxConnection(Role.CLIENT)
+    client.open_session(EXAMPLE_80)
+    buf = bytearray(b"abc")
+    client.send_data(1, buf)
+    client.send_data(1, memoryview(buf))
+    buf[:] = b"xyz"
+    assert client.data_to_send().endswith(keep(1, b"abc") + keep(1, b"abc"))
+
+
+def test_keepalive_and_empty_queue() -> None:
+    conn = MuxConnection(Role.SERVER)
+    assert conn.data_to_send() == b""
+    conn.send_keepalive()
+    assert conn.data_to_send() == h("0004 0000 04 00")
+    assert conn.data_to_send() == b""
+
+
+def test_connection_lost_fails_every_session() -> None:
+    server = MuxConnection(Role.SERVER)
+    server.receive_data(new(1) + new(5, DNS))
+    assert server.connection_lost() == [
+        SessionEnded(session_id=1, error=True),
+        SessionEnded(session_id=5, error=True),
+    ]
+    assert server.session_count == 0
+
+
+def test_constructor_and_encoder_argument_checks() -> None:
+    for kwargs in ({"max_sessions": -1}, {"first_session_id": 0x10000}, {"max_frame_data": 0}):
+        with pytest.raises(ValueError):
+            MuxConnection(Role.CLIENT, **kwargs)
+    bad_calls: list[Callable[[], object]] = [
+        lambda: encode_frame(0x10000, Status.KEEP),
+        lambda: encode_frame(1, 9),  # type: ignore[arg-type]
+        lambda: encode_frame(1, Status.NEW),
+        lambda: encode_frame(1, Status.KEEP, target=EXAMPLE_80),
+        lambda: encode_frame(1, Status.KEEP, data=bytes(65536)),
+        lambda: encode_frame(1, Status.NEW, target=tcp("a" * 256, 1)),
+        lambda: encode_frame(1, Status.NEW, target=Destination(Network.TCP, "é.com", 1)),
+        lambda: MuxConnection(Role.CLIENT).open_session(tcp("a" * 256, 1)),
+    ]
+    for call in bad_calls:
+        with pytest.raises(LocalProtocolError):
+            call()
+
+
+# --- property tests --------------------------------------------------------------------------
+
+hosts = st.one_of(
+    st.ip_addresses(v=4),
+    st.ip_addresses(v=6).filter(lambda ip: getattr(ip, "ipv4_mapped", None) is None),
+    st.from_regex(r"[a-z][a-z0-9.-]{0,30}", fullmatch=True),
+)
+targets = st.builds(
+    Destination, st.sampled_from(Network), hosts, st.integers(min_value=0, max_value=0xFFFF)
+)
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> Frame:
+    status = draw(st.sampled_from(Status))
+    target = draw(targets) if status is Status.NEW else None
+    data = draw(st.none() | st.binary(max_size=300))
+    error = draw(st.booleans())
+    option = (FrameOption.DATA if data is not None else FrameOption(0)) | (
+        FrameOption.ERROR if error else FrameOption(0)
+    )
+    return Frame(
+        session_id=draw(st.integers(0, 0xFFFF)),
+        status=status,
+        option=option,
+        target=target,
+        data=data,
+    )
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@FAST
+@given(st.lists(frames(), max_size=8), st.lists(st.integers(0, 4000), max_size=12))
+def test_frames_round_trip_through_any_split(frame_list: list[Frame], cuts: list[int]) -> None:
+    wire = b"".join(encode(f) for f in frame_list)
+    decoder = FrameDecoder()
+    got = [f for piece in split(wire, cuts) for f in decoder.feed(piece)]
+    assert got == frame_list
+    assert decoder.buffered == 0
+
+
+@st.composite
+def hostile_wire(draw: st.DrawFn) -> bytes:
+    """Arbitrary bytes, or frame-shaped bytes with random fields, to get past the first check."""
+    parts = []
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.integers(0, 2))
+        if kind == 0:
+            parts.append(draw(st.binary(max_size=40)))
+        elif kind == 1:
+            parts.append(encode(draw(frames())))
+        else:
+            meta = draw(st.binary(min_size=0, max_size=20))
+            sid = draw(st.integers(0, 3)).to_bytes(2, "big")
+            head = sid + bytes([draw(st.integers(0, 5)), draw(st.integers(0, 3))]) + meta
+            parts.append(len(head).to_bytes(2, "big") + head)
+            if draw(st.booleans()):
+                body = draw(st.binary(max_size=50))
+                parts.append(draw(st.integers(0, 60)).to_bytes(2, "big") + body)
+    return b"".join(parts)
+
+
+@FAST
+@given(st.binary(max_size=600) | hostile_wire(), st.lists(st.integers(0, 600), max_size=6))
+def test_hostile_input_raises_only_mux_error(wire: bytes, cuts: list[int]) -> None:
+    decoder = FrameDecoder()
+    try:
+        for piece in split(wire, cuts):
+            decoder.feed(piece)
+    except MuxError:
+        pass
+    for role in Role:
+        conn = MuxConnection(role, max_sessions=2)
+        if role is Role.CLIENT:
+            conn.open_session(EXAMPLE_80)
+            conn.open_session(DNS)
+        try:
+            for piece in split(wire, cuts):
+                conn.receive_data(piece)
+                conn.data_to_send()
+        except MuxError:
+            pass
+
+
+@FAST
+@given(hostile_wire(), st.lists(st.integers(0, 600), max_size=6))
+def test_split_points_do_not_change_the_outcome(wire: bytes, cuts: list[int]) -> None:
+    def run(pieces: list[bytes]) -> tuple[list[MuxEvent], bytes, bool]:
+        conn = MuxConnection(Role.SERVER, max_sessions=2)
+        events: list[MuxEvent] = []
+        failed = False
+        try:
+            for piece in pieces:
+                events += conn.receive_data(piece)
+        except MuxError:
+            failed = True
+        return merged(events), conn.data_to_send(), failed
+
+    whole = run([wire])
+    pieces = run(split(wire, cuts))
+    if whole[2] or pieces[2]:
+        assert whole[2] and pieces[2]  # both fail; events before the error may differ
+    else:
+        assert whole == pieces
+
+
+# --- stateful: the server's session table against a model -----------------------------------
+
+
+class ServerTable(RuleBasedStateMachine):
+    """Raw frames from a hostile or buggy peer: duplicate IDs, unknown IDs, a session cap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: dict[int, Network] = {}
+        self.half_closed: set[int] = set()
+        self.allocated = 0
+        self.cap = 0
+        self.conn = MuxConnection(Role.SERVER)
+
+    @initialize(cap=st.integers(0, 3), max_frame=st.sampled_from([1, 5, 65535]))
+    def setup(self, cap: int, max_frame: int) -> None:
+        self.cap = cap
+        self.conn = MuxConnection(Role.SERVER, max_sessions=cap, max_frame_data=max_frame)
+
+    def feed(self, wire: bytes, cut: int) -> list[MuxEvent]:
+        cut = min(cut, len(wire))
+        return merged(self.conn.receive_data(wire[:cut]) + self.conn.receive_data(wire[cut:]))
+
+    ids = st.integers(0, 4)
+    cuts = st.integers(0, 40)
+
+    @rule(sid=ids, network=st.sampled_from(Network), data=st.binary(max_size=20), cut=cuts)
+    def peer_new(self, sid: int, network: Network, data: bytes, cut: int) -> None:
+        target = Destination(network, "example.com", 80)
+        events = self.feed(new(sid, target, data if data else None), cut)
+        expected: list[MuxEvent] = []
+        reply = b""
+        if self.model.pop(sid, None) is not None:
+            self.half_closed.discard(sid)
+            expected.append(SessionEnded(session_id=sid, error=True))
+        if self.cap and len(self.model) >= self.cap:
+            reply = end(sid, error=True)
+        else:
+            self.model[sid] = network
+            self.allocated += 1
+            expected.append(SessionOpened(session_id=sid, target=target, data=data))
+        assert events == expected
+        assert self.conn.data_to_send() == reply
+
+    @rule(sid=ids, data=st.none() | st.binary(max_size=20), cut=cuts)
+    def peer_keep(self, sid: int, data: bytes | None, cut: int) -> None:
+        events = self.feed(keep(sid, data), cut)
+        if data is None:
+            assert (events, self.conn.data_to_send()) == ([], b"")
+        elif sid in self.model:
+            assert events == ([SessionData(session_id=sid, data=data)] if data else [])
+            assert self.conn.data_to_send() == b""
+        else:
+            assert (events, self.conn.data_to_send()) == ([], end(sid))
+
+    @rule(sid=ids, error=st.booleans(), data=st.none() | st.binary(max_size=5), cut=cuts)
+    def peer_end(self, sid: int, error: bool, data: bytes | None, cut: int) -> None:
+        events = self.feed(end(sid, error, data), cut)
+        reply = b""
+        if self.model.pop(sid, None) is not None:
+            assert events == [SessionEnded(session_id=sid, error=error)]
+            if sid in self.half_closed:
+                self.half_closed.remove(sid)
+            else:
+                reply = end(sid)  # our own End for a session the peer ended
+        else:
+            assert events == []
+        assert self.conn.data_to_send() == reply
+
+    @rule(cut=cuts)
+    def peer_keepalive(self, cut: int) -> None:
+        assert self.feed(encode_frame(0, Status.KEEPALIVE, data=b"x"), cut) == [KeepAliveReceived()]
+
+    @rule(sid=ids, error=st.booleans())
+    def local_end(self, sid: int, error: bool) -> None:
+        self.conn.end_session(sid, error)
+        expected = b""
+        if self.model.pop(sid, None) is not None and sid not in self.half_closed:
+            expected = end(sid, error)
+        self.half_closed.discard(sid)
+        assert self.conn.data_to_send() == expected
+
+    @rule(sid=ids)
+    def local_half_close(self, sid: int) -> None:
+        self.conn.half_close(sid)
+        expected = b""
+        if sid in self.model and sid not in self.half_closed:
+            self.half_closed.add(sid)
+            expected = end(sid)
+        assert self.conn.data_to_send() == expected
+
+    @rule(sid=ids, data=st.binary(min_size=1, max_size=12))
+    def local_send(self, sid: int, data: bytes) -> None:
+        if sid not in self.model or sid in self.half_closed:
+            with pytest.raises(SessionClosedError):
+                self.conn.send_data(sid, data)
+            return
+        self.conn.send_data(sid, data)
+        sent = FrameDecoder().feed(self.conn.data_to_send())
+        assert all(f.status is Status.KEEP and f.session_id == sid for f in sent)
+        assert b"".join(f.data or b"" for f in sent) == data
+        if self.model[sid] is Network.UDP:
+            assert len(sent) == 1
+
+    @invariant()
+    def table_matches(self) -> None:
+        assert self.conn.session_count == len(self.model)
+        assert sorted(self.conn.session_ids()) == sorted(self.model)
+        assert self.conn.allocated_total == self.allocated
+        for sid, network in self.model.items():
+            assert self.conn.session_network(sid) is network
+
+
+ServerTable.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+TestServerTable = ServerTable.TestCase
+
+
+# --- stateful: a client and a server talking through split pipes -----------------------------
+
+
+@dataclass
+class Flow:
+    network: Network
+    sent_up: list[bytes] = field(default_factory=list)  # client -> server, per send
+    got_up: list[bytes] = field(default_factory=list)
+    sent_down: list[bytes] = field(default_factory=list)  # server -> client
+    got_down: list[bytes] = field(default_factory=list)
+    client_can_send: bool = True
+    server_can_send: bool = False  # set once the server has seen New
+    client_dropping: bool = False  # ended with end_session(): data on its way is dropped
+    server_dropping: bool = False
+
+
+class ClientServer(RuleBasedStateMachine):
+    """Random opens, sends and ends on both ends; the bytes between them arrive in random
+    pieces. Each direction of each session must deliver exactly what was sent (a prefix
+    once the receiver has ended the session itself), and nothing may be left over."""
+
+    sessions = Bundle("sessions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = MuxConnection(Role.CLIENT)
+        self.server = MuxConnection(Role.SERVER)
+        self.up = bytearray()
+        self.down = bytearray()
+        self.flows: dict[int, Flow] = {}
+
+    @initialize(max_frame=st.sampled_from([3, 100, 65535]))
+    def setup(self, max_frame: int) -> None:
+        self.client = MuxConnection(Role.CLIENT, max_frame_data=max_frame)
+        self.server = MuxConnection(Role.SERVER, max_frame_data=max_frame)
+
+    payloads = st.binary(max_size=64)
+
+    @rule(target=sessions, network=st.sampled_from(Network), data=payloads)
+    def open(self, network: Network, data: bytes) -> int:
+        sid = self.client.open_session(Destination(network, "10.0.0.1", 22), data)
+        self.flows[sid] = Flow(network, sent_up=[data] if data else [])
+        return sid
+
+    @rule(sid=sessions, data=payloads)
+    def client_send(self, sid: int, data: bytes) -> None:
+        flow = self.flows[sid]
+        if flow.client_can_send:
+            self.client.send_data(sid, data)
+            if data:
+                flow.sent_up.append(data)
+
+    @rule(sid=sessions, data=payloads)
+    def server_send(self, sid: int, data: bytes) -> None:
+        flow = self.flows[sid]
+        if flow.server_can_send:
+            self.server.send_data(sid, data)
+            if data:
+                flow.sent_down.append(data)
+
+    @rule(sid=consumes(sessions), error=st.booleans(), by_client=st.booleans())
+    def end(self, sid: int, error: bool, by_client: bool) -> None:
+        flow = self.flows[sid]
+        conn = self.client if by_client else self.server
+        if conn.is_open(sid):  # else already ended by the peer: end_session is a no-op
+            if by_client:
+                flow.client_can_send, flow.client_dropping = False, True
+            else:
+                flow.server_can_send, flow.server_dropping = False, True
+        conn.end_session(sid, error)
+
+    @rule(sid=sessions, by_client=st.booleans())
+    def half_close(self, sid: int, by_client: bool) -> None:
+        """End our direction only: what the peer already sent must still arrive whole."""
+        (self.client if by_client else self.server).half_close(sid)
+        if by_client:
+            flow = self.flows[sid]
+            flow.client_can_send = False
+        elif self.server.is_open(sid):
+            self.flows[sid].server_can_send = False
+
+    def deliver(self, to_server: bool, cuts: list[int], amount: int) -> None:
+        sender, receiver = (self.client, self.server) if to_server else (self.server, self.client)
+        pipe = self.up if to_server else self.down
+        pipe += sender.data_to_send()
+        amount = min(amount, len(pipe))
+        chunk = bytes(pipe[:amount])
+        del pipe[:amount]
+        for piece in split(chunk, cuts):
+            for event in receiver.receive_data(piece):
+                self.on_event(event, to_server)
+
+    def on_event(self, event: MuxEvent, at_server: bool) -> None:
+        if isinstance(event, SessionOpened):
+            assert at_server
+            flow = self.flows[event.session_id]
+            assert event.target.network is flow.network
+            flow.server_can_send = True
+            if event.data:
+                flow.got_up.append(event.data)
+        elif isinstance(event, SessionData):
+            flow = self.flows[event.session_id]
+            (flow.got_up if at_server else flow.got_down).append(event.data)
+        elif isinstance(event, SessionEnded):
+            flow = self.flows[event.session_id]
+            if at_server:
+                flow.server_can_send = False
+            else:
+                flow.client_can_send = False
+
+    @rule(cuts=st.lists(st.integers(0, 300), max_size=5), amount=st.integers(0, 400))
+    def pump_up(self, cuts: list[int], amount: int) -> None:
+        self.deliver(True, cuts, amount)
+
+    @rule(cuts=st.lists(st.integers(0, 300), max_size=5), amount=st.integers(0, 400))
+    def pump_down(self, cuts: list[int], amount: int) -> None:
+        self.deliver(False, cuts, amount)
+
+    @staticmethod
+    def check(flow: Flow, sent: list[bytes], got: list[bytes], complete: bool) -> None:
+        if flow.network is Network.UDP:  # datagrams: same boundaries
+            assert got == sent[: len(got)]
+            if complete:
+                assert got == sent
+        else:
+            joined_sent, joined_got = b"".join(sent), b"".join(got)
+            assert joined_sent.startswith(joined_got)
+            if complete:
+                assert joined_got == joined_sent
+
+    @invariant()
+    def delivered_is_a_prefix_of_sent(self) -> None:
+        for flow in self.flows.values():
+            self.check(flow, flow.sent_up, flow.got_up, complete=False)
+            self.check(flow, flow.sent_down, flow.got_down, complete=False)
+
+    def drain(self) -> None:
+        for _ in range(10):
+            if not (self.up or self.down or self.client_pending() or self.server_pending()):
+                return
+            self.deliver(True, [], 1 << 30)
+            self.deliver(False, [], 1 << 30)
+        raise AssertionError("the two ends never went quiet")
+
+    def client_pending(self) -> bool:
+        data = self.client.data_to_send()
+        self.up += data
+        return bool(data)
+
+    def server_pending(self) -> bool:
+        data = self.server.data_to_send()
+        self.down += data
+        return bool(data)
+
+    def teardown(self) -> None:
+        self.drain()
+        for flow in self.flows.values():
+            self.check(flow, flow.sent_up, flow.got_up, complete=not flow.server_dropping)
+            self.check(flow, flow.sent_down, flow.got_down, complete=not flow.client_dropping)
+        for sid in self.client.session_ids():
+            self.client.end_session(sid)
+        for sid in self.server.session_ids():
+            self.server.end_session(sid, error=True)
+        self.drain()
+        assert self.client.session_count == 0
+        assert self.server.session_count == 0
+
+
+ClientServer.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+TestClientServer = ClientServer.TestCase

@@ -1,0 +1,94 @@
+"""The command line: version, uuid, test, and run (as a subprocess, like a user would)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tests.support import EchoServer, free_port, socks_echo, wait_port_async
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "config" / "data"
+CMD = [sys.executable, "-m", "raybridge"]
+
+
+def rb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_version_and_uuid() -> None:
+    out = rb("version")
+    assert out.returncode == 0 and out.stdout.startswith("raybridge ")
+    out = rb("uuid")
+    assert out.returncode == 0
+    uuid.UUID(out.stdout.strip())
+
+
+def test_test_accepts_examples_and_seed_a() -> None:
+    for path in (ROOT / "examples" / "b.json", ROOT / "examples" / "c.json", DATA / "seed_a.json"):
+        out = rb("test", "-c", str(path))
+        assert out.returncode == 0, out.stderr
+        assert "Configuration OK" in out.stdout
+
+
+def test_test_rejects_seed_b_as_written() -> None:
+    out = rb("test", "-c", str(DATA / "seed_b_as_written.json"))
+    assert out.returncode != 0
+    # The file, the line of the inbound that lacks it, and the field.
+    assert 'seed_b_as_written.json:11: inbounds[0]: "protocol" is missing' in out.stderr
+
+
+def test_test_reports_syntax_errors_with_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "inbounds": [\n    {"port": 1080,}\n  ]\n}\n')
+    out = rb("test", "-c", str(bad))
+    assert out.returncode != 0
+    assert re.search(r"bad\.json:3: .*line 3", out.stderr), out.stderr
+
+
+def test_run_examples_as_subprocesses(tmp_path: Path) -> None:
+    """The README's first command: B and C from examples/, here on free ports."""
+    b_port, s_port, h_port = free_port(), free_port(), free_port()
+    files = {}
+    for name in ("b.json", "c.json"):
+        text = (ROOT / "examples" / name).read_text()
+        text = text.replace("10086", str(b_port)).replace("10800", str(s_port))
+        text = text.replace("10801", str(h_port))
+        files[name] = tmp_path / name
+        files[name].write_text(text)
+
+    async def main() -> None:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                *CMD, "run", "-c", str(files[name]), stderr=asyncio.subprocess.PIPE
+            )
+            for name in ("b.json", "c.json")
+        ]
+        try:
+            await wait_port_async(b_port)
+            await wait_port_async(s_port)
+            async with EchoServer() as echo:
+                await socks_echo(s_port, echo.port, 1_000_000)
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            codes = [await asyncio.wait_for(proc.wait(), 10) for proc in procs]
+            logs = [(await proc.stderr.read()).decode() for proc in procs if proc.stderr]
+        assert codes == [0, 0], logs
+        # B's access log (examples/b.json enables it) names the connection.
+        assert re.search(r"accepted tcp:127\.0\.0\.1:\d+ \[vmess-in -> direct\]", logs[0]), logs[0]
+
+    asyncio.run(main())
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run(
+        ["raybridge", "version"], capture_output=True, text=True, env=os.environ, timeout=60
+    )
+    assert out.returncode == 0
