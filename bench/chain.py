@@ -1,0 +1,314 @@
+"""Benchmark raybridge against V2Ray 4.34 on the same machine, in the same run.
+
+    python bench/chain.py                  # C+B pair (SOCKS -> VMess -> freedom)
+    python bench/chain.py --size 512 --rounds 3
+
+Each system runs its nodes as separate processes on loopback with the same configs; a
+separate target process (bench/target.py) is the destination. Figures: one TCP stream
+down and up through C's SOCKS port, time to open a connection through the chain and echo
+one byte (median), time from process start until the chain carries traffic, peak RSS of
+each node, CPU seconds per GB moved. Rounds alternate between the systems; the table shows
+medians and the raybridge/V2Ray ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+LOCAL = "127.0.0.1"
+V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((LOCAL, port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"port {port} not listening") from None
+            time.sleep(0.002)
+
+
+# -- a blocking SOCKS5 client ----------------------------------------------------------------
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        data = sock.recv(n - len(out))
+        if not data:
+            raise ConnectionError("closed")
+        out += data
+    return out
+
+
+def socks_open(port: int, target_port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection((LOCAL, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(LOCAL)
+                 + struct.pack("!H", target_port))
+    reply = recv_exact(sock, 2 + 10)
+    if reply[:2] != b"\x05\x00" or reply[3] != 0:
+        raise ConnectionError(f"SOCKS refused: {reply!r}")
+    return sock
+
+
+def download(port: int, target: int, size: int) -> float:
+    sock = socks_open(port, target)
+    buf = bytearray(1 << 20)
+    start = time.perf_counter()
+    sock.sendall(b"S" + struct.pack("!Q", size))
+    left = size
+    while left:
+        n = sock.recv_into(buf, min(left, len(buf)))
+        if not n:
+            raise ConnectionError(f"download ended with {left} bytes missing")
+        left -= n
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return size / elapsed / 1e6
+
+
+def upload(port: int, target: int, size: int) -> float:
+    sock = socks_open(port, target)
+    block = memoryview(os.urandom(1 << 20))
+    start = time.perf_counter()
+    sock.sendall(b"R" + struct.pack("!Q", size))
+    left = size
+    while left:
+        k = min(left, len(block))
+        sock.sendall(block[:k])
+        left -= k
+    if recv_exact(sock, 1) != b"k":
+        raise ConnectionError("upload not acknowledged")
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return size / elapsed / 1e6
+
+
+def open_echo_ms(port: int, target: int) -> float:
+    start = time.perf_counter()
+    sock = socks_open(port, target)
+    sock.sendall(b"E")
+    if recv_exact(sock, 1) != b"E":
+        raise ConnectionError("no echo")
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return elapsed * 1000
+
+
+# -- nodes -----------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(CPU seconds user+sys, peak RSS bytes) of a live process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
+
+
+@dataclass
+class Node:
+    name: str
+    config: dict[str, Any]
+    listen_port: int  # a port that is open once the node is up
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class Chain:
+    """A set of nodes for one system; ``socks`` is C's SOCKS port."""
+
+    system: str
+    nodes: list[Node]
+    socks: int
+    workdir: Path
+    started: float = 0.0
+    logs: list[Path] = field(default_factory=list)
+
+    def command(self, path: Path) -> list[str]:
+        if self.system == "v2ray":
+            return [V2RAY, "-config", str(path)]
+        return [sys.executable, "-m", "raybridge", "run", "-c", str(path)]
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        for node in self.nodes:
+            path = self.workdir / f"{self.system}-{node.name}.json"
+            path.write_text(json.dumps(node.config, indent=1))
+            log = self.workdir / f"{self.system}-{node.name}.log"
+            self.logs.append(log)
+            node.proc = subprocess.Popen(
+                self.command(path), stdout=log.open("wb"), stderr=subprocess.STDOUT
+            )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            if node.proc is not None:
+                try:
+                    node.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    node.proc.wait()
+
+    def stats(self) -> dict[str, tuple[float, int]]:
+        return {n.name: proc_stat(n.proc.pid) for n in self.nodes if n.proc is not None}
+
+
+def pair_chain(system: str, workdir: Path, alter_id: int = 0) -> Chain:
+    """Node C (SOCKS in, VMess out) and node B (VMess in, freedom out)."""
+    uid = str(uuid.uuid4())
+    b_port, c_port = free_port(), free_port()
+    log = {"loglevel": "warning", "access": "none"}
+    b = {
+        "log": log,
+        "inbounds": [{"tag": "in", "protocol": "vmess", "listen": LOCAL, "port": b_port,
+                      "settings": {"clients": [{"id": uid, "alterId": alter_id}]}}],
+        "outbounds": [{"tag": "direct", "protocol": "freedom"}],
+    }
+    c = {
+        "log": log,
+        "inbounds": [{"tag": "socks", "protocol": "socks", "listen": LOCAL, "port": c_port,
+                      "settings": {"udp": True}}],
+        "outbounds": [{"tag": "out", "protocol": "vmess", "settings": {"vnext": [
+            {"address": LOCAL, "port": b_port,
+             "users": [{"id": uid, "alterId": alter_id, "security": "aes-128-gcm"}]}]}}],
+    }
+    return Chain(system, [Node("B", b, b_port), Node("C", c, c_port)], c_port, workdir)
+
+
+TOPOLOGIES: dict[str, Callable[[str, Path], Chain]] = {"cb": pair_chain}
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def ready_time(chain: Chain, target: int, timeout: float = 30.0) -> float:
+    """Seconds from starting the processes until an echo through the chain works."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            open_echo_ms(chain.socks, target)
+            return time.perf_counter() - chain.started
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def measure(chain: Chain, target: int, size: int, echoes: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    chain.start()
+    try:
+        out["ready_s"] = ready_time(chain, target)
+        for _ in range(5):
+            open_echo_ms(chain.socks, target)  # warm up
+        out["echo_ms"] = statistics.median(
+            open_echo_ms(chain.socks, target) for _ in range(echoes)
+        )
+        cpu0 = sum(c for c, _ in chain.stats().values())
+        out["down_MBps"] = download(chain.socks, target, size)
+        out["up_MBps"] = upload(chain.socks, target, size)
+        cpu1 = sum(c for c, _ in chain.stats().values())
+        out["cpu_s_per_GB"] = (cpu1 - cpu0) / (2 * size / 1e9)
+        for name, (_, rss) in chain.stats().items():
+            out[f"rss_{name}_MB"] = rss / 1e6
+    finally:
+        chain.stop()
+    return out
+
+
+LOWER_IS_BETTER = ("ready_s", "echo_ms", "cpu_s_per_GB", "rss_")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="cb")
+    parser.add_argument("--size", type=int, default=512, help="MB per throughput run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--echoes", type=int, default=50)
+    parser.add_argument("--systems", default="raybridge,v2ray")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    systems = args.systems.split(",")
+    size = args.size * 1_000_000
+
+    target_port = free_port()
+    target = subprocess.Popen(
+        [sys.executable, str(HERE / "target.py"), str(target_port)], stdout=subprocess.PIPE
+    )
+    results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
+    try:
+        assert target.stdout is not None
+        target.stdout.readline()
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.rounds):
+                for system in systems:
+                    chain = TOPOLOGIES[args.topology](system, Path(tmp))
+                    res = measure(chain, target_port, size, args.echoes)
+                    results[system].append(res)
+                    print(f"round {r + 1} {system}: "
+                          + ", ".join(f"{k}={v:.3g}" for k, v in res.items()), flush=True)
+    finally:
+        target.terminate()
+        target.wait()
+
+    keys = list(results[systems[0]][0])
+    med = {s: {k: statistics.median(r[k] for r in results[s]) for k in keys} for s in systems}
+    print()
+    print(f"{args.topology}: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+          f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
+          f"{args.rounds} rounds, {args.size} MB per stream")
+    header = f"| figure | {' | '.join(systems)} |"
+    if len(systems) == 2:
+        header += f" {systems[0]}/{systems[1]} |"
+    print(header)
+    print("|---" * (len(systems) + 1 + (len(systems) == 2)) + "|")
+    for k in keys:
+        row = f"| {k} | " + " | ".join(f"{med[s][k]:.3g}" for s in systems) + " |"
+        if len(systems) == 2 and med[systems[1]][k]:
+            row += f" {med[systems[0]][k] / med[systems[1]][k]:.2f} |"
+        print(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "median": med}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The destination service for benchmarks, run as its own process.
+
+One TCP port, a one-byte command, then:
+
+* ``S`` + uint64 N: the server sends N bytes (download);
+* ``R`` + uint64 N: the server reads N bytes, then answers one byte (upload);
+* ``E``: echo everything until EOF (latency, concurrency).
+
+Blocking sockets, one thread per connection: simple, and fast enough that the proxies are
+what a benchmark measures.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+import threading
+
+BLOCK = memoryview(bytes(range(256)) * 4096)  # 1 MiB
+
+
+def recv_exact(conn: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        data = conn.recv(n - len(out))
+        if not data:
+            raise ConnectionError("closed")
+        out += data
+    return out
+
+
+def serve(conn: socket.socket) -> None:
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cmd = recv_exact(conn, 1)
+        if cmd == b"S":
+            (n,) = struct.unpack("!Q", recv_exact(conn, 8))
+            while n > 0:
+                k = min(n, len(BLOCK))
+                conn.sendall(BLOCK[:k])
+                n -= k
+            conn.recv(1)  # wait for the client to go away
+        elif cmd == b"R":
+            (n,) = struct.unpack("!Q", recv_exact(conn, 8))
+            buf = bytearray(1 << 20)
+            while n > 0:
+                k = conn.recv_into(buf, min(n, len(buf)))
+                if not k:
+                    return
+                n -= k
+            conn.sendall(b"k")
+            conn.recv(1)
+        elif cmd == b"E":
+            conn.sendall(b"E")
+            while True:
+                data = conn.recv(1 << 20)
+                if not data:
+                    return
+                conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    server = socket.create_server(("127.0.0.1", port), backlog=4096)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", port))
+
+    def udp_echo() -> None:
+        while True:
+            data, addr = udp.recvfrom(65535)
+            udp.sendto(data, addr)
+
+    threading.Thread(target=udp_echo, daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
