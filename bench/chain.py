@@ -1,13 +1,15 @@
 """Benchmark raybridge against V2Ray 4.34 on the same machine, in the same run.
 
-    python bench/chain.py                  # C+B pair (SOCKS -> VMess -> freedom)
+    python bench/chain.py                  # the reverse chain C -> B -> A (the default)
+    python bench/chain.py --topology cb    # a plain C+B pair (SOCKS -> VMess -> freedom)
     python bench/chain.py --size 512 --rounds 3
 
 Each system runs its nodes as separate processes on loopback with the same configs; a
 separate target process (bench/target.py) is the destination. Figures: one TCP stream
 down and up through C's SOCKS port, time to open a connection through the chain and echo
 one byte (median), time from process start until the chain carries traffic, peak RSS of
-each node, CPU seconds per GB moved. Rounds alternate between the systems; the table shows
+each node, CPU seconds per GB moved, and (reverse chain) seconds of failed connections
+while A, then B, is killed and restarted. Rounds alternate between the systems; the table shows
 medians and the raybridge/V2Ray ratio.
 """
 
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
 LOCAL = "127.0.0.1"
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
 
@@ -71,8 +74,12 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 def socks_open(port: int, target_port: int, timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection((LOCAL, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(LOCAL)
-                 + struct.pack("!H", target_port))
+    sock.sendall(
+        b"\x05\x01\x00"
+        + b"\x05\x01\x00\x01"
+        + socket.inet_aton(LOCAL)
+        + struct.pack("!H", target_port)
+    )
     reply = recv_exact(sock, 2 + 10)
     if reply[:2] != b"\x05\x00" or reply[3] != 0:
         raise ConnectionError(f"SOCKS refused: {reply!r}")
@@ -187,6 +194,21 @@ class Chain:
                     node.proc.kill()
                     node.proc.wait()
 
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def restart(self, name: str) -> None:
+        """Kill -9 one node and start it again at once, with the same config."""
+        node = self.node(name)
+        assert node.proc is not None
+        node.proc.kill()
+        node.proc.wait()
+        path = self.workdir / f"{self.system}-{node.name}.json"
+        log = self.workdir / f"{self.system}-{node.name}.log"
+        node.proc = subprocess.Popen(
+            self.command(path), stdout=log.open("ab"), stderr=subprocess.STDOUT
+        )
+
     def stats(self) -> dict[str, tuple[float, int]]:
         return {n.name: proc_stat(n.proc.pid) for n in self.nodes if n.proc is not None}
 
@@ -198,22 +220,102 @@ def pair_chain(system: str, workdir: Path, alter_id: int = 0) -> Chain:
     log = {"loglevel": "warning", "access": "none"}
     b = {
         "log": log,
-        "inbounds": [{"tag": "in", "protocol": "vmess", "listen": LOCAL, "port": b_port,
-                      "settings": {"clients": [{"id": uid, "alterId": alter_id}]}}],
+        "inbounds": [
+            {
+                "tag": "in",
+                "protocol": "vmess",
+                "listen": LOCAL,
+                "port": b_port,
+                "settings": {"clients": [{"id": uid, "alterId": alter_id}]},
+            }
+        ],
         "outbounds": [{"tag": "direct", "protocol": "freedom"}],
     }
     c = {
         "log": log,
-        "inbounds": [{"tag": "socks", "protocol": "socks", "listen": LOCAL, "port": c_port,
-                      "settings": {"udp": True}}],
-        "outbounds": [{"tag": "out", "protocol": "vmess", "settings": {"vnext": [
-            {"address": LOCAL, "port": b_port,
-             "users": [{"id": uid, "alterId": alter_id, "security": "aes-128-gcm"}]}]}}],
+        "inbounds": [
+            {
+                "tag": "socks",
+                "protocol": "socks",
+                "listen": LOCAL,
+                "port": c_port,
+                "settings": {"udp": True},
+            }
+        ],
+        "outbounds": [
+            {
+                "tag": "out",
+                "protocol": "vmess",
+                "settings": {
+                    "vnext": [
+                        {
+                            "address": LOCAL,
+                            "port": b_port,
+                            "users": [{"id": uid, "alterId": alter_id, "security": "aes-128-gcm"}],
+                        }
+                    ]
+                },
+            }
+        ],
     }
     return Chain(system, [Node("B", b, b_port), Node("C", c, c_port)], c_port, workdir)
 
 
-TOPOLOGIES: dict[str, Callable[[str, Path], Chain]] = {"cb": pair_chain}
+def reverse_chain(system: str, workdir: Path, alter_id: int = 0) -> Chain:
+    """The seed's reverse chain: C -> B (portal) -> A (bridge) -> destination."""
+    from raybridge.templates import bridge_config, client_config, portal_config
+
+    ua, uc = str(uuid.uuid4()), str(uuid.uuid4())
+    t_port, b_port, c_port = free_port(), free_port(), free_port()
+    log = {"loglevel": "warning", "access": "none"}
+    a = bridge_config(t_port, ua, alter_id=alter_id)
+    b = portal_config(t_port, b_port, ua, uc, alter_id=alter_id)
+    c = client_config(c_port, b_port, uc, alter_id=alter_id, security="aes-128-gcm")
+    for config in (a, b, c):
+        config["log"] = log
+    return Chain(
+        system,
+        [Node("B", b, t_port), Node("A", a, t_port), Node("C", c, c_port)],
+        c_port,
+        workdir,
+    )
+
+
+TOPOLOGIES: dict[str, Callable[[str, Path], Chain]] = {"cb": pair_chain, "abc": reverse_chain}
+
+
+def failure_window(chain: Chain, target: int, name: str, settle: int = 10) -> tuple[float, float]:
+    """Restart node ``name`` while a client keeps opening connections (open + echo, one at a
+    time). Returns (seconds from the first to the end of the last failed attempt, the
+    longest single successful attempt in seconds) once ``settle`` attempts in a row have
+    succeeded after the restart."""
+    for _ in range(5):
+        open_echo_ms(chain.socks, target)
+    chain.restart(name)
+    restarted = time.perf_counter()
+    first_fail = last_fail = None
+    slowest = 0.0
+    streak = 0
+    while streak < settle:
+        start = time.perf_counter()
+        try:
+            open_echo_ms(chain.socks, target)
+            ok = True
+        except OSError:
+            ok = False
+        end = time.perf_counter()
+        if ok:
+            streak += 1
+            slowest = max(slowest, end - start)
+        else:
+            streak = 0
+            first_fail = first_fail if first_fail is not None else start
+            last_fail = end
+            time.sleep(0.02)
+        if end - restarted > 90:
+            raise TimeoutError(f"{chain.system}: the chain did not recover after restarting {name}")
+    failed = 0.0 if first_fail is None or last_fail is None else last_fail - first_fail
+    return failed, slowest
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -232,21 +334,26 @@ def ready_time(chain: Chain, target: int, timeout: float = 30.0) -> float:
             time.sleep(0.005)
 
 
-def measure(chain: Chain, target: int, size: int, echoes: int) -> dict[str, float]:
+def measure(
+    chain: Chain, target: int, size: int, echoes: int, restarts: bool = False
+) -> dict[str, float]:
     out: dict[str, float] = {}
     chain.start()
     try:
         out["ready_s"] = ready_time(chain, target)
         for _ in range(5):
             open_echo_ms(chain.socks, target)  # warm up
-        out["echo_ms"] = statistics.median(
-            open_echo_ms(chain.socks, target) for _ in range(echoes)
-        )
+        out["echo_ms"] = statistics.median(open_echo_ms(chain.socks, target) for _ in range(echoes))
         cpu0 = sum(c for c, _ in chain.stats().values())
         out["down_MBps"] = download(chain.socks, target, size)
         out["up_MBps"] = upload(chain.socks, target, size)
         cpu1 = sum(c for c, _ in chain.stats().values())
         out["cpu_s_per_GB"] = (cpu1 - cpu0) / (2 * size / 1e9)
+        if restarts:
+            for name in ("A", "B"):
+                failed, slowest = failure_window(chain, target, name)
+                out[f"restart_{name}_fail_s"] = failed
+                out[f"restart_{name}_slowest_s"] = slowest
         for name, (_, rss) in chain.stats().items():
             out[f"rss_{name}_MB"] = rss / 1e6
     finally:
@@ -254,12 +361,9 @@ def measure(chain: Chain, target: int, size: int, echoes: int) -> dict[str, floa
     return out
 
 
-LOWER_IS_BETTER = ("ready_s", "echo_ms", "cpu_s_per_GB", "rss_")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="cb")
+    parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="abc")
     parser.add_argument("--size", type=int, default=512, help="MB per throughput run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--echoes", type=int, default=50)
@@ -281,10 +385,13 @@ def main() -> int:
             for r in range(args.rounds):
                 for system in systems:
                     chain = TOPOLOGIES[args.topology](system, Path(tmp))
-                    res = measure(chain, target_port, size, args.echoes)
+                    res = measure(chain, target_port, size, args.echoes, args.topology == "abc")
                     results[system].append(res)
-                    print(f"round {r + 1} {system}: "
-                          + ", ".join(f"{k}={v:.3g}" for k, v in res.items()), flush=True)
+                    print(
+                        f"round {r + 1} {system}: "
+                        + ", ".join(f"{k}={v:.3g}" for k, v in res.items()),
+                        flush=True,
+                    )
     finally:
         target.terminate()
         target.wait()
@@ -292,9 +399,11 @@ def main() -> int:
     keys = list(results[systems[0]][0])
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k in keys} for s in systems}
     print()
-    print(f"{args.topology}: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
-          f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
-          f"{args.rounds} rounds, {args.size} MB per stream")
+    print(
+        f"{args.topology}: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+        f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
+        f"{args.rounds} rounds, {args.size} MB per stream"
+    )
     header = f"| figure | {' | '.join(systems)} |"
     if len(systems) == 2:
         header += f" {systems[0]}/{systems[1]} |"

@@ -22,6 +22,13 @@ from typing import Any, cast
 
 from raybridge.address import Destination, Network, parse_host
 from raybridge.protocols.socks import SocksClient, SocksCommand, encode_udp_datagram
+from raybridge.templates import (  # noqa: F401 - re-exported for the tests
+    DOMAIN,
+    bridge_config,
+    client_config,
+    portal_config,
+    server_config,
+)
 
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
 HAVE_V2RAY = os.path.exists(V2RAY)
@@ -297,68 +304,6 @@ async def node(config: dict[str, Any] | str, name: str = "<test>") -> AsyncItera
         yield n
     finally:
         await n.close()
-
-
-# -- config builders ----------------------------------------------------------------------
-
-
-def client_config(
-    socks_port: int,
-    server_port: int,
-    user_id: str,
-    *,
-    alter_id: int = 0,
-    security: str = "auto",
-    http_port: int | None = None,
-) -> dict[str, Any]:
-    """Node C: SOCKS (with UDP) in, VMess out."""
-    inbounds: list[dict[str, Any]] = [
-        {
-            "tag": "socks-in",
-            "protocol": "socks",
-            "listen": LOCAL,
-            "port": socks_port,
-            "settings": {"auth": "noauth", "udp": True},
-        }
-    ]
-    if http_port:
-        inbounds.append({"tag": "http-in", "protocol": "http", "listen": LOCAL, "port": http_port})
-    return {
-        "log": {"loglevel": "warning"},
-        "inbounds": inbounds,
-        "outbounds": [
-            {
-                "tag": "vmess-out",
-                "protocol": "vmess",
-                "settings": {
-                    "vnext": [
-                        {
-                            "address": LOCAL,
-                            "port": server_port,
-                            "users": [{"id": user_id, "alterId": alter_id, "security": security}],
-                        }
-                    ]
-                },
-            }
-        ],
-    }
-
-
-def server_config(port: int, user_id: str, *, alter_id: int = 0) -> dict[str, Any]:
-    """Node B: VMess in, freedom out."""
-    return {
-        "log": {"loglevel": "warning"},
-        "inbounds": [
-            {
-                "tag": "vmess-in",
-                "protocol": "vmess",
-                "listen": LOCAL,
-                "port": port,
-                "settings": {"clients": [{"id": user_id, "alterId": alter_id}]},
-            }
-        ],
-        "outbounds": [{"tag": "direct", "protocol": "freedom"}],
-    }
 
 
 class _Http(asyncio.Protocol):

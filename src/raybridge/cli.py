@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test = sub.add_parser("test", help="validate config files and exit")
     _add_config_args(test)
+    demo = sub.add_parser(
+        "demo", help="run a bridge, a portal and a client on loopback and fetch a page"
+    )
+    demo.add_argument(
+        "--check", action="store_true", help="fetch once through the chain and exit 0 or 1"
+    )
+    demo.add_argument("--dir", help="write the three configs here (default: a temp folder)")
     sub.add_parser("uuid", help="print a new random UUID")
     sub.add_parser("version", help="print the version")
     return parser
@@ -156,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "test":
         return cmd_test(args)
+    if args.command == "demo":
+        from raybridge.demo import demo
+
+        logs.setup(level="warning")
+        return run_loop(demo(check=args.check, directory=args.dir))
     if args.command == "uuid":
         print(uuid.uuid4())
         return 0

@@ -22,6 +22,8 @@ from raybridge.proxy.blackhole import BlackholeOutbound
 from raybridge.proxy.dokodemo import DokodemoInbound
 from raybridge.proxy.freedom import FreedomOutbound
 from raybridge.proxy.http import HttpInbound
+from raybridge.proxy.mux import MuxOutbound, install_mux_server
+from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.proxy.socks import SocksInbound
 from raybridge.proxy.vmess import VMessInbound, VMessOutbound, VMessServer
 from raybridge.router import Router, compile_rule
@@ -48,6 +50,13 @@ class Node:
             rules, tags, balancers=balancers, domain_strategy=config.routing.domain_strategy
         )
         self.dispatcher = Dispatcher(self.router, self.outbounds)
+        install_mux_server(self.dispatcher)
+        # Portals are outbounds registered after the configured ones (never the default
+        # unless there is no other); bridges dial through the dispatcher.
+        self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
+        for portal in self.portals:
+            self.dispatcher.add_outbound(portal)
+        self.bridges = [Bridge(b.tag, b.domain, self.dispatcher) for b in config.reverse.bridges]
         self.inbounds: list[Inbound] = []
         for inbound in config.inbounds:
             self.inbounds.extend(self._inbounds(inbound))
@@ -100,7 +109,10 @@ class Node:
                     "a VMess outbound needs a server with at least one user",
                     **_where(cfg, "outbounds"),
                 )
-            return VMessOutbound(tag, servers, send_through=cfg.send_through)
+            outbound: Outbound = VMessOutbound(tag, servers, send_through=cfg.send_through)
+            if cfg.mux.enabled and cfg.mux.concurrency > 0:
+                outbound = MuxOutbound(outbound, cfg.mux.concurrency)
+            return outbound
         raise ConfigError(f"unknown outbound protocol {cfg.protocol!r}", **_where(cfg, "outbounds"))
 
     def _inbounds(self, cfg: InboundConfig) -> list[StreamInbound]:
@@ -180,12 +192,18 @@ class Node:
                 await outbound.start()
             for inbound in self.inbounds:
                 await inbound.start()
+            for bridge in self.bridges:
+                await bridge.start()
         except BaseException:
             await self.close()
             raise
         self.started = True
 
     async def close(self) -> None:
+        for bridge in self.bridges:
+            await bridge.close()
+        for portal in self.portals:
+            await portal.close()
         for inbound in self.inbounds:
             try:
                 await inbound.close()

@@ -39,6 +39,7 @@ class StreamEnd(asyncio.Protocol, End):
         self._pending_eof = False
         self._paused_peer = False  # we paused the peer because of _pending
         self._reading_paused = False  # the peer paused us
+        self._writing_paused = False  # our transport paused us (its buffer is full)
         self._read_eof = False  # medium -> peer finished
         self._write_eof = False  # peer -> medium finished
         self._aborted = False
@@ -65,13 +66,17 @@ class StreamEnd(asyncio.Protocol, End):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         if self._reading_paused:
             transport.pause_reading()
-        if self._paused_peer:
-            self._paused_peer = False
-            if self.peer is not None:
-                self.peer.resume_reading()
+        # What was queued goes first; only then may the peer send more (in this order, or
+        # the peer's next bytes would overtake the queued ones).
         if self._pending:
             pending, self._pending, self._pending_size = self._pending, [], 0
             transport.writelines(pending)
+        if self._paused_peer:
+            self._paused_peer = False
+            # If the transport is now above its high-water mark it has paused the peer
+            # itself (pause_writing) and will resume it when it drains.
+            if not self._writing_paused and self.peer is not None:
+                self.peer.resume_reading()
         if self._pending_eof:
             self._pending_eof = False
             self._finish_write()
@@ -103,10 +108,12 @@ class StreamEnd(asyncio.Protocol, End):
         self._notify_closed(exc)
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         if self.peer is not None:
             self.peer.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self.peer is not None:
             self.peer.resume_reading()
 

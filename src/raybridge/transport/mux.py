@@ -1,0 +1,376 @@
+"""Mux.Cool over a link: the asyncio side of :mod:`raybridge.protocols.mux`.
+
+A :class:`MuxWorker` is the end of a link whose medium is a mux byte stream (its *carrier*:
+a VMess connection to ``v1.mux.cool``, or a reverse tunnel). It feeds what the carrier
+delivers to the codec and turns each mux session into a :class:`MuxSessionEnd`, an ordinary
+:class:`~raybridge.link.End`, so the rest of the program never knows a stream is
+multiplexed (aioquic's ``QuicStreamAdapter`` idea)::
+
+    carrier end  <-->  MuxWorker  ==(codec)==  MuxSessionEnd <--> peer end (socket, ...)
+                                               MuxSessionEnd <--> peer end
+                                               ...
+
+Flow control. Mux.Cool has none per session (PROTOCOLS.md 2.4). When a session's peer
+cannot take more, its data is buffered in that session up to :data:`SESSION_BUFFER`, then
+the carrier is paused (head-of-line blocking, as in V2Ray, but only past the buffer). When
+the carrier cannot take more, every session's peer is paused.
+
+Half-close. A session's peer ending its input sends End and keeps receiving; the peer's End
+is delivered as ``write_eof``; the session is gone once both Ends have passed (or either
+side sends End+Error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from raybridge.address import Destination, Network
+from raybridge.errors import LocalProtocolError
+from raybridge.link import End, IdleTimer, Session
+from raybridge.protocols.mux import (
+    KeepAliveReceived,
+    MuxConnection,
+    MuxError,
+    Role,
+    SessionData,
+    SessionEnded,
+    SessionOpened,
+)
+
+logger = logging.getLogger("raybridge.mux")
+
+#: Bytes a session buffers for a slow peer before the whole carrier is paused.
+SESSION_BUFFER = 512 * 1024
+#: Idle timeout of a mux session (V2Ray's connIdle).
+SESSION_IDLE = 300.0
+
+
+class MuxSessionEnd(End):
+    """One mux session, as an end of a link."""
+
+    __slots__ = (
+        "_buffer",
+        "_buffered",
+        "_eof_pending",
+        "_idle",
+        "_paused",
+        "closed",
+        "inbound_side",
+        "network",
+        "peer",
+        "session",
+        "sid",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        worker: MuxWorker,
+        sid: int,
+        network: Network,
+        session: Session,
+        *,
+        inbound_side: bool,
+        idle: float = SESSION_IDLE,
+    ) -> None:
+        self.worker = worker
+        self.sid = sid
+        self.network = network
+        self.session = session
+        self.inbound_side = inbound_side
+        self.peer: End | None = None
+        self.closed = False
+        self._paused = False  # our peer asked us to stop delivering
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._eof_pending = False
+        self._idle = IdleTimer(session, idle, self._expire) if idle > 0 else None
+
+    # -- from the worker ---------------------------------------------------------------
+    def deliver(self, data: bytes) -> None:
+        session = self.session
+        session.active = True
+        if self.inbound_side:
+            session.bytes_up += len(data)
+        else:
+            session.bytes_down += len(data)
+        if self._paused:
+            self._buffer.append(data)
+            self._buffered += len(data)
+            if self._buffered > SESSION_BUFFER:
+                self.worker.pause_carrier(self)
+            return
+        if self.peer is not None:
+            self.peer.write(data)
+
+    def remote_eof(self) -> None:
+        """The peer sent End: its direction is finished."""
+        if self._buffer:
+            self._eof_pending = True
+        elif self.peer is not None:
+            self.peer.write_eof()
+        if not self.worker.codec.is_open(self.sid):
+            self._finished()
+
+    def remote_abort(self, exc: BaseException | None = None) -> None:
+        if self.closed:
+            return
+        self._finished()
+        if self.peer is not None:
+            self.peer.abort(exc or ConnectionResetError("mux session aborted"))
+
+    def _finished(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._buffer.clear()
+        if self._idle is not None:
+            self._idle.cancel()
+        self.worker.forget(self)
+
+    def _expire(self) -> None:
+        peer = self.peer
+        self.abort(TimeoutError("mux session idle"))
+        if peer is not None:
+            peer.abort(TimeoutError("idle"))
+
+    # -- End (called by our peer) --------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        session = self.session
+        session.active = True
+        if self.inbound_side:
+            session.bytes_down += len(data)
+        else:
+            session.bytes_up += len(data)
+        self.worker.send(self, data)
+
+    def write_eof(self) -> None:
+        if self.closed:
+            return
+        codec = self.worker.codec
+        codec.half_close(self.sid)
+        self.worker.schedule_flush()
+        if not codec.is_open(self.sid):
+            self._finished()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        if self.closed:
+            return
+        self.worker.codec.end_session(self.sid, error=exc is not None)
+        self.worker.schedule_flush()
+        self._finished()
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        buffer, self._buffer, self._buffered = self._buffer, [], 0
+        peer = self.peer
+        if peer is not None:
+            for index, data in enumerate(buffer):
+                peer.write(data)
+                if self._paused:  # the peer filled up again: keep the rest
+                    self._buffer = buffer[index + 1 :]
+                    self._buffered = sum(len(b) for b in self._buffer)
+                    return
+            if self._eof_pending:
+                self._eof_pending = False
+                peer.write_eof()
+        self.worker.resume_carrier(self)
+
+
+OpenHandler = Callable[["MuxWorker", SessionOpened], None]
+
+
+class MuxWorker(End):
+    """One Mux.Cool connection over a carrier end (see the module docstring)."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        on_open: OpenHandler | None = None,
+        max_sessions: int = 0,
+        name: str = "mux",
+    ) -> None:
+        self.codec = MuxConnection(role, max_sessions=max_sessions)
+        self.role = role
+        self.on_open = on_open
+        self.name = name
+        self.peer: End | None = None  # the carrier
+        self.sessions: dict[int, MuxSessionEnd] = {}
+        self.closed = False
+        self.close_callbacks: list[Callable[[MuxWorker], None]] = []
+        self.session_callbacks: list[Callable[[MuxWorker], None]] = []  # a session ended
+        self.keepalive_callbacks: list[Callable[[MuxWorker], None]] = []
+        self._paused_by: set[int] = set()  # sessions that paused the carrier
+        self._out_paused = False  # the carrier paused us
+        self._flush_handle: asyncio.Handle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    # -- sessions --------------------------------------------------------------------------
+    def open_session(self, session: Session, dest: Destination, peer: End) -> MuxSessionEnd:
+        """Client role: a new session to ``dest`` for ``peer`` (joined). The New frame goes
+        out with the first payload if it comes in the same loop iteration."""
+        sid = self.codec.open_session(dest)
+        end = MuxSessionEnd(self, sid, dest.network, session, inbound_side=False)
+        self._add(end, peer)
+        self.schedule_flush()
+        return end
+
+    def accept(self, event: SessionOpened, session: Session) -> MuxSessionEnd:
+        """Server role: the end for a session the peer opened (join it to a peer next)."""
+        end = MuxSessionEnd(
+            self, event.session_id, event.target.network, session, inbound_side=True
+        )
+        self.sessions[event.session_id] = end
+        return end
+
+    def _add(self, end: MuxSessionEnd, peer: End) -> None:
+        end.peer = peer
+        peer.peer = end
+        self.sessions[end.sid] = end
+        if self._out_paused:
+            peer.pause_reading()
+
+    def forget(self, end: MuxSessionEnd) -> None:
+        if self.sessions.get(end.sid) is end:
+            del self.sessions[end.sid]
+        if end.sid in self._paused_by:
+            self.resume_carrier(end)
+        for callback in self.session_callbacks:
+            callback(self)
+
+    @property
+    def session_count(self) -> int:
+        return self.codec.session_count
+
+    # -- sending ---------------------------------------------------------------------------
+    def send(self, end: MuxSessionEnd, data: bytes) -> None:
+        try:
+            self.codec.send_data(end.sid, data)
+        except LocalProtocolError as exc:
+            # A datagram over 2048 bytes, or a session the peer has just ended.
+            logger.debug(
+                "%s: dropped %d bytes for session %d: %s", self.name, len(data), end.sid, exc
+            )
+            return
+        if self._flush_handle is None:
+            self.flush()
+
+    def schedule_flush(self) -> None:
+        if self._flush_handle is None and not self.closed:
+            self._flush_handle = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_handle = None
+        out = self.codec.data_to_send()
+        if out and self.peer is not None and not self.closed:
+            self.peer.write(out)
+
+    # -- flow control between sessions and the carrier ---------------------------------
+    def pause_carrier(self, end: MuxSessionEnd) -> None:
+        if not self._paused_by and self.peer is not None:
+            self.peer.pause_reading()
+        self._paused_by.add(end.sid)
+
+    def resume_carrier(self, end: MuxSessionEnd) -> None:
+        self._paused_by.discard(end.sid)
+        if not self._paused_by and self.peer is not None and not self.closed:
+            self.peer.resume_reading()
+
+    @property
+    def carrier_paused(self) -> bool:
+        return bool(self._paused_by)
+
+    # -- End (called by the carrier) ------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.codec.receive_data(data)
+        except MuxError as exc:
+            logger.info("%s: bad mux stream: %s", self.name, exc)
+            self._fail(exc)
+            return
+        sessions = self.sessions
+        for event in events:
+            if type(event) is SessionData:
+                end = sessions.get(event.session_id)
+                if end is not None:
+                    end.deliver(event.data)
+            elif type(event) is SessionOpened:
+                if self.on_open is not None:
+                    self.on_open(self, event)
+                else:
+                    self.codec.end_session(event.session_id, error=True)
+            elif type(event) is SessionEnded:
+                end = sessions.get(event.session_id)
+                if end is not None:
+                    if event.error:
+                        end.remote_abort()
+                    else:
+                        end.remote_eof()
+            elif type(event) is KeepAliveReceived:
+                for callback in self.keepalive_callbacks:
+                    callback(self)
+        self.flush()
+
+    def write_eof(self) -> None:
+        """The carrier ended: so does every session (V2Ray: EOS ends the mux connection)."""
+        self.close()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self._fail(exc, notify_carrier=False)
+
+    def pause_reading(self) -> None:
+        if self._out_paused:
+            return
+        self._out_paused = True
+        for end in list(self.sessions.values()):
+            if end.peer is not None:
+                end.peer.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._out_paused:
+            return
+        self._out_paused = False
+        for end in list(self.sessions.values()):
+            if end.peer is not None:
+                end.peer.resume_reading()
+
+    # -- closing ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """End every session and the carrier, cleanly (an EOS on VMess)."""
+        if self.closed:
+            return
+        for sid in list(self.codec.session_ids()):
+            self.codec.end_session(sid)
+        self.flush()
+        peer = self.peer
+        self._fail(None, notify_carrier=False)
+        if peer is not None:
+            peer.write_eof()
+
+    def _fail(self, exc: BaseException | None, *, notify_carrier: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.codec.connection_lost()
+        for end in list(self.sessions.values()):
+            end.remote_abort(exc if isinstance(exc, Exception) else None)
+        self.sessions.clear()
+        if notify_carrier and self.peer is not None:
+            self.peer.abort(exc)
+        for callback in self.close_callbacks:
+            callback(self)

@@ -1,0 +1,186 @@
+"""Reverse-proxy variants users try: one VMess inbound on B for both A and C, the port
+mapping of "Reverse Proxy I" (dokodemo-door on B, freedom redirect on A), two bridges on one
+portal, and restarting the bridge while a client keeps connecting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    DOMAIN,
+    LOCAL,
+    EchoServer,
+    bridge_config,
+    client_config,
+    echo_roundtrip,
+    free_port,
+    new_uuid,
+    node,
+    portal_config,
+    socks_echo,
+    socks_udp_echo,
+)
+from tests.test_reverse_chain import RB, V2, chain, exercise, run, wait_chain
+
+
+@pytest.mark.parametrize("portal", [RB, V2])
+def test_single_inbound_portal(portal: str) -> None:
+    """The seed's tip: B takes A's tunnel and C's traffic on one VMess inbound."""
+
+    async def main() -> None:
+        async with chain(RB, portal, RB, single_inbound=True) as (s_port, echo):
+            await exercise(s_port, echo)
+
+    asyncio.run(main())
+
+
+def port_mapping_configs(
+    t_port: int, door_port: int, uid: str, echo_port: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    b = {
+        "reverse": {"portals": [{"tag": "portal", "domain": DOMAIN}]},
+        "inbounds": [
+            {
+                "tag": "external",
+                "protocol": "dokodemo-door",
+                "listen": LOCAL,
+                "port": door_port,
+                "settings": {"address": LOCAL, "port": 80, "network": "tcp"},
+            },
+            {
+                "tag": "interconn",
+                "protocol": "vmess",
+                "listen": LOCAL,
+                "port": t_port,
+                "settings": {"clients": [{"id": uid}]},
+            },
+        ],
+        "routing": {
+            "rules": [
+                {"type": "field", "inboundTag": ["external"], "outboundTag": "portal"},
+                {
+                    "type": "field",
+                    "inboundTag": ["interconn"],
+                    "domain": [f"full:{DOMAIN}"],
+                    "outboundTag": "portal",
+                },
+            ]
+        },
+    }
+    a = bridge_config(t_port, uid)
+    a["outbounds"][1]["settings"] = {"redirect": f"{LOCAL}:{echo_port}"}
+    return a, b
+
+
+@pytest.mark.parametrize("a_kind,b_kind", [(RB, RB), (RB, V2), (V2, RB)])
+def test_port_mapping(a_kind: str, b_kind: str) -> None:
+    """Reverse Proxy I: a dokodemo-door port on B maps to one service inside A's network."""
+
+    async def main() -> None:
+        uid = new_uuid()
+        t_port, door = free_port(), free_port()
+        async with EchoServer() as echo:
+            a, b = port_mapping_configs(t_port, door, uid, echo.port)
+            async with run(b_kind, b, t_port), run(a_kind, a, None):
+                deadline = time.monotonic() + 20
+                while True:  # until the bridge has registered
+                    try:
+                        reader, writer = await asyncio.open_connection(LOCAL, door)
+                        sent, got = await asyncio.wait_for(echo_roundtrip(reader, writer, 1000), 5)
+                        writer.close()
+                        break
+                    except (TimeoutError, OSError):
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.05)
+                reader, writer = await asyncio.open_connection(LOCAL, door)
+                sent, got = await echo_roundtrip(reader, writer, 5_000_000)
+                assert sent == got
+                writer.close()
+
+    asyncio.run(main())
+
+
+def test_two_bridges_share_a_portal() -> None:
+    """Connections spread over both bridges; with one stopped, new connections keep
+    working through the other at once."""
+
+    async def main() -> None:
+        ua, uc = new_uuid(), new_uuid()
+        t_port, c_port, s_port = free_port(), free_port(), free_port()
+        async with EchoServer() as echo:
+            async with (
+                node(portal_config(t_port, c_port, ua, uc)) as b,
+                node(bridge_config(t_port, ua)) as a1,
+                node(bridge_config(t_port, ua)) as a2,
+                node(client_config(s_port, c_port, uc)),
+            ):
+                await wait_chain(s_port, echo.port)
+                while len(b.portals[0].tunnels) < 2:
+                    await asyncio.sleep(0.01)
+                await asyncio.gather(*(socks_echo(s_port, echo.port, 50_000) for _ in range(40)))
+
+                def carried(a: Any) -> int:
+                    # sessions each bridge has served, beyond its control sessions
+                    return sum(t.worker.codec.allocated_total - 1 for t in a.bridges[0].tunnels)
+
+                assert carried(a1) > 5 and carried(a2) > 5, (carried(a1), carried(a2))
+                await a1.close()
+                # No pause, no retry: every new connection goes through A2.
+                results = await asyncio.gather(
+                    *(socks_echo(s_port, echo.port, 20_000) for _ in range(20)),
+                    return_exceptions=True,
+                )
+                assert [r for r in results if r is not None] == []
+                assert len(b.portals[0].tunnels) == 1
+
+    asyncio.run(main())
+
+
+def test_bridge_restart_while_client_connects() -> None:
+    """Restart A while C keeps opening connections: after A is back everything works, and
+    connections opened while it was away waited for the new tunnel instead of failing."""
+
+    async def main() -> None:
+        ua, uc = new_uuid(), new_uuid()
+        t_port, c_port, s_port = free_port(), free_port(), free_port()
+        async with EchoServer() as echo:
+            async with (
+                node(portal_config(t_port, c_port, ua, uc)),
+                node(client_config(s_port, c_port, uc)),
+            ):
+                a = node(bridge_config(t_port, ua))
+                await a.__aenter__()
+                await wait_chain(s_port, echo.port)
+                outcomes: list[tuple[float, bool]] = []
+                stop = asyncio.Event()
+
+                async def client() -> None:
+                    while not stop.is_set():
+                        started = time.monotonic()
+                        try:
+                            await asyncio.wait_for(socks_echo(s_port, echo.port, 5000), 10)
+                            outcomes.append((started, True))
+                        except Exception:
+                            outcomes.append((started, False))
+                        await asyncio.sleep(0.02)
+
+                task = asyncio.ensure_future(client())
+                await asyncio.sleep(0.3)
+                await a.__aexit__(None, None, None)  # A goes away
+                await asyncio.sleep(0.5)
+                a = node(bridge_config(t_port, ua))  # and comes back
+                await a.__aenter__()
+                await asyncio.sleep(0.5)
+                stop.set()
+                await task
+                await socks_echo(s_port, echo.port, 1_000_000)
+                datagrams = [b"after restart"]
+                assert await socks_udp_echo(s_port, echo.port, datagrams) == datagrams
+                await a.__aexit__(None, None, None)
+                assert outcomes and all(ok for _, ok in outcomes), outcomes
+
+    asyncio.run(main())
