@@ -184,3 +184,74 @@ def test_bridge_restart_while_client_connects() -> None:
                 assert outcomes and all(ok for _, ok in outcomes), outcomes
 
     asyncio.run(main())
+
+
+def test_several_bridges_and_portals_in_one_node() -> None:
+    """One A node with two bridges (two domains), one B node with two portals; each
+    portal's clients come out of its own bridge."""
+
+    async def main() -> None:
+        ua, uc = new_uuid(), new_uuid()
+        t_port, c1, c2, s1, s2 = (free_port() for _ in range(5))
+        async with EchoServer() as echo1, EchoServer() as echo2:
+            b = portal_config(t_port, c1, ua, uc)
+            b["reverse"]["portals"].append({"tag": "portal2", "domain": "second.lan"})
+            b["inbounds"].append(
+                {
+                    "tag": "external2",
+                    "protocol": "vmess",
+                    "listen": LOCAL,
+                    "port": c2,
+                    "settings": {"clients": [{"id": uc}]},
+                }
+            )
+            b["routing"]["rules"] += [
+                {"type": "field", "inboundTag": ["external2"], "outboundTag": "portal2"},
+                {
+                    "type": "field",
+                    "inboundTag": ["interconn"],
+                    "domain": ["full:second.lan"],
+                    "outboundTag": "portal2",
+                },
+            ]
+            a = bridge_config(t_port, ua)
+            a["reverse"]["bridges"].append({"tag": "bridge2", "domain": "second.lan"})
+            # bridge 1 maps everything to echo1, bridge 2 to echo2
+            a["outbounds"][1]["settings"] = {"redirect": f"{LOCAL}:{echo1.port}"}
+            a["outbounds"].append(
+                {
+                    "tag": "out2",
+                    "protocol": "freedom",
+                    "settings": {"redirect": f"{LOCAL}:{echo2.port}"},
+                }
+            )
+
+            def rule(tag: str, out: str, domain: str | None = None) -> dict[str, Any]:
+                r: dict[str, Any] = {"type": "field", "inboundTag": [tag], "outboundTag": out}
+                if domain:
+                    r["domain"] = [f"full:{domain}"]
+                return r
+
+            a["routing"]["rules"] = [
+                rule("bridge", "tunnel", DOMAIN),
+                rule("bridge2", "tunnel", "second.lan"),
+                rule("bridge", "out"),
+                rule("bridge2", "out2"),
+            ]
+            async with (
+                node(b),
+                node(a),
+                node(client_config(s1, c1, uc)),
+                node(client_config(s2, c2, uc)),
+            ):
+                await wait_chain(s1, 9)
+                await wait_chain(s2, 9)
+                for _ in range(3):
+                    await socks_echo(s1, 9, 100_000)
+                    await socks_echo(s2, 9, 100_000)
+                assert echo1.connections >= 4 and echo2.connections >= 4
+                before = (echo1.connections, echo2.connections)
+                await socks_echo(s2, 9, 1000)
+                assert (echo1.connections, echo2.connections) == (before[0], before[1] + 1)
+
+    asyncio.run(main())

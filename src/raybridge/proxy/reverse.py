@@ -152,7 +152,8 @@ class Bridge:
         self.tag = tag
         self.domain = domain
         self.dispatcher = dispatcher
-        self.tunnels: list[BridgeTunnel] = []
+        self.tunnels: list[BridgeTunnel] = []  # active tunnels, and new ones not yet drained
+        self.retired: list[BridgeTunnel] = []  # drained: still open, serving their sessions
         self.failures = 0
         self.dials = 0
         self._rng = rng or random.Random()
@@ -170,9 +171,10 @@ class Bridge:
             if handle is not None:
                 handle.cancel()
         self._timer = self._wake = None
-        for tunnel in list(self.tunnels):
+        for tunnel in [*self.tunnels, *self.retired]:
             tunnel.worker.close()
         self.tunnels.clear()
+        self.retired.clear()
 
     # -- the monitor ------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -202,6 +204,7 @@ class Bridge:
                 worker.abort(TimeoutError("no heartbeat"))
         # Inactive tunnels leave the list (a drained one stays open until the portal
         # closes it, serving its sessions).
+        self.retired += [t for t in self.tunnels if not t.active and not t.worker.closed]
         self.tunnels = [t for t in self.tunnels if t.active]
         active = len(self.tunnels)
         sessions = sum(t.worker.session_count for t in self.tunnels)
@@ -231,6 +234,8 @@ class Bridge:
     def _closed(self, tunnel: BridgeTunnel) -> None:
         if tunnel in self.tunnels:
             self.tunnels.remove(tunnel)
+        if tunnel in self.retired:
+            self.retired.remove(tunnel)
         if not self._running:
             return
         if not tunnel.heard:

@@ -54,9 +54,12 @@ class MuxSessionEnd(End):
         "_buffer",
         "_buffered",
         "_eof_pending",
+        "_first",
+        "_first_eof",
         "_idle",
         "_paused",
         "closed",
+        "dest",
         "inbound_side",
         "network",
         "peer",
@@ -68,7 +71,7 @@ class MuxSessionEnd(End):
     def __init__(
         self,
         worker: MuxWorker,
-        sid: int,
+        sid: int | None,
         network: Network,
         session: Session,
         *,
@@ -76,7 +79,10 @@ class MuxSessionEnd(End):
         idle: float = SESSION_IDLE,
     ) -> None:
         self.worker = worker
-        self.sid = sid
+        self.sid = sid  # None until the New frame is queued (client role)
+        self.dest: Destination | None = None
+        self._first: list[bytes] = []  # data written before the New frame went out
+        self._first_eof = False
         self.network = network
         self.session = session
         self.inbound_side = inbound_side
@@ -111,7 +117,7 @@ class MuxSessionEnd(End):
             self._eof_pending = True
         elif self.peer is not None:
             self.peer.write_eof()
-        if not self.worker.codec.is_open(self.sid):
+        if self.sid is not None and not self.worker.codec.is_open(self.sid):
             self._finished()
 
     def remote_abort(self, exc: BaseException | None = None) -> None:
@@ -151,6 +157,9 @@ class MuxSessionEnd(End):
     def write_eof(self) -> None:
         if self.closed:
             return
+        if self.sid is None:
+            self._first_eof = True  # sent right after the New frame
+            return
         codec = self.worker.codec
         codec.half_close(self.sid)
         self.worker.schedule_flush()
@@ -160,8 +169,9 @@ class MuxSessionEnd(End):
     def abort(self, exc: BaseException | None = None) -> None:
         if self.closed:
             return
-        self.worker.codec.end_session(self.sid, error=exc is not None)
-        self.worker.schedule_flush()
+        if self.sid is not None:
+            self.worker.codec.end_session(self.sid, error=exc is not None)
+            self.worker.schedule_flush()
         self._finished()
 
     def pause_reading(self) -> None:
@@ -210,7 +220,8 @@ class MuxWorker(End):
         self.close_callbacks: list[Callable[[MuxWorker], None]] = []
         self.session_callbacks: list[Callable[[MuxWorker], None]] = []  # a session ended
         self.keepalive_callbacks: list[Callable[[MuxWorker], None]] = []
-        self._paused_by: set[int] = set()  # sessions that paused the carrier
+        self._pending: list[MuxSessionEnd] = []  # client sessions whose New is not out yet
+        self._paused_by: set[MuxSessionEnd] = set()  # sessions that paused the carrier
         self._out_paused = False  # the carrier paused us
         self._flush_handle: asyncio.Handle | None = None
         self._loop = asyncio.get_running_loop()
@@ -218,12 +229,43 @@ class MuxWorker(End):
     # -- sessions --------------------------------------------------------------------------
     def open_session(self, session: Session, dest: Destination, peer: End) -> MuxSessionEnd:
         """Client role: a new session to ``dest`` for ``peer`` (joined). The New frame goes
-        out with the first payload if it comes in the same loop iteration."""
-        sid = self.codec.open_session(dest)
-        end = MuxSessionEnd(self, sid, dest.network, session, inbound_side=False)
-        self._add(end, peer)
+        out at the end of this loop iteration, carrying what ``peer`` wrote meanwhile (V2Ray
+        puts the first payload in the New frame too, but waits up to 100 ms for it)."""
+        end = MuxSessionEnd(self, None, dest.network, session, inbound_side=False)
+        end.dest = dest
+        end.peer = peer
+        peer.peer = end
+        self._pending.append(end)
+        if self._out_paused:
+            peer.pause_reading()
         self.schedule_flush()
         return end
+
+    def _open_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        codec = self.codec
+        for end in pending:
+            if end.closed:
+                continue
+            assert end.dest is not None
+            first, end._first = end._first, []
+            rest: list[bytes] = []
+            if end.network is Network.UDP:
+                data, rest = (first[0], first[1:]) if first else (b"", [])
+            else:
+                data = first[0] if len(first) == 1 else b"".join(first)
+            try:
+                end.sid = codec.open_session(end.dest, data)
+            except LocalProtocolError as exc:  # the session limit, or an oversized datagram
+                logger.info("%s: cannot open a session to %s: %s", self.name, end.dest, exc)
+                end.remote_abort(exc)
+                continue
+            self.sessions[end.sid] = end
+            for datagram in rest:
+                self.send(end, datagram)
+            if end._first_eof:
+                end._first_eof = False
+                end.write_eof()
 
     def accept(self, event: SessionOpened, session: Session) -> MuxSessionEnd:
         """Server role: the end for a session the peer opened (join it to a peer next)."""
@@ -233,27 +275,24 @@ class MuxWorker(End):
         self.sessions[event.session_id] = end
         return end
 
-    def _add(self, end: MuxSessionEnd, peer: End) -> None:
-        end.peer = peer
-        peer.peer = end
-        self.sessions[end.sid] = end
-        if self._out_paused:
-            peer.pause_reading()
-
     def forget(self, end: MuxSessionEnd) -> None:
-        if self.sessions.get(end.sid) is end:
+        if end.sid is not None and self.sessions.get(end.sid) is end:
             del self.sessions[end.sid]
-        if end.sid in self._paused_by:
+        if end in self._paused_by:
             self.resume_carrier(end)
         for callback in self.session_callbacks:
             callback(self)
 
     @property
     def session_count(self) -> int:
-        return self.codec.session_count
+        """Open sessions, counting those whose New frame is about to go out."""
+        return self.codec.session_count + len(self._pending)
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, end: MuxSessionEnd, data: bytes) -> None:
+        if end.sid is None:
+            end._first.append(data)  # rides in the New frame (the flush is scheduled)
+            return
         try:
             self.codec.send_data(end.sid, data)
         except LocalProtocolError as exc:
@@ -271,6 +310,8 @@ class MuxWorker(End):
 
     def flush(self) -> None:
         self._flush_handle = None
+        if self._pending:
+            self._open_pending()
         out = self.codec.data_to_send()
         if out and self.peer is not None and not self.closed:
             self.peer.write(out)
@@ -279,10 +320,10 @@ class MuxWorker(End):
     def pause_carrier(self, end: MuxSessionEnd) -> None:
         if not self._paused_by and self.peer is not None:
             self.peer.pause_reading()
-        self._paused_by.add(end.sid)
+        self._paused_by.add(end)
 
     def resume_carrier(self, end: MuxSessionEnd) -> None:
-        self._paused_by.discard(end.sid)
+        self._paused_by.discard(end)
         if not self._paused_by and self.peer is not None and not self.closed:
             self.peer.resume_reading()
 
@@ -367,7 +408,8 @@ class MuxWorker(End):
             self._flush_handle.cancel()
             self._flush_handle = None
         self.codec.connection_lost()
-        for end in list(self.sessions.values()):
+        pending, self._pending = self._pending, []
+        for end in [*pending, *self.sessions.values()]:
             end.remote_abort(exc if isinstance(exc, Exception) else None)
         self.sessions.clear()
         if notify_carrier and self.peer is not None:

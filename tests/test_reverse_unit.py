@@ -1,0 +1,1015 @@
+"""Unit tests of the reverse proxy (``proxy/reverse.py``) against a scripted Mux.Cool peer.
+
+No sockets and no nodes. A tunnel's carrier is a :class:`Recorder` end that collects what
+the worker writes; the far side of the tunnel is a sans-IO ``MuxConnection`` of the opposite
+role (:class:`MuxPeer`), fed from the carrier and answering through ``worker.write()``. The
+bridge's dispatcher is a fake that hands out such carriers for ``domain:0`` and echo ends
+for everything else. PROTOCOLS.md sections 2 and 3.
+
+Module constants are patched so that no test waits more than a few hundredths of a second;
+nothing asserts on timing, only on what happened once a condition was met.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+import pytest
+
+import raybridge.proxy.reverse as reverse
+import raybridge.transport.mux as transport_mux
+from raybridge.address import Destination, Network
+from raybridge.dispatcher import Dispatcher
+from raybridge.link import DeferredEnd, End, Session, join
+from raybridge.protocols.mux import (
+    FrameDecoder,
+    MuxConnection,
+    MuxEvent,
+    Role,
+    SessionData,
+    SessionEnded,
+    SessionOpened,
+    Status,
+)
+from raybridge.protocols.reverse import (
+    CONTROL_TARGET,
+    ControlState,
+    decode_control,
+    encode_control,
+)
+from raybridge.protocols.reverse import heartbeat as real_heartbeat
+from raybridge.proxy.reverse import Bridge, BridgeTunnel, Portal, PortalTunnel
+from raybridge.transport.mux import MuxSessionEnd, MuxWorker
+
+DOMAIN = "tunnel.example"
+TAG = "bridge"
+PORTAL_TAG = "portal"
+EXAMPLE = Destination(Network.TCP, "example.com", 80)
+TUNNEL_DEST = Destination(Network.TCP, DOMAIN, 0)
+
+#: What the patched heartbeat draws: 7 bytes of padding, all 0x07 (PROTOCOLS.md 3.3).
+PADDING = b"\x07" * 7
+ACTIVE_BEAT = b"\x9a\x06\x07" + PADDING
+DRAIN_BEAT = b"\x08\x01\x9a\x06\x07" + PADDING
+
+
+def _fixed_urandom(n: int) -> bytes:
+    return b"\x07" * n
+
+
+def _fixed_heartbeat(urandom: Callable[[int], bytes], drain: bool = False) -> bytes:
+    return real_heartbeat(_fixed_urandom, drain)
+
+
+@pytest.fixture(autouse=True)
+def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The monitor only runs when a test calls check() or asks for a tick; heartbeat
+    # timeouts only when a test makes one happen; backoff is a few milliseconds.
+    monkeypatch.setattr(reverse, "MONITOR_INTERVAL", 100.0)
+    monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 100.0)
+    monkeypatch.setattr(reverse, "BACKOFF_BASE", 0.002)
+    monkeypatch.setattr(reverse, "BACKOFF_CAP", 0.016)
+    # Heartbeats never draw empty padding (an empty ACTIVE message is not sent at all).
+    monkeypatch.setattr(reverse, "heartbeat", _fixed_heartbeat)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(main(), 10)
+
+    asyncio.run(bounded())
+
+
+async def settle() -> None:
+    """Let call_soon callbacks (scheduled flushes, wakes) run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def wait_until(cond: Callable[[], object], timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.002)
+
+
+# -- ends and the scripted peer ------------------------------------------------------------
+
+
+class Recorder(End):
+    """A carrier or client end that records what it is given."""
+
+    def __init__(self) -> None:
+        self.peer: End | None = None
+        self.received = bytearray()
+        self.total = 0
+        self.eof = False
+        self.aborted = False
+        self.abort_exc: BaseException | None = None
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.received += data
+        self.total += len(data)
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self.aborted = True
+        self.abort_exc = exc
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def take(self) -> bytes:
+        out = bytes(self.received)
+        self.received.clear()
+        return out
+
+
+class Echo(End):
+    """An outbound end on the bridge: writes back what it gets, one write per write."""
+
+    def __init__(self, dest: Destination) -> None:
+        self.dest = dest
+        self.peer: End | None = None
+        self.received = bytearray()
+        self.writes: list[bytes] = []
+        self.eof = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.received += data
+        self.writes.append(bytes(data))
+        if self.peer is not None:
+            self.peer.write(data)
+
+    def write_eof(self) -> None:
+        self.eof = True
+        if self.peer is not None:
+            self.peer.write_eof()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class FakeDispatcher:
+    """Records dispatches; ``domain:0`` gets a recording carrier, the rest an echo."""
+
+    def __init__(self, domain: str = DOMAIN) -> None:
+        self.domain = domain
+        self.calls: list[tuple[Session, Destination, End]] = []
+        self.carriers: list[Recorder] = []
+        self.echoes: list[Echo] = []
+
+    def dispatch(self, session: Session, dest: Destination, peer: End) -> End:
+        self.calls.append((session, dest, peer))
+        if dest.host == self.domain and dest.port == 0:
+            carrier = Recorder()
+            join(peer, carrier)
+            self.carriers.append(carrier)
+            return carrier
+        echo = Echo(dest)
+        join(peer, echo)
+        self.echoes.append(echo)
+        return echo
+
+    @property
+    def targets(self) -> list[Destination]:
+        return [dest for _, dest, _ in self.calls]
+
+
+class MuxPeer:
+    """The far side of a tunnel: a sans-IO MuxConnection fed from the carrier."""
+
+    def __init__(self, role: Role, carrier: Recorder) -> None:
+        self.codec = MuxConnection(role)
+        self.carrier = carrier
+        self.events: list[MuxEvent] = []
+        self.opened: dict[int, SessionOpened] = {}
+        self.data: dict[int, bytearray] = {}
+        self.datagrams: dict[int, list[bytes]] = {}
+        self.ended: dict[int, bool] = {}  # session ID -> Error bit seen
+
+    @property
+    def worker(self) -> MuxWorker:
+        return cast(MuxWorker, self.carrier.peer)
+
+    def pump(self) -> list[MuxEvent]:
+        raw = self.carrier.take()
+        events = self.codec.receive_data(raw) if raw else []
+        for event in events:
+            if isinstance(event, SessionOpened):
+                sid = event.session_id
+                self.opened[sid] = event
+                self.data[sid] = bytearray(event.data)
+                self.datagrams[sid] = [event.data] if event.data else []
+            elif isinstance(event, SessionData):
+                self.data.setdefault(event.session_id, bytearray()).extend(event.data)
+                self.datagrams.setdefault(event.session_id, []).append(event.data)
+            elif isinstance(event, SessionEnded):
+                self.ended[event.session_id] = (
+                    self.ended.get(event.session_id, False) or event.error
+                )
+        self.events += events
+        return events
+
+    def flush(self) -> None:
+        out = self.codec.data_to_send()
+        if out:
+            self.worker.write(out)
+
+
+# -- portal helpers --------------------------------------------------------------------------
+
+
+def adopt(portal: Portal) -> tuple[Recorder, MuxWorker, MuxPeer]:
+    """A bridge's tunnel arrives at the portal (routed to it with destination domain:0)."""
+    carrier = Recorder()
+    worker = portal.connect(Session(inbound_tag="vmess-in"), TUNNEL_DEST, carrier)
+    assert isinstance(worker, MuxWorker)
+    assert carrier.peer is worker and worker.peer is carrier
+    peer = MuxPeer(Role.SERVER, carrier)
+    peer.pump()
+    return carrier, worker, peer
+
+
+def client_link(portal: Portal, dest: Destination = EXAMPLE) -> tuple[Recorder, End]:
+    client = Recorder()
+    end = portal.connect(Session(inbound_tag="socks-in"), dest, client)
+    assert client.peer is end
+    return client, end
+
+
+def tunnel_of(portal: Portal, worker: MuxWorker) -> PortalTunnel:
+    (tunnel,) = [t for t in portal.tunnels if t.worker is worker]
+    return tunnel
+
+
+async def finish(peer: MuxPeer, end: End) -> None:
+    """End a client session cleanly from both sides (the peer first)."""
+    assert isinstance(end, MuxSessionEnd)
+    peer.codec.half_close(end.sid)
+    peer.flush()
+    end.write_eof()
+    await settle()
+    peer.pump()
+    peer.flush()
+
+
+# -- portal ---------------------------------------------------------------------------------
+
+
+def test_portal_adopts_tunnel_and_sends_heartbeats() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=0.01)
+        carrier = Recorder()
+        worker = portal.connect(Session(inbound_tag="vmess-in"), TUNNEL_DEST, carrier)
+        assert isinstance(worker, MuxWorker) and worker.role is Role.CLIENT
+        assert [t.worker for t in portal.tunnels] == [worker]
+        # The control session's New frame goes out at once, the first heartbeat in it
+        # (PROTOCOLS.md 3.3: META = 0001 01 01 02 0000 02 1a "reverse.internal.v2ray.com").
+        raw = bytes(carrier.received)
+        head = bytes.fromhex("0023 0001 01 01 02 0000 02 1a") + b"reverse.internal.v2ray.com"
+        assert raw == head + len(ACTIVE_BEAT).to_bytes(2, "big") + ACTIVE_BEAT
+        (frame,) = FrameDecoder().feed(raw)
+        assert frame.session_id == 1 and frame.status is Status.NEW
+        assert frame.target == CONTROL_TARGET
+        assert frame.target == Destination(Network.UDP, "reverse.internal.v2ray.com", 0)
+        assert frame.data is not None and decode_control(frame.data) is ControlState.ACTIVE
+
+        peer = MuxPeer(Role.SERVER, carrier)
+        peer.pump()
+        assert peer.opened[1].target == CONTROL_TARGET
+        # More heartbeats follow, each one datagram on session 1 (Keep frames).
+        await wait_until(lambda: peer.pump() is not None and len(peer.datagrams[1]) >= 4)
+        assert all(d == ACTIVE_BEAT for d in peer.datagrams[1])
+        assert all(decode_control(d) is ControlState.ACTIVE for d in peer.datagrams[1])
+        assert list(peer.opened) == [1] and not peer.ended
+        assert worker.session_count == 1
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_client_link_relays_both_ways() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        carrier, worker, peer = adopt(portal)
+        rng = random.Random(1)
+
+        # Client finishes first.
+        client, end = client_link(portal)
+        assert isinstance(end, MuxSessionEnd) and end.worker is worker
+        up = rng.randbytes(150_000)
+        end.write(up[:10])
+        end.write(up[10:])
+        await settle()
+        peer.pump()
+        sid = end.sid
+        assert sid == 2
+        assert peer.opened[sid].target == EXAMPLE
+        assert peer.data[sid] == up
+        down = rng.randbytes(100_000)
+        peer.codec.send_data(sid, down)
+        peer.flush()
+        assert client.received == down
+
+        end.write_eof()
+        await settle()
+        peer.pump()
+        assert peer.ended.get(sid) is False  # End without Error: the client's direction
+        if peer.codec.is_open(sid):  # half-close semantics: the reply may go on
+            peer.codec.send_data(sid, b"tail")
+            peer.flush()
+            assert client.received == down + b"tail"
+        assert not client.eof
+        peer.codec.half_close(sid)
+        peer.flush()
+        await settle()
+        assert client.eof and not client.aborted
+        assert not worker.codec.is_open(sid) and sid not in worker.sessions
+
+        # The far side finishes first.
+        client2, end2 = client_link(portal)
+        assert isinstance(end2, MuxSessionEnd)
+        end2.write(b"req")
+        await settle()
+        peer.pump()
+        sid2 = end2.sid
+        assert sid2 == 3 and peer.opened[sid2].target == EXAMPLE
+        peer.codec.send_data(sid2, b"resp")
+        peer.codec.half_close(sid2)
+        peer.flush()
+        assert client2.received == b"resp" and client2.eof and not client2.aborted
+        if worker.codec.is_open(sid2):  # half-close semantics: we may still send
+            end2.write(b"more")
+            await settle()
+            peer.pump()
+            assert peer.data[sid2] == b"reqmore"
+        end2.write_eof()
+        await settle()
+        peer.pump()
+        assert peer.ended.get(sid2) is False
+        assert not peer.codec.is_open(sid2) and not worker.codec.is_open(sid2)
+        assert worker.session_count == 1  # the control session
+        assert not carrier.eof and not carrier.aborted and not worker.closed
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_udp_client_link_is_datagrams() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        _, _, peer = adopt(portal)
+        client, end = client_link(portal, Destination(Network.UDP, "dns.example", 53))
+        end.write(b"query-1")
+        end.write(b"query-22")
+        await settle()
+        peer.pump()
+        assert isinstance(end, MuxSessionEnd)
+        assert peer.opened[end.sid].target == Destination(Network.UDP, "dns.example", 53)
+        assert peer.datagrams[end.sid] == [b"query-1", b"query-22"]
+        peer.codec.send_data(end.sid, b"answer")
+        peer.flush()
+        assert client.received == b"answer"
+        await portal.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("how", ["abort", "eof"])
+def test_portal_picks_least_loaded_and_never_a_closed_tunnel(how: str) -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        carrier_a, worker_a, peer_a = adopt(portal)
+        _, worker_b, peer_b = adopt(portal)
+        links = [client_link(portal) for _ in range(4)]
+        # Counts (control included): 1/1 -> A, 2/1 -> B, 2/2 -> A, 3/2 -> B.
+        assert [cast(MuxSessionEnd, e).worker for _, e in links] == [
+            worker_a,
+            worker_b,
+            worker_a,
+            worker_b,
+        ]
+        await settle()
+        peer_a.pump()
+        peer_b.pump()
+        assert sorted(peer_a.opened) == [1, 2, 3] and sorted(peer_b.opened) == [1, 2, 3]
+
+        # Tunnel A's carrier goes away; it leaves the list at once.
+        if how == "abort":
+            worker_a.abort(ConnectionResetError("carrier lost"))
+        else:
+            worker_a.write_eof()
+        assert [t.worker for t in portal.tunnels] == [worker_b]
+        assert links[0][0].aborted and links[2][0].aborted  # A's clients
+        assert not links[1][0].aborted and not links[3][0].aborted
+        carrier_a.take()
+
+        # B has three sessions and the closed A none: B still gets every new link.
+        for _ in range(5):
+            _, end = client_link(portal)
+            assert isinstance(end, MuxSessionEnd) and end.worker is worker_b
+            end.write(b"x")
+        assert portal.pick() is tunnel_of(portal, worker_b)
+        await settle()
+        peer_b.pump()
+        assert carrier_a.received == b""
+        assert sorted(peer_b.opened) == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert all(peer_b.data[sid] == b"x" for sid in range(4, 9))
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_pick_skips_a_closed_tunnel_still_listed() -> None:
+    """Even if a closed tunnel were still listed (V2Ray keeps one for up to 30 s and, with
+    0 sessions, picks it first: PROTOCOLS.md 3.2), pick() must pass over it."""
+
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        _, worker_a, _ = adopt(portal)
+        _, worker_b, _ = adopt(portal)
+        client_link(portal)  # B would now lose to an empty A
+        worker_a.close_callbacks.clear()  # as if the list were not cleaned up yet
+        worker_a.abort(ConnectionResetError("carrier lost"))
+        assert worker_a.closed and worker_a.session_count == 0
+        assert len(portal.tunnels) == 2
+        for _ in range(3):
+            _, end = client_link(portal)
+            assert isinstance(end, MuxSessionEnd) and end.worker is worker_b
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_drains_after_drain_after_sessions() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=0.01, drain_after=3)
+        carrier_a, worker_a, peer_a = adopt(portal)
+        tunnel_a = tunnel_of(portal, worker_a)
+        links_a = [client_link(portal) for _ in range(3)]  # sessions 2..4: 4 allocated > 3
+        assert all(cast(MuxSessionEnd, e).worker is worker_a for _, e in links_a)
+        carrier_b, worker_b, _ = adopt(portal)
+        tunnel_b = tunnel_of(portal, worker_b)
+        links_b = [client_link(portal) for _ in range(2)]  # 3 allocated: not more than 3
+        assert all(cast(MuxSessionEnd, e).worker is worker_b for _, e in links_b)
+
+        await wait_until(lambda: tunnel_a.draining)
+        await settle()
+        peer_a.pump()
+        # DRAIN on session 1, then End (no Error) for session 1.
+        assert peer_a.datagrams[1][-1] == DRAIN_BEAT
+        assert decode_control(peer_a.datagrams[1][-1]) is ControlState.DRAIN
+        assert all(d == ACTIVE_BEAT for d in peer_a.datagrams[1][:-1])
+        assert peer_a.ended == {1: False}
+        assert not worker_a.codec.is_open(1)
+        assert tunnel_a._timer is None  # no more heartbeats on a draining tunnel
+        assert not tunnel_b.draining
+        assert not worker_a.closed  # its sessions go on
+
+        # Two of A's sessions finish: A (draining) has 1 session, B has 3.
+        for client, end in links_a[:2]:
+            await finish(peer_a, end)
+            assert client.eof and not client.aborted
+        assert worker_a.session_count == 1 and worker_b.session_count == 3
+        client, end = client_link(portal)
+        assert isinstance(end, MuxSessionEnd) and end.worker is worker_b  # not the drained A
+
+        # Time passes (B drains too now: 4 allocated); A sent nothing more on session 1.
+        beats_a = len(peer_a.datagrams[1])
+        await wait_until(lambda: tunnel_b.draining)
+        peer_a.pump()
+        assert len(peer_a.datagrams[1]) == beats_a
+
+        # A's last session ends: the drained tunnel closes cleanly.
+        assert not carrier_a.eof
+        last_client, last_end = links_a[2]
+        await finish(peer_a, last_end)
+        assert last_client.eof and not last_client.aborted
+        assert worker_a.closed and carrier_a.eof and not carrier_a.aborted
+        assert tunnel_a not in portal.tunnels
+        assert not carrier_b.eof and not worker_b.closed  # drained too, but still in use
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_waiting_client_is_served_when_a_tunnel_arrives() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60, tunnel_wait=5)
+        client, end = client_link(portal)
+        assert isinstance(end, DeferredEnd)
+        end.write(b"early")
+        await settle()
+        assert not client.aborted and not client.eof
+
+        _, _, peer = adopt(portal)
+        await settle()
+        peer.pump()
+        assert peer.opened[2].target == EXAMPLE
+        assert peer.data[2] == b"early"
+        assert portal._waiting == []
+        assert client.peer is not None
+        client.peer.write(b" and later")
+        await settle()
+        peer.pump()
+        assert peer.data[2] == b"early and later"
+        peer.codec.send_data(2, b"served")
+        peer.flush()
+        assert client.received == b"served" and not client.aborted
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_waiting_client_gives_up_after_tunnel_wait() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60, tunnel_wait=0.02)
+        client, end = client_link(portal)
+        assert isinstance(end, DeferredEnd)
+        end.write(b"early")
+        await wait_until(lambda: client.aborted)
+        assert isinstance(client.abort_exc, ConnectionRefusedError)
+        assert portal._waiting == []
+        # A tunnel that comes later opens nothing for it.
+        _, worker, peer = adopt(portal)
+        await settle()
+        peer.pump()
+        assert list(peer.opened) == [1] and worker.session_count == 1
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_waiting_client_that_left_is_not_opened() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60, tunnel_wait=5)
+        _, end = client_link(portal)
+        end.abort(ConnectionResetError("client left"))
+        _, worker, peer = adopt(portal)
+        await settle()
+        peer.pump()
+        assert list(peer.opened) == [1] and worker.session_count == 1
+        assert portal._waiting == []
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_without_tunnel_wait_refuses_at_once() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, tunnel_wait=0)
+        client, end = client_link(portal)
+        assert not isinstance(end, DeferredEnd)
+        await settle()
+        assert client.aborted and isinstance(client.abort_exc, ConnectionRefusedError)
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_close_leaves_nothing_behind() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=0.01, tunnel_wait=5)
+        waiting, _ = client_link(portal)  # no tunnel yet
+        await portal.close()
+        assert waiting.aborted and isinstance(waiting.abort_exc, ConnectionAbortedError)
+        assert portal._waiting == []
+
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=0.01)
+        changes: list[int] = []
+        portal.listeners.append(lambda p: changes.append(len(p.tunnels)))
+        carrier_a, worker_a, _ = adopt(portal)
+        carrier_b, worker_b, _ = adopt(portal)
+        tunnels = list(portal.tunnels)
+        client, _ = client_link(portal)
+        assert changes == [1, 2]
+        await portal.close()
+        assert portal.tunnels == []
+        assert all(t._timer is None for t in tunnels)
+        assert worker_a.closed and worker_b.closed
+        assert carrier_a.eof and carrier_b.eof
+        assert client.aborted
+        sent = (carrier_a.total, carrier_b.total)
+        await asyncio.sleep(0.05)  # several heartbeat intervals
+        assert (carrier_a.total, carrier_b.total) == sent
+
+    run(main)
+
+
+def test_portal_first_payload_rides_in_new_frame() -> None:
+    async def main() -> None:
+        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        carrier, _, _ = adopt(portal)
+        _, end = client_link(portal)
+        end.write(b"GET / HTTP/1.1\r\n\r\n")
+        await settle()
+        frames = FrameDecoder().feed(carrier.take())
+        assert frames[0].status is Status.NEW and frames[0].session_id == 2
+        assert frames[0].data == b"GET / HTTP/1.1\r\n\r\n"
+        await portal.close()
+
+    run(main)
+
+
+# -- bridge helpers ----------------------------------------------------------------------------
+
+
+def make_bridge(rng: random.Random | None = None) -> tuple[Bridge, FakeDispatcher]:
+    dispatcher = FakeDispatcher()
+    return Bridge(TAG, DOMAIN, cast(Dispatcher, dispatcher), rng=rng), dispatcher
+
+
+def open_control(dispatcher: FakeDispatcher, index: int = -1) -> MuxPeer:
+    """The portal side of a tunnel: opens session 1 with an ACTIVE heartbeat."""
+    peer = MuxPeer(Role.CLIENT, dispatcher.carriers[index])
+    sid = peer.codec.open_session(CONTROL_TARGET, encode_control(ControlState.ACTIVE, b"abc"))
+    assert sid == 1
+    peer.flush()
+    return peer
+
+
+def tunnel_for(bridge: Bridge, worker: MuxWorker) -> BridgeTunnel:
+    (tunnel,) = [t for t in bridge.tunnels if t.worker is worker]
+    return tunnel
+
+
+# -- bridge ----------------------------------------------------------------------------------
+
+
+def test_bridge_start_dials_one_tunnel() -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        assert bridge.dials == 1 and len(dispatcher.calls) == 1
+        session, dest, worker = dispatcher.calls[0]
+        assert dest == TUNNEL_DEST
+        assert session.inbound_tag == TAG and session.source is None and session.user is None
+        assert isinstance(worker, MuxWorker) and worker.role is Role.SERVER
+        assert worker.peer is dispatcher.carriers[0]
+        assert [t.worker for t in bridge.tunnels] == [worker]
+        await settle()
+        assert bridge.dials == 1  # nothing else until the portal is heard or a check
+        await bridge.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    "control",
+    [
+        CONTROL_TARGET,
+        Destination(Network.UDP, "reverse.internal.v2fly.org", 0),
+        Destination(Network.TCP, "reverse.internal.v2ray.com", 443),
+    ],
+)
+def test_bridge_control_session_is_never_dispatched(control: Destination) -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        tunnel = bridge.tunnels[0]
+        peer = MuxPeer(Role.CLIENT, dispatcher.carriers[0])
+        peer.codec.open_session(control, encode_control(ControlState.ACTIVE, b"xy"))
+        peer.flush()
+        await settle()
+        assert dispatcher.targets == [TUNNEL_DEST]
+        assert tunnel.heard and tunnel.active
+        assert tunnel.worker.session_count == 1
+        # The bridge sends nothing on the control session.
+        assert dispatcher.carriers[0].received == b""
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_dispatches_sessions_with_its_tag_and_echoes() -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        peer = open_control(dispatcher)
+        tunnel = bridge.tunnels[0]
+        assert tunnel.heard and bridge.failures == 0
+        rng = random.Random(2)
+
+        # TCP, first payload in the New frame and more in Keep frames (split at 64 KiB).
+        payload = rng.randbytes(200_000)
+        sid = peer.codec.open_session(EXAMPLE, payload[:1000])
+        peer.codec.send_data(sid, payload[1000:])
+        peer.flush()
+        await settle()
+        peer.pump()
+        session, dest, end = dispatcher.calls[1]
+        assert dest == EXAMPLE
+        assert session.inbound_tag == TAG and session.source is None and session.user is None
+        assert isinstance(end, MuxSessionEnd) and end.sid == sid
+        echo = dispatcher.echoes[0]
+        assert echo.received == payload
+        assert peer.data[sid] == payload  # byte-exact back
+
+        # UDP: one datagram per write, both ways.
+        udp = Destination(Network.UDP, "dns.example", 53)
+        usid = peer.codec.open_session(udp, b"q1")
+        peer.codec.send_data(usid, b"q22")
+        peer.flush()
+        await settle()
+        peer.pump()
+        assert dispatcher.targets[-1] == udp
+        assert dispatcher.calls[-1][0].inbound_tag == TAG
+        assert dispatcher.echoes[1].writes == [b"q1", b"q22"]
+        assert peer.datagrams[usid] == [b"q1", b"q22"]
+
+        # The portal ends the TCP session: EOF reaches the echo, whose EOF comes back.
+        peer.codec.half_close(sid)
+        peer.flush()
+        await settle()
+        peer.pump()
+        assert echo.eof and not echo.aborted
+        assert peer.ended.get(sid) is False
+        assert not peer.codec.is_open(sid) and not tunnel.worker.codec.is_open(sid)
+        assert tunnel.worker.session_count == 2  # control + UDP
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_drain_dials_a_replacement_at_once() -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        peer = open_control(dispatcher)
+        old = bridge.tunnels[0]
+        sid = peer.codec.open_session(EXAMPLE, b"before")
+        peer.flush()
+        await settle()
+        peer.pump()
+
+        peer.codec.send_data(1, encode_control(ControlState.DRAIN, b"pad"))
+        peer.flush()
+        assert old.state is ControlState.DRAIN and not old.active
+        await settle()  # MONITOR_INTERVAL is 100 s: only the wake can have dialled
+        assert bridge.dials == 2 and dispatcher.targets[-1] == TUNNEL_DEST
+        assert old not in bridge.tunnels and len(bridge.tunnels) == 1
+        # The drained tunnel stays open for its sessions.
+        assert not old.worker.closed and not dispatcher.carriers[0].aborted
+        peer.codec.send_data(sid, b" after")
+        peer.flush()
+        peer.pump()
+        assert peer.data[sid] == b"before after"
+
+        # The portal then ends the control session; the bridge ends its side too.
+        peer.codec.end_session(1)
+        peer.flush()
+        await settle()
+        frames = FrameDecoder().feed(dispatcher.carriers[0].take())
+        assert [(f.session_id, f.status, int(f.option)) for f in frames] == [(1, Status.END, 0)]
+        assert not old.worker.codec.is_open(1)
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_opens_another_tunnel_above_16_sessions() -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        peer = open_control(dispatcher)
+        worker = bridge.tunnels[0].worker
+        for _ in range(15):
+            peer.codec.open_session(EXAMPLE)
+        peer.flush()
+        assert worker.session_count == 16  # control included
+        bridge.check()
+        assert bridge.dials == 1
+        peer.codec.open_session(EXAMPLE)
+        peer.flush()
+        assert worker.session_count == 17
+        bridge.check()
+        assert bridge.dials == 2 and len(bridge.tunnels) == 2
+        bridge.check()  # 17 // 2 tunnels: enough
+        assert bridge.dials == 2
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_monitor_tick_tops_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reverse, "MONITOR_INTERVAL", 0.01)
+
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        peer = open_control(dispatcher)
+        for _ in range(16):
+            peer.codec.open_session(EXAMPLE)
+        peer.flush()
+        await wait_until(lambda: bridge.dials == 2)
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_drops_a_tunnel_without_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        peer = open_control(dispatcher)
+        old = bridge.tunnels[0]
+        peer.codec.open_session(EXAMPLE, b"hi")
+        peer.flush()
+        echo = dispatcher.echoes[0]
+
+        # A heartbeat refreshes the tunnel: one heard long ago, then a fresh one, is kept.
+        old.last_control -= 1000
+        peer.codec.send_data(1, encode_control(ControlState.ACTIVE, b"beat"))
+        peer.flush()
+        bridge.check()
+        assert bridge.tunnels == [old] and bridge.dials == 1 and not old.worker.closed
+
+        monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 0.01)
+        await asyncio.sleep(0.05)
+        bridge.check()
+        monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 100.0)
+        carrier = dispatcher.carriers[0]
+        assert carrier.aborted and isinstance(carrier.abort_exc, TimeoutError)
+        assert old.worker.closed and echo.aborted
+        assert old not in bridge.tunnels
+        await settle()
+        assert bridge.dials == 2 and len(bridge.tunnels) == 1
+        assert not dispatcher.carriers[1].aborted
+        assert bridge.failures == 0  # the tunnel had been heard: not a dial failure
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_keeps_a_tunnel_paused_by_a_slow_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_mux, "SESSION_BUFFER", 16)
+
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        peer = open_control(dispatcher)
+        tunnel = bridge.tunnels[0]
+        carrier = dispatcher.carriers[0]
+        sid = peer.codec.open_session(EXAMPLE)
+        peer.flush()
+        echo = dispatcher.echoes[0]
+        assert echo.peer is not None
+        echo.peer.pause_reading()  # the destination socket is full
+        peer.codec.send_data(sid, b"z" * 1000)
+        peer.flush()
+        assert tunnel.worker.carrier_paused and carrier.paused
+
+        monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 0.01)
+        await asyncio.sleep(0.05)
+        bridge.check()
+        monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 100.0)
+        assert not carrier.aborted and not tunnel.worker.closed
+        assert bridge.tunnels == [tunnel] and bridge.dials == 1
+
+        echo.peer.resume_reading()
+        assert not tunnel.worker.carrier_paused and not carrier.paused
+        peer.pump()
+        assert peer.data[sid] == b"z" * 1000
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_backoff_grows_caps_and_resets(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge(random.Random(7))
+        delays: list[float] = []
+        wake = bridge.wake
+
+        def spy(delay: float = 0.0) -> None:
+            delays.append(delay)
+            wake(delay)
+
+        monkeypatch.setattr(bridge, "wake", spy)
+        await bridge.start()
+        failures = 6
+        for n in range(1, failures + 1):
+            carrier = dispatcher.carriers[-1]
+            assert carrier.peer is not None
+            carrier.peer.abort(ConnectionRefusedError("portal down"))  # the dial failed
+            assert bridge.failures == n
+            await wait_until(lambda: bridge.dials == n + 1)  # noqa: B023 - awaited here
+        assert len(delays) == failures
+        base, cap = reverse.BACKOFF_BASE, reverse.BACKOFF_CAP
+        for i, delay in enumerate(delays):
+            nominal = min(cap, base * 2**i)
+            assert 0.75 * nominal <= delay <= 1.25 * nominal
+        assert delays[0] < delays[2] < delays[3]  # grows (beyond the jitter)
+        assert max(delays) <= 1.25 * cap  # capped
+
+        # A tunnel that hears the portal resets the count; its loss redials at once.
+        open_control(dispatcher)
+        assert bridge.failures == 0
+        carrier = dispatcher.carriers[-1]
+        assert carrier.peer is not None
+        carrier.peer.write_eof()  # the portal closed the tunnel
+        assert carrier.eof and bridge.failures == 0
+        assert delays[-1] == 0.0
+        await wait_until(lambda: bridge.dials == failures + 2)
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_ignores_malformed_control(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="raybridge.reverse")
+
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        tunnel = bridge.tunnels[0]
+        carrier = dispatcher.carriers[0]
+        peer = MuxPeer(Role.CLIENT, carrier)
+        peer.codec.open_session(CONTROL_TARGET, b"\x0f")  # wire type 7
+        peer.flush()
+        for bad in (b"\x08", b"\x9a\x06\x05ab", b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f"):
+            peer.codec.send_data(1, bad)
+            peer.flush()
+        assert caplog.text.count("bad control message") == 4
+        assert not tunnel.heard and tunnel.active and tunnel.state is ControlState.ACTIVE
+        assert not tunnel.worker.closed and not carrier.aborted and not carrier.eof
+
+        peer.codec.send_data(1, encode_control(ControlState.ACTIVE, b"ok"))
+        peer.flush()
+        assert tunnel.heard
+        heard_at = tunnel.last_control
+        peer.codec.send_data(1, b"\x0f")
+        peer.flush()
+        assert tunnel.state is ControlState.ACTIVE and tunnel.last_control == heard_at
+        # The tunnel still works.
+        sid = peer.codec.open_session(EXAMPLE, b"still here")
+        peer.flush()
+        peer.pump()
+        assert peer.data[sid] == b"still here"
+        await settle()
+        assert bridge.dials == 1 and bridge.tunnels == [tunnel]
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_close_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reverse, "MONITOR_INTERVAL", 0.01)
+
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        peer = open_control(dispatcher)
+        peer.codec.open_session(EXAMPLE, b"x")
+        peer.flush()
+        worker = bridge.tunnels[0].worker
+        bridge.wake(0.5)  # a pending wake, too
+        await bridge.close()
+        assert bridge._timer is None and bridge._wake is None
+        assert bridge.tunnels == []
+        assert worker.closed and dispatcher.carriers[0].eof
+        assert dispatcher.echoes[0].aborted
+        dials = bridge.dials
+        bridge.wake()
+        await asyncio.sleep(0.05)  # several monitor intervals
+        assert bridge.dials == dials and bridge._wake is None
+
+    run(main)
+
+
+def test_bridge_close_closes_drained_tunnels() -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        peer = open_control(dispatcher)
+        old = bridge.tunnels[0]
+        peer.codec.open_session(EXAMPLE, b"busy")  # keeps the drained tunnel in use
+        peer.codec.send_data(1, encode_control(ControlState.DRAIN, b""))
+        peer.flush()
+        await settle()
+        assert old not in bridge.tunnels and bridge.dials == 2
+        await bridge.close()
+        assert dispatcher.carriers[1].eof  # the replacement is closed
+        assert old.worker.closed and dispatcher.carriers[0].eof
+
+    run(main)
