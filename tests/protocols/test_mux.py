@@ -7,6 +7,7 @@ import ipaddress
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum, auto
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,9 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
-    consumes,
     initialize,
     invariant,
+    precondition,
     rule,
 )
 
@@ -133,7 +134,17 @@ def test_vectors_read_by_server() -> None:
         SessionEnded(session_id=1, error=True),
     ]
     assert server.session_count == 0
-    assert server.data_to_send() == h("0004 0001 03 00")  # our own End, as 4.34 sends
+    assert server.data_to_send() == b""  # the peer aborted: nothing to answer
+
+    server = MuxConnection(Role.SERVER)
+    wire = h(VECTORS["new-tcp-data"][0] + VECTORS["end"][0])
+    assert server.receive_data(wire)[1:] == [SessionEnded(session_id=1, error=False)]
+    assert server.is_remote_ended(1) and server.session_count == 1
+    assert server.data_to_send() == b""  # no auto-reply: our direction is still open
+    server.send_data(1, b"hi")
+    server.half_close(1)
+    assert server.data_to_send() == h(VECTORS["keep-data"][0] + VECTORS["end"][0])
+    assert server.session_count == 0
 
 
 # --- the frame decoder, three ways -----------------------------------------------------------
@@ -385,7 +396,7 @@ def test_server_session_lifecycle() -> None:
         SessionEnded(session_id=1, error=False),
         SessionEnded(session_id=2, error=True),
     ]
-    assert replies == h("0004 0001 03 00 0004 0002 03 00")
+    assert replies == b""  # End ends the peer's direction only; End+Error needs no answer
 
 
 def test_udp_datagrams_arrive_whole() -> None:
@@ -558,7 +569,7 @@ def test_end_session_is_idempotent_and_sends_fail_after_end() -> None:
     with pytest.raises(SessionClosedError):
         client.session_network(1)
     client.open_session(EXAMPLE_80)
-    client.receive_data(end(2))
+    client.receive_data(end(2, error=True))
     assert not client.is_open(2)
     with pytest.raises(SessionClosedError):
         client.send_data(2, b"x")
@@ -648,6 +659,165 @@ def test_constructor_and_encoder_argument_checks() -> None:
     for call in bad_calls:
         with pytest.raises(LocalProtocolError):
             call()
+
+
+# --- MuxConnection: the two directions of a session end separately ---------------------------
+
+
+def test_peer_end_ends_only_the_peers_direction() -> None:
+    """End without Error is the peer's FIN: EOF for us, no reply, and our sends go on, as a
+    4.34 server keeps sending the response after the client's End (PROTOCOLS.md 2.3)."""
+    for role in Role:
+        conn = MuxConnection(role)
+        if role is Role.CLIENT:
+            conn.open_session(EXAMPLE_80)
+            conn.data_to_send()
+        else:
+            conn.receive_data(new(1))
+        assert not conn.is_remote_ended(1)
+        assert conn.receive_data(keep(1, b"request") + end(1)) == [
+            SessionData(session_id=1, data=b"request"),
+            SessionEnded(session_id=1, error=False),
+        ]
+        assert conn.data_to_send() == b""
+        assert conn.is_open(1) and conn.is_remote_ended(1)
+        assert (conn.session_count, conn.session_ids()) == (1, [1])
+        assert conn.session_network(1) is Network.TCP
+        conn.send_data(1, b"response")
+        conn.send_data(1, bytes(70_000))  # still cut into frames as usual
+        frames = FrameDecoder().feed(conn.data_to_send())
+        assert [(f.status, len(f.data or b"")) for f in frames] == [
+            (Status.KEEP, 8),
+            (Status.KEEP, 65535),
+            (Status.KEEP, 4465),
+        ]
+        # A second End means the peer forgot the session (4.34's answer to Keep frames
+        # after its own End): what we would still send goes nowhere, so it aborts.
+        assert conn.receive_data(end(1)) == [SessionEnded(session_id=1, error=True)]
+        assert conn.data_to_send() == b"" and not conn.is_open(1)
+
+
+def test_half_close_after_the_peers_end_forgets_the_session() -> None:
+    server = MuxConnection(Role.SERVER)
+    server.receive_data(new(1, data=b"GET") + end(1))
+    server.send_data(1, b"200 OK")
+    server.half_close(1)
+    server.half_close(1)  # idempotent: the session is gone
+    assert server.data_to_send() == keep(1, b"200 OK") + end(1)
+    assert not server.is_open(1) and not server.is_remote_ended(1)
+    assert server.session_count == 0
+    with pytest.raises(SessionClosedError):
+        server.send_data(1, b"more")
+    assert server.receive_data(keep(1, b"late")) == []  # forgotten: the usual End reply
+    assert server.data_to_send() == end(1)
+
+
+@pytest.mark.parametrize("error", [False, True])
+def test_end_session_after_the_peers_end(error: bool) -> None:
+    client = MuxConnection(Role.CLIENT)
+    client.open_session(DNS)
+    client.data_to_send()
+    client.receive_data(end(1))
+    client.send_data(1, b"query")
+    client.end_session(1, error)
+    client.end_session(1)
+    client.half_close(1)
+    assert client.data_to_send() == keep(1, b"query") + end(1, error)
+    assert (client.is_open(1), client.is_remote_ended(1), client.session_count) == (False, False, 0)
+
+
+def test_half_close_then_the_peers_end_forgets_without_a_reply() -> None:
+    client = MuxConnection(Role.CLIENT)
+    client.open_session(EXAMPLE_80, b"request")
+    client.half_close(1)
+    client.data_to_send()
+    events = client.receive_data(keep(1, b"response") + end(1) + keep(1, b"late"))
+    assert events == [
+        SessionData(session_id=1, data=b"response"),
+        SessionEnded(session_id=1, error=False),
+    ]
+    assert not client.is_open(1) and client.session_count == 0
+    assert client.data_to_send() == end(1)  # only the unknown-session answer to "late"
+    client.end_session(1)
+    assert client.data_to_send() == b""
+
+
+def test_end_with_error_aborts_in_every_state_without_a_reply() -> None:
+    server = MuxConnection(Role.SERVER)
+    server.receive_data(new(1) + new(2) + new(3) + end(3))
+    server.half_close(2)
+    server.data_to_send()
+    assert server.is_remote_ended(3)
+    events = server.receive_data(end(1, error=True) + end(2, error=True) + end(3, error=True))
+    assert events == [SessionEnded(session_id=sid, error=True) for sid in (1, 2, 3)]
+    assert server.data_to_send() == b""
+    assert server.session_count == 0 and not server.is_remote_ended(3)
+    for sid in (1, 2, 3):
+        with pytest.raises(SessionClosedError):
+            server.send_data(sid, b"x")
+    server.receive_data(new(1) + new(2) + new(3))  # the IDs start afresh
+    for sid in (1, 2, 3):
+        server.send_data(sid, b"x")
+        assert not server.is_remote_ended(sid)
+    assert server.data_to_send() == keep(1, b"x") + keep(2, b"x") + keep(3, b"x")
+
+
+def test_data_after_the_peers_end_is_dropped_without_a_reply() -> None:
+    """A peer bug: answering with End would end our direction, which is still open."""
+    wire = new(1, data=b"a") + new(2, DNS) + end(1) + end(2)
+    wire += keep(1, b"b" * 300) + keep(2, b"dgram") + keep(1, None) + end(1, data=b"x")
+    events, replies = receive_three_ways(lambda: MuxConnection(Role.SERVER), wire)
+    assert events == [
+        SessionOpened(session_id=1, target=EXAMPLE_80, data=b"a"),
+        SessionOpened(session_id=2, target=DNS),
+        SessionEnded(session_id=1, error=False),
+        SessionEnded(session_id=2, error=False),
+        SessionEnded(session_id=1, error=True),  # the second End: the peer forgot it
+    ]
+    assert replies == b""
+    server = MuxConnection(Role.SERVER)
+    server.receive_data(new(2, DNS) + end(2))
+    with pytest.raises(MuxError):  # the session's limits still apply
+        server.receive_data(keep(2, bytes(MAX_UDP_DATA + 1)))
+
+
+def test_remote_ended_sessions_count_and_can_be_replaced() -> None:
+    server = MuxConnection(Role.SERVER, max_sessions=1)
+    server.receive_data(new(1) + end(1))
+    assert server.receive_data(new(2)) == []  # the remote-ended session still counts
+    assert server.data_to_send() == end(2, error=True)
+    assert server.receive_data(new(1, DNS)) == [
+        SessionEnded(session_id=1, error=True),
+        SessionOpened(session_id=1, target=DNS),
+    ]
+    assert not server.is_remote_ended(1)
+    assert server.receive_data(end(1)) == [SessionEnded(session_id=1, error=False)]
+    server.receive_data(new(5) + new(6))  # refused: the cap
+    assert server.connection_lost() == [SessionEnded(session_id=1, error=True)]
+    assert not server.is_remote_ended(1) and server.session_count == 0
+
+
+def test_half_close_both_ways_between_two_connections() -> None:
+    """A TCP half-close crosses the mux: each side's data after the other's End arrives."""
+    client, server = MuxConnection(Role.CLIENT), MuxConnection(Role.SERVER)
+    client.open_session(EXAMPLE_80, b"upload")
+    client.half_close(1)
+    assert merged(server.receive_data(client.data_to_send())) == [
+        SessionOpened(session_id=1, target=EXAMPLE_80, data=b"upload"),
+        SessionEnded(session_id=1, error=False),
+    ]
+    response = bytes(range(256)) * 500
+    server.send_data(1, response)
+    server.send_data(1, b"tail")
+    server.half_close(1)
+    assert server.session_count == 0
+    events = merged(client.receive_data(server.data_to_send()))
+    assert events == [
+        SessionData(session_id=1, data=response + b"tail"),
+        SessionEnded(session_id=1, error=False),
+    ]
+    assert client.session_count == 0
+    assert client.data_to_send() == server.data_to_send() == b""
 
 
 # --- property tests --------------------------------------------------------------------------
@@ -765,12 +935,17 @@ def test_split_points_do_not_change_the_outcome(wire: bytes, cuts: list[int]) ->
 
 
 class ServerTable(RuleBasedStateMachine):
-    """Raw frames from a hostile or buggy peer: duplicate IDs, unknown IDs, a session cap."""
+    """Raw frames from a hostile or buggy peer: duplicate IDs, unknown IDs, a session cap.
+
+    A session leaves the model only once both sides have sent End, or on End+Error from
+    either side, or on ``end_session``.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.model: dict[int, Network] = {}
-        self.half_closed: set[int] = set()
+        self.half_closed: set[int] = set()  # we sent End
+        self.remote_ended: set[int] = set()  # the peer sent End
         self.allocated = 0
         self.cap = 0
         self.conn = MuxConnection(Role.SERVER)
@@ -787,6 +962,13 @@ class ServerTable(RuleBasedStateMachine):
     ids = st.integers(0, 4)
     cuts = st.integers(0, 40)
 
+    def pick(self, draw: st.DataObject) -> int:
+        """Any ID, but an open session's half the time: by chance alone the rules would seldom
+        take one session through New, End, more data and our own End."""
+        if draw.draw(st.booleans()) and self.model:
+            return draw.draw(st.sampled_from(sorted(self.model)))
+        return draw.draw(self.ids)
+
     @rule(sid=ids, network=st.sampled_from(Network), data=st.binary(max_size=20), cut=cuts)
     def peer_new(self, sid: int, network: Network, data: bytes, cut: int) -> None:
         target = Destination(network, "example.com", 80)
@@ -795,6 +977,7 @@ class ServerTable(RuleBasedStateMachine):
         reply = b""
         if self.model.pop(sid, None) is not None:
             self.half_closed.discard(sid)
+            self.remote_ended.discard(sid)
             expected.append(SessionEnded(session_id=sid, error=True))
         if self.cap and len(self.model) >= self.cap:
             reply = end(sid, error=True)
@@ -805,10 +988,11 @@ class ServerTable(RuleBasedStateMachine):
         assert events == expected
         assert self.conn.data_to_send() == reply
 
-    @rule(sid=ids, data=st.none() | st.binary(max_size=20), cut=cuts)
-    def peer_keep(self, sid: int, data: bytes | None, cut: int) -> None:
+    @rule(draw=st.data(), data=st.none() | st.binary(max_size=20), cut=cuts)
+    def peer_keep(self, draw: st.DataObject, data: bytes | None, cut: int) -> None:
+        sid = self.pick(draw)
         events = self.feed(keep(sid, data), cut)
-        if data is None:
+        if data is None or sid in self.remote_ended:  # after the peer's End: dropped, no reply
             assert (events, self.conn.data_to_send()) == ([], b"")
         elif sid in self.model:
             assert events == ([SessionData(session_id=sid, data=data)] if data else [])
@@ -816,44 +1000,58 @@ class ServerTable(RuleBasedStateMachine):
         else:
             assert (events, self.conn.data_to_send()) == ([], end(sid))
 
-    @rule(sid=ids, error=st.booleans(), data=st.none() | st.binary(max_size=5), cut=cuts)
-    def peer_end(self, sid: int, error: bool, data: bytes | None, cut: int) -> None:
+    @rule(draw=st.data(), error=st.booleans(), data=st.none() | st.binary(max_size=5), cut=cuts)
+    def peer_end(self, draw: st.DataObject, error: bool, data: bytes | None, cut: int) -> None:
+        sid = self.pick(draw)
         events = self.feed(end(sid, error, data), cut)
-        reply = b""
-        if self.model.pop(sid, None) is not None:
-            assert events == [SessionEnded(session_id=sid, error=error)]
-            if sid in self.half_closed:
-                self.half_closed.remove(sid)
-            else:
-                reply = end(sid)  # our own End for a session the peer ended
+        expected: list[MuxEvent] = [SessionEnded(session_id=sid, error=error)]
+        if sid not in self.model:
+            expected = []  # unknown session
+        elif sid in self.remote_ended:  # a repeated End: the peer forgot it, abort
+            expected = [SessionEnded(session_id=sid, error=True)]
+            del self.model[sid]
+            self.remote_ended.discard(sid)
+        elif error or sid in self.half_closed:  # aborted, or both sides have sent End
+            del self.model[sid]
+            self.half_closed.discard(sid)
+            self.remote_ended.discard(sid)
         else:
-            assert events == []
-        assert self.conn.data_to_send() == reply
+            self.remote_ended.add(sid)  # the peer's direction ends, ours goes on
+        assert events == expected
+        assert self.conn.data_to_send() == b""  # End is never answered
 
     @rule(cut=cuts)
     def peer_keepalive(self, cut: int) -> None:
         assert self.feed(encode_frame(0, Status.KEEPALIVE, data=b"x"), cut) == [KeepAliveReceived()]
 
-    @rule(sid=ids, error=st.booleans())
-    def local_end(self, sid: int, error: bool) -> None:
+    @rule(draw=st.data(), error=st.booleans())
+    def local_end(self, draw: st.DataObject, error: bool) -> None:
+        sid = self.pick(draw)
         self.conn.end_session(sid, error)
         expected = b""
         if self.model.pop(sid, None) is not None and sid not in self.half_closed:
             expected = end(sid, error)
         self.half_closed.discard(sid)
+        self.remote_ended.discard(sid)
         assert self.conn.data_to_send() == expected
 
-    @rule(sid=ids)
-    def local_half_close(self, sid: int) -> None:
+    @rule(draw=st.data())
+    def local_half_close(self, draw: st.DataObject) -> None:
+        sid = self.pick(draw)
         self.conn.half_close(sid)
         expected = b""
         if sid in self.model and sid not in self.half_closed:
-            self.half_closed.add(sid)
             expected = end(sid)
+            if sid in self.remote_ended:  # both sides have sent End now
+                self.remote_ended.remove(sid)
+                del self.model[sid]
+            else:
+                self.half_closed.add(sid)
         assert self.conn.data_to_send() == expected
 
-    @rule(sid=ids, data=st.binary(min_size=1, max_size=12))
-    def local_send(self, sid: int, data: bytes) -> None:
+    @rule(draw=st.data(), data=st.binary(min_size=1, max_size=12))
+    def local_send(self, draw: st.DataObject, data: bytes) -> None:
+        sid = self.pick(draw)
         if sid not in self.model or sid in self.half_closed:
             with pytest.raises(SessionClosedError):
                 self.conn.send_data(sid, data)
@@ -872,32 +1070,58 @@ class ServerTable(RuleBasedStateMachine):
         assert self.conn.allocated_total == self.allocated
         for sid, network in self.model.items():
             assert self.conn.session_network(sid) is network
+        assert self.half_closed | self.remote_ended <= self.model.keys()
+        assert not self.half_closed & self.remote_ended
+        for sid in range(5):
+            assert self.conn.is_remote_ended(sid) == (sid in self.remote_ended)
 
 
-ServerTable.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+ServerTable.TestCase.settings = settings(max_examples=100, stateful_step_count=25, deadline=None)
 TestServerTable = ServerTable.TestCase
 
 
 # --- stateful: a client and a server talking through split pipes -----------------------------
 
 
+class State(Enum):
+    """One end's view of one session, in the ClientServer model."""
+
+    UNSEEN = auto()  # server only: the New frame has not arrived yet
+    OPEN = auto()
+    HALF_CLOSED = auto()  # this end has sent End; the peer may still send
+    REMOTE_ENDED = auto()  # the peer has sent End; this end may still send
+    GONE = auto()
+
+
+IN_TABLE = {State.OPEN, State.HALF_CLOSED, State.REMOTE_ENDED}
+
+
+@dataclass
+class End:
+    """One end of one session: what it sent and received, and how it ended its direction."""
+
+    state: State
+    sent: list[bytes] = field(default_factory=list)  # per send
+    got: list[bytes] = field(default_factory=list)
+    sent_end: bool | None = None  # the End it sent: its Error bit, or None before any
+    aborted: bool = False  # it called end_session on the open session
+    dropping: bool = False  # ... while the peer could still send: that data is dropped
+    orphaned: bool = False  # the peer forgot the session and said so with a second End
+
+
 @dataclass
 class Flow:
     network: Network
-    sent_up: list[bytes] = field(default_factory=list)  # client -> server, per send
-    got_up: list[bytes] = field(default_factory=list)
-    sent_down: list[bytes] = field(default_factory=list)  # server -> client
-    got_down: list[bytes] = field(default_factory=list)
-    client_can_send: bool = True
-    server_can_send: bool = False  # set once the server has seen New
-    client_dropping: bool = False  # ended with end_session(): data on its way is dropped
-    server_dropping: bool = False
+    client: End
+    server: End
 
 
 class ClientServer(RuleBasedStateMachine):
-    """Random opens, sends and ends on both ends; the bytes between them arrive in random
-    pieces. Each direction of each session must deliver exactly what was sent (a prefix
-    once the receiver has ended the session itself), and nothing may be left over."""
+    """Random opens, sends, half-closes and ends on both ends; the bytes between them arrive
+    in random pieces. A session must stay in an end's table until both ends have sent End,
+    or either sent End+Error, or that end called end_session, and be gone once the pipes are
+    drained. Each direction must deliver exactly what was sent, data sent after the peer's
+    End included (a prefix only if the receiver dropped the rest with end_session)."""
 
     sessions = Bundle("sessions")
 
@@ -916,48 +1140,69 @@ class ClientServer(RuleBasedStateMachine):
 
     payloads = st.binary(max_size=64)
 
+    def ends(self, sid: int, at_client: bool) -> tuple[MuxConnection, End, End]:
+        """The connection and model of one end of a session, and the model of the other."""
+        flow = self.flows[sid]
+        if at_client:
+            return self.client, flow.client, flow.server
+        return self.server, flow.server, flow.client
+
+    @precondition(lambda self: len(self.flows) < 4)  # few sessions, each taken further
     @rule(target=sessions, network=st.sampled_from(Network), data=payloads)
     def open(self, network: Network, data: bytes) -> int:
         sid = self.client.open_session(Destination(network, "10.0.0.1", 22), data)
-        self.flows[sid] = Flow(network, sent_up=[data] if data else [])
+        client = End(State.OPEN, sent=[data] if data else [])
+        self.flows[sid] = Flow(network, client, End(State.UNSEEN))
         return sid
 
-    @rule(sid=sessions, data=payloads)
-    def client_send(self, sid: int, data: bytes) -> None:
-        flow = self.flows[sid]
-        if flow.client_can_send:
-            self.client.send_data(sid, data)
+    @rule(sid=sessions, data=payloads, by_client=st.booleans())
+    def send(self, sid: int, data: bytes, by_client: bool) -> None:
+        conn, me, _ = self.ends(sid, by_client)
+        if me.state is State.OPEN or me.state is State.REMOTE_ENDED:
+            conn.send_data(sid, data)  # the peer's End does not stop our direction
             if data:
-                flow.sent_up.append(data)
+                me.sent.append(data)
+        else:
+            with pytest.raises(SessionClosedError):
+                conn.send_data(sid, data)
 
-    @rule(sid=sessions, data=payloads)
-    def server_send(self, sid: int, data: bytes) -> None:
-        flow = self.flows[sid]
-        if flow.server_can_send:
-            self.server.send_data(sid, data)
-            if data:
-                flow.sent_down.append(data)
+    def remote_ended(self) -> list[tuple[int, bool]]:
+        """(session ID, at the client?) of every end whose peer has sent End."""
+        return [
+            (sid, at_client)
+            for sid, flow in self.flows.items()
+            for at_client, me in ((True, flow.client), (False, flow.server))
+            if me.state is State.REMOTE_ENDED
+        ]
 
-    @rule(sid=consumes(sessions), error=st.booleans(), by_client=st.booleans())
-    def end(self, sid: int, error: bool, by_client: bool) -> None:
-        flow = self.flows[sid]
-        conn = self.client if by_client else self.server
-        if conn.is_open(sid):  # else already ended by the peer: end_session is a no-op
-            if by_client:
-                flow.client_can_send, flow.client_dropping = False, True
-            else:
-                flow.server_can_send, flow.server_dropping = False, True
-        conn.end_session(sid, error)
+    @precondition(lambda self: bool(self.remote_ended()))
+    @rule(data=st.data(), payload=st.binary(min_size=1, max_size=64))
+    def send_after_peer_end(self, data: st.DataObject, payload: bytes) -> None:
+        """What half-close is for: the peer has finished sending, this end has not."""
+        sid, at_client = data.draw(st.sampled_from(self.remote_ended()))
+        self.send(sid, payload, at_client)
 
     @rule(sid=sessions, by_client=st.booleans())
     def half_close(self, sid: int, by_client: bool) -> None:
-        """End our direction only: what the peer already sent must still arrive whole."""
-        (self.client if by_client else self.server).half_close(sid)
-        if by_client:
-            flow = self.flows[sid]
-            flow.client_can_send = False
-        elif self.server.is_open(sid):
-            self.flows[sid].server_can_send = False
+        """End our direction only: what the peer sends until its own End must arrive whole."""
+        conn, me, _ = self.ends(sid, by_client)
+        conn.half_close(sid)
+        if me.state is State.OPEN:
+            me.state, me.sent_end = State.HALF_CLOSED, False
+        elif me.state is State.REMOTE_ENDED:
+            me.state, me.sent_end = State.GONE, False  # both ends have sent End now
+
+    @rule(sid=sessions, error=st.booleans(), by_client=st.booleans())
+    def end(self, sid: int, error: bool, by_client: bool) -> None:
+        conn, me, _ = self.ends(sid, by_client)
+        conn.end_session(sid, error)
+        if me.state in IN_TABLE:
+            if me.sent_end is None:
+                me.sent_end = error
+            # After the peer's End nothing more of its data can be on its way.
+            me.dropping = me.state is not State.REMOTE_ENDED
+            me.aborted = True
+            me.state = State.GONE
 
     def deliver(self, to_server: bool, cuts: list[int], amount: int) -> None:
         sender, receiver = (self.client, self.server) if to_server else (self.server, self.client)
@@ -968,37 +1213,50 @@ class ClientServer(RuleBasedStateMachine):
         del pipe[:amount]
         for piece in split(chunk, cuts):
             for event in receiver.receive_data(piece):
-                self.on_event(event, to_server)
+                self.on_event(event, at_client=not to_server)
 
-    def on_event(self, event: MuxEvent, at_server: bool) -> None:
+    def on_event(self, event: MuxEvent, at_client: bool) -> None:
+        assert not isinstance(event, KeepAliveReceived)
+        _, me, peer = self.ends(event.session_id, at_client)
         if isinstance(event, SessionOpened):
-            assert at_server
-            flow = self.flows[event.session_id]
-            assert event.target.network is flow.network
-            flow.server_can_send = True
+            assert not at_client and me.state is State.UNSEEN
+            assert event.target.network is self.flows[event.session_id].network
+            me.state = State.OPEN
             if event.data:
-                flow.got_up.append(event.data)
+                me.got.append(event.data)
         elif isinstance(event, SessionData):
-            flow = self.flows[event.session_id]
-            (flow.got_up if at_server else flow.got_down).append(event.data)
-        elif isinstance(event, SessionEnded):
-            flow = self.flows[event.session_id]
-            if at_server:
-                flow.server_can_send = False
+            # Nothing arrives after the peer's End (or once we have forgotten the session).
+            assert me.state is State.OPEN or me.state is State.HALF_CLOSED
+            me.got.append(event.data)
+        else:
+            if event.error and peer.sent_end is False and peer.aborted:
+                # The peer forgot the session (end_session) and answered data we sent after
+                # its End with a second End: whatever we still send goes nowhere.
+                assert me.state is State.REMOTE_ENDED
+                me.state = State.GONE
+                me.orphaned = True
+                return
+            assert peer.sent_end is not None and event.error == peer.sent_end
+            if event.error:
+                assert me.state in IN_TABLE
+                me.state = State.GONE  # aborted
+            elif me.state is State.HALF_CLOSED:
+                me.state = State.GONE  # the second End
             else:
-                flow.client_can_send = False
+                assert me.state is State.OPEN  # a repeated End is no event
+                me.state = State.REMOTE_ENDED
 
-    @rule(cuts=st.lists(st.integers(0, 300), max_size=5), amount=st.integers(0, 400))
-    def pump_up(self, cuts: list[int], amount: int) -> None:
-        self.deliver(True, cuts, amount)
-
-    @rule(cuts=st.lists(st.integers(0, 300), max_size=5), amount=st.integers(0, 400))
-    def pump_down(self, cuts: list[int], amount: int) -> None:
-        self.deliver(False, cuts, amount)
+    @rule(
+        to_server=st.booleans(),
+        cuts=st.lists(st.integers(0, 300), max_size=5),
+        amount=st.integers(0, 400),
+    )
+    def pump(self, to_server: bool, cuts: list[int], amount: int) -> None:
+        self.deliver(to_server, cuts, amount)
 
     @staticmethod
-    def check(flow: Flow, sent: list[bytes], got: list[bytes], complete: bool) -> None:
-        if flow.network is Network.UDP:  # datagrams: same boundaries
+    def check(network: Network, sent: list[bytes], got: list[bytes], complete: bool) -> None:
+        if network is Network.UDP:  # datagrams: same boundaries
             assert got == sent[: len(got)]
             if complete:
                 assert got == sent
@@ -1009,10 +1267,18 @@ class ClientServer(RuleBasedStateMachine):
                 assert joined_got == joined_sent
 
     @invariant()
-    def delivered_is_a_prefix_of_sent(self) -> None:
-        for flow in self.flows.values():
-            self.check(flow, flow.sent_up, flow.got_up, complete=False)
-            self.check(flow, flow.sent_down, flow.got_down, complete=False)
+    def model_matches(self) -> None:
+        for sid, flow in self.flows.items():
+            for conn, me, peer in (
+                (self.client, flow.client, flow.server),
+                (self.server, flow.server, flow.client),
+            ):
+                self.check(flow.network, peer.sent, me.got, complete=False)
+                assert conn.is_open(sid) == (me.state in IN_TABLE)
+                assert conn.is_remote_ended(sid) == (me.state is State.REMOTE_ENDED)
+        clients = sum(f.client.state in IN_TABLE for f in self.flows.values())
+        servers = sum(f.server.state in IN_TABLE for f in self.flows.values())
+        assert (self.client.session_count, self.server.session_count) == (clients, servers)
 
     def drain(self) -> None:
         for _ in range(10):
@@ -1034,17 +1300,26 @@ class ClientServer(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.drain()
+        self.model_matches()
         for flow in self.flows.values():
-            self.check(flow, flow.sent_up, flow.got_up, complete=not flow.server_dropping)
-            self.check(flow, flow.sent_down, flow.got_down, complete=not flow.client_dropping)
+            for me, peer in ((flow.client, flow.server), (flow.server, flow.client)):
+                self.check(flow.network, peer.sent, me.got, complete=not me.dropping)
+                # No leak: with everything delivered, a session is gone exactly when this
+                # end aborted it, the peer sent End+Error, or both ends have sent End.
+                both_ended = me.sent_end is not None and peer.sent_end is not None
+                gone = me.aborted or peer.sent_end is True or both_ended or me.orphaned
+                assert (me.state is State.GONE) == gone
+        # End every direction still open, gently: then nothing may be left on either end.
         for sid in self.client.session_ids():
-            self.client.end_session(sid)
+            self.half_close(sid, by_client=True)
         for sid in self.server.session_ids():
-            self.server.end_session(sid, error=True)
+            self.half_close(sid, by_client=False)
         self.drain()
+        self.model_matches()
         assert self.client.session_count == 0
         assert self.server.session_count == 0
+        assert not (self.client.data_to_send() or self.server.data_to_send())
 
 
-ClientServer.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+ClientServer.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestClientServer = ClientServer.TestCase

@@ -24,10 +24,19 @@ Behaviour taken from V2Ray 4.34 (``common/mux/{client,server,session}.go``), PRO
 * Keep+Data for an unknown session: queue End (OPTION 0) for that ID, discard the data.
   End, KeepAlive and Keep without data for unknown sessions: ignored.
 * A New frame received by the client role is ignored (its data discarded).
-* End from the peer ends the session at once (``SessionEnded``; sends to it fail from then
-  on) and is answered with our own End: 4.34 ends every session with an End from each side
-  (its writer sends one when its direction stops), and one for a forgotten session is ignored.
-  :meth:`MuxConnection.half_close` is the gentler local close (End, but keep receiving).
+* End without the Error bit ends the *peer's direction* only, so that TCP half-close
+  crosses a mux connection. 4.34 does the same (PROTOCOLS.md 2.3: only End+Error "aborts
+  both directions"): on End its server and client close the writer towards their local side
+  (EOF) and drop the session from their map, while the goroutine copying the local side's
+  data back goes on sending Keep frames for it until that side ends, then sends its own End.
+  So End yields ``SessionEnded(error=False)`` ("deliver EOF"), nothing is sent in reply, and
+  the session stays open for our sends until we end our direction too
+  (:meth:`MuxConnection.half_close` or :meth:`MuxConnection.end_session`). A session is
+  gone once both sides have sent End, or either side has sent End+Error, or the caller
+  called ``end_session``. (A 4.34 peer forgets a session as it sends its End, and answers
+  our later Keep frames with End, dropping their data; a raybridge peer delivers them.)
+* End+Error aborts the session at once (``SessionEnded(error=True)``, nothing sent back:
+  whatever we still had to send is moot).
 * Anything malformed raises :class:`MuxError`; the whole connection is then dead (every later
   ``receive_data`` raises again) and the caller should fail all sessions
   (:meth:`MuxConnection.connection_lost`). Misuse by the caller raises LocalProtocolError;
@@ -152,8 +161,13 @@ class SessionData:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionEnded:
-    """The session is gone: the peer sent End (``error`` = its Error bit), or raybridge ended
-    it (``error=True``: a duplicate New replaced it, or :meth:`MuxConnection.connection_lost`)."""
+    """``error=False``: the peer sent End, i.e. it has finished sending (deliver EOF locally).
+    The session is gone if we had half-closed it already, else it stays open for our sends
+    (:meth:`MuxConnection.is_remote_ended`) until we end our direction too.
+
+    ``error=True``: the session is gone, aborted: the peer sent End+Error, a duplicate New
+    replaced it, or :meth:`MuxConnection.connection_lost`. May follow an ``error=False`` one.
+    """
 
     session_id: int
     error: bool = False
@@ -370,6 +384,12 @@ def _owned(data: _Buffer) -> bytes | memoryview:
 class MuxConnection:
     """The session table of one mux connection, either role (see the module docstring).
 
+    Each session is *open*, *half-closed* (we sent End, the peer may still send) or
+    *remote-ended* (the peer sent End, we may still send); it is forgotten when the second
+    End is sent or received, on End+Error from either side, or on :meth:`end_session`. Both
+    directions of a session thus end independently, like the two halves of a TCP connection
+    (see the module docstring for 4.34's matching behaviour).
+
     ``data_to_send()`` returns one ``bytes`` object: the transport under a mux connection is a
     VMess body encoder, which cuts its input into chunks anyway and is cheapest with one
     contiguous buffer. Sends keep references to ``bytes`` (and memoryviews of ``bytes``)
@@ -391,6 +411,7 @@ class MuxConnection:
         "_next_id",
         "_out",
         "_remaining",
+        "_remote_ended",
         "_sessions",
         "role",
     )
@@ -415,7 +436,9 @@ class MuxConnection:
         self._next_id = first_session_id
         self._allocated = 0
         self._sessions: dict[int, Network] = {}
+        # A session ID is in at most one of these two sets: the second End forgets it.
         self._half_closed: set[int] = set()  # End sent by half_close(), still receiving
+        self._remote_ended: set[int] = set()  # End received, still sending
         self._out: list[_PayloadPiece] = []
         self._failed = False
         # Receive state: a partial header (< 517 bytes) waits in _header; DATA is consumed
@@ -431,7 +454,8 @@ class MuxConnection:
 
     @property
     def session_count(self) -> int:
-        """Sessions open now (V2Ray's ``ActiveConnections``; checked against concurrency)."""
+        """Sessions open now, half-closed and remote-ended ones included (V2Ray's
+        ``ActiveConnections``; checked against concurrency)."""
         return len(self._sessions)
 
     @property
@@ -441,7 +465,12 @@ class MuxConnection:
         return self._allocated
 
     def is_open(self, session_id: int) -> bool:
+        """The session is in the table: not yet ended in both directions, nor aborted."""
         return session_id in self._sessions
+
+    def is_remote_ended(self, session_id: int) -> bool:
+        """The peer has sent End for this open session; we may still send on it."""
+        return session_id in self._remote_ended
 
     def session_network(self, session_id: int) -> Network:
         try:
@@ -492,7 +521,12 @@ class MuxConnection:
 
     def send_data(self, session_id: int, data: bytes | bytearray | memoryview) -> None:
         """Queue Keep frames: a TCP payload is cut into frames of at most ``max_frame_data``
-        bytes; a UDP payload is one datagram, one frame, at most 2048 bytes."""
+        bytes; a UDP payload is one datagram, one frame, at most 2048 bytes.
+
+        Works on remote-ended sessions too (the peer's End ended its direction only);
+        raises :class:`SessionClosedError` once our own direction is ended or the session
+        is gone.
+        """
         network = self._sessions.get(session_id)
         if network is None or (self._half_closed and session_id in self._half_closed):
             raise SessionClosedError(f"mux session {session_id} is not open for sending")
@@ -516,29 +550,36 @@ class MuxConnection:
             out += (_META_DATA.pack(4, session_id, _KEEP, _OPT_DATA, len(piece)), piece)
 
     def end_session(self, session_id: int, error: bool = False) -> None:
-        """Queue End (with the Error bit if ``error``) and forget the session.
+        """Queue End (with the Error bit if ``error``) and forget the session, in any state:
+        data the peer still sends for it is then answered with End and dropped (2.3).
 
-        Idempotent: a session that is not open (already ended by either side) sends nothing;
-        neither does a half-closed one (its End is out already).
+        Idempotent: a session that is not open (already gone) sends nothing; neither does a
+        half-closed one (its End is out already).
         """
         if self._sessions.pop(session_id, None) is None:
             return
         if self._half_closed and session_id in self._half_closed:
             self._half_closed.remove(session_id)
         else:
+            self._remote_ended.discard(session_id)
             self._out.append(_META.pack(4, session_id, _END, _OPT_ERROR if error else 0))
 
     def half_close(self, session_id: int) -> None:
-        """Queue End but keep delivering the peer's data until the peer's own End arrives.
+        """Queue End for our direction (a local FIN) and keep delivering the peer's data
+        until its own End arrives; if that End is already here (remote-ended), both
+        directions are done and the session is forgotten.
 
-        For a local FIN: a 4.34 peer treats End as the end of our direction only (its server
-        closes the uplink and keeps sending the response, then sends End). A raybridge peer
-        ends the session when End arrives (see ``receive_data``), so between two raybridge
-        nodes this is a plain close. Sends fail afterwards; idempotent.
+        Both a 4.34 peer and a raybridge peer treat End as the end of our direction only
+        (see the module docstring). Sends fail afterwards; idempotent.
         """
-        if session_id in self._sessions and session_id not in self._half_closed:
+        if session_id not in self._sessions or session_id in self._half_closed:
+            return
+        self._out.append(_META.pack(4, session_id, _END, 0))
+        if self._remote_ended and session_id in self._remote_ended:
+            self._remote_ended.remove(session_id)
+            del self._sessions[session_id]
+        else:
             self._half_closed.add(session_id)
-            self._out.append(_META.pack(4, session_id, _END, 0))
 
     def send_keepalive(self) -> None:
         """Queue a KeepAlive frame (session ID 0). V2Ray ignores them (PROTOCOLS.md 2.4)."""
@@ -560,6 +601,7 @@ class MuxConnection:
         ended = [SessionEnded(session_id=sid, error=True) for sid in self._sessions]
         self._sessions.clear()
         self._half_closed.clear()
+        self._remote_ended.clear()
         return ended
 
     # -- receiving --------------------------------------------------------------------------
@@ -568,7 +610,8 @@ class MuxConnection:
         """Feed bytes from the peer; returns the events they complete.
 
         Replies the protocol needs (End for an unknown session, End+Error for a refused New)
-        are queued for :meth:`data_to_send`. Raises :class:`MuxError` on malformed input; the
+        are queued for :meth:`data_to_send`; the peer's End is never answered (see
+        :meth:`half_close`). Raises :class:`MuxError` on malformed input; the
         connection is then unusable.
         """
         if self._failed:
@@ -662,15 +705,35 @@ class MuxConnection:
             else:
                 _udp_check(data_len)
                 mode = _DATAGRAM
+            if mode and self._remote_ended and session_id in self._remote_ended:
+                # Data after the peer's own End: a peer bug. Dropped without a reply, since
+                # an End from us would read as the end of our direction, which may go on.
+                mode = _DISCARD
         elif status == _END:
-            if sessions.pop(session_id, None) is not None:
-                events.append(SessionEnded(session_id=session_id, error=bool(option & _OPT_ERROR)))
-                if session_id in self._half_closed:
-                    self._half_closed.remove(session_id)
-                else:
-                    # Our own End, as 4.34 always sends one when its side of a session stops
-                    # (2.3); a peer that has forgotten the session ignores it.
-                    self._out.append(_META.pack(4, session_id, _END, 0))
+            if session_id not in sessions:
+                pass  # ignored, as 4.34 does (2.3)
+            elif option & _OPT_ERROR:
+                # The peer aborted both directions (2.3): forget it, nothing to send back.
+                del sessions[session_id]
+                self._half_closed.discard(session_id)
+                self._remote_ended.discard(session_id)
+                events.append(SessionEnded(session_id=session_id, error=True))
+            elif session_id in self._half_closed:
+                # The second End: both directions are done.
+                del sessions[session_id]
+                self._half_closed.remove(session_id)
+                events.append(SessionEnded(session_id=session_id, error=False))
+            elif session_id not in self._remote_ended:
+                # The peer's direction ends; ours stays open (see the module docstring).
+                self._remote_ended.add(session_id)
+                events.append(SessionEnded(session_id=session_id, error=False))
+            else:
+                # A second End: the peer has forgotten the session. A 4.34 peer drops a
+                # session once it has sent End and answers our later Keep frames with End,
+                # discarding their data (2.3), so what we still send goes nowhere: abort.
+                del sessions[session_id]
+                self._remote_ended.remove(session_id)
+                events.append(SessionEnded(session_id=session_id, error=True))
         elif status == _KEEPALIVE:
             events.append(KeepAliveReceived())
         elif self.role is Role.SERVER:  # New (the client role ignores New: 2.3)
@@ -680,6 +743,7 @@ class MuxConnection:
             if sessions.pop(session_id, None) is not None:
                 # Duplicate ID: replace the old session (see the module docstring).
                 self._half_closed.discard(session_id)
+                self._remote_ended.discard(session_id)
                 events.append(SessionEnded(session_id=session_id, error=True))
             if self._max_sessions and len(sessions) >= self._max_sessions:
                 self._out.append(_META.pack(4, session_id, _END, _OPT_ERROR))

@@ -60,14 +60,17 @@ _AUTH_FNV = 1
 _AUTH_AEAD = 2
 
 _pack_u16 = struct.Struct(">H").pack
+_pack_u16_into = struct.Struct(">H").pack_into
 _pack_u32 = struct.Struct(">I").pack
 _PAD_POOL = 4096
-_COMPACT_AT = 1 << 16
 
 
 class _AEAD(Protocol):
     def encrypt(self, nonce: bytes, data: BytesLike, associated_data: None) -> bytes: ...
     def decrypt(self, nonce: bytes, data: BytesLike, associated_data: None) -> bytes: ...
+    def encrypt_into(
+        self, nonce: bytes, data: BytesLike, associated_data: None, buf: BytesLike
+    ) -> int: ...
 
 
 def _framing(security: Security, options: Option, command: Command) -> tuple[int, int, int]:
@@ -161,7 +164,7 @@ class BodyWriter(_Direction):
         key: bytes,
         iv: bytes,
         urandom: Urandom,
-        chunk_size: int = 16384,
+        chunk_size: int = MAX_CHUNK_SIZE,
         cfb: CipherContext | None = None,
     ) -> None:
         if security == Security.LEGACY and cfb is None:
@@ -191,7 +194,7 @@ class BodyWriter(_Direction):
         self._pad_pos = pos + n
         return self._pad_pool[pos : pos + n]
 
-    def write(self, data: BytesLike) -> bytes:
+    def write(self, data: BytesLike) -> bytes | bytearray:
         if self._closed:
             raise LocalProtocolError("VMess body already ended")
         n = len(data)
@@ -203,6 +206,8 @@ class BodyWriter(_Direction):
         if self._packet and n > self._max:
             raise LocalProtocolError(f"UDP datagram of {n} bytes does not fit one chunk")
         mv = memoryview(data)
+        if self._aead is not None:
+            return self._seal_aead(mv, n)
         parts: list[bytes] = []
         if self._mode == _STREAM:
             self._seal_stream(mv, n, parts)
@@ -210,6 +215,52 @@ class BodyWriter(_Direction):
             self._seal_auth(mv, n, parts)
         out = b"".join(parts)
         return self._cfb.update(out) if self._cfb is not None else out
+
+    def _seal_aead(self, mv: memoryview, n: int) -> bytearray:
+        """AES-GCM / ChaCha20-Poly1305 chunks sealed straight into one output buffer: one
+        allocation and one cipher call per chunk, no intermediate ciphertext or join."""
+        shake = self._shake
+        pad_on = self._pad and shake is not None
+        step = self._max
+        sizes: list[int] = []
+        pads: list[int] = []
+        words: list[int] = []
+        total = 0
+        pos = 0
+        while True:  # draw padding and masks in chunk order first, to size the buffer
+            length = min(step, n - pos)
+            pad = shake.next_u16() % 64 if pad_on else 0  # type: ignore[union-attr]
+            mask = shake.next_u16() if shake is not None else 0
+            sizes.append(length)
+            pads.append(pad)
+            words.append((length + 16 + pad) ^ mask)
+            total += 2 + length + 16 + pad
+            pos += length
+            if pos >= n:
+                break
+        out = bytearray(total)
+        view = memoryview(out)
+        aead = self._aead
+        assert aead is not None
+        tail = self._iv_tail
+        count = self._count
+        off = 0
+        pos = 0
+        for length, pad, word in zip(sizes, pads, words, strict=True):
+            _pack_u16_into(out, off, word)
+            off += 2
+            aead.encrypt_into(
+                _pack_u16(count) + tail, mv[pos : pos + length], None, view[off : off + length + 16]
+            )
+            count = (count + 1) & 0xFFFF
+            off += length + 16
+            pos += length
+            if pad:
+                view[off : off + pad] = self._padding(pad)
+                off += pad
+        view.release()
+        self._count = count
+        return out
 
     def write_eof(self) -> bytes:
         """The end-of-stream chunk (b"" for raw bodies, which end when the connection does)."""
@@ -309,27 +360,36 @@ class BodyReader(_Direction):
             return [Data(bytes(data))] if len(data) else []
         events: list[Data | EndOfStream] = []
         buf = self._buf
-        if not buf:
-            # Fast path: parse straight from the caller's bytes, keep only the unparsed tail.
-            with memoryview(data) as mv:
-                end = len(mv)
-                pos = self._parse(mv, 0, end, events)
+        with memoryview(data) as mv:
+            end = len(mv)
+            pos = 0
+            # A chunk split across reads: top it up with just the bytes it still needs
+            # (at most one chunk is ever copied; the rest is parsed in place).
+            while len(buf) > self._off and pos < end:
+                have = len(buf) - self._off
+                size = self._pending_size
+                need = (2 if size < 0 else size) - have
+                take = min(need, end - pos)
+                buf += mv[pos : pos + take]
+                pos += take
+                if take < need:
+                    return events
+                with memoryview(buf) as bmv:
+                    self._off = self._parse(bmv, self._off, len(bmv), events)
+                if self._off == len(buf):
+                    buf.clear()
+                    self._off = 0
+                if self._done:
+                    if pos < end:
+                        raise VMessError("data after end of stream")
+                    return events
+            if pos < end:
+                pos = self._parse(mv, pos, end, events)
                 if pos < end:
+                    if self._off:
+                        del buf[: self._off]
+                        self._off = 0
                     buf += mv[pos:]
-            return events
-        buf += data
-        with memoryview(buf) as mv:
-            pos = self._parse(mv, self._off, len(mv), events)
-        if pos == len(buf):
-            buf.clear()
-            self._off = 0
-        elif pos > _COMPACT_AT or 2 * pos > len(buf):
-            # Compact occasionally, not per call: a big chunk arriving in small pieces
-            # must not move the whole buffer each time.
-            del buf[:pos]
-            self._off = 0
-        else:
-            self._off = pos
         return events
 
     def feed_eof(self) -> list[Data | EndOfStream]:

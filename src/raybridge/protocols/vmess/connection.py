@@ -208,7 +208,7 @@ class ClientConnection:
         out, self._header = self._header, b""
         return out
 
-    def send(self, data: BytesLike) -> bytes:
+    def send(self, data: BytesLike) -> bytes | bytearray:
         body = self._writer.write(data)
         if self._header:
             return self.header() + body
@@ -548,7 +548,7 @@ class ServerConnection:
         out, self._response_header = self._response_header, b""
         return out
 
-    def send(self, data: BytesLike) -> bytes:
+    def send(self, data: BytesLike) -> bytes | bytearray:
         """Response bytes; the response header goes out with the first call (1.8 timing)."""
         if self._writer is None:
             raise LocalProtocolError("no valid request received yet")
