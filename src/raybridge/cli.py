@@ -21,6 +21,7 @@ from typing import Any
 from raybridge import __version__
 from raybridge import log as logs
 from raybridge.errors import ConfigError
+from raybridge.runtime import loop_name, tune_allocator
 
 #: V2Ray exits with 23 when its configuration cannot be loaded; scripts may rely on it.
 EXIT_CONFIG = 23
@@ -30,16 +31,12 @@ logger = logging.getLogger("raybridge")
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
     """Run ``main`` on uvloop when it is installed, else on asyncio's default loop."""
+    tune_allocator()
     try:
         import uvloop
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
-
-
-def event_loop_name() -> str:
-    loop = asyncio.get_running_loop()
-    return f"{type(loop).__module__}.{type(loop).__name__}"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +123,7 @@ async def serve(config: Any, *, ready: asyncio.Event | None = None) -> int:
     except OSError as exc:
         logger.error("failed to start: %s", exc)
         return 1
-    logger.warning("raybridge %s started (%s)", __version__, event_loop_name())
+    logger.warning("raybridge %s started (%s)", __version__, loop_name())
     if ready is not None:
         ready.set()
     try:

@@ -50,6 +50,12 @@ class End(abc.ABC):
     def write(self, data: bytes) -> None:
         """Send ``data`` out on this end's medium (for UDP links: one datagram)."""
 
+    def write_many(self, parts: list[bytes]) -> None:
+        """``write`` each of ``parts`` in order (a stream link only); ends that can send
+        them in one go (one ``writev``, one flush) override this."""
+        for data in parts:
+            self.write(data)
+
     @abc.abstractmethod
     def write_eof(self) -> None:
         """The peer's input ended cleanly: finish this direction (TCP half-close, EOS, End)."""

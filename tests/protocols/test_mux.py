@@ -326,7 +326,8 @@ def merged(events: Sequence[MuxEvent]) -> list[MuxEvent]:
             and isinstance(last, SessionData)
             and last.session_id == event.session_id
         ):
-            out[-1] = SessionData(session_id=event.session_id, data=last.data + event.data)
+            merged = bytes(last.data) + bytes(event.data)
+            out[-1] = SessionData(session_id=event.session_id, data=merged)
         else:
             out.append(event)
     return out

@@ -153,10 +153,15 @@ class SessionOpened:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionData:
-    """Payload for an open session: a piece of the stream (TCP) or one datagram (UDP)."""
+    """Payload for an open session: a piece of the stream (TCP) or one datagram (UDP).
+
+    A TCP piece fed in as immutable ``bytes`` is a read-only ``memoryview`` of those bytes
+    (no copy: on a relay the next step reads it once, e.g. to encrypt it); anything else is
+    ``bytes``.
+    """
 
     session_id: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -618,12 +623,12 @@ class MuxConnection:
             raise MuxError("the mux connection has already failed")
         with memoryview(data) as raw, raw.cast("B") as view:
             try:
-                return self._receive(view)
+                return self._receive(view, type(data) is bytes)
             except MuxError:
                 self._failed = True
                 raise
 
-    def _receive(self, view: memoryview) -> list[MuxEvent]:
+    def _receive(self, view: memoryview, immutable: bool) -> list[MuxEvent]:
         events: list[MuxEvent] = []
         sessions = self._sessions
         header = self._header
@@ -641,8 +646,12 @@ class MuxConnection:
                 if mode == _STREAM:
                     session_id = self._current_id
                     if session_id in sessions:  # else ended locally mid-frame: drop the rest
+                        piece = view[pos:stop]
                         events.append(
-                            SessionData(session_id=session_id, data=view[pos:stop].tobytes())
+                            SessionData(
+                                session_id=session_id,
+                                data=piece if immutable else piece.tobytes(),
+                            )
                         )
                 elif mode != _DISCARD:
                     if self._remaining:

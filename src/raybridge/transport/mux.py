@@ -103,7 +103,8 @@ class MuxSessionEnd(End):
         else:
             session.bytes_down += len(data)
         if self._paused:
-            self._buffer.append(data)
+            # Own the bytes: a view would keep its whole (larger) source buffer alive.
+            self._buffer.append(data if type(data) is bytes else bytes(data))
             self._buffered += len(data)
             if self._buffered > SESSION_BUFFER:
                 self.worker.pause_carrier(self)
@@ -153,6 +154,33 @@ class MuxSessionEnd(End):
         else:
             session.bytes_up += len(data)
         self.worker.send(self, data)
+
+    def write_many(self, parts: list[bytes]) -> None:
+        if self.closed:
+            return
+        session = self.session
+        session.active = True
+        size = sum(len(p) for p in parts)
+        if self.inbound_side:
+            session.bytes_down += size
+        else:
+            session.bytes_up += size
+        self.worker.send_many(self, parts)
+
+    def deliver_many(self, parts: list[bytes]) -> None:
+        if self._paused or self.network is Network.UDP or len(parts) == 1:
+            for data in parts:
+                self.deliver(data)
+            return
+        session = self.session
+        session.active = True
+        size = sum(len(p) for p in parts)
+        if self.inbound_side:
+            session.bytes_up += size
+        else:
+            session.bytes_down += size
+        if self.peer is not None:
+            self.peer.write_many(parts)
 
     def write_eof(self) -> None:
         if self.closed:
@@ -304,6 +332,21 @@ class MuxWorker(End):
         if self._flush_handle is None:
             self.flush()
 
+    def send_many(self, end: MuxSessionEnd, parts: list[bytes]) -> None:
+        """Queue several payloads, then flush once (one VMess write)."""
+        if end.sid is None:
+            end._first.extend(parts)
+            return
+        send = self.codec.send_data
+        for data in parts:
+            try:
+                send(end.sid, data)
+            except LocalProtocolError as exc:
+                logger.debug("%s: dropped data for session %d: %s", self.name, end.sid, exc)
+                return
+        if self._flush_handle is None:
+            self.flush()
+
     def schedule_flush(self) -> None:
         if self._flush_handle is None and not self.closed:
             self._flush_handle = self._loop.call_soon(self.flush)
@@ -342,12 +385,24 @@ class MuxWorker(End):
             self._fail(exc)
             return
         sessions = self.sessions
+        # Consecutive data for one session is delivered in one call (one writev).
+        run_end: MuxSessionEnd | None = None
+        run: list[bytes] = []
         for event in events:
             if type(event) is SessionData:
                 end = sessions.get(event.session_id)
-                if end is not None:
-                    end.deliver(event.data)
-            elif type(event) is SessionOpened:
+                if end is None:
+                    continue
+                if end is not run_end:
+                    if run_end is not None:
+                        run_end.deliver_many(run)
+                    run_end, run = end, []
+                run.append(event.data)
+                continue
+            if run_end is not None:
+                run_end.deliver_many(run)
+                run_end, run = None, []
+            if type(event) is SessionOpened:
                 if self.on_open is not None:
                     self.on_open(self, event)
                 else:
@@ -362,6 +417,8 @@ class MuxWorker(End):
             elif type(event) is KeepAliveReceived:
                 for callback in self.keepalive_callbacks:
                     callback(self)
+        if run_end is not None:
+            run_end.deliver_many(run)
         self.flush()
 
     def write_eof(self) -> None:

@@ -130,6 +130,36 @@ class StreamEnd(asyncio.Protocol, End):
     def write(self, data: bytes) -> None:
         self.send_wire(data)
 
+    def write_many(self, parts: list[bytes]) -> None:
+        if type(self).write is not StreamEnd.write:
+            for data in parts:  # a subclass transforms what it writes: let it see each part
+                self.write(data)
+            return
+        self.send_wire_many(parts)
+
+    def send_wire_many(self, parts: list[bytes]) -> None:
+        """Send several buffers with one system call where the transport can (uvloop's
+        ``writelines`` is a single ``writev``)."""
+        if len(parts) == 1:
+            self.send_wire(parts[0])
+            return
+        if self.closed or not parts:
+            return
+        transport = self.transport
+        if transport is None:
+            for data in parts:
+                self.send_wire(data)
+            return
+        session = self.session
+        if session is not None:
+            size = sum(len(p) for p in parts)
+            session.active = True
+            if self.inbound_side:
+                session.bytes_down += size
+            else:
+                session.bytes_up += size
+        transport.writelines(parts)
+
     def send_wire(self, data: bytes) -> None:
         """Send bytes exactly as given (already encoded by a subclass)."""
         if self.closed or not data:
@@ -143,8 +173,14 @@ class StreamEnd(asyncio.Protocol, End):
                 session.bytes_up += len(data)
         transport = self.transport
         if transport is not None:
+            if type(data) is memoryview and len(data) < 4096 and transport.get_write_buffer_size():
+                # It would wait in the transport's buffer: a small view must not pin its
+                # (larger) source buffer meanwhile.
+                data = bytes(data)
             transport.write(data)
             return
+        if type(data) is memoryview:
+            data = bytes(data)
         self._pending.append(data)
         self._pending_size += len(data)
         if self._pending_size > HIGH_WATER and not self._paused_peer and self.peer is not None:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import CipherContext
 from raybridge.address import Destination
 from raybridge.errors import LocalProtocolError
 from raybridge.protocols.vmess.account import User
-from raybridge.protocols.vmess.body import BodyReader, BodyWriter
+from raybridge.protocols.vmess.body import MAX_CHUNK_SIZE, BodyReader, BodyWriter
 from raybridge.protocols.vmess.errors import VMessAuthError, VMessError
 from raybridge.protocols.vmess.events import (
     Data,
@@ -125,7 +125,7 @@ class ClientConnection:
         urandom: Urandom,
         aead: bool | None = None,
         options: Option | None = None,
-        chunk_size: int = 16384,
+        chunk_size: int = MAX_CHUNK_SIZE,
     ) -> None:
         try:
             command = Command(command)
@@ -337,7 +337,7 @@ class ServerConnection:
         *,
         urandom: Urandom,
         disable_insecure_encryption: bool = False,
-        chunk_size: int = 16384,
+        chunk_size: int = MAX_CHUNK_SIZE,
     ) -> None:
         if chunk_size < 1:
             raise LocalProtocolError("chunk_size must be positive")
