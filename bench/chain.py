@@ -119,6 +119,17 @@ def upload(port: int, target: int, size: int) -> float:
     return size / elapsed / 1e6
 
 
+def greet_ms(port: int, target: int) -> float:
+    """Open a connection to a server that speaks first; time until its first byte."""
+    start = time.perf_counter()
+    sock = socks_open(port, target)
+    if recv_exact(sock, 1) != b"G":
+        raise ConnectionError("no greeting")
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return elapsed * 1000
+
+
 def open_echo_ms(port: int, target: int) -> float:
     start = time.perf_counter()
     sock = socks_open(port, target)
@@ -128,6 +139,63 @@ def open_echo_ms(port: int, target: int) -> float:
     elapsed = time.perf_counter() - start
     sock.close()
     return elapsed * 1000
+
+
+def concurrent_echo(port: int, target: int, count: int, size: int) -> tuple[float, int]:
+    """``count`` connections at once, each echoing ``size`` bytes (checked). Returns the
+    seconds until all finished and how many failed."""
+    import asyncio
+
+    payload = os.urandom(size)
+    request = b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton(LOCAL) + struct.pack("!H", target)
+
+    async def one() -> bool:
+        try:
+            reader, writer = await asyncio.open_connection(LOCAL, port)
+            writer.write(request)
+            reply = await reader.readexactly(12)
+            if reply[:2] != b"\x05\x00":
+                return False
+            writer.write(b"E" + payload)
+            echoed = await reader.readexactly(1 + size)
+            writer.close()
+            return echoed == b"E" + payload
+        except (OSError, asyncio.IncompleteReadError):
+            return False
+
+    async def run() -> tuple[float, int]:
+        start = time.perf_counter()
+        results = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 120)
+        return time.perf_counter() - start, results.count(False)
+
+    return asyncio.run(run())
+
+
+def stall_growth(chain: Chain, target: int, size: int, stall: float = 3.0) -> float:
+    """Start a download of ``size`` bytes, read 10 MB, stop reading for ``stall`` seconds:
+    how much did the nodes' RSS grow meanwhile (MB, the largest of the nodes)? With
+    backpressure the sender stops; without it the nodes would buffer the rest."""
+    sock = socks_open(chain.socks, target)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    sock.sendall(b"S" + struct.pack("!Q", size))
+    buf = bytearray(1 << 20)
+    left = 10_000_000
+    while left > 0:
+        left -= sock.recv_into(buf, min(left, len(buf)))
+    time.sleep(0.3)
+    before = {n.name: rss_now(n.proc.pid) for n in chain.nodes if n.proc is not None}
+    time.sleep(stall)
+    after = {n.name: rss_now(n.proc.pid) for n in chain.nodes if n.proc is not None}
+    sock.close()
+    return max(after[k] - before[k] for k in before) / 1e6
+
+
+def rss_now(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 # -- nodes -----------------------------------------------------------------------------------
@@ -335,7 +403,12 @@ def ready_time(chain: Chain, target: int, timeout: float = 30.0) -> float:
 
 
 def measure(
-    chain: Chain, target: int, size: int, echoes: int, restarts: bool = False
+    chain: Chain,
+    target: int,
+    size: int,
+    echoes: int,
+    restarts: bool = False,
+    greeter: int = 0,
 ) -> dict[str, float]:
     out: dict[str, float] = {}
     chain.start()
@@ -344,11 +417,19 @@ def measure(
         for _ in range(5):
             open_echo_ms(chain.socks, target)  # warm up
         out["echo_ms"] = statistics.median(open_echo_ms(chain.socks, target) for _ in range(echoes))
+        if greeter:
+            out["greet_ms"] = statistics.median(
+                greet_ms(chain.socks, greeter) for _ in range(echoes)
+            )
         cpu0 = sum(c for c, _ in chain.stats().values())
         out["down_MBps"] = download(chain.socks, target, size)
         out["up_MBps"] = upload(chain.socks, target, size)
         cpu1 = sum(c for c, _ in chain.stats().values())
         out["cpu_s_per_GB"] = (cpu1 - cpu0) / (2 * size / 1e9)
+        out["conc1000_s"], out["conc1000_failed"] = concurrent_echo(
+            chain.socks, target, 1000, 10_000
+        )
+        out["stall_growth_MB"] = stall_growth(chain, target, 1_000_000_000)
         if restarts:
             for name in ("A", "B"):
                 failed, slowest = failure_window(chain, target, name)
@@ -373,9 +454,17 @@ def main() -> int:
     systems = args.systems.split(",")
     size = args.size * 1_000_000
 
-    target_port = free_port()
+    # Byte-compile raybridge first, as an installed wheel is: start-up then measures the
+    # program, not the compiler (matters where PYTHONDONTWRITEBYTECODE is set).
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(HERE.parent / "src" / "raybridge")],
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
+    target_port, greeter_port = free_port(), free_port()
     target = subprocess.Popen(
-        [sys.executable, str(HERE / "target.py"), str(target_port)], stdout=subprocess.PIPE
+        [sys.executable, str(HERE / "target.py"), str(target_port), str(greeter_port)],
+        stdout=subprocess.PIPE,
     )
     results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     try:
@@ -385,7 +474,14 @@ def main() -> int:
             for r in range(args.rounds):
                 for system in systems:
                     chain = TOPOLOGIES[args.topology](system, Path(tmp))
-                    res = measure(chain, target_port, size, args.echoes, args.topology == "abc")
+                    res = measure(
+                        chain,
+                        target_port,
+                        size,
+                        args.echoes,
+                        restarts=args.topology == "abc",
+                        greeter=greeter_port,
+                    )
                     results[system].append(res)
                     print(
                         f"round {r + 1} {system}: "

@@ -6,6 +6,11 @@ One TCP port, a one-byte command, then:
 * ``R`` + uint64 N: the server reads N bytes, then answers one byte (upload);
 * ``E``: echo everything until EOF (latency, concurrency).
 
+A second port (the optional second argument) speaks first: it sends one
+byte ``G`` as soon as a connection is accepted, then echoes (SSH, SMTP and most databases
+work like this; a proxy that waits for the client's first bytes before it connects shows
+here).
+
 Blocking sockets, one thread per connection: simple, and fast enough that the proxies are
 what a benchmark measures.
 """
@@ -64,8 +69,32 @@ def serve(conn: socket.socket) -> None:
         conn.close()
 
 
+def greet(conn: socket.socket) -> None:
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(b"G")
+        while True:
+            data = conn.recv(1 << 16)
+            if not data:
+                return
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def serve_greeter(port: int) -> None:
+    server = socket.create_server(("127.0.0.1", port), backlog=4096)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=greet, args=(conn,), daemon=True).start()
+
+
 def main() -> None:
     port = int(sys.argv[1])
+    if len(sys.argv) > 2:
+        threading.Thread(target=serve_greeter, args=(int(sys.argv[2]),), daemon=True).start()
     server = socket.create_server(("127.0.0.1", port), backlog=4096)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", port))

@@ -21,7 +21,7 @@ from typing import Any
 from raybridge import __version__
 from raybridge import log as logs
 from raybridge.errors import ConfigError
-from raybridge.runtime import loop_name, tune_allocator
+from raybridge.runtime import loop_name, raise_fd_limit, tune_allocator
 
 #: V2Ray exits with 23 when its configuration cannot be loaded; scripts may rely on it.
 EXIT_CONFIG = 23
@@ -32,6 +32,7 @@ logger = logging.getLogger("raybridge")
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
     """Run ``main`` on uvloop when it is installed, else on asyncio's default loop."""
     tune_allocator()
+    raise_fd_limit()
     try:
         import uvloop
     except ImportError:

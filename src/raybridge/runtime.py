@@ -1,6 +1,8 @@
 """Process-level settings for a node: the event loop and the memory allocator.
 
 * uvloop (libuv) is used when installed: faster I/O callbacks than asyncio's selector loop.
+* The soft limit on open files is raised to the hard limit, as Go (so V2Ray) does at start:
+  a relay holds two sockets per connection, and 1024 would stop it at ~500.
 * glibc's malloc serves blocks of 128 KiB and more with ``mmap`` and returns them with
   ``munmap``, and trims the top of the heap as soon as 128 KiB are free there. A relay
   allocates and frees a few blocks of ~256 KiB per read (the read itself, the sealed
@@ -47,6 +49,22 @@ def tune_allocator() -> bool:
     )
     _tuned = ok
     return ok
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def loop_name() -> str:

@@ -55,6 +55,11 @@ _RAW = 0  # no framing
 _STREAM = 1  # NONE over TCP/Mux with S: SIZE ‖ payload
 _AUTH = 2  # generic chunk format
 
+# Option bits as plain ints: IntFlag arithmetic costs a Python call per operation.
+_OPT_S = int(Option.CHUNK_STREAM)
+_OPT_M = int(Option.CHUNK_MASKING)
+_OPT_P = int(Option.GLOBAL_PADDING)
+
 _AUTH_NOOP = 0
 _AUTH_FNV = 1
 _AUTH_AEAD = 2
@@ -75,7 +80,7 @@ class _AEAD(Protocol):
 
 def _framing(security: Security, options: Option, command: Command) -> tuple[int, int, int]:
     """(mode, authenticator, overhead) chosen as ``DecodeRequestBody`` & co. do (1.9)."""
-    chunked = bool(options & Option.CHUNK_STREAM)
+    chunked = bool(int(options) & _OPT_S)
     if security == Security.NONE:
         if not chunked:
             return _RAW, _AUTH_NOOP, 0
@@ -96,12 +101,12 @@ def max_payload(security: Security, options: Option, command: Command) -> int:
         return 1 << 62
     if mode == _STREAM:
         return MAX_CHUNK_SIZE
-    padding = _MAX_PADDING if options & Option.GLOBAL_PADDING else 0
+    padding = _MAX_PADDING if int(options) & _OPT_P else 0
     return MAX_CHUNK_SIZE - overhead - padding
 
 
 def _check_options(options: Option) -> None:
-    if options & Option.GLOBAL_PADDING and not options & Option.CHUNK_MASKING:
+    if int(options) & _OPT_P and not int(options) & _OPT_M:
         # The padding length comes from the masking stream; V2Ray 4.34 crashes on P without M.
         raise ValueError("option GlobalPadding requires ChunkMasking")
 
@@ -141,9 +146,9 @@ class _Direction:
         self._cfb = cfb
         self._count = 0
         self._iv_tail = iv[2:12]
-        self._mask = bool(options & Option.CHUNK_MASKING)
+        self._mask = bool(int(options) & _OPT_M)
         # NONE over TCP/Mux ignores P: its chunk-stream framing has no padding (1.9.5).
-        self._pad = bool(options & Option.GLOBAL_PADDING) and self._mode == _AUTH
+        self._pad = bool(int(options) & _OPT_P) and self._mode == _AUTH
         self._shake: ShakeStream | HashlibShakeStream | None = (
             new_shake_stream(iv) if self._mask else None
         )
@@ -189,7 +194,9 @@ class BodyWriter(_Direction):
     def _padding(self, n: int) -> bytes:
         pos = self._pad_pos
         if pos + n > len(self._pad_pool):
-            self._pad_pool = self._urandom(_PAD_POOL)
+            # Start small (a short connection pads a few chunks), grow to _PAD_POOL.
+            size = min(_PAD_POOL, max(256, 2 * len(self._pad_pool)))
+            self._pad_pool = self._urandom(size)
             pos = 0
         self._pad_pos = pos + n
         return self._pad_pool[pos : pos + n]

@@ -72,8 +72,8 @@ BytesLike = bytes | bytearray | memoryview
 Urandom = Callable[[int], bytes]
 
 _S = Option.CHUNK_STREAM
-_M = Option.CHUNK_MASKING
-_P = Option.GLOBAL_PADDING
+_M = int(Option.CHUNK_MASKING)
+_P = int(Option.GLOBAL_PADDING)
 _INSECURE = (Security.NONE, Security.LEGACY, Security.UNKNOWN)
 
 
@@ -141,7 +141,7 @@ class ClientConnection:
         if options is None:
             options = default_options(security)
         options = Option(options)
-        if options & _P and not options & _M:
+        if int(options) & _P and not int(options) & _M:
             raise LocalProtocolError("GlobalPadding without ChunkMasking crashes V2Ray 4.34")
         if chunk_size < 1:
             raise LocalProtocolError("chunk_size must be positive")
@@ -489,7 +489,7 @@ class ServerConnection:
         if self._secure_only and security in _INSECURE:
             raise VMessError(f"client is using insecure encryption: {security.name}")
         options = Option(parsed.options)
-        if options & _P and not options & _M:
+        if int(options) & _P and not int(options) & _M:
             raise VMessError("option GlobalPadding without ChunkMasking")
         command = Command(parsed.command)
         header = RequestHeader(

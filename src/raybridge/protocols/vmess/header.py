@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from raybridge.address import VMESS_ADDRESS, Destination, Network
@@ -266,11 +266,20 @@ def legacy_header_iv(ts: int) -> bytes:
 # -- AEAD request header (1.5) ----------------------------------------------------------------
 
 
+_AUTH_ID_ENCRYPTORS: dict[bytes, CipherContext] = {}
+
+
 def create_auth_id(auth_id_key: bytes, ts: int, r4: bytes) -> bytes:
     block = ts.to_bytes(8, "big", signed=True) + r4
     block += zlib.crc32(block).to_bytes(4, "big")
-    enc = Cipher(algorithms.AES(auth_id_key), modes.ECB()).encryptor()
-    return enc.update(block) + enc.finalize()
+    # ECB encrypts each block on its own, so one context per user key serves every request.
+    enc = _AUTH_ID_ENCRYPTORS.get(auth_id_key)
+    if enc is None:
+        if len(_AUTH_ID_ENCRYPTORS) >= 256:
+            _AUTH_ID_ENCRYPTORS.clear()
+        enc = Cipher(algorithms.AES(auth_id_key), modes.ECB()).encryptor()
+        _AUTH_ID_ENCRYPTORS[auth_id_key] = enc
+    return enc.update(block)
 
 
 def _gcm(key: bytes) -> AESGCM:

@@ -109,24 +109,30 @@ def randbelow(urandom: Urandom, n: int) -> int:
 # -- SHAKE128 size-mask / padding stream (PROTOCOLS.md 1.9.6) ---------------------------------
 
 _SQUEEZE = 4096  # even, so 2-byte draws never straddle two squeezes
+#: The first squeeze is small: a short connection draws a handful of words, a long one
+#: two per 64 KiB chunk, so squeezes grow (doubling up to _SQUEEZE) only as words are used.
+_FIRST_SQUEEZE = 64
 
 
 class ShakeStream:
     """Consecutive big-endian uint16 words of SHAKE128(seed), squeezed incrementally."""
 
-    __slots__ = ("_buf", "_pos", "_xof")
+    __slots__ = ("_buf", "_next", "_pos", "_xof")
 
     def __init__(self, seed: bytes) -> None:
         self._xof = hashes.XOFHash(hashes.SHAKE128(digest_size=2**63 - 1))
         self._xof.update(seed)
-        self._buf = self._xof.squeeze(_SQUEEZE)
+        self._buf = b""
+        self._next = _FIRST_SQUEEZE
         self._pos = 0
 
     def next_u16(self) -> int:
         pos = self._pos
         buf = self._buf
         if pos >= len(buf):
-            buf = self._buf = self._xof.squeeze(_SQUEEZE)
+            size = self._next
+            self._next = min(2 * size, _SQUEEZE)
+            buf = self._buf = self._xof.squeeze(size)
             pos = 0
         self._pos = pos + 2
         return (buf[pos] << 8) | buf[pos + 1]
