@@ -1,0 +1,159 @@
+"""Backpressure and the event loop.
+
+A reader that stops reading must stop the sender at the far end of the chain: every relay
+pauses its input when its output is full, so the bytes in flight stay bounded (kernel
+socket buffers plus each end's high-water mark) instead of piling up in a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from raybridge.cli import run_loop
+from raybridge.link import HIGH_WATER
+from raybridge.runtime import loop_name
+from tests.support import (
+    LOCAL,
+    EchoServer,
+    bridge_config,
+    client_config,
+    free_port,
+    new_uuid,
+    node,
+    portal_config,
+    server_config,
+    socks_connect,
+)
+from tests.test_reverse_chain import wait_chain
+
+
+class Firehose(asyncio.Protocol):
+    """Sends 64 KiB blocks for as long as the peer takes them; counts what it sent."""
+
+    sent = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.paused = False
+        self.block = bytes(65536)
+        self.pump()
+
+    def pump(self) -> None:
+        while not self.paused and not self.transport.is_closing():
+            Firehose.sent += len(self.block)
+            self.transport.write(self.block)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        asyncio.get_running_loop().call_soon(self.pump)
+
+
+async def nodes_buffered(*nodes: object) -> int:
+    """Bytes waiting in the nodes' own write buffers (transports and mux sessions)."""
+    total = 0
+    for n in nodes:
+        for inbound in getattr(n, "inbounds", []):
+            for end in inbound.tracker.ends:
+                for e in (end, end.peer):
+                    transport = getattr(e, "transport", None)
+                    if transport is not None and hasattr(transport, "get_write_buffer_size"):
+                        total += transport.get_write_buffer_size()
+                    total += getattr(e, "_buffered", 0) + getattr(e, "_pending_size", 0)
+    return total
+
+
+async def stalled_download(socks_port: int, source_port: int) -> int:
+    """Read 5 MB, then stop reading; return bytes the source sent once it has stopped."""
+    reader, writer = await socks_connect(socks_port, LOCAL, source_port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    got = 0
+    while got < 5_000_000:
+        got += len(await reader.read(1 << 20))
+    writer.transport.pause_reading()
+    # Wait for the source to stall: no progress for half a second. (The limit only stops a
+    # broken relay from running forever: without backpressure it never stalls.)
+    last = -1
+    for _ in range(120):
+        if Firehose.sent == last:
+            break
+        last = Firehose.sent
+        await asyncio.sleep(0.5)
+    writer.close()
+    return last - got
+
+
+@pytest.mark.parametrize("chain", ["pair", "reverse"])
+def test_stalled_reader_stops_the_sender(chain: str) -> None:
+    async def main() -> None:
+        Firehose.sent = 0
+        loop = asyncio.get_running_loop()
+        source_port = free_port()
+        server = await loop.create_server(Firehose, LOCAL, source_port)
+        uid, uc = new_uuid(), new_uuid()
+        t_port, c_port, s_port = free_port(), free_port(), free_port()
+        try:
+            if chain == "pair":
+                async with (
+                    node(server_config(t_port, uid)) as b,
+                    node(client_config(s_port, t_port, uid)) as c,
+                ):
+                    in_flight = await stalled_download(s_port, source_port)
+                    buffered = await nodes_buffered(b, c)
+            else:
+                async with (
+                    node(portal_config(t_port, c_port, uid, uc)) as b,
+                    node(bridge_config(t_port, uid)) as a,
+                    node(client_config(s_port, c_port, uc)) as c,
+                ):
+                    async with EchoServer() as echo:
+                        await wait_chain(s_port, echo.port)
+                    in_flight = await stalled_download(s_port, source_port)
+                    buffered = await nodes_buffered(a, b, c)
+        finally:
+            server.close()
+        # In flight: kernel socket buffers (a few MB per hop on loopback) plus each end's
+        # high-water mark. Without backpressure the source would have sent everything it
+        # could (gigabytes) into the nodes' memory.
+        assert in_flight < 64_000_000, in_flight
+        assert buffered <= 8 * HIGH_WATER, buffered
+
+    asyncio.run(main())
+
+
+def test_uvloop_is_used_when_installed() -> None:
+    async def name() -> int:
+        return 1 if loop_name().startswith("uvloop") else 0
+
+    uses_uvloop = run_loop(name()) == 1
+    assert uses_uvloop == (importlib.util.find_spec("uvloop") is not None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop not installed")
+def test_node_reports_uvloop(tmp_path: object) -> None:
+    port = free_port()
+    config = f'{{"inbounds": [{{"protocol": "socks", "listen": "{LOCAL}", "port": {port}}}],'
+    config += ' "outbounds": [{"protocol": "freedom"}]}'
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raybridge", "run", "-c", "-"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(config)
+    proc.stdin.close()
+    line = proc.stderr.readline()
+    proc.terminate()
+    proc.wait(10)
+    proc.stderr.close()
+    assert "started (uvloop.Loop)" in line, line
