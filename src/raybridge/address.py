@@ -19,6 +19,7 @@ This module is sans-IO: it never touches a socket.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Network(IntEnum):
         return self.name.lower()
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_host(text: str) -> Host:
     """An IP literal (``1.2.3.4``, ``::1``, ``[::1]``) becomes an IP address, anything else
     a domain."""

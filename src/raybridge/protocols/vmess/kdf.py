@@ -114,6 +114,25 @@ def kdf(key: bytes, *path: bytes) -> bytes:
         path = tuple(fixed)
     first = _FIRST_LAYERS.get(path[0])
     inner1, outer1 = first if first is not None else _first_layer(path[0])
+    if len(path) == 1:  # the response-header derivations
+        return _f0(outer1, _f0(inner1, key))
+    if len(path) == 3:  # the request-header derivations, unrolled (see the docstring)
+        i2, o2 = _pads(path[1])
+        i3, o3 = _pads(path[2])
+        s_i2 = inner1.copy()
+        s_i2.update(i2)
+        s_o2 = inner1.copy()
+        s_o2.update(o2)
+        s_i2i3 = s_i2.copy()
+        s_i2i3.update(i3)
+        s_i2o3 = s_i2
+        s_i2o3.update(o3)
+        # F3(key) = F2(o3 ‖ F2(i3 ‖ key)), F2(x) = F1(o2 ‖ F1(i2 ‖ x)),
+        # F1(p ‖ t) = F0(o1 ‖ F0(i1 ‖ p ‖ t)).
+        y = _f0(outer1, _f0(s_i2i3, key))
+        y = _f0(outer1, _f0(s_o2, y))
+        y = _f0(outer1, _f0(s_i2o3, y))
+        return _f0(outer1, _f0(s_o2, y))
     pads = [_pads(p) for p in path[1:]]
     states: dict[tuple[bytes, ...], _Sha] = {(): inner1}
 
