@@ -19,6 +19,10 @@ Where raybridge differs from V2Ray 4.34, on purpose:
   for its next 2-s tick, and ~2-4 s per attempt while the portal is down);
 * a bridge that hears no heartbeat for :data:`HEARTBEAT_TIMEOUT` seconds drops the tunnel
   and dials a new one (V2Ray never checks, 8.13);
+* the bridge sends a Mux.Cool KeepAlive frame on every tunnel every 2 s (V2Ray ignores
+  them); a portal that has seen them on a tunnel stops choosing it after
+  :data:`SUSPECT_AFTER` seconds of silence and drops it after :data:`PEER_TIMEOUT`, so a
+  bridge lost without a FIN/RST (a cut link, an address change) is replaced, not kept;
 * a client that arrives while a portal has no tunnel waits up to :data:`TUNNEL_WAIT`
   seconds for one instead of failing at once;
 * a drained tunnel is closed as soon as its last session ends (V2Ray: at its next 16-s
@@ -58,13 +62,19 @@ SESSIONS_PER_TUNNEL = 16
 HEARTBEAT_TIMEOUT = 7.0
 #: Bridge: redial backoff after a tunnel fails: base * 2**n, capped, with jitter.
 BACKOFF_BASE = 0.05
-BACKOFF_CAP = 1.0
+BACKOFF_CAP = 0.75
 #: Portal: seconds between heartbeats on each tunnel.
 HEARTBEAT_INTERVAL = 2.0
 #: Portal: drain a tunnel once it has opened more sessions than this in total.
 DRAIN_AFTER = 256
 #: Portal: how long a client waits for a tunnel when there is none.
 TUNNEL_WAIT = 4.0
+#: Bridge: seconds between KeepAlive frames on each tunnel (sent at each monitor check).
+KEEPALIVE_INTERVAL = MONITOR_INTERVAL
+#: Portal: a tunnel that sends KeepAlives and has been silent this long is not chosen...
+SUSPECT_AFTER = 4.5
+#: ...and this long, is dropped.
+PEER_TIMEOUT = 7.0
 
 
 # -- bridge --------------------------------------------------------------------------------
@@ -187,6 +197,8 @@ class Bridge:
 
     def check(self) -> None:
         now = time.monotonic()
+        for tunnel in [*self.tunnels, *self.retired]:
+            tunnel.worker.send_keepalive()  # lets a raybridge portal tell we are alive
         for tunnel in list(self.tunnels):
             worker = tunnel.worker
             if tunnel.active and now - tunnel.last_control > HEARTBEAT_TIMEOUT:
@@ -287,10 +299,34 @@ class PortalTunnel:
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.portal.heartbeat_interval, self._heartbeat)
 
+    @property
+    def keepalives(self) -> bool:
+        """The bridge sends KeepAlives (a raybridge bridge), so silence means trouble."""
+        return self.worker.keepalives_received > 0
+
+    def silent_for(self) -> float:
+        if not self.keepalives:
+            return 0.0
+        return self.worker.silent_for(asyncio.get_running_loop().time())
+
     def _heartbeat(self) -> None:
         self._timer = None
         worker = self.worker
-        if worker.closed or self.draining:
+        if worker.closed:
+            return
+        silent = self.silent_for()
+        if silent > self.portal.peer_timeout:
+            logger.warning(
+                "portal [%s]: nothing from a bridge for %.0fs: dropping its tunnel",
+                self.portal.tag,
+                silent,
+            )
+            if worker.peer is not None:
+                worker.peer.abort(TimeoutError("bridge silent"))
+            worker.abort(TimeoutError("bridge silent"))
+            return
+        if self.draining:
+            self._schedule()  # no more heartbeats, but keep watching the bridge
             return
         codec = worker.codec
         if codec.allocated_total > self.portal.drain_after:
@@ -317,6 +353,8 @@ class PortalTunnel:
             codec.allocated_total,
         )
         self.maybe_close()
+        if not self.worker.closed and self._timer is None:
+            self._schedule()
 
     def maybe_close(self) -> None:
         if self.draining and self.worker.session_count == 0 and not self.worker.closed:
@@ -339,10 +377,14 @@ class Portal(Outbound):
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         drain_after: int = DRAIN_AFTER,
         tunnel_wait: float = TUNNEL_WAIT,
+        peer_timeout: float = PEER_TIMEOUT,
+        suspect_after: float = SUSPECT_AFTER,
     ) -> None:
         self.tag = tag
         self.domain = domain
         self.heartbeat_interval = heartbeat_interval
+        self.peer_timeout = peer_timeout
+        self.suspect_after = suspect_after
         self.drain_after = drain_after
         self.tunnel_wait = tunnel_wait
         self.tunnels: list[PortalTunnel] = []
@@ -388,7 +430,7 @@ class Portal(Outbound):
         best: PortalTunnel | None = None
         fallback: PortalTunnel | None = None
         for tunnel in self.tunnels:
-            if tunnel.worker.closed:
+            if tunnel.worker.closed or tunnel.silent_for() > self.suspect_after:
                 continue
             count = tunnel.worker.session_count
             if tunnel.draining:

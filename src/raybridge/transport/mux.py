@@ -253,6 +253,9 @@ class MuxWorker(End):
         self._out_paused = False  # the carrier paused us
         self._flush_handle: asyncio.Handle | None = None
         self._loop = asyncio.get_running_loop()
+        #: Loop time of the last bytes from the carrier (liveness checks).
+        self.last_received = self._loop.time()
+        self.keepalives_received = 0
 
     # -- sessions --------------------------------------------------------------------------
     def open_session(self, session: Session, dest: Destination, peer: End) -> MuxSessionEnd:
@@ -347,6 +350,20 @@ class MuxWorker(End):
         if self._flush_handle is None:
             self.flush()
 
+    def send_keepalive(self) -> None:
+        """A KeepAlive frame (V2Ray accepts and ignores them, PROTOCOLS.md 2.4)."""
+        if not self.closed:
+            self.codec.send_keepalive()
+            self.flush()
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the carrier last delivered anything; 0 while we are not reading
+        it ourselves (a slow session paused it), since silence then proves nothing."""
+        if self._paused_by:
+            self.last_received = now
+            return 0.0
+        return now - self.last_received
+
     def schedule_flush(self) -> None:
         if self._flush_handle is None and not self.closed:
             self._flush_handle = self._loop.call_soon(self.flush)
@@ -378,6 +395,7 @@ class MuxWorker(End):
     def write(self, data: bytes) -> None:
         if self.closed:
             return
+        self.last_received = self._loop.time()
         try:
             events = self.codec.receive_data(data)
         except MuxError as exc:
@@ -415,6 +433,7 @@ class MuxWorker(End):
                     else:
                         end.remote_eof()
             elif type(event) is KeepAliveReceived:
+                self.keepalives_received += 1
                 for callback in self.keepalive_callbacks:
                     callback(self)
         if run_end is not None:
