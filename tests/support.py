@@ -346,3 +346,138 @@ async def http_server() -> AsyncIterator[int]:
         yield port
     finally:
         server.close()
+
+
+# -- a TCP relay that can freeze or impair its connections --------------------------------
+
+
+class _RelayHalf(asyncio.Protocol):
+    def __init__(self, relay: Relay, pair: list[_RelayHalf]) -> None:
+        self.relay = relay
+        self.pair = pair  # [client side, target side]
+        self.transport: Any = None
+        self.frozen = False
+        self.pending: list[bytes] = []
+
+    @property
+    def other(self) -> _RelayHalf:
+        return self.pair[1] if self.pair[0] is self else self.pair[0]
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.frozen:
+            return  # swallowed: the link is dead, and nobody says so
+        self.relay.forward(self.other, data)
+
+    def eof_received(self) -> bool:
+        if not self.frozen and self.other.transport is not None:
+            self.relay.forward_eof(self.other)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.frozen and self.other.transport is not None:
+            self.other.transport.close()
+
+
+class Relay:
+    """TCP relay ``listen -> target`` on 127.0.0.1 for fault tests.
+
+    ``freeze()`` silently stops every existing connection: bytes are dropped both ways and
+    nothing is closed, like a link cut between two hosts (no FIN, no RST). New connections
+    work. With ``delay`` (seconds) and a ``rng``, every piece of data is delayed and cut
+    into random pieces, in order (what TCP makes of a slow, lossy, reordering path).
+    """
+
+    def __init__(self, target_port: int, *, delay: float = 0.0, seed: int | None = None) -> None:
+        import random
+
+        self.target_port = target_port
+        self.port = free_port()
+        self.delay = delay
+        self.rng = random.Random(seed) if seed is not None else None
+        self.pairs: list[list[_RelayHalf]] = []
+        self.frozen: list[list[_RelayHalf]] = []
+        self.server: asyncio.AbstractServer | None = None
+        self._due: dict[int, float] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    async def __aenter__(self) -> Relay:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._accept, LOCAL, self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.close()
+        for pair in self.pairs + self.frozen:
+            for half in pair:
+                if half.transport is not None:
+                    half.transport.abort()
+
+    def _accept(self) -> _RelayHalf:
+        pair: list[_RelayHalf] = []
+        client = _RelayHalf(self, pair)
+        target = _RelayHalf(self, pair)
+        pair += [client, target]
+        self.pairs.append(pair)
+        task = asyncio.ensure_future(self._connect(client, target))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return client
+
+    async def _connect(self, client: _RelayHalf, target: _RelayHalf) -> None:
+        loop = asyncio.get_running_loop()
+        while client.transport is None:
+            await asyncio.sleep(0)
+        client.transport.pause_reading()
+        try:
+            await loop.create_connection(lambda: target, LOCAL, self.target_port)
+        except OSError:
+            client.transport.close()
+            return
+        client.transport.resume_reading()
+
+    def forward(self, to: _RelayHalf, data: bytes) -> None:
+        if self.delay <= 0 or self.rng is None:
+            to.transport.write(data)
+            return
+        loop = asyncio.get_running_loop()
+        pieces = []
+        while data:
+            cut = self.rng.randint(1, max(1, len(data)))
+            pieces.append(data[:cut])
+            data = data[cut:]
+        key = id(to)
+        for piece in pieces:
+            # In order: each piece leaves after the previous one (a "lost" segment stalls
+            # the ones behind it, as a retransmission would).
+            stall = self.delay * (4 if self.rng.random() < 0.02 else 1)
+            due = max(loop.time() + stall, self._due.get(key, 0.0) + 0.0001)
+            self._due[key] = due
+            loop.call_at(due, self._write, to, piece)
+
+    def _write(self, to: _RelayHalf, data: bytes) -> None:
+        if to.transport is not None and not to.transport.is_closing() and not to.frozen:
+            to.transport.write(data)
+
+    def forward_eof(self, to: _RelayHalf) -> None:
+        if to.transport is None or not to.transport.can_write_eof():
+            return
+        if self.delay > 0 and self.rng is not None:
+            loop = asyncio.get_running_loop()
+            due = max(loop.time() + self.delay, self._due.get(id(to), 0.0) + 0.0001)
+            loop.call_at(due, lambda: to.transport.is_closing() or to.transport.write_eof())
+        else:
+            to.transport.write_eof()
+
+    def freeze(self) -> int:
+        """Silently kill every connection open now; returns how many."""
+        for pair in self.pairs:
+            for half in pair:
+                half.frozen = True
+        count = len(self.pairs)
+        self.frozen += self.pairs
+        self.pairs = []
+        return count

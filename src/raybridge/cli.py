@@ -91,6 +91,13 @@ def load(paths: Sequence[str]) -> Any:
     return load_config(paths)
 
 
+def findings(config: Any) -> list[Any]:
+    """The loader's warnings, then what the checks find (raybridge.config.checks)."""
+    from raybridge.config.checks import check_config
+
+    return [*config.warnings, *check_config(config)]
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     from raybridge.node import Node
 
@@ -104,7 +111,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"raybridge: cannot read configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    for warning in getattr(config, "warnings", []):
+    for warning in findings(config):
         print(f"warning: {warning}", file=sys.stderr)
     print("Configuration OK.")
     return 0
@@ -149,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     lc = config.log
     logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=args.log_format)
-    for warning in getattr(config, "warnings", []):
+    for warning in findings(config):
         logger.warning("config: %s", warning)
     return run_loop(serve(config))
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from raybridge.address import parse_host
-from raybridge.config.model import Config, InboundConfig, OutboundConfig
+from raybridge.config.model import Config, InboundConfig, OutboundConfig, RaybridgeOptions
 from raybridge.dispatcher import Dispatcher
 from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
@@ -50,13 +50,19 @@ class Node:
             rules, tags, balancers=balancers, domain_strategy=config.routing.domain_strategy
         )
         self.dispatcher = Dispatcher(self.router, self.outbounds)
-        install_mux_server(self.dispatcher)
+        options = config.sections.get("raybridge") or RaybridgeOptions()
+        assert isinstance(options, RaybridgeOptions)
+        self.options = options
+        install_mux_server(self.dispatcher, max_sessions=options.mux_max_sessions)
         # Portals are outbounds registered after the configured ones (never the default
         # unless there is no other); bridges dial through the dispatcher.
         self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
         for portal in self.portals:
             self.dispatcher.add_outbound(portal)
-        self.bridges = [Bridge(b.tag, b.domain, self.dispatcher) for b in config.reverse.bridges]
+        self.bridges = [
+            Bridge(b.tag, b.domain, self.dispatcher, max_sessions=options.mux_max_sessions)
+            for b in config.reverse.bridges
+        ]
         self.inbounds: list[Inbound] = []
         for inbound in config.inbounds:
             self.inbounds.extend(self._inbounds(inbound))
@@ -86,6 +92,7 @@ class Node:
                 domain_strategy=s.domain_strategy,
                 redirect=redirect,
                 send_through=cfg.send_through,
+                block_private=s.block_private,
             )
         if cfg.protocol == "blackhole":
             return BlackholeOutbound(tag, response=s.response)
@@ -158,6 +165,7 @@ class Node:
                     self.policy(0),
                     users=users,
                     disable_insecure_encryption=s.disable_insecure_encryption,
+                    aead_only=s.aead_forced,
                 )
             elif cfg.protocol == "dokodemo-door":
                 if not s.address or not s.port:

@@ -52,6 +52,11 @@ PRIVATE_NETWORKS = tuple(
 Predicate = Callable[[Session, Destination], bool]
 
 
+def is_private(ip: IPAddress) -> bool:
+    """In one of the ``geoip:private`` ranges (loopback, RFC 1918, link-local, ...)."""
+    return any(ip in net for net in PRIVATE_NETWORKS if net.version == ip.version)
+
+
 class DomainMatcher:
     """All domain patterns of one rule, compiled into a few fast checks."""
 

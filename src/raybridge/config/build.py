@@ -36,6 +36,7 @@ from raybridge.config.model import (
     MuxConfig,
     OutboundConfig,
     PolicyConfig,
+    RaybridgeOptions,
     ReverseConfig,
     ReverseEndpoint,
     RoutingConfig,
@@ -481,3 +482,16 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
 
     top.finish()
     return fc
+
+
+def _raybridge_options(obj: Obj) -> RaybridgeOptions:
+    options = RaybridgeOptions(
+        mux_max_sessions=obj.integer("muxMaxSessions", 1, 65535, 1024),
+        file=obj.ctx.file,
+        line=obj.line,
+    )
+    obj.finish()
+    return options
+
+
+register_section("raybridge", _raybridge_options)

@@ -157,6 +157,8 @@ class VMessInboundSettings:
 
     clients: list[VMessUserConfig] = field(default_factory=list)
     disable_insecure_encryption: bool = False
+    #: raybridge only (V2Ray ignores the key): refuse legacy headers, accept AEAD only.
+    aead_forced: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,6 +214,9 @@ class FreedomSettings:
     redirect: tuple[str | None, int] | None = None
     user_level: int = 0
     timeout: int = 0
+    #: raybridge only (V2Ray ignores the key): refuse private, loopback and link-local
+    #: destinations (after resolving), as Xray's freedom does by default on a public portal.
+    block_private: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -412,3 +417,18 @@ class Config:
     sections: dict[str, object] = field(default_factory=dict)
     warnings: list[ConfigWarning] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaybridgeOptions:
+    """The top-level ``"raybridge"`` section: settings V2Ray has no key for (V2Ray ignores
+    unknown top-level keys, so a config that has it still runs on V2Ray).
+
+    ``mux_max_sessions``: open Mux.Cool sessions one peer may hold on one connection where
+    this node is the mux server (a reverse bridge, or ``v1.mux.cool``); a New frame beyond
+    it is refused with End+Error. V2Ray has no limit.
+    """
+
+    mux_max_sessions: int = 1024
+    file: str | None = None
+    line: int | None = None

@@ -189,6 +189,7 @@ def vmess_inbound(obj: Obj) -> VMessInboundSettings:
     settings = VMessInboundSettings(
         clients=clients,
         disable_insecure_encryption=obj.boolean("disableInsecureEncryption"),
+        aead_forced=obj.boolean("aeadForced"),
     )
     if not clients:
         obj.ctx.warn(obj.node, obj.path, "no clients: every connection will be refused")
@@ -320,6 +321,7 @@ def freedom(obj: Obj) -> FreedomSettings:
         redirect=redirect,
         user_level=obj.integer("userLevel", 0, UINT32),
         timeout=obj.integer("timeout", 0, UINT32),
+        block_private=obj.boolean("blockPrivate"),
     )
     obj.finish()
     return settings

@@ -14,6 +14,7 @@ import socket
 from raybridge.address import Destination, Host, Network, format_host
 from raybridge.dispatcher import resolve
 from raybridge.link import End, Outbound, Session, join
+from raybridge.router import is_private
 from raybridge.transport.tcp import StreamEnd, open_tcp
 from raybridge.transport.udp import DatagramFlowEnd
 
@@ -30,8 +31,10 @@ class FreedomOutbound(Outbound):
         domain_strategy: str = "AsIs",
         redirect: tuple[Host | None, int] | None = None,
         send_through: str | None = None,
+        block_private: bool = False,
     ) -> None:
         self.tag = tag
+        self.block_private = block_private
         self.domain_strategy = domain_strategy
         self.redirect = redirect
         self.send_through = send_through
@@ -63,11 +66,16 @@ class FreedomOutbound(Outbound):
     async def _address(self, dest: Destination) -> str:
         host = dest.host
         family = _FAMILIES.get(self.domain_strategy)
-        if isinstance(host, str) and family is not None:
-            ips = await resolve(host, family)
+        if isinstance(host, str) and (family is not None or self.block_private):
+            ips = await resolve(host, family or 0)
+            if self.block_private:
+                ips = [ip for ip in ips if not is_private(ip)]
             if not ips:
-                raise OSError(f"failed to resolve {host} ({self.domain_strategy})")
+                reason = "private" if self.block_private else "unresolvable"
+                raise OSError(f"refused {reason} destination {host} ({self.domain_strategy})")
             return str(ips[0])
+        if self.block_private and not isinstance(host, str) and is_private(host):
+            raise OSError(f"refused private destination {host}")
         return format_host(host)
 
     async def _dial(self, end: StreamEnd, dest: Destination) -> None:

@@ -83,7 +83,12 @@ PEER_TIMEOUT = 7.0
 class BridgeTunnel:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
-        self.worker = MuxWorker(Role.SERVER, on_open=self._on_open, name=f"bridge [{bridge.tag}]")
+        self.worker = MuxWorker(
+            Role.SERVER,
+            on_open=self._on_open,
+            max_sessions=bridge.max_sessions,
+            name=f"bridge [{bridge.tag}]",
+        )
         self.state = ControlState.ACTIVE
         self.opened = time.monotonic()
         self.last_control = self.opened
@@ -158,10 +163,12 @@ class Bridge:
         dispatcher: Dispatcher,
         *,
         rng: random.Random | None = None,
+        max_sessions: int = 0,
     ) -> None:
         self.tag = tag
         self.domain = domain
         self.dispatcher = dispatcher
+        self.max_sessions = max_sessions  # per tunnel, against a misbehaving portal
         self.tunnels: list[BridgeTunnel] = []  # active tunnels, and new ones not yet drained
         self.retired: list[BridgeTunnel] = []  # drained: still open, serving their sessions
         self.failures = 0
@@ -235,6 +242,9 @@ class Bridge:
         )
         if worker.peer is None:
             worker.peer = carrier
+        # A KeepAlive right away (it rides with the VMess request header): the portal knows
+        # from the start that this bridge sends them, so it can tell when they stop.
+        worker.send_keepalive()
 
     def tunnel_confirmed(self, tunnel: BridgeTunnel) -> None:
         if self.failures:

@@ -71,6 +71,7 @@ class VMessInboundEnd(InboundEnd):
             self.inbound.validator,
             urandom=os.urandom,
             disable_insecure_encryption=self.inbound.disable_insecure_encryption,
+            aead_only=self.inbound.aead_only,
         )
         self.drain_to: int | None = None
         self.received = 0
@@ -210,10 +211,12 @@ class VMessInbound(StreamInbound):
         users: Sequence[User],
         disable_insecure_encryption: bool = False,
         validator: UserValidator | None = None,
+        aead_only: bool = False,
     ) -> None:
         super().__init__(tag, listen, port, dispatcher, policy)
         self.validator = validator or UserValidator(users, clock=time.time)
         self.disable_insecure_encryption = disable_insecure_encryption
+        self.aead_only = aead_only
 
 
 class VMessOutboundEnd(StreamEnd):

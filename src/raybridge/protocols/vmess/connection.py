@@ -338,9 +338,13 @@ class ServerConnection:
         urandom: Urandom,
         disable_insecure_encryption: bool = False,
         chunk_size: int = MAX_CHUNK_SIZE,
+        aead_only: bool = False,
     ) -> None:
+        """``aead_only``: refuse legacy (alterId > 0, MD5-based) headers, like V2Ray's
+        ``v2ray.vmess.aead.forced``; they fail as an unknown user would (drained)."""
         if chunk_size < 1:
             raise LocalProtocolError("chunk_size must be positive")
+        self._aead_only = aead_only
         self._validator = validator
         self._urandom = urandom
         self._secure_only = disable_insecure_encryption
@@ -410,7 +414,7 @@ class ServerConnection:
             elif match.replay:
                 raise self._drain("replayed AuthID", 16)
             else:
-                legacy = self._validator.match_legacy(auth)
+                legacy = None if self._aead_only else self._validator.match_legacy(auth)
                 if legacy is None:
                     raise self._drain("invalid user", 16)
                 self._user, self._legacy_ts = legacy

@@ -1,0 +1,221 @@
+"""A bounded soak of the reverse chain: mixed traffic for N minutes with periodic restarts.
+
+    python bench/soak.py --minutes 10
+
+Nodes A (bridge), B (portal) and C (client) run as separate processes; a target process
+serves echo, download and upload. Eight client workers loop over: echo a random 1 KB-1 MB
+(checked by SHA-256), download or upload a random amount (length-checked), a burst of UDP
+datagrams (checked). Every ``--restart-every`` seconds A is killed (-9) and restarted; in
+the middle of the run B is too; C runs the whole time. At the end it prints connections
+attempted and failed, bytes verified, and each node's RSS at its start and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+import chain as bench  # noqa: E402
+
+LOCAL = "127.0.0.1"
+
+
+async def socks(port: int, target: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(LOCAL, port, limit=1 << 20)
+    writer.write(
+        b"\x05\x01\x00\x05\x01\x00\x01" + bytes([127, 0, 0, 1]) + struct.pack("!H", target)
+    )
+    reply = await reader.readexactly(12)
+    if reply[:2] != b"\x05\x00":
+        raise ConnectionError("SOCKS refused")
+    return reader, writer
+
+
+async def echo_job(port: int, target: int, rng: random.Random) -> int:
+    size = rng.randint(1000, 1_000_000)
+    payload = os.urandom(size)
+    reader, writer = await socks(port, target)
+    try:
+        writer.write(b"E" + payload)
+        got = await reader.readexactly(1 + size)
+        if hashlib.sha256(got[1:]).digest() != hashlib.sha256(payload).digest():
+            raise AssertionError("CORRUPTED echo")
+        return size * 2
+    finally:
+        writer.close()
+
+
+async def download_job(port: int, target: int, rng: random.Random) -> int:
+    size = rng.randint(1_000_000, 50_000_000)
+    reader, writer = await socks(port, target)
+    try:
+        writer.write(b"S" + struct.pack("!Q", size))
+        left = size
+        while left:
+            data = await reader.read(min(left, 1 << 20))
+            if not data:
+                raise ConnectionError("download cut short")
+            left -= len(data)
+        return size
+    finally:
+        writer.close()
+
+
+async def upload_job(port: int, target: int, rng: random.Random) -> int:
+    size = rng.randint(1_000_000, 50_000_000)
+    reader, writer = await socks(port, target)
+    try:
+        writer.write(b"R" + struct.pack("!Q", size))
+        block = bytes(1 << 20)
+        left = size
+        while left:
+            n = min(left, len(block))
+            writer.write(block[:n])
+            await writer.drain()
+            left -= n
+        if await reader.readexactly(1) != b"k":
+            raise ConnectionError("upload not acknowledged")
+        return size
+    finally:
+        writer.close()
+
+
+class Udp(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.queue.put_nowait(data)
+
+
+async def udp_job(port: int, target: int, rng: random.Random) -> int:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(Udp, local_addr=(LOCAL, 0))
+    try:
+        writer.write(b"\x05\x01\x00\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00")
+        reply = await reader.readexactly(12)
+        relay = (LOCAL, struct.unpack("!H", reply[10:12])[0])
+        header = b"\x00\x00\x00\x01" + bytes([127, 0, 0, 1]) + struct.pack("!H", target)
+        total = 0
+        for _ in range(10):
+            datagram = os.urandom(rng.randint(1, 1400))
+            transport.sendto(header + datagram, relay)
+            reply = await asyncio.wait_for(proto.queue.get(), 5)
+            if reply[10:] != datagram:
+                raise AssertionError("CORRUPTED datagram")
+            total += len(datagram) * 2
+        return total
+    finally:
+        transport.close()
+        writer.close()
+
+
+async def worker(
+    port: int, target: int, stats: dict[str, int], stop: asyncio.Event, seed: int
+) -> None:
+    rng = random.Random(seed)
+    jobs = [echo_job, echo_job, download_job, upload_job, udp_job]
+    while not stop.is_set():
+        job = rng.choice(jobs)
+        stats["attempted"] += 1
+        try:
+            stats["verified_bytes"] += await asyncio.wait_for(job(port, target, rng), 60)
+            stats["completed"] += 1
+        except AssertionError:
+            stats["corrupted"] += 1
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            stats["failed"] += 1
+            await asyncio.sleep(0.05)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    target_port = bench.free_port()
+    target = subprocess.Popen(
+        [sys.executable, str(HERE / "target.py"), str(target_port)], stdout=subprocess.PIPE
+    )
+    assert target.stdout is not None
+    target.stdout.readline()
+    stats = {"attempted": 0, "completed": 0, "failed": 0, "corrupted": 0, "verified_bytes": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        chain = bench.reverse_chain("raybridge", Path(tmp))
+        chain.start()
+        await asyncio.to_thread(bench.ready_time, chain, target_port)
+        rss_start = {n.name: bench.rss_now(n.proc.pid) for n in chain.nodes if n.proc}
+        stop = asyncio.Event()
+        workers = [
+            asyncio.ensure_future(worker(chain.socks, target_port, stats, stop, i))
+            for i in range(args.workers)
+        ]
+        started = time.monotonic()
+        duration = args.minutes * 60
+        restarts = 0
+        b_restarted = False
+        next_restart = started + args.restart_every
+        try:
+            while time.monotonic() - started < duration:
+                await asyncio.sleep(1)
+                now = time.monotonic()
+                if now >= next_restart:
+                    chain.restart("A")
+                    restarts += 1
+                    next_restart = now + args.restart_every
+                if not b_restarted and now - started > duration / 2:
+                    chain.restart("B")
+                    restarts += 1
+                    b_restarted = True
+                    rss_start["B"] = 0  # measured again once it has settled
+                if rss_start.get("B") == 0 and b_restarted and now - started > duration / 2 + 10:
+                    rss_start["B"] = bench.rss_now(chain.node("B").proc.pid)  # type: ignore[union-attr]
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+            rss_end = {n.name: bench.rss_now(n.proc.pid) for n in chain.nodes if n.proc}
+            chain.stop()
+            target.terminate()
+    print(
+        f"soak: {args.minutes} min, {args.workers} workers, {restarts} restarts (A every "
+        f"{args.restart_every}s, B once)"
+    )
+    print(
+        f"  connections attempted {stats['attempted']}, completed {stats['completed']}, "
+        f"failed {stats['failed']}, corrupted {stats['corrupted']}"
+    )
+    print(f"  bytes verified {stats['verified_bytes'] / 1e9:.2f} GB")
+    for name in ("A", "B", "C"):
+        print(
+            f"  RSS {name}: start {rss_start[name] / 1e6:.1f} MB, end {rss_end[name] / 1e6:.1f} MB"
+            + (" (since its last restart)" if name != "C" else " (never restarted)")
+        )
+    return 1 if stats["corrupted"] else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--restart-every", type=float, default=120)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        return uvloop.run(main_async(args))
+    except ImportError:
+        return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
