@@ -165,11 +165,19 @@ async def main_async(args: argparse.Namespace) -> int:
         restarts = 0
         b_restarted = False
         next_restart = started + args.restart_every
+        last = dict(stats)
         try:
             while time.monotonic() - started < duration:
                 await asyncio.sleep(1)
                 now = time.monotonic()
-                if now >= next_restart:
+                if args.verbose and int(now - started) % 10 == 0:
+                    print(
+                        f"  t={now - started:4.0f}s attempted +{stats['attempted'] - last['attempted']}"
+                        f" failed +{stats['failed'] - last['failed']}",
+                        flush=True,
+                    )
+                    last = dict(stats)
+                if now >= next_restart and now < started + duration - 30:
                     chain.restart("A")
                     restarts += 1
                     next_restart = now + args.restart_every
@@ -208,6 +216,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--restart-every", type=float, default=120)
+    parser.add_argument("--verbose", action="store_true", help="print progress every 10 s")
     args = parser.parse_args()
     try:
         import uvloop

@@ -351,9 +351,7 @@ def live_state(n: Any) -> tuple[int, int]:
     """(open client connections, open mux sessions) of a node; tunnels don't count."""
     from raybridge.transport.mux import MuxWorker
 
-    conns = sum(
-        1 for i in n.inbounds for e in i.tracker.ends if not isinstance(e.peer, MuxWorker)
-    )
+    conns = sum(1 for i in n.inbounds for e in i.tracker.ends if not isinstance(e.peer, MuxWorker))
     sessions = 0
     for portal in n.portals:
         sessions += sum(t.worker.session_count - 1 for t in portal.tunnels)
@@ -398,6 +396,7 @@ def test_restart_each_node_in_a_loop_without_leaks(cycles: int) -> None:
                     await wait_chain(s_port, echo.port)
             stop.set()
             await asyncio.gather(*clients)
+
             # Everything idle again: no connections, sessions or tasks left behind.
             def idle() -> bool:
                 return all(live_state(n) == (0, 0) for _, n in nodes.values()) and not echo.live

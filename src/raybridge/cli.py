@@ -2,6 +2,8 @@
 
 raybridge run -c a.json [-c b.json ...]   run a node (several files merge as in V2Ray 4.34)
 raybridge test -c a.json                  validate only; non-zero exit with a clear message
+raybridge init --portal-address HOST ...  write matched bridge/portal/client configs
+raybridge link -c c.json                  print a client config's vmess:// link and QR code
 raybridge uuid                            print a fresh UUID for a VMess user
 raybridge version                         print the version
 """
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="fetch once through the chain and exit 0 or 1"
     )
     demo.add_argument("--dir", help="write the three configs here (default: a temp folder)")
+    from raybridge.init import add_parsers
+
+    add_parsers(sub)  # init, link
     sub.add_parser("uuid", help="print a new random UUID")
     sub.add_parser("version", help="print the version")
     return parser
@@ -91,28 +96,71 @@ def load(paths: Sequence[str]) -> Any:
     return load_config(paths)
 
 
-def findings(config: Any) -> list[Any]:
-    """The loader's warnings, then what the checks find (raybridge.config.checks)."""
-    from raybridge.config.checks import check_config
+def findings(config: Any, *, documents: Any = None, skipped: Sequence[Any] = ()) -> list[Any]:
+    """The loader's warnings and what the checks find (raybridge.config.checks), in file
+    and line order. ``documents``: the parsed files (re-read from ``config.files`` if not
+    given), so that findings point at the line of the value itself."""
+    from raybridge.config.checks import findings as all_findings
+    from raybridge.config.loader import parse_files
 
-    return [*config.warnings, *check_config(config)]
+    if documents is None:
+        documents = parse_files(config.files)
+    return all_findings(config, documents=documents, skipped=skipped)
+
+
+def _report(label: str, item: Any, fix: str = "") -> None:
+    """One error or finding: ``label: file:line: path: message`` and an indented fix."""
+    print(f"{label}: {_located(item)}", file=sys.stderr)
+    if fix:
+        print(f"    fix: {fix}", file=sys.stderr)
+
+
+def _located(item: Any) -> str:
+    from raybridge.config.model import ConfigWarning
+
+    if isinstance(item, ConfigWarning):
+        return ConfigWarning.__str__(item)  # without the fix: it gets a line of its own
+    return str(item)
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    """Validate; print every error and finding as ``file:line: field: message`` with a
+    ``fix:`` line under it. Exit non-zero on errors only. After an error the config is
+    reloaded leniently (the broken entries left out) so that the other errors and the
+    routing checks are reported too, as "also:" findings."""
+    from raybridge.config.checks import suggest_fix
+    from raybridge.config.loader import inspect_config
     from raybridge.node import Node
 
     paths = _config_paths(args)
     try:
-        config = load(paths)
-        Node(config)
-    except ConfigError as exc:
-        print(f"raybridge: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        result = inspect_config(paths)
     except OSError as exc:
         print(f"raybridge: cannot read configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    for warning in findings(config):
-        print(f"warning: {warning}", file=sys.stderr)
+    errors = list(result.errors)
+    config = result.config
+    if config is not None:
+        try:
+            Node(config)  # what only the runtime checks (rule patterns, handlers)
+        except ConfigError as exc:
+            if not any(str(e) == str(exc) for e in errors):
+                errors.append(exc)
+    found = (
+        []
+        if config is None
+        else findings(config, documents=result.documents, skipped=result.skipped)
+    )
+    for error in errors:
+        _report("error", error, suggest_fix(error, result.skipped))
+    label = "also" if errors else "warning"
+    for finding in found:
+        _report(label, finding, getattr(finding, "fix", ""))
+    if errors:
+        more = f" (and {len(found)} more finding{'s' if len(found) != 1 else ''})" if found else ""
+        count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
+        print(f"raybridge: invalid configuration: {count}{more}", file=sys.stderr)
+        return EXIT_CONFIG
     print("Configuration OK.")
     return 0
 
@@ -173,6 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.setup(level="warning")
         return run_loop(demo(check=args.check, directory=args.dir))
+    if args.command == "init":
+        from raybridge.init import cmd_init
+
+        return cmd_init(args)
+    if args.command == "link":
+        from raybridge.init import cmd_link
+
+        return cmd_link(args)
     if args.command == "uuid":
         print(uuid.uuid4())
         return 0

@@ -16,6 +16,7 @@ from raybridge import log as logs
 from raybridge.address import Destination, IPAddress, parse_host
 from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Session, join
 from raybridge.router import Router
+from raybridge.stats import Stats
 
 logger = logging.getLogger("raybridge.dispatcher")
 
@@ -35,6 +36,7 @@ class Dispatcher:
         self.outbounds: dict[str, Outbound] = {o.tag: o for o in outbounds if o.tag}
         self.interceptors: dict[str, Interceptor] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = Stats()
 
     def add_outbound(self, outbound: Outbound) -> None:
         """Register an outbound at run time (reverse portals); never the default unless
@@ -71,6 +73,7 @@ class Dispatcher:
             end.start()
             return end
         logs.accepted(session.source, dest, session.inbound_tag, outbound.tag, session.user)
+        self.stats.opened(session, outbound.tag)
         return outbound.connect(session, dest, peer)
 
     def _dispatch_after_resolve(self, session: Session, dest: Destination, peer: End) -> End:

@@ -78,7 +78,7 @@ def join(a: End, b: End) -> None:
     b.peer = a
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Session:
     """What routing and logging know about one proxied connection (V2Ray's context)."""
 
@@ -93,6 +93,8 @@ class Session:
     bytes_up: int = 0
     bytes_down: int = 0
     active: bool = True  # set by ends on traffic; cleared by the idle timer
+    outbound_tag: str = ""  # set when dispatched (for statistics)
+    counted: bool = False  # folded into the node's totals (raybridge.stats)
 
     def child(self, inbound_tag: str | None = None) -> Session:
         """A new session for a stream carried inside this one (mux sessions, tunnels)."""

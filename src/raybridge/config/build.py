@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from raybridge.config.fields import (
     INT32_MAX,
@@ -75,6 +76,7 @@ V2RAY_TOP_LEVEL = (
 )
 
 SectionParser = Callable[[Obj], object]
+T = TypeVar("T")
 _EXTRA_SECTIONS: dict[str, tuple[str, SectionParser]] = {}
 
 
@@ -385,8 +387,8 @@ def build_policy(obj: Obj) -> PolicyConfig:
 
 
 def _endpoints(obj: Obj, name: str, kind: str) -> list[ReverseEndpoint]:
-    out: list[ReverseEndpoint] = []
-    for item in obj.objects(name):
+    def build(path: str, node: JValue) -> ReverseEndpoint:
+        item = obj.ctx.expect_object(node, path)
         tag = item.string("tag")
         if not tag:
             raise item.error(f"{kind} tag is empty")
@@ -394,7 +396,17 @@ def _endpoints(obj: Obj, name: str, kind: str) -> list[ReverseEndpoint]:
         if not domain:
             raise item.error(f"{kind} domain is empty")
         item.finish()
-        out.append(ReverseEndpoint(tag=tag, domain=domain, file=obj.ctx.file, line=item.line))
+        return ReverseEndpoint(tag=tag, domain=domain, file=obj.ctx.file, line=item.line)
+
+    out: list[ReverseEndpoint] = []
+    for path, node in obj.array(name) or ():
+
+        def run(path: str = path, node: JValue = node) -> ReverseEndpoint:
+            return build(path, node)
+
+        endpoint = obj.ctx.attempt(kind, path, node, run)
+        if endpoint is not None:
+            out.append(endpoint)
     return out
 
 
@@ -424,47 +436,62 @@ def check_transport(obj: Obj) -> None:
 # --------------------------------------------------------------------------- a whole file
 
 
+def _section(top: Obj, name: str, build: Callable[[Obj], T]) -> T | None:
+    """Top-level section ``name`` (``None`` if absent); lenient loading leaves out a
+    section that fails as a whole."""
+
+    def run() -> T | None:
+        obj = top.object(name)
+        return None if obj is None else build(obj)
+
+    return top.ctx.attempt(name, name, top.node.get(name), run)
+
+
+def _entries(top: Obj, name: str, kind: str, build: Callable[[Obj], T]) -> list[T] | None:
+    """Each object of top-level array ``name`` (``None`` if absent); lenient loading
+    leaves out the entries that fail and keeps the others."""
+    ctx = top.ctx
+    items = ctx.attempt(name, name, top.node.get(name), lambda: top.array(name))
+    if items is None:
+        return None
+    out: list[T] = []
+    for path, item in items:
+
+        def run(path: str = path, item: JValue = item) -> T:
+            return build(ctx.expect_object(item, path))
+
+        built = ctx.attempt(kind, path, item, run)
+        if built is not None:
+            out.append(built)
+    return out
+
+
 def build_file(ctx: Ctx, value: JValue) -> FileConfig:
-    """Validate one parsed file and return its sections."""
+    """Validate one parsed file and return its sections (entries that fail are left out
+    when ``ctx`` is lenient, see :class:`~raybridge.config.fields.Ctx`)."""
     fc = FileConfig(file=ctx.file)
     if value.kind == "null":
         return fc  # Go decodes `null` into an empty config
     top = ctx.expect_object(value, "", "an object at the top level")
 
-    port = top.opt_integer("port", 0, UINT16)
+    port = ctx.attempt(
+        "port", "port", top.node.get("port"), lambda: top.opt_integer("port", 0, UINT16)
+    )
     fc.port = port or None
 
-    section = top.object("log")
-    if section is not None:
-        fc.log = build_log(section)
-    section = top.object("routing")
-    if section is not None:
-        fc.routing = build_routing(section)
-    section = top.object("policy")
-    if section is not None:
-        fc.policy = build_policy(section)
-    section = top.object("reverse")
-    if section is not None:
-        fc.reverse = build_reverse(section)
-    section = top.object("transport")
-    if section is not None:
-        check_transport(section)
+    fc.log = _section(top, "log", build_log)
+    fc.routing = _section(top, "routing", build_routing)
+    fc.policy = _section(top, "policy", build_policy)
+    fc.reverse = _section(top, "reverse", build_reverse)
+    _section(top, "transport", check_transport)
 
-    inbound = top.object("inbound")
-    if inbound is not None:
-        fc.inbound = build_inbound(inbound)
-    detours = top.array("inboundDetour")
-    if detours is not None:
-        fc.inbound_detours = [build_inbound(ctx.expect_object(v, p)) for p, v in detours]
-    fc.inbounds = [build_inbound(o) for o in top.objects("inbounds")]
+    fc.inbound = _section(top, "inbound", build_inbound)
+    fc.inbound_detours = _entries(top, "inboundDetour", "inbound", build_inbound)
+    fc.inbounds = _entries(top, "inbounds", "inbound", build_inbound) or []
 
-    outbound = top.object("outbound")
-    if outbound is not None:
-        fc.outbound = build_outbound(outbound)
-    odetours = top.array("outboundDetour")
-    if odetours is not None:
-        fc.outbound_detours = [build_outbound(ctx.expect_object(v, p)) for p, v in odetours]
-    fc.outbounds = [build_outbound(o) for o in top.objects("outbounds")]
+    fc.outbound = _section(top, "outbound", build_outbound)
+    fc.outbound_detours = _entries(top, "outboundDetour", "outbound", build_outbound)
+    fc.outbounds = _entries(top, "outbounds", "outbound", build_outbound) or []
 
     for name, message in (
         ("dns", "the dns section is ignored: raybridge uses the system resolver"),
@@ -478,7 +505,15 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     for key, (name, parser) in _EXTRA_SECTIONS.items():
         node = top.get(key)
         if node is not None:
-            fc.sections[name] = parser(ctx.expect_object(node, name))
+
+            def run(
+                node: JValue = node, name: str = name, parser: SectionParser = parser
+            ) -> object:
+                return parser(ctx.expect_object(node, name))
+
+            section = ctx.attempt(name, name, node, run)
+            if section is not None:
+                fc.sections[name] = section
 
     top.finish()
     return fc

@@ -1,101 +1,591 @@
 """Checks beyond syntax: what a config will *do*, explained like a colleague would.
 
-:func:`check_config` returns :class:`ConfigWarning` findings (file, line, field, what is
-wrong and how to fix it). ``raybridge test`` prints them; ``raybridge run`` logs them. None
-of them stops a node: V2Ray would run these configs too.
+:func:`check_config` returns :class:`~raybridge.config.simulate.Finding` warnings: file,
+line, field, what is wrong (``message``) and how to fix it (``fix``, often a rule to
+paste). ``raybridge test`` prints them; ``raybridge run`` logs them. None of them stops a
+node: V2Ray would run these configs too (and then misroute, or open a proxy to anyone).
+
+Routing questions are answered by simulating the router (:mod:`raybridge.config.simulate`)
+for the connections the reverse proxy makes (PROTOCOLS.md 3.4): a bridge's tunnel request
+is TCP ``domain:0`` with the bridge's tag as inbound tag; at the portal it arrives with the
+tag of the VMess inbound the bridge dialled.
+
+The checks, in the order they run (an earlier one marks what it explains, so that a later
+one does not say it again):
+
+* :func:`reference_checks`: rule tags that name no inbound, bridge, outbound, portal or
+  balancer (with the closest existing tag; the loader's plainer warnings about the same
+  fields are dropped by :func:`findings`), a tunnel rule naming a tag from the bridge's
+  node, and inbound tags swapped between a portal's tunnel rule and its client rule;
+* :func:`portal_checks`: a portal that no tunnel request reaches, or whose tunnel rule
+  comes after a rule that catches the tunnels first;
+* :func:`bridge_checks`: a bridge whose tunnels go anywhere but a VMess outbound;
+* :func:`open_proxies`: SOCKS/HTTP inbounds without authentication beyond loopback;
+* :func:`bridge_exposure`: who may register as a bridge of a public portal.
+
+Checks also run on a config that failed to load (``raybridge test`` reloads it
+leniently, :func:`raybridge.config.loader.inspect_config`): entries left out still count
+by tag, and :func:`suggest_fix` proposes fixes for some errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-from raybridge.config.model import Config, ConfigWarning, InboundConfig, RuleConfig
+from raybridge.address import Destination, Network
+from raybridge.config.fields import Skipped
+from raybridge.config.jsonc import JValue
+from raybridge.config.model import (
+    Config,
+    ConfigWarning,
+    HttpInboundSettings,
+    OutboundConfig,
+    ReverseEndpoint,
+    RuleConfig,
+    SocksInboundSettings,
+)
+from raybridge.config.simulate import (
+    Checker,
+    Finding,
+    Route,
+    closest,
+    describe_target,
+    guess_protocol,
+    is_loopback,
+    quote,
+    rule_json,
+    sessions_of,
+    suggest_fix,
+    tag_list,
+    users_of,
+)
+from raybridge.link import Session
 
-LOOPBACK = ("127.", "::1", "localhost")
+__all__ = [
+    "Finding",
+    "bridge_checks",
+    "bridge_exposure",
+    "check_config",
+    "findings",
+    "open_proxies",
+    "portal_checks",
+    "reference_checks",
+    "suggest_fix",
+]
 
 
-def _public(inbound: InboundConfig) -> bool:
-    return not inbound.listen.startswith(LOOPBACK)
+# --------------------------------------------------------------------------- references
 
 
-def _users(inbound: InboundConfig) -> list[str | None] | None:
-    """The identities routing sees for an inbound's clients; ``None``: anyone can connect."""
-    clients = getattr(inbound.settings, "clients", None)
-    if clients is not None:
-        return [c.email or None for c in clients]
-    accounts = getattr(inbound.settings, "accounts", None)
-    if accounts and getattr(inbound.settings, "auth", "password") == "password":
-        return list(accounts)
-    return None
+def reference_checks(ck: Checker) -> Iterator[Finding]:
+    """Rule tags that name nothing: the rule never matches (``inboundTag``), or its
+    traffic goes to the default outbound (``outboundTag``, ``balancerTag``)."""
+    known_in = set(ck.inbounds) | set(ck.bridges) | set(ck.broken_inbounds)
+    known_out = set(ck.targets) | set(ck.broken_outbounds)
+    for index, (rule, _) in enumerate(ck.rules):
+        unknown = [t for t in rule.inbound_tags or () if t not in known_in]
+        portal = ck.tunnel_rule_for(rule)
+        if unknown and portal is not None and len(unknown) == len(rule.inbound_tags or ()):
+            yield from _tunnel_rule_tags(ck, index, portal, unknown)
+            continue
+        for tag in unknown:
+            alone = len(unknown) == len(rule.inbound_tags or ())
+            yield _unknown_inbound_tag(ck, rule, tag, known_in, alone)
+        if rule.outbound_tag is not None and rule.outbound_tag not in known_out:
+            yield _unknown_target(ck, rule, "outboundTag", rule.outbound_tag, known_out)
+        if rule.outbound_tag is None and rule.balancer_tag not in ck.balancers:
+            yield _unknown_target(
+                ck, rule, "balancerTag", rule.balancer_tag or "", set(ck.balancers)
+            )
 
 
-def _first_match(rules: list[tuple[RuleConfig, object]], session: object, dest: object) -> object:
-    for config, rule in rules:
-        if rule.matches(session, dest):  # type: ignore[attr-defined]
-            return config
-    return None
+def _unknown_inbound_tag(
+    ck: Checker, rule: RuleConfig, tag: str, known: set[str], alone: bool
+) -> Finding:
+    never = "this rule never matches" if alone else "this part of the rule never matches"
+    message = f"{quote(tag)} names no inbound or bridge, so {never}"
+    if tag in ck.targets:
+        message += (
+            f" ({quote(tag)} is an outbound tag; inboundTag takes the tag of the inbound a "
+            "connection arrived on, or of a bridge)"
+        )
+    close = closest(tag, known)
+    if close is not None:
+        fix = f"did you mean {quote(close)}? write it instead of {quote(tag)}"
+    elif known:
+        fix = f"use the tag of an inbound or bridge of this config: {tag_list(sorted(known))}"
+    else:
+        fix = f'give the inbound this rule is for "tag": {quote(tag)}'
+    return Finding(
+        file=rule.file,
+        line=ck.line(rule.file, rule.path, rule.line, "inboundTag", tag),
+        path=rule.path + ".inboundTag",
+        message=message,
+        fix=fix,
+    )
 
 
-def bridge_exposure(config: Config) -> Iterable[ConfigWarning]:
+def _unknown_target(ck: Checker, rule: RuleConfig, key: str, tag: str, known: set[str]) -> Finding:
+    noun = "outbound or portal" if key == "outboundTag" else "balancer"
+    if ck.default is None:
+        goes = "matching connections are closed (there is no outbound)"
+    else:
+        goes = f"matching traffic goes to the default outbound, {describe_target(ck.default)}"
+    message = f"{quote(tag)} names no {noun}: {goes}"
+    if key == "outboundTag" and (tag in ck.inbounds or tag in ck.bridges):
+        message += (
+            f' ({quote(tag)} is an inbound or bridge tag; "outboundTag" takes an outbound '
+            "or portal tag)"
+        )
+    close = closest(tag, known)
+    if close is not None:
+        fix = f"did you mean {quote(close)}? write it instead of {quote(tag)}"
+    elif known:
+        fix = f"use one of: {tag_list(sorted(known))}"
+    elif key == "balancerTag":
+        fix = (
+            f'add {{"tag": {quote(tag)}, "selector": ["<outbound tag prefix>"]}} to '
+            "routing.balancers"
+        )
+    else:
+        fix = f'add an outbound with "tag": {quote(tag)}'
+    return Finding(
+        file=rule.file,
+        line=ck.line(rule.file, rule.path, rule.line, key),
+        path=f"{rule.path}.{key}",
+        message=message,
+        fix=fix,
+    )
+
+
+def _tunnel_rule_tags(
+    ck: Checker, index: int, portal: ReverseEndpoint, unknown: list[str]
+) -> Iterator[Finding]:
+    """The portal's tunnel rule names only tags this node does not have: typically a tag
+    of the bridge's own config (the seed's ``"inboundTag": ["tunnel"]``, the tag of A's
+    VMess outbound). Suggest the VMess inbound bridges dial, and spot the seed's other
+    half of the mistake: the client rule names that inbound while the client inbound is
+    named by no rule (the two rules' tags are swapped)."""
+    rule = ck.rules[index][0]
+    ck.explained_portals.add(portal.tag)
+    candidates = ck.vmess_inbounds()
+    tags = [tag for tag, _, _ in candidates]
+    ports = {tag: port for tag, port, _ in candidates}
+    named = {t for r, _ in ck.rules for t in r.inbound_tags or ()}
+    unnamed = [t for t in tags if t not in named]
+    client_rules = [
+        (i, r)
+        for i, (r, _) in enumerate(ck.rules)
+        if i != index
+        and r.outbound_tag == portal.tag
+        and r.domains is None
+        and len(set(r.inbound_tags or ()) & set(tags)) == 1
+    ]
+    chosen: str | None = tags[0] if len(tags) == 1 else None
+    swap: tuple[int, RuleConfig, str] | None = None
+    if chosen is None and len(client_rules) == 1 and len(unnamed) == 1:
+        c_index, c_rule = client_rules[0]
+        chosen = next(t for t in c_rule.inbound_tags or () if t in tags)
+        swap = (c_index, c_rule, unnamed[0])
+
+    shown = tag_list(unknown)
+    message = (
+        f"{shown} names no inbound or bridge of this config, so this rule, meant for the "
+        f'tunnels of portal "{portal.tag}" (requests for {portal.domain}), never matches. '
+        "A bridge's tunnel arrives on the VMess inbound its outbound dials, and routing "
+        "here sees that inbound's tag; tags of the bridge's own config (such as the tag "
+        "of its VMess outbound) are never seen on this node"
+    )
+    if chosen is not None:
+        fix = f'"inboundTag": [{quote(chosen)}] (the VMess inbound on port {ports[chosen]})'
+    elif tags:
+        listed = ", ".join(f"{quote(t)} (port {ports[t]})" for t in tags)
+        fix = f'"inboundTag": [the VMess inbound the bridge dials: one of {listed}]'
+    else:
+        fix = (
+            "add a VMess inbound for the bridge (its outbound's port and user id) and "
+            "name its tag here"
+        )
+    t_line = ck.line(rule.file, rule.path, rule.line, "inboundTag", unknown[0])
+    yield Finding(
+        file=rule.file, line=t_line, path=rule.path + ".inboundTag", message=message, fix=fix
+    )
+    if swap is None or chosen is None:
+        return
+    c_index, c_rule, client_tag = swap
+    ck.explained_rules.add(c_rule.path)
+    client_line = ck.inbound_line(client_tag)
+    # Where the client inbound's traffic goes now: a plain request from it.
+    now = ck.route(Session(inbound_tag=client_tag), Destination(Network.TCP, "example.com", 443))
+    if now.targets == (portal,) and now.default:
+        fate = (
+            "its clients reach the portal only because the portal is the default "
+            "outbound while this config has no outbound of its own"
+        )
+    else:
+        fate = f"a connection from its clients: {ck.describe(now)}"
+    message = (
+        f'this rule sends everything that arrives on "{chosen}" to portal "{portal.tag}", '
+        f'but "{chosen}" is the inbound the bridge\'s tunnels arrive on ({rule.path}, line '
+        f'{t_line}, needs it), and inbound "{client_tag}" (line {client_line}) is named '
+        f"by no rule ({fate}). The inbound tags of the two rules look swapped"
+    )
+    yield Finding(
+        file=c_rule.file,
+        line=ck.line(c_rule.file, c_rule.path, c_rule.line, "inboundTag", chosen),
+        path=c_rule.path + ".inboundTag",
+        message=message,
+        fix=(
+            f'"inboundTag": [{quote(client_tag)}] here (the clients\' inbound), and '
+            f'"inboundTag": [{quote(chosen)}] in {rule.path}'
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- portals
+
+
+def portal_checks(ck: Checker) -> Iterator[Finding]:
+    """Does a bridge's tunnel request (TCP domain:0, arriving on a VMess inbound) reach
+    the portal? If not: a tunnel rule placed after a rule that catches the tunnels, or
+    no tunnel rule at all. Also a tunnel rule that never matches because an earlier rule
+    already sends everything from its inbound to the same portal."""
+    inbounds = [i for i in ck.config.inbounds if i.protocol == "vmess"] or list(ck.config.inbounds)
+    for k, portal in enumerate(ck.config.reverse.portals):
+        dest = Destination(Network.TCP, portal.domain, 0)
+        tunnel_rules = [i for i, (r, _) in enumerate(ck.rules) if ck.tunnel_rule_for(r) is portal]
+        yield from _shadowed_tunnel_rules(ck, portal, dest, tunnel_rules)
+        if portal.tag in ck.explained_portals:
+            continue
+        routes = [
+            (inbound, ck.route(s, dest)) for inbound in inbounds for s in sessions_of(inbound)
+        ]
+        if any(portal in route.targets for _, route in routes):
+            continue
+        if not inbounds:
+            if ck.broken_inbounds:
+                continue  # its inbound failed to load: that error says enough
+            yield Finding(
+                file=portal.file,
+                line=portal.line,
+                path=ck.endpoint_path("portals", portal, k),
+                message=(
+                    f'portal "{portal.tag}" has no inbound for bridges to dial, so no tunnel '
+                    "can ever reach it"
+                ),
+                fix=(
+                    "add a VMess inbound for the bridge and the rule "
+                    + rule_json("<its tag>", portal.domain, portal.tag)
+                ),
+            )
+            continue
+        # Which inbound do bridges dial? Not one whose requests for the domain a rule with
+        # a domain condition sends elsewhere on purpose (a refusal, as in init's portal).
+        open_routes = [
+            (i, r) for i, r in routes if r.index is None or ck.rules[r.index][0].domains is None
+        ] or routes
+        inbound, route = open_routes[0]
+        tags = list(dict.fromkeys(i.tag or "<its tag>" for i, _ in open_routes))
+        source = (
+            tags[0] if len(tags) == 1 else f"<the inbound the bridge dials: {' or '.join(tags)}>"
+        )
+        fate = (
+            f"{ck.describe(route)}, so bridges never connect and the portal's clients get no tunnel"
+        )
+        unmatched = [i for i in tunnel_rules if ck.rules[i][0].path not in ck.explained_rules]
+        if unmatched:
+            # A tunnel rule exists but matches none of the VMess inbounds.
+            rule = ck.rules[unmatched[0]][0]
+            named = [
+                f"{quote(t)} is a {ck.inbounds[t].protocol} inbound"
+                if t in ck.inbounds
+                else f"{quote(t)} is a bridge of this node"
+                for t in rule.inbound_tags or ()
+                if t in ck.inbounds or t in ck.bridges
+            ]
+            yield Finding(
+                file=rule.file,
+                line=ck.line(rule.file, rule.path, rule.line, "inboundTag"),
+                path=rule.path + ".inboundTag",
+                message=(
+                    f'this rule is meant for the tunnels of portal "{portal.tag}", but they '
+                    f"arrive on a VMess inbound ({tag_list(i.tag for i in inbounds)}) and this "
+                    f"rule names none{' (' + '; '.join(named) + ')' if named else ''}. A "
+                    f'tunnel request arriving on "{inbound.tag}": {fate}'
+                ),
+                fix=f'"inboundTag": [{quote(source)}] (the VMess inbound the bridge dials)',
+            )
+            continue
+        where = "as the first rule" if route.index is None else f"before {ck.where(route.index)}"
+        yield Finding(
+            file=portal.file,
+            line=portal.line,
+            path=ck.endpoint_path("portals", portal, k),
+            message=(
+                f'no rule sends the tunnels of portal "{portal.tag}" to it. A bridge\'s '
+                f'tunnel request (TCP {portal.domain}:0) arriving on "{inbound.tag}": {fate}'
+            ),
+            fix=f"add {where}: {rule_json(source, portal.domain, portal.tag)}",
+        )
+
+
+def _shadowed_tunnel_rules(
+    ck: Checker, portal: ReverseEndpoint, dest: Destination, tunnel_rules: list[int]
+) -> Iterator[Finding]:
+    """Tunnel rules that an earlier rule hides from every connection they would match."""
+    for t in tunnel_rules:
+        rule = ck.rules[t][0]
+        if rule.inbound_tags is not None:
+            sources = [ck.inbounds[tag] for tag in rule.inbound_tags if tag in ck.inbounds]
+        else:
+            sources = list(ck.config.inbounds)
+        sessions = [s for i in sources for s in sessions_of(i) if ck.matches(t, s, dest)]
+        routes = [ck.route(s, dest) for s in sessions]
+        if not routes or any(r.index == t for r in routes):
+            continue
+        first = routes[0]
+        if first.index is None:
+            continue
+        ck.explained_rules.add(rule.path)
+        inbound = sessions[0].inbound_tag
+        earlier = ck.where(first.index)
+        if portal in first.targets:
+            message = (
+                f"this rule never matches: {earlier} comes first and sends everything from "
+                f'"{inbound}" to portal "{portal.tag}" whatever is asked for. Tunnels still '
+                f"get there (a portal takes every request for {portal.domain} as a tunnel), "
+                f'but so does any client of "{inbound}" that asks for {portal.domain}'
+            )
+            fix = (
+                f"move this rule above {ck.rules[first.index][0].path}; better, give bridges "
+                "an inbound of their own and name only that one here"
+            )
+        else:
+            ck.explained_portals.add(portal.tag)
+            message = (
+                f'this rule would send the tunnels of portal "{portal.tag}" to it, but '
+                f'{earlier} comes first and sends the tunnels arriving on "{inbound}" '
+                f"{ck.destination(first)}, so bridges never connect"
+            )
+            fix = f"move this rule above {ck.rules[first.index][0].path}"
+        yield Finding(
+            file=rule.file,
+            line=rule.line,
+            path=rule.path,
+            message=message,
+            fix=fix,
+        )
+
+
+# --------------------------------------------------------------------------- bridges
+
+
+def bridge_checks(ck: Checker) -> Iterator[Finding]:
+    """A bridge's tunnel request (inbound tag = the bridge's tag, TCP domain:0) must go to
+    a VMess outbound towards the portal; anything else never opens a tunnel."""
+    vmess_outs = [o.tag for o in ck.config.outbounds if o.protocol == "vmess" and o.tag]
+    vmess_outs += [
+        s.tag
+        for s in ck.broken_outbounds.values()
+        if (guess_protocol(s.node, "outbound") or ("",))[0] == "vmess"
+    ]
+    for k, bridge in enumerate(ck.config.reverse.bridges):
+        session = Session(inbound_tag=bridge.tag)
+        dest = Destination(Network.TCP, bridge.domain, 0)
+        route = ck.route(session, dest)
+        if any(isinstance(t, OutboundConfig) and t.protocol == "vmess" for t in route.targets):
+            continue
+        if route.index is not None and ck.rules[route.index][0].outbound_tag in (
+            ck.broken_outbounds
+        ):
+            continue  # its outbound failed to load: that error says enough
+        # A later rule that would do it right, hidden by an earlier one?
+        later = next(
+            (
+                i
+                for i in range(len(ck.rules))
+                if ck.matches(i, session, dest)
+                and any(
+                    isinstance(t, OutboundConfig) and t.protocol == "vmess"
+                    for t in ck.resolve(ck.rules[i][0])[0]
+                )
+            ),
+            None,
+        )
+        what = f'the tunnels of bridge "{bridge.tag}" (requests for TCP {bridge.domain}:0)'
+        fate = _bridge_fate(route, bridge.domain)
+        if later is not None and route.index is not None:
+            rule = ck.rules[later][0]
+            ck.explained_rules.add(rule.path)
+            yield Finding(
+                file=rule.file,
+                line=rule.line,
+                path=rule.path,
+                message=(
+                    f"this rule would send {what} to the portal, but {ck.where(route.index)} "
+                    f"comes first and sends them {ck.destination(route)}: {fate}"
+                ),
+                fix=f"move this rule above {ck.rules[route.index][0].path}",
+            )
+            continue
+        if vmess_outs:
+            out = vmess_outs[0]
+            named = quote(out) + (
+                f" (or {tag_list(vmess_outs[1:])}: the one that dials the portal)"
+                if len(vmess_outs) > 1
+                else ""
+            )
+            place = (
+                "as the first rule" if route.index is None else f"before {ck.where(route.index)}"
+            )
+            fix = f"add {place}: {rule_json(bridge.tag, bridge.domain, out)}"
+            if len(vmess_outs) > 1:
+                fix += f" (the VMess outbound to the portal: {named})"
+        else:
+            fix = (
+                "add a VMess outbound to the portal (its address, port and the user id of the "
+                "portal's inbound for bridges) and the rule "
+                + rule_json(bridge.tag, bridge.domain, "<its tag>")
+            )
+        if route.index is not None:
+            rule = ck.rules[route.index][0]
+            file, line, path = rule.file, rule.line, rule.path
+        else:
+            file, line = bridge.file, bridge.line
+            path = ck.endpoint_path("bridges", bridge, k)
+        yield Finding(
+            file=file,
+            line=line,
+            path=path,
+            message=f"{what} never reach the portal: {ck.describe(route, 'them')}: {fate}",
+            fix=fix,
+        )
+
+
+def _bridge_fate(route: Route, domain: str) -> str:
+    """Why a tunnel request sent there never becomes a tunnel."""
+    target = route.targets[0] if route.targets else None
+    if target is None:
+        return "no tunnel is ever opened"
+    if isinstance(target, ReverseEndpoint):
+        return "that is a portal of this node, not the remote one: no tunnel is ever opened"
+    if target.protocol == "freedom":
+        return (
+            f"freedom would connect to {domain}, a name that does not exist (it is only a "
+            "label shared with the portal), so no tunnel is ever opened"
+        )
+    if target.protocol == "blackhole":
+        return "blackhole drops them, so no tunnel is ever opened"
+    return "no tunnel reaches the portal"
+
+
+# --------------------------------------------------------------------------- open proxies
+
+
+def open_proxies(ck: Checker) -> Iterator[Finding]:
+    """A SOCKS or HTTP inbound without authentication that listens beyond loopback is an
+    open proxy: anyone who reaches the port uses this node's network (and, through a
+    bridge, the private network behind it)."""
+    for inbound in ck.config.inbounds:
+        settings = inbound.settings
+        if isinstance(settings, SocksInboundSettings):
+            if settings.auth == "password":
+                continue  # with no accounts nobody gets in (the loader warns about that)
+            auth = '"auth": "password", "accounts": [{"user": "<name>", "pass": "<secret>"}]'
+        elif isinstance(settings, HttpInboundSettings):
+            if settings.accounts:
+                continue
+            auth = '"accounts": [{"user": "<name>", "pass": "<secret>"}]'
+        else:
+            continue
+        if is_loopback(inbound.listen):
+            continue
+        if inbound.listen in ("0.0.0.0", "::"):
+            reach = "every network interface"
+        elif ipaddress.ip_address(inbound.listen).is_private:
+            reach = "a private address: every host on that network can use it"
+        else:
+            reach = "a public address"
+        name = quote(inbound.tag) if inbound.tag else f"({inbound.path})"
+        ports = ",".join(map(str, inbound.ports))
+        host = f"[{inbound.listen}]" if ":" in inbound.listen else inbound.listen
+        yield Finding(
+            file=inbound.file,
+            line=ck.line(inbound.file, inbound.path, inbound.line, "listen"),
+            path=inbound.path + ".listen",
+            message=(
+                f"{inbound.protocol.upper()} inbound {name} listens on {host}:{ports} "
+                f"({reach}) without authentication: an open proxy, anyone who can "
+                "reach the port uses it"
+            ),
+            fix=(
+                '"listen": "127.0.0.1" if only this machine uses it; otherwise require a '
+                f"password in its settings: {auth}"
+            ),
+        )
+
+
+# --------------------------------------------------------------------------- bridge exposure
+
+
+def bridge_exposure(config: Config, ck: Checker | None = None) -> Iterator[Finding]:
     """Who may register as a bridge? A portal takes every link routed to it whose target is
     its domain as a tunnel, so every client that routing sends there with that domain can
     become a bridge and receive the other clients' traffic. Safe: a dedicated inbound with
     one user for the bridge, and a rule matching that inbound tag and the tunnel domain."""
-    from raybridge.address import Destination, Network
-    from raybridge.errors import ConfigError
-    from raybridge.link import Session
-    from raybridge.router import compile_rule
-
-    try:
-        rules = [(r, compile_rule(r)) for r in config.routing.rules]
-    except ConfigError:
-        return  # reported as an error elsewhere
-    default = config.outbounds[0].tag if config.outbounds else None
+    ck = ck or Checker(config)
     for portal in config.reverse.portals:
         dest = Destination(Network.TCP, portal.domain, 0)
         for inbound in config.inbounds:
-            if not _public(inbound):
+            if is_loopback(inbound.listen):
                 continue
-            users = _users(inbound)
+            users = users_of(inbound)
             who: list[str] = []
             matched_rules: list[RuleConfig | None] = []
-            for i, user in enumerate(users if users is not None else [None]):
-                session = Session(inbound_tag=inbound.tag, user=user)
-                matched = _first_match(rules, session, dest)
-                tag = matched.outbound_tag if isinstance(matched, RuleConfig) else default
-                if tag == portal.tag:
-                    who.append(user or f"clients[{i}]")
-                    matched_rules.append(matched if isinstance(matched, RuleConfig) else None)
+            for i, session in enumerate(sessions_of(inbound)):
+                route = ck.route(session, dest)
+                if portal in route.targets:
+                    who.append(session.user or f"clients[{i}]")
+                    matched_rules.append(None if route.index is None else ck.rules[route.index][0])
             if not who:
                 continue
             rule = next((r for r in matched_rules if r is not None), None)
+            if rule is not None and rule.path in ck.explained_rules:
+                continue
             where = f'inbound "{inbound.tag or inbound.path}" ({inbound.protocol} on '
             where += f"{inbound.listen}:{','.join(map(str, inbound.ports))})"
             deliberate = rule is not None and rule.domains is not None
             block = (
-                f'add before it {{"inboundTag": ["{inbound.tag}"], "domain": '
-                f'["full:{portal.domain}"], "outboundTag": "<a blackhole outbound>"}}'
+                f'add before it {{"type": "field", "inboundTag": [{quote(inbound.tag)}], '
+                f'"domain": [{quote("full:" + portal.domain)}], '
+                '"outboundTag": "<a blackhole outbound>"}'
             )
             if users is None:
                 message = (
                     f"anyone who can reach {where} can register as a bridge of portal "
                     f'"{portal.tag}" (a request for {portal.domain} is taken as a tunnel) and '
-                    "then receives other clients' traffic. Fix: route the tunnel domain to "
-                    "the portal only from a dedicated VMess inbound"
-                    + ("" if deliberate else f"; for this inbound, {block}")
+                    "then receives other clients' traffic"
                 )
+                fix = "route the tunnel domain to the portal only from a dedicated VMess inbound"
+                if not deliberate:
+                    fix += f"; for this inbound, {block}"
             elif not deliberate:
                 message = (
-                    f"the clients of {where} are routed to portal \"{portal.tag}\" whatever "
+                    f'the clients of {where} are routed to portal "{portal.tag}" whatever '
                     f"they ask for, so a request for {portal.domain} registers them as a "
-                    "bridge, and they then receive other clients' traffic. Fix: " + block
+                    "bridge, and they then receive other clients' traffic"
                 )
+                fix = block
             elif len(who) > 1:
                 message = (
                     f"{len(who)} users of {where} can register as a bridge of portal "
                     f'"{portal.tag}" ({", ".join(who)}), so a client could receive other '
-                    "clients' traffic. Fix: give the bridge an inbound and a user of its own, "
-                    'or add "user": ["<the bridge\'s email>"] to the rule for '
+                    "clients' traffic"
+                )
+                fix = (
+                    "give the bridge an inbound and a user of its own, or add "
+                    '"user": ["<the bridge\'s email>"] to the rule for '
                     f"full:{portal.domain}"
                 )
             else:
@@ -103,10 +593,60 @@ def bridge_exposure(config: Config) -> Iterable[ConfigWarning]:
             line = rule.line if rule is not None else inbound.line
             file = (rule.file if rule is not None else inbound.file) or ""
             path = rule.path if rule is not None else inbound.path
-            yield ConfigWarning(file=file, line=line, path=path, message=message)
+            yield Finding(file=file, line=line, path=path, message=message, fix=fix)
 
 
-def check_config(config: Config) -> list[ConfigWarning]:
-    findings: list[ConfigWarning] = []
-    findings.extend(bridge_exposure(config))
-    return findings
+# --------------------------------------------------------------------------- entry points
+
+#: Checks run in this order: earlier ones mark what they explain so later ones stay quiet.
+_CHECKS: tuple[Callable[[Checker], Iterable[Finding]], ...] = (
+    reference_checks,
+    portal_checks,
+    bridge_checks,
+    open_proxies,
+    lambda ck: bridge_exposure(ck.config, ck),
+)
+
+
+def check_config(
+    config: Config,
+    *,
+    documents: Mapping[str, JValue] | None = None,
+    skipped: Sequence[Skipped] = (),
+) -> list[ConfigWarning]:
+    """Everything the checks find, in file and line order. ``documents`` (parsed files by
+    name) let findings point at the line of the very value; ``skipped``: entries lenient
+    loading left out (their tags still count)."""
+    ck = Checker(config, documents, skipped)
+    found: list[ConfigWarning] = []
+    for check in _CHECKS:
+        found.extend(check(ck))
+    return _sorted(config, found)
+
+
+#: Loader warnings that the reference checks replace with a fuller explanation.
+_REFERENCE_FIELDS = (".inboundTag", ".outboundTag", ".balancerTag")
+
+
+def findings(
+    config: Config,
+    *,
+    documents: Mapping[str, JValue] | None = None,
+    skipped: Sequence[Skipped] = (),
+) -> list[ConfigWarning]:
+    """The loader's warnings and the checks' findings, in file and line order, each
+    thing said once: a reference warning of the loader is dropped when a check explains
+    the same field."""
+    checked = check_config(config, documents=documents, skipped=skipped)
+    covered = {(f.file, f.path) for f in checked if f.path.endswith(_REFERENCE_FIELDS)}
+    kept = [w for w in config.warnings if (w.file, w.path) not in covered]
+    return _sorted(config, [*kept, *checked])
+
+
+def _sorted(config: Config, items: list[ConfigWarning]) -> list[ConfigWarning]:
+    files = config.files
+
+    def key(w: ConfigWarning) -> tuple[int, int]:
+        return (files.index(w.file) if w.file in files else len(files), w.line or 0)
+
+    return sorted(items, key=key)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from raybridge.config.jsonc import JArray, JBool, JNumber, JObject, JString, JValue, fold_key
 from raybridge.config.model import ConfigWarning
@@ -59,14 +60,63 @@ def join(path: str, name: str | int) -> str:
     return f"{path}.{name}" if path else name
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skipped:
+    """An entry (an inbound, an outbound, a rule, a section...) that lenient loading left
+    out because building it raised ``error``. ``tag`` is its ``"tag"`` as written (``""``
+    if none could be read); ``node`` is the raw JSON, for checks that want to guess what
+    was meant."""
+
+    error: ConfigError
+    kind: str
+    path: str
+    file: str
+    line: int | None
+    tag: str
+    node: JValue | None
+
+
 @dataclass(slots=True)
 class Ctx:
     """Per-file state: the file name for messages, collected warnings, the environment
-    (for ``"env:VAR"`` ports)."""
+    (for ``"env:VAR"`` ports).
+
+    ``skipped`` is ``None`` for normal, strict loading: the first :class:`ConfigError`
+    propagates. ``raybridge test`` reloads a failing config with a list there (lenient
+    loading): an entry whose build fails is left out and recorded, so that the checks can
+    still run on the rest.
+    """
 
     file: str
     environ: Mapping[str, str]
     warnings: list[ConfigWarning] = field(default_factory=list)
+    skipped: list[Skipped] | None = None
+
+    def attempt(
+        self, kind: str, path: str, node: JValue | None, build: Callable[[], T]
+    ) -> T | None:
+        """``build()``; when lenient, a :class:`ConfigError` is recorded and gives ``None``."""
+        if self.skipped is None:
+            return build()
+        try:
+            return build()
+        except ConfigError as exc:
+            tag = node.get("tag") if isinstance(node, JObject) else None
+            self.skipped.append(
+                Skipped(
+                    error=exc,
+                    kind=kind,
+                    path=path,
+                    file=self.file,
+                    line=None if node is None else node.line,
+                    tag=tag.value if isinstance(tag, JString) else "",
+                    node=node,
+                )
+            )
+            return None
 
     def error(self, node: JValue | None, path: str, message: str) -> ConfigError:
         return ConfigError(

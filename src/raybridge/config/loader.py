@@ -20,6 +20,11 @@ outbounds); ``port`` fills in the first inbound's port if that has none.
 Unlike V2Ray, which only fully validates what survives the merge, every file is validated
 on its own first, so an error in a section that a later file overrides is still reported
 (with the file that holds it).
+
+:func:`load_config` stops at the first error. :func:`inspect_config` (``raybridge test``)
+loads the same way and, after a failure, loads again *leniently*: every inbound, outbound,
+rule or section that fails is left out and its error recorded, so that all the errors are
+reported at once and the checks (:mod:`raybridge.config.checks`) still see the rest.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from raybridge.config.build import FileConfig, PendingInbound, build_file
-from raybridge.config.fields import Ctx
-from raybridge.config.jsonc import Document, parse_document
+from raybridge.config.fields import Ctx, Skipped
+from raybridge.config.jsonc import Document, JValue, parse_document
 from raybridge.config.model import (
     Config,
     ConfigWarning,
@@ -44,7 +49,16 @@ from raybridge.config.model import (
 )
 from raybridge.errors import ConfigError
 
-__all__ = ["STDIN_NAMES", "list_conf_dir", "load_config", "load_config_text", "merge_files"]
+__all__ = [
+    "STDIN_NAMES",
+    "Inspection",
+    "inspect_config",
+    "list_conf_dir",
+    "load_config",
+    "load_config_text",
+    "merge_files",
+    "parse_files",
+]
 
 #: Arguments that mean "read standard input" (V2Ray: ``stdin:``; we also take ``-``).
 STDIN_NAMES = ("-", "stdin:")
@@ -69,9 +83,9 @@ def _read(path: str) -> tuple[str, str]:
 
 
 def _build(
-    name: str, doc: Document, environ: Mapping[str, str]
+    name: str, doc: Document, environ: Mapping[str, str], skipped: list[Skipped] | None = None
 ) -> tuple[FileConfig, list[ConfigWarning]]:
-    ctx = Ctx(file=name, environ=environ)
+    ctx = Ctx(file=name, environ=environ, skipped=skipped)
     if doc.trailing is not None:
         line, col = doc.trailing
         ctx.warnings.append(
@@ -108,13 +122,82 @@ def load_config(paths: Sequence[str], *, environ: Mapping[str, str] | None = Non
     env = os.environ if environ is None else environ
     texts = [_read(p) for p in paths]
     docs = [(name, parse_document(text, name)) for name, text in texts]
+    return _load_documents(docs, env)
+
+
+def _load_documents(
+    docs: Sequence[tuple[str, Document]],
+    environ: Mapping[str, str],
+    skipped: list[Skipped] | None = None,
+) -> Config:
     files: list[FileConfig] = []
     warnings: list[ConfigWarning] = []
     for name, doc in docs:
-        fc, file_warnings = _build(name, doc, env)
+        fc, file_warnings = _build(name, doc, environ, skipped)
         files.append(fc)
         warnings.extend(file_warnings)
-    return merge_files(files, warnings)
+    return merge_files(files, warnings, skipped)
+
+
+@dataclass(slots=True)
+class Inspection:
+    """What :func:`inspect_config` found.
+
+    ``errors`` is empty when the files load (strictly, as :func:`load_config` loads them);
+    then ``config`` is the config. Otherwise ``errors[0]`` is the error
+    :func:`load_config` raises, the others come from the lenient reload, and ``config``
+    is what that reload built without the ``skipped`` entries (``None`` if nothing
+    could be built: a syntax error, an unreadable file). ``documents`` are the parsed
+    files by name, so that messages can point at the line of any value.
+    """
+
+    config: Config | None
+    errors: list[ConfigError] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    documents: dict[str, JValue] = field(default_factory=dict)
+
+
+def inspect_config(paths: Sequence[str], *, environ: Mapping[str, str] | None = None) -> Inspection:
+    """Load like :func:`load_config`, but report instead of raise, with every error
+    lenient loading can find (``raybridge test``). Each file is read once (stdin too)."""
+    if isinstance(paths, str):
+        paths = [paths]
+    env = os.environ if environ is None else environ
+    try:
+        if not paths:
+            raise ConfigError("no config file given")
+        texts = [_read(p) for p in paths]
+        docs = [(name, parse_document(text, name)) for name, text in texts]
+    except ConfigError as exc:
+        return Inspection(None, [exc])
+    documents = {name: doc.value for name, doc in docs}
+    try:
+        return Inspection(_load_documents(docs, env), documents=documents)
+    except ConfigError as exc:
+        first = exc
+    skipped: list[Skipped] = []
+    try:
+        config = _load_documents(docs, env, skipped)
+    except ConfigError:
+        return Inspection(None, [first], documents=documents)
+    errors = [first]
+    errors += [s.error for s in skipped if str(s.error) != str(first)]
+    return Inspection(config, errors, skipped, documents)
+
+
+def parse_files(names: Sequence[str]) -> dict[str, JValue]:
+    """The parsed trees of files already loaded (to point at the line of a value); files
+    that cannot be read or parsed now, and standard input, are left out."""
+    documents: dict[str, JValue] = {}
+    for name in names:
+        if name in STDIN_NAMES or name.startswith("<"):
+            continue
+        try:
+            _, text = _read(name)
+            documents[name] = parse_document(text, name).value
+        except ConfigError:
+            continue
+    return documents
 
 
 def list_conf_dir(directory: str) -> list[str]:
@@ -142,8 +225,13 @@ def _tag_index(tags: Sequence[str], tag: str) -> int:
     return -1
 
 
-def merge_files(files: Sequence[FileConfig], warnings: list[ConfigWarning]) -> Config:
-    """Merge per-file sections in order (``Override``) and finish the config."""
+def merge_files(
+    files: Sequence[FileConfig],
+    warnings: list[ConfigWarning],
+    skipped: list[Skipped] | None = None,
+) -> Config:
+    """Merge per-file sections in order (``Override``) and finish the config.
+    ``skipped``: lenient loading (an inbound without a port is left out and recorded)."""
     first = files[0]
     port = first.port
     log: LogConfig | None = first.log
@@ -201,7 +289,7 @@ def merge_files(files: Sequence[FileConfig], warnings: list[ConfigWarning]) -> C
     all_out.extend(outbound_detours or ())
     all_out.extend(outbounds)
 
-    final_in = _finish_inbounds(all_in, port, warnings)
+    final_in = _finish_inbounds(all_in, port, warnings, skipped)
     final_out = _finish_outbounds(all_out, warnings)
     config = Config(
         log=log or LogConfig(),
@@ -214,12 +302,15 @@ def merge_files(files: Sequence[FileConfig], warnings: list[ConfigWarning]) -> C
         warnings=warnings,
         files=[fc.file for fc in files],
     )
-    _check_references(config, warnings)
+    _check_references(config, warnings, skipped or ())
     return config
 
 
 def _finish_inbounds(
-    pending: list[PendingInbound], port: int | None, warnings: list[ConfigWarning]
+    pending: list[PendingInbound],
+    port: int | None,
+    warnings: list[ConfigWarning],
+    skipped: list[Skipped] | None = None,
 ) -> list[InboundConfig]:
     configs: list[InboundConfig] = []
     for i, p in enumerate(pending):
@@ -228,7 +319,23 @@ def _finish_inbounds(
             if i == 0 and port is not None:
                 cfg = replace(cfg, ports=[port])
             else:
-                raise ConfigError('"port" is missing', file=cfg.file, line=cfg.line, path=cfg.path)
+                error = ConfigError(
+                    '"port" is missing', file=cfg.file, line=cfg.line, path=cfg.path
+                )
+                if skipped is None:
+                    raise error
+                skipped.append(
+                    Skipped(
+                        error=error,
+                        kind="inbound",
+                        path=cfg.path,
+                        file=cfg.file,
+                        line=cfg.line,
+                        tag=cfg.tag,
+                        node=None,
+                    )
+                )
+                continue
         configs.append(cfg)
     # V2Ray keeps only the last handler for a tag: the earlier ones never start.
     last: dict[str, int] = {}
@@ -275,13 +382,21 @@ def _finish_outbounds(
     return result
 
 
-def _check_references(config: Config, warnings: list[ConfigWarning]) -> None:
+def _check_references(
+    config: Config, warnings: list[ConfigWarning], skipped: Sequence[Skipped] = ()
+) -> None:
     """Warn about routing targets and inbound tags that name nothing (V2Ray only logs
-    these at run time, when traffic falls through to the default outbound)."""
+    these at run time, when traffic falls through to the default outbound). Entries left
+    out by lenient loading still count: their error is reported already.
+
+    ``raybridge test`` and ``run`` show the richer versions of these warnings from
+    :func:`raybridge.config.checks.reference_checks` instead."""
     outbound_tags = {o.tag for o in config.outbounds if o.tag}
     outbound_tags.update(p.tag for p in config.reverse.portals)
+    outbound_tags.update(s.tag for s in skipped if s.kind == "outbound" and s.tag)
     inbound_tags = {i.tag for i in config.inbounds if i.tag}
     inbound_tags.update(b.tag for b in config.reverse.bridges)
+    inbound_tags.update(s.tag for s in skipped if s.kind == "inbound" and s.tag)
     balancers = {b.tag for b in config.routing.balancers}
     for rule in config.routing.rules:
         if rule.outbound_tag is not None and rule.outbound_tag not in outbound_tags:

@@ -9,6 +9,7 @@ ports, the target tag and that the rule has at least one effective condition.
 from __future__ import annotations
 
 from raybridge.config.fields import Obj, describe, port_list
+from raybridge.config.jsonc import JValue
 from raybridge.config.model import (
     BalancerConfig,
     Network,
@@ -163,11 +164,25 @@ def build_routing(obj: Obj) -> RoutingConfig:
     if legacy is not None:
         items.extend(legacy.array("rules") or ())
         legacy.finish()
-    rules = [
-        build_rule(obj.ctx.expect_object(item, path, "a routing rule object"), i)
-        for i, (path, item) in enumerate(items)
-    ]
-    balancers = [build_balancer(b) for b in obj.objects("balancers")]
+    ctx = obj.ctx
+    rules: list[RuleConfig] = []
+    for i, (path, item) in enumerate(items):
+
+        def rule(path: str = path, item: JValue = item, i: int = i) -> RuleConfig:
+            return build_rule(ctx.expect_object(item, path, "a routing rule object"), i)
+
+        built = ctx.attempt("rule", path, item, rule)
+        if built is not None:
+            rules.append(built)
+    balancers: list[BalancerConfig] = []
+    for path, item in obj.array("balancers") or ():
+
+        def balancer(path: str = path, item: JValue = item) -> BalancerConfig:
+            return build_balancer(ctx.expect_object(item, path))
+
+        built_balancer = ctx.attempt("balancer", path, item, balancer)
+        if built_balancer is not None:
+            balancers.append(built_balancer)
     obj.finish()
     return RoutingConfig(
         domain_strategy=strategy,

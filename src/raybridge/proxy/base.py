@@ -125,9 +125,15 @@ class InboundEnd(StreamEnd):
     def source_text(self) -> str:
         return logs.format_source(self.source)
 
-    def reject(self, reason: str, *, reply: bytes = b"", level: int = logging.INFO) -> None:
-        """Close this one connection because of bad input, and log why."""
+    def reject(
+        self, reason: str, *, reply: bytes = b"", level: int = logging.INFO, kind: str = ""
+    ) -> None:
+        """Close this one connection because of bad input, and log why. ``kind`` is the
+        failure's short name for statistics (default: the reason up to its first colon)."""
         logger.log(level, "%s: %s from %s", self.inbound.describe(), reason, self.source_text)
+        self.inbound.dispatcher.stats.handshake_failed(
+            self.inbound.tag or self.inbound.protocol_name, kind or short_reason(reason)
+        )
         logs.rejected(self.source, reason, self.inbound.tag)
         transport = self.transport
         if transport is not None and reply:
@@ -137,6 +143,8 @@ class InboundEnd(StreamEnd):
             self.abort()
 
     def on_closed(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.inbound.dispatcher.stats.closed(self.session)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -144,6 +152,14 @@ class InboundEnd(StreamEnd):
             self._idle.cancel()
             self._idle = None
         self.inbound.tracker.ends.discard(self)
+
+
+def short_reason(reason: str) -> str:
+    """``"VMess: invalid user (...)"`` -> ``"vmess: invalid user"``: a bounded label."""
+    head, _, rest = reason.partition(": ")
+    if not rest:
+        return reason.split(" (")[0][:40]
+    return f"{head.lower()}: {rest.split(' (')[0].split(': ')[0][:40]}"
 
 
 class StreamInbound(Inbound):

@@ -12,7 +12,7 @@ from raybridge.address import Destination, Host, Network, parse_host
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import Session
 from raybridge.proxy.base import InboundEnd, Policy, StreamInbound
-from raybridge.transport.udp import UdpClientFlow, UdpServer
+from raybridge.transport.udp import UDP_IDLE, UdpClientFlow, UdpServer
 
 
 class DokodemoInboundEnd(InboundEnd):
@@ -54,9 +54,12 @@ class DokodemoInbound(StreamInbound):
             await super().start()
         if "udp" in self.networks:
             dest = Destination(Network.UDP, self.address, self.target_port)
-            kwargs = {"idle": self.udp_idle} if self.udp_idle else {}
             self.udp_server = UdpServer(
-                lambda data, addr: (dest, data, b""), self._open_flow, self._session, **kwargs
+                lambda data, addr: (dest, data, b""),
+                self._open_flow,
+                self._session,
+                idle=self.udp_idle or UDP_IDLE,
+                closed=self.dispatcher.stats.closed,
             )
             await self.udp_server.start(self.listen, self.bound_port)
 

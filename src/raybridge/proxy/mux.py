@@ -41,6 +41,7 @@ def install_mux_server(dispatcher: Dispatcher, *, max_sessions: int = 0) -> None
         worker = MuxWorker(
             Role.SERVER, on_open=on_open, max_sessions=max_sessions, name="mux server"
         )
+        worker.stats = dispatcher.stats
         worker.peer = peer
         peer.peer = worker
         return worker

@@ -90,6 +90,7 @@ class BridgeTunnel:
             name=f"bridge [{bridge.tag}]",
         )
         self.state = ControlState.ACTIVE
+        self.session: Session | None = None
         self.opened = time.monotonic()
         self.last_control = self.opened
         self.heard = False  # any Control message yet (proves the tunnel reaches a portal)
@@ -175,7 +176,8 @@ class Bridge:
         self.dials = 0
         self._rng = rng or random.Random()
         self._timer: asyncio.TimerHandle | None = None
-        self._wake: asyncio.TimerHandle | None = None
+        self._wake: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._wake_due = 0.0
         self._running = False
 
     async def start(self) -> None:
@@ -218,6 +220,7 @@ class Bridge:
                     self.tag,
                     now - tunnel.last_control,
                 )
+                self.dispatcher.stats.tunnel_drops[("bridge", self.tag, "no heartbeat")] += 1
                 if worker.peer is not None:
                     worker.peer.abort(TimeoutError("no heartbeat"))
                 worker.abort(TimeoutError("no heartbeat"))
@@ -233,10 +236,14 @@ class Bridge:
     def dial(self) -> None:
         tunnel = BridgeTunnel(self)
         worker = tunnel.worker
+        worker.stats = self.dispatcher.stats
         worker.close_callbacks.append(lambda _w: self._closed(tunnel))
         self.tunnels.append(tunnel)
         self.dials += 1
+        if self.dials > 1:
+            self.dispatcher.stats.reconnects[self.tag] += 1
         session = Session(inbound_tag=self.tag)
+        tunnel.session = session
         carrier = self.dispatcher.dispatch(
             session, Destination(Network.TCP, self.domain, 0), worker
         )
@@ -254,6 +261,8 @@ class Bridge:
         self.failures = 0
 
     def _closed(self, tunnel: BridgeTunnel) -> None:
+        if tunnel.session is not None:
+            self.dispatcher.stats.closed(tunnel.session)
         if tunnel in self.tunnels:
             self.tunnels.remove(tunnel)
         if tunnel in self.retired:
@@ -273,16 +282,24 @@ class Bridge:
         return delay * self._rng.uniform(0.75, 1.25)
 
     def wake(self, delay: float = 0.0) -> None:
-        """Run the monitor soon (after ``delay`` seconds) instead of at the next tick."""
-        if self._wake is not None or not self._running:
+        """Run the monitor soon (after ``delay`` seconds) instead of at the next tick; an
+        earlier request replaces a later one that is still pending (a DRAIN during a
+        redial backoff is acted on at once)."""
+        if not self._running:
             return
         loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        if self._wake is not None:
+            if self._wake_due <= due:
+                return
+            self._wake.cancel()
 
         def run() -> None:
             self._wake = None
             if self._running:
                 self.check()
 
+        self._wake_due = due
         self._wake = loop.call_later(delay, run) if delay > 0 else loop.call_soon(run)
 
 
@@ -456,6 +473,8 @@ class Portal(Outbound):
         tunnel = PortalTunnel(self, worker)
         worker.close_callbacks.append(lambda _w: self._closed(tunnel))
         worker.session_callbacks.append(lambda _w: tunnel.maybe_close())
+        # A tunnel heard again after a silence can take the clients waiting meanwhile.
+        worker.keepalive_callbacks.append(lambda _w: self._waiting and self._serve_waiting())
         self.tunnels.append(tunnel)
         tunnel.start()
         logger.info("portal [%s]: tunnel up (%d now)", self.tag, len(self.tunnels))

@@ -114,7 +114,12 @@ class SocksInbound(StreamInbound):
     async def start(self) -> None:
         await super().start()
         if self.udp:
-            self.udp_server = UdpServer(self._classify, self._open_flow, self._udp_session)
+            self.udp_server = UdpServer(
+                self._classify,
+                self._open_flow,
+                self._udp_session,
+                closed=self.dispatcher.stats.closed,
+            )
             await self.udp_server.start(self.listen, self.bound_port)
 
     async def close(self) -> None:

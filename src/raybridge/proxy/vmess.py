@@ -38,7 +38,7 @@ from raybridge.protocols.vmess import (
     VMessError,
     security_from_config,
 )
-from raybridge.proxy.base import InboundEnd, Policy, StreamInbound
+from raybridge.proxy.base import InboundEnd, Policy, StreamInbound, short_reason
 from raybridge.transport.tcp import StreamEnd, open_tcp
 
 logger = logging.getLogger("raybridge.proxy.vmess")
@@ -163,6 +163,9 @@ class VMessInboundEnd(InboundEnd):
 
         logger.info("%s: %s from %s; draining", self.inbound.describe(), exc, self.source_text)
         logs.rejected(self.source, reason, self.inbound.tag)
+        self.inbound.dispatcher.stats.handshake_failed(
+            self.inbound.tag or "vmess", short_reason(reason)
+        )
         self.drain_to = exc.drain_to
         self.received = self.codec.bytes_received
         if self.received >= self.drain_to:

@@ -38,6 +38,7 @@ from raybridge.protocols.mux import (
     SessionEnded,
     SessionOpened,
 )
+from raybridge.stats import Stats
 
 logger = logging.getLogger("raybridge.mux")
 
@@ -133,6 +134,9 @@ class MuxSessionEnd(End):
             return
         self.closed = True
         self._buffer.clear()
+        stats = self.worker.stats
+        if self.inbound_side and stats is not None:
+            stats.closed(self.session)
         if self._idle is not None:
             self._idle.cancel()
         self.worker.forget(self)
@@ -253,6 +257,8 @@ class MuxWorker(End):
         self._out_paused = False  # the carrier paused us
         self._flush_handle: asyncio.Handle | None = None
         self._loop = asyncio.get_running_loop()
+        #: Where sessions this worker accepted are counted when they end (server role).
+        self.stats: Stats | None = None
         #: Loop time of the last bytes from the carrier (liveness checks).
         self.last_received = self._loop.time()
         self.keepalives_received = 0
@@ -309,6 +315,8 @@ class MuxWorker(End):
     def forget(self, end: MuxSessionEnd) -> None:
         if end.sid is not None and self.sessions.get(end.sid) is end:
             del self.sessions[end.sid]
+        elif end.sid is None and end in self._pending:
+            self._pending.remove(end)  # ended before its New frame went out
         if end in self._paused_by:
             self.resume_carrier(end)
         for callback in self.session_callbacks:

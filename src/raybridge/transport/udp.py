@@ -195,7 +195,9 @@ class UdpServer(asyncio.DatagramProtocol):
         *,
         idle: float = UDP_IDLE,
         max_flows: int = 4096,
+        closed: Callable[[Session], None] | None = None,
     ) -> None:
+        self.closed = closed
         self.classify = classify
         self.open_flow = open_flow
         self.new_session = new_session
@@ -241,6 +243,8 @@ class UdpServer(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
     def forget(self, flow: UdpClientFlow) -> None:
+        if self.closed is not None:
+            self.closed(flow.session)
         key = (flow.client, flow.dest)
         if self.flows.get(key) is flow:
             del self.flows[key]
