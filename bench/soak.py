@@ -171,11 +171,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 await asyncio.sleep(1)
                 now = time.monotonic()
                 if args.verbose and int(now - started) % 10 == 0:
-                    print(
-                        f"  t={now - started:4.0f}s attempted +{stats['attempted'] - last['attempted']}"
-                        f" failed +{stats['failed'] - last['failed']}",
-                        flush=True,
-                    )
+                    attempted = stats["attempted"] - last["attempted"]
+                    failed = stats["failed"] - last["failed"]
+                    print(f"  t={now - started:4.0f}s attempted +{attempted} failed +{failed}")
                     last = dict(stats)
                 if now >= next_restart and now < started + duration - 30:
                     chain.restart("A")

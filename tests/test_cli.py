@@ -92,3 +92,43 @@ def test_console_script_is_installed() -> None:
         ["raybridge", "version"], capture_output=True, text=True, env=os.environ, timeout=60
     )
     assert out.returncode == 0
+
+
+def test_json_log_format(tmp_path: Path) -> None:
+    """--log-format json: one JSON object per line, access lines included."""
+    import json
+
+    port = free_port()
+    config = tmp_path / "n.json"
+    config.write_text(
+        json.dumps(
+            {
+                "log": {"access": "", "loglevel": "info"},
+                "inbounds": [
+                    {"tag": "in", "protocol": "socks", "listen": "127.0.0.1", "port": port}
+                ],
+                "outbounds": [{"tag": "out", "protocol": "freedom"}],
+            }
+        )
+    )
+
+    async def main() -> list[str]:
+        proc = await asyncio.create_subprocess_exec(
+            *CMD, "run", "-c", str(config), "--log-format", "json",
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await wait_port_async(port)
+            async with EchoServer() as echo:
+                await socks_echo(port, echo.port, 1000)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 10)
+        assert proc.stderr is not None
+        return (await proc.stderr.read()).decode().splitlines()
+
+    lines = asyncio.run(main())
+    entries = [json.loads(line) for line in lines if line.strip()]
+    accepted = [e for e in entries if e["type"] == "access" and e["status"] == "accepted"]
+    assert accepted and accepted[0]["inbound"] == "in" and accepted[0]["outbound"] == "out"
+    assert all({"time", "level", "message"} <= e.keys() for e in entries)

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log line format"
     )
+    run.add_argument(
+        "--status",
+        metavar="ADDR:PORT",
+        help="serve /metrics, /api/status and a dashboard here (default host 127.0.0.1)",
+    )
     test = sub.add_parser("test", help="validate config files and exit")
     _add_config_args(test)
     demo = sub.add_parser(
@@ -165,10 +170,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(config: Any, *, ready: asyncio.Event | None = None) -> int:
+async def serve(
+    config: Any, *, ready: asyncio.Event | None = None, status: str | None = None
+) -> int:
     from raybridge.node import Node
 
-    node = Node(config)
+    node = Node(config, status=status)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -196,6 +203,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from raybridge.node import Node
 
         Node(config)  # validate fully before binding anything
+        if args.status:
+            from raybridge.status import parse_address
+
+            parse_address(args.status)
+    except ValueError as exc:
+        print(f"raybridge: --status: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"raybridge: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -206,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=args.log_format)
     for warning in findings(config):
         logger.warning("config: %s", warning)
-    return run_loop(serve(config))
+    return run_loop(serve(config, status=args.status))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.proxy.socks import SocksInbound
 from raybridge.proxy.vmess import VMessInbound, VMessOutbound, VMessServer
 from raybridge.router import Router, compile_rule
+from raybridge.status import StatusServer
+from raybridge.status import parse_address as parse_status_address
 
 logger = logging.getLogger("raybridge")
 
@@ -40,7 +42,8 @@ def _where(cfg: Any, section: str) -> dict[str, Any]:
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, status: str | None = None) -> None:
+        """``status``: ``"host:port"`` for the status server (overrides the config's)."""
         self.config = config
         self.outbounds: list[Outbound] = [self._outbound(o) for o in config.outbounds]
         rules = [compile_rule(r) for r in config.routing.rules]
@@ -59,6 +62,8 @@ class Node:
         self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
         for portal in self.portals:
             self.dispatcher.add_outbound(portal)
+        self.status_address = status or options.status
+        self.status_server: StatusServer | None = None
         self.bridges = [
             Bridge(b.tag, b.domain, self.dispatcher, max_sessions=options.mux_max_sessions)
             for b in config.reverse.bridges
@@ -202,12 +207,21 @@ class Node:
                 await inbound.start()
             for bridge in self.bridges:
                 await bridge.start()
+            if self.status_address:
+                host, port = parse_status_address(self.status_address)
+                self.status_server = StatusServer(self, host, port)
+                await self.status_server.start()
+            logging.getLogger("raybridge").addHandler(self.dispatcher.stats.recent)
         except BaseException:
             await self.close()
             raise
         self.started = True
 
     async def close(self) -> None:
+        logging.getLogger("raybridge").removeHandler(self.dispatcher.stats.recent)
+        if self.status_server is not None:
+            await self.status_server.close()
+            self.status_server = None
         for bridge in self.bridges:
             await bridge.close()
         for portal in self.portals:

@@ -520,8 +520,21 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
 
 
 def _raybridge_options(obj: Obj) -> RaybridgeOptions:
+    status = obj.opt_string("status")
+    if status is not None:
+        from raybridge.status import parse_address
+
+        try:
+            parse_address(status)
+        except ValueError:
+            node = obj.get("status")
+            assert node is not None
+            raise obj.ctx.error(
+                node, obj.sub("status"), f'{status!r} is not "host:port" (e.g. "127.0.0.1:9090")'
+            ) from None
     options = RaybridgeOptions(
         mux_max_sessions=obj.integer("muxMaxSessions", 1, 65535, 1024),
+        status=status or None,
         file=obj.ctx.file,
         line=obj.line,
     )

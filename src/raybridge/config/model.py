@@ -427,8 +427,13 @@ class RaybridgeOptions:
     ``mux_max_sessions``: open Mux.Cool sessions one peer may hold on one connection where
     this node is the mux server (a reverse bridge, or ``v1.mux.cool``); a New frame beyond
     it is refused with End+Error. V2Ray has no limit.
+
+    ``status``: where the status server listens (see :mod:`raybridge.status`).
     """
 
     mux_max_sessions: int = 1024
+    #: ``"host:port"`` of the status server (``/metrics``, ``/api/status``, ``/``); off when
+    #: unset. A bare port listens on 127.0.0.1.
+    status: str | None = None
     file: str | None = None
     line: int | None = None
