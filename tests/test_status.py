@@ -178,3 +178,24 @@ def test_dashboard_in_headless_chromium() -> None:
         assert errors == []
 
     asyncio.run(main())
+
+
+@pytest.mark.interop
+def test_v2ray_loads_configs_with_raybridge_keys(tmp_path: Path) -> None:
+    """raybridge's own keys (the top-level "raybridge" section, "aeadForced",
+    "blockPrivate") are ignored by V2Ray 4.34, so such configs still run there."""
+    import subprocess
+
+    from tests.support import HAVE_V2RAY, V2RAY
+
+    if not HAVE_V2RAY:
+        pytest.skip("needs /usr/bin/v2ray")
+    config = portal_config(free_port(), free_port(), new_uuid(), new_uuid())
+    config["raybridge"] = {"status": "127.0.0.1:9090", "muxMaxSessions": 64}
+    config["inbounds"][0]["settings"]["aeadForced"] = True
+    config["outbounds"][0]["settings"] = {"blockPrivate": True}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(config))
+    out = subprocess.run([V2RAY, "-test", "-config", str(path)], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert b"Configuration OK" in out.stdout
