@@ -132,3 +132,44 @@ def test_json_log_format(tmp_path: Path) -> None:
     accepted = [e for e in entries if e["type"] == "access" and e["status"] == "accepted"]
     assert accepted and accepted[0]["inbound"] == "in" and accepted[0]["outbound"] == "out"
     assert all({"time", "level", "message"} <= e.keys() for e in entries)
+
+
+def test_logs_to_files_and_several_configs(tmp_path: Path) -> None:
+    """Access and error logs go to the files the config names; two -c files merge as in
+    V2Ray (here: the second file's log section replaces the first's)."""
+    import json
+
+    port = free_port()
+    base = tmp_path / "base.json"
+    base.write_text(
+        json.dumps(
+            {
+                "log": {"loglevel": "none"},
+                "inbounds": [
+                    {"tag": "in", "protocol": "socks", "listen": "127.0.0.1", "port": port}
+                ],
+                "outbounds": [{"tag": "out", "protocol": "freedom"}],
+            }
+        )
+    )
+    access, error = tmp_path / "access.log", tmp_path / "error.log"
+    logs = tmp_path / "logs.json"
+    logs.write_text(
+        json.dumps({"log": {"access": str(access), "error": str(error), "loglevel": "info"}})
+    )
+
+    async def main() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *CMD, "run", "-c", str(base), "-c", str(logs), stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            await wait_port_async(port)
+            async with EchoServer() as echo:
+                await socks_echo(port, echo.port, 1000)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 10)
+
+    asyncio.run(main())
+    assert re.search(r"accepted tcp:127\.0\.0\.1:\d+ \[in -> out\]", access.read_text())
+    assert "[Warning] core: raybridge" in error.read_text()

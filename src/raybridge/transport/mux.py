@@ -44,6 +44,10 @@ logger = logging.getLogger("raybridge.mux")
 
 #: Bytes a session buffers for a slow peer before the whole carrier is paused.
 SESSION_BUFFER = 512 * 1024
+#: Data per Keep frame: with its 8-byte header a full frame is exactly the largest VMess
+#: chunk payload (65456 with padding, PROTOCOLS.md 1.9.7), so on a VMess carrier frames and
+#: chunks line up and a decrypted chunk is one whole frame.
+FRAME_DATA = 65456 - 8
 #: Idle timeout of a mux session (V2Ray's connIdle).
 SESSION_IDLE = 300.0
 
@@ -242,7 +246,7 @@ class MuxWorker(End):
         max_sessions: int = 0,
         name: str = "mux",
     ) -> None:
-        self.codec = MuxConnection(role, max_sessions=max_sessions)
+        self.codec = MuxConnection(role, max_sessions=max_sessions, max_frame_data=FRAME_DATA)
         self.role = role
         self.on_open = on_open
         self.name = name
