@@ -33,6 +33,7 @@ from raybridge.protocols.mux import (
     KeepAliveReceived,
     MuxConnection,
     MuxError,
+    MuxEvent,
     Role,
     SessionData,
     SessionEnded,
@@ -266,6 +267,11 @@ class MuxWorker(End):
         #: Loop time of the last bytes from the carrier (liveness checks).
         self.last_received = self._loop.time()
         self.keepalives_received = 0
+        # While one read's events are dispatched, "a session ended" waits for the last of
+        # them: the codec has already forgotten every session whose End is in the read, and
+        # a callback seeing that count (a draining tunnel closing) would drop the rest.
+        self._dispatching = False
+        self._ended_meanwhile = False
 
     # -- sessions --------------------------------------------------------------------------
     def open_session(self, session: Session, dest: Destination, peer: End) -> MuxSessionEnd:
@@ -323,6 +329,9 @@ class MuxWorker(End):
             self._pending.remove(end)  # ended before its New frame went out
         if end in self._paused_by:
             self.resume_carrier(end)
+        if self._dispatching:
+            self._ended_meanwhile = True
+            return
         for callback in self.session_callbacks:
             callback(self)
 
@@ -414,6 +423,18 @@ class MuxWorker(End):
             logger.info("%s: bad mux stream: %s", self.name, exc)
             self._fail(exc)
             return
+        self._dispatching = True
+        try:
+            self._dispatch(events)
+        finally:
+            self._dispatching = False
+        if self._ended_meanwhile:
+            self._ended_meanwhile = False
+            for callback in self.session_callbacks:
+                callback(self)
+        self.flush()
+
+    def _dispatch(self, events: list[MuxEvent]) -> None:
         sessions = self.sessions
         # Consecutive data for one session is delivered in one call (one writev).
         run_end: MuxSessionEnd | None = None
@@ -450,7 +471,6 @@ class MuxWorker(End):
                     callback(self)
         if run_end is not None:
             run_end.deliver_many(run)
-        self.flush()
 
     def write_eof(self) -> None:
         """The carrier ended: so does every session (V2Ray: EOS ends the mux connection)."""
