@@ -15,9 +15,12 @@ import sys
 
 import pytest
 
+from raybridge.address import Destination, Network
 from raybridge.cli import run_loop
-from raybridge.link import HIGH_WATER
+from raybridge.link import HIGH_WATER, End, Session, join
+from raybridge.protocols.mux import Role
 from raybridge.runtime import loop_name
+from raybridge.transport.mux import FLUSH_AT, MuxWorker
 from tests.support import (
     LOCAL,
     EchoServer,
@@ -157,3 +160,74 @@ def test_node_reports_uvloop(tmp_path: object) -> None:
     proc.wait(10)
     proc.stderr.close()
     assert "started (uvloop.Loop)" in line, line
+
+
+class _Carrier(End):
+    """A carrier whose transport takes HIGH_WATER bytes, then pauses the writer (as a
+    transport's pause_writing does), and never drains: the reader behind it stalled."""
+
+    def __init__(self) -> None:
+        self.peer: End | None = None
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffered += len(data)
+        if self.buffered > HIGH_WATER and self.peer is not None:
+            self.peer.pause_reading()
+
+    def write_eof(self) -> None:
+        pass
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Source(_Carrier):
+    """Where a mux session's payload comes from (a socket read by the event loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_mux_payload_never_waits_unseen_for_a_scheduled_flush(many: bool) -> None:
+    """A flush is scheduled (another session ended) when a read loop hands the worker
+    megabytes in one loop iteration (libuv reads a ready socket up to 32 times): the bytes
+    must reach the carrier as they come, so that its backpressure pauses the source, instead
+    of piling up in the codec until the flush runs."""
+
+    async def main() -> None:
+        worker = MuxWorker(Role.CLIENT)
+        carrier = _Carrier()
+        join(worker, carrier)
+        source = _Source()
+        end = worker.open_session(
+            Session(inbound_tag="t"), Destination(Network.TCP, "example.com", 80), source
+        )
+        source.peer = end
+        await asyncio.sleep(0)  # the New frame goes out
+        assert end.sid is not None
+        worker.schedule_flush()
+        piece = bytes(256 * 1024)
+        written = 0
+        while not source.paused and written < 64 * len(piece):
+            if many:
+                end.write_many([piece[:1000], piece])
+            else:
+                end.write(piece)
+            written += len(piece)
+        assert source.paused, "the source was never paused"
+        assert written <= HIGH_WATER + FLUSH_AT + 2 * len(piece)
+        worker.close()
+
+    asyncio.run(main())

@@ -23,7 +23,7 @@ from typing import Any
 from raybridge import __version__
 from raybridge import log as logs
 from raybridge.errors import ConfigError
-from raybridge.runtime import loop_name, raise_fd_limit, tune_allocator
+from raybridge.runtime import HeapTrimmer, loop_name, raise_fd_limit, tune_allocator
 
 #: V2Ray exits with 23 when its configuration cannot be loaded; scripts may rely on it.
 EXIT_CONFIG = 23
@@ -187,11 +187,14 @@ async def serve(
         logger.error("failed to start: %s", exc)
         return 1
     logger.warning("raybridge %s started (%s)", __version__, loop_name())
+    trimmer = HeapTrimmer()
+    trimmer.start()
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
+        trimmer.stop()
         await node.close()
     return 0
 

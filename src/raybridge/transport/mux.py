@@ -49,6 +49,11 @@ SESSION_BUFFER = 512 * 1024
 #: chunk payload (65456 with padding, PROTOCOLS.md 1.9.7), so on a VMess carrier frames and
 #: chunks line up and a decrypted chunk is one whole frame.
 FRAME_DATA = 65456 - 8
+#: While a flush is scheduled, payload queues up to be sent with it in one write; past this
+#: many bytes it goes at once. A read loop can hand over megabytes in one loop iteration
+#: (libuv reads a ready socket up to 32 times), and none of it may wait unseen by the
+#: carrier's backpressure.
+FLUSH_AT = 4 * FRAME_DATA
 #: Idle timeout of a mux session (V2Ray's connIdle).
 SESSION_IDLE = 300.0
 
@@ -261,6 +266,7 @@ class MuxWorker(End):
         self._paused_by: set[MuxSessionEnd] = set()  # sessions that paused the carrier
         self._out_paused = False  # the carrier paused us
         self._flush_handle: asyncio.Handle | None = None
+        self._queued = 0  # payload bytes waiting for the scheduled flush
         self._loop = asyncio.get_running_loop()
         #: Where sessions this worker accepted are counted when they end (server role).
         self.stats: Stats | None = None
@@ -355,6 +361,10 @@ class MuxWorker(End):
             return
         if self._flush_handle is None:
             self.flush()
+        else:
+            self._queued += len(data)
+            if self._queued > FLUSH_AT:
+                self.flush()
 
     def send_many(self, end: MuxSessionEnd, parts: list[bytes]) -> None:
         """Queue several payloads, then flush once (one VMess write)."""
@@ -368,7 +378,8 @@ class MuxWorker(End):
             except LocalProtocolError as exc:
                 logger.debug("%s: dropped data for session %d: %s", self.name, end.sid, exc)
                 return
-        if self._flush_handle is None:
+            self._queued += len(data)
+        if self._flush_handle is None or self._queued > FLUSH_AT:
             self.flush()
 
     def send_keepalive(self) -> None:
@@ -390,7 +401,11 @@ class MuxWorker(End):
             self._flush_handle = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self._flush_handle = None
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()  # (a no-op when this is that call)
+            self._flush_handle = None
+        self._queued = 0
         if self._pending:
             self._open_pending()
         out = self.codec.data_to_send()

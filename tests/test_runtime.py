@@ -1,0 +1,39 @@
+"""Process-level settings: the allocator's thresholds and the periodic heap trim."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from raybridge import runtime
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+
+
+@linux
+def test_heap_trimmer_runs_until_stopped() -> None:
+    assert runtime.tune_allocator()
+
+    async def main() -> None:
+        trimmer = runtime.HeapTrimmer(interval=0.001)
+        trimmer.start()
+        while trimmer.trims < 3:
+            await asyncio.sleep(0.001)
+        trimmer.stop()
+        trims = trimmer.trims
+        await asyncio.sleep(0.01)
+        assert trimmer.trims == trims  # stopped: no timer left behind
+
+    asyncio.run(main())
+
+
+@linux
+def test_trim_hands_freed_heap_back() -> None:
+    assert runtime.tune_allocator()
+    # Below the raised mmap threshold these come from the heap and stay there once freed.
+    blocks = [bytearray(200_000) for _ in range(300)]
+    del blocks[::2]  # holes between live blocks: only a trim can return those pages
+    assert runtime.trim_heap()
+    del blocks
