@@ -4,8 +4,9 @@
 
 Nodes A (bridge), B (portal) and C (client) run as separate processes; a target process
 serves echo, download and upload. Eight client workers loop over: echo a random 1 KB-1 MB
-(checked by SHA-256), download or upload a random amount (length-checked), a burst of UDP
-datagrams (checked). Every ``--restart-every`` seconds A is killed (-9) and restarted; in
+(checked by SHA-256), download or upload a random 1-50 MB (every byte compared with the
+target's known pattern, on the client for downloads, on the target for uploads), a burst of
+UDP datagrams (checked). Every ``--restart-every`` seconds A is killed (-9) and restarted; in
 the middle of the run B is too; C runs the whole time. At the end it prints connections
 attempted and failed, bytes verified, and each node's RSS at its start and at the end.
 """
@@ -29,6 +30,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 import chain as bench  # noqa: E402
+from target import PERIOD, expected  # noqa: E402
 
 LOCAL = "127.0.0.1"
 
@@ -63,12 +65,14 @@ async def download_job(port: int, target: int, rng: random.Random) -> int:
     reader, writer = await socks(port, target)
     try:
         writer.write(b"S" + struct.pack("!Q", size))
-        left = size
-        while left:
-            data = await reader.read(min(left, 1 << 20))
+        offset = 0
+        while offset < size:
+            data = await reader.read(min(size - offset, PERIOD))
             if not data:
                 raise ConnectionError("download cut short")
-            left -= len(data)
+            if data != expected(offset, len(data)):
+                raise AssertionError("CORRUPTED download")
+            offset += len(data)
         return size
     finally:
         writer.close()
@@ -78,15 +82,17 @@ async def upload_job(port: int, target: int, rng: random.Random) -> int:
     size = rng.randint(1_000_000, 50_000_000)
     reader, writer = await socks(port, target)
     try:
-        writer.write(b"R" + struct.pack("!Q", size))
-        block = bytes(1 << 20)
-        left = size
-        while left:
-            n = min(left, len(block))
-            writer.write(block[:n])
+        writer.write(b"V" + struct.pack("!Q", size))
+        offset = 0
+        while offset < size:
+            n = min(size - offset, 1 << 20)
+            writer.write(expected(offset, n))
             await writer.drain()
-            left -= n
-        if await reader.readexactly(1) != b"k":
+            offset += n
+        answer = await reader.readexactly(1)
+        if answer == b"x":
+            raise AssertionError("CORRUPTED upload")
+        if answer != b"k":
             raise ConnectionError("upload not acknowledged")
         return size
     finally:
@@ -151,7 +157,7 @@ async def main_async(args: argparse.Namespace) -> int:
     target.stdout.readline()
     stats = {"attempted": 0, "completed": 0, "failed": 0, "corrupted": 0, "verified_bytes": 0}
     with tempfile.TemporaryDirectory() as tmp:
-        chain = bench.reverse_chain("raybridge", Path(tmp))
+        chain = bench.reverse_chain(args.system, Path(tmp))
         chain.start()
         await asyncio.to_thread(bench.ready_time, chain, target_port)
         rss_start = {n.name: bench.rss_now(n.proc.pid) for n in chain.nodes if n.proc}
@@ -193,8 +199,8 @@ async def main_async(args: argparse.Namespace) -> int:
             chain.stop()
             target.terminate()
     print(
-        f"soak: {args.minutes} min, {args.workers} workers, {restarts} restarts (A every "
-        f"{args.restart_every}s, B once)"
+        f"soak ({args.system}): {args.minutes} min, {args.workers} workers, {restarts} "
+        f"restarts (A every {args.restart_every}s, B once)"
     )
     print(
         f"  connections attempted {stats['attempted']}, completed {stats['completed']}, "
@@ -215,6 +221,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--restart-every", type=float, default=120)
     parser.add_argument("--verbose", action="store_true", help="print progress every 10 s")
+    parser.add_argument(
+        "--system",
+        choices=("raybridge", "v2ray"),
+        default="raybridge",
+        help="which implementation runs the three nodes (v2ray: /usr/bin/v2ray, to compare)",
+    )
     args = parser.parse_args()
     try:
         import uvloop

@@ -4,6 +4,8 @@ One TCP port, a one-byte command, then:
 
 * ``S`` + uint64 N: the server sends N bytes (download);
 * ``R`` + uint64 N: the server reads N bytes, then answers one byte (upload);
+* ``V`` + uint64 N: the same, but the bytes must be the pattern below from offset 0: the
+  answer is ``k`` when they are, ``x`` when not (a verified upload, for the soak);
 * ``E``: echo everything until EOF (latency, concurrency).
 
 A second port (the optional second argument) speaks first: it sends one
@@ -17,12 +19,25 @@ what a benchmark measures.
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import sys
 import threading
 
-BLOCK = memoryview(bytes(range(256)) * 4096)  # 1 MiB
+# What ``S`` sends and ``V`` expects: byte i of a stream is PATTERN[i % PERIOD]. The period
+# is a prime just under 1 MiB, so a lost, repeated or reordered piece of any size a relay
+# uses (powers of two, 64 KiB chunks, mux frames) shows as a mismatch.
+PERIOD = 1_048_573
+PATTERN = random.Random(0x5EED).randbytes(PERIOD)
+_TWICE = PATTERN + PATTERN
+BLOCK = memoryview(PATTERN)
+
+
+def expected(offset: int, n: int) -> bytes:
+    """The pattern's ``n`` bytes (``n`` <= PERIOD) at stream offset ``offset``."""
+    start = offset % PERIOD
+    return _TWICE[start : start + n]
 
 
 def recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -55,6 +70,19 @@ def serve(conn: socket.socket) -> None:
                     return
                 n -= k
             conn.sendall(b"k")
+            conn.recv(1)
+        elif cmd == b"V":
+            (n,) = struct.unpack("!Q", recv_exact(conn, 8))
+            buf = bytearray(1 << 20)
+            view = memoryview(buf)
+            offset, good = 0, True
+            while offset < n:
+                k = conn.recv_into(buf, min(n - offset, len(buf)))
+                if not k:
+                    return
+                good = good and view[:k] == expected(offset, k)
+                offset += k
+            conn.sendall(b"k" if good else b"x")
             conn.recv(1)
         elif cmd == b"E":
             conn.sendall(b"E")
