@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raybridge.address import parse_host
 from raybridge.config.model import Config, InboundConfig, OutboundConfig, RaybridgeOptions
@@ -27,8 +27,11 @@ from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.proxy.socks import SocksInbound
 from raybridge.proxy.vmess import VMessInbound, VMessOutbound, VMessServer
 from raybridge.router import Router, compile_rule
-from raybridge.status import StatusServer
-from raybridge.status import parse_address as parse_status_address
+
+if TYPE_CHECKING:
+    # Imported when a status server is asked for: prometheus_client and its imports cost
+    # a node that runs without one about 8 MB of RSS.
+    from raybridge.status import StatusServer
 
 logger = logging.getLogger("raybridge")
 
@@ -208,7 +211,9 @@ class Node:
             for bridge in self.bridges:
                 await bridge.start()
             if self.status_address:
-                host, port = parse_status_address(self.status_address)
+                from raybridge.status import StatusServer, parse_address
+
+                host, port = parse_address(self.status_address)
                 self.status_server = StatusServer(self, host, port)
                 await self.status_server.start()
             logging.getLogger("raybridge").addHandler(self.dispatcher.stats.recent)
