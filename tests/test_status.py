@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import shutil
 import urllib.request
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_status_server_is_off_by_default_and_refuses_other_methods() -> None:
     CHROMIUM is None or importlib.util.find_spec("playwright") is None,
     reason="needs Debian's chromium and the playwright package",
 )
-def test_dashboard_in_headless_chromium() -> None:
+def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
     async def main() -> None:
@@ -164,8 +165,10 @@ def test_dashboard_in_headless_chromium() -> None:
                             await asyncio.sleep(0.1)
 
                     await asyncio.gather(traffic(), page.wait_for_timeout(4000))
-                    DOCS.mkdir(exist_ok=True)
-                    await page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
+                    # RAYBRIDGE_UPDATE_DOCS=1 refreshes the screenshot in docs/.
+                    shots = DOCS if os.environ.get("RAYBRIDGE_UPDATE_DOCS") else tmp_path
+                    await page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+                    assert (shots / "dashboard.png").stat().st_size > 10_000
                 finally:
                     await a_node.__aexit__(None, None, None)
                 await page.wait_for_function(
