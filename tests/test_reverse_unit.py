@@ -815,6 +815,33 @@ def test_bridge_opens_another_tunnel_above_16_sessions() -> None:
     run(main)
 
 
+def test_bridge_failed_extra_dial_is_no_failure_while_a_tunnel_is_up() -> None:
+    """A second tunnel that never reached the portal does not count towards the redial
+    backoff while the first one is up and heard: the portal is reachable."""
+
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        open_control(dispatcher)  # the first tunnel is heard
+        assert bridge.tunnels[0].heard and bridge.failures == 0
+        bridge.dial()  # a second one (busy tunnel, or a dial still in flight)
+        extra = bridge.tunnels[1]
+        dispatcher.carriers[1].peer.abort(ConnectionRefusedError())  # it never connects
+        assert extra.worker.closed and extra not in bridge.tunnels
+        assert bridge.failures == 0
+        # With no tunnel up, an unheard one that fails does count.
+        first = bridge.tunnels[0]
+        first.worker.abort(ConnectionResetError())
+        await settle()
+        lone = bridge.tunnels[0]
+        assert not lone.heard
+        dispatcher.carriers[-1].peer.abort(ConnectionRefusedError())
+        assert bridge.failures == 1
+        await bridge.close()
+
+    run(main)
+
+
 def test_bridge_monitor_tick_tops_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reverse, "MONITOR_INTERVAL", 0.01)
 

@@ -269,7 +269,9 @@ class Bridge:
             self.retired.remove(tunnel)
         if not self._running:
             return
-        if not tunnel.heard:
+        if not tunnel.heard and not any(t.heard and t.active for t in self.tunnels):
+            # A dial that failed while another tunnel is up says nothing about the portal
+            # being unreachable, which is what the backoff is for.
             self.failures += 1
         if any(t.active for t in self.tunnels):
             return  # the monitor tops up if the remaining ones are busy
