@@ -37,15 +37,15 @@ TRIM_THRESHOLD = 4 * 1024 * 1024
 #: Seconds between two heap trims of a running node.
 TRIM_INTERVAL = 30.0
 
-_tuned = False
+#: The C library, once ``tune_allocator`` has set its thresholds (then trims are possible).
 _libc: ctypes.CDLL | None = None
 
 
 def tune_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds (see the module docstring). Returns whether
     it did; a no-op on other C libraries."""
-    global _tuned
-    if _tuned:
+    global _libc
+    if _libc is not None:
         return True
     if not sys.platform.startswith("linux"):
         return False
@@ -61,9 +61,7 @@ def tune_allocator() -> bool:
     ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
-    _tuned = ok
     if ok:
-        global _libc
         _libc = libc
     return ok
 
