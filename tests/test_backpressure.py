@@ -198,6 +198,9 @@ class _Source(_Carrier):
     def pause_reading(self) -> None:
         self.paused = True
 
+    def resume_reading(self) -> None:
+        self.paused = False
+
 
 @pytest.mark.parametrize("many", [False, True])
 def test_mux_payload_never_waits_unseen_for_a_scheduled_flush(many: bool) -> None:
@@ -228,6 +231,30 @@ def test_mux_payload_never_waits_unseen_for_a_scheduled_flush(many: bool) -> Non
             written += len(piece)
         assert source.paused, "the source was never paused"
         assert written <= HIGH_WATER + FLUSH_AT + 2 * len(piece)
+        worker.close()
+
+    asyncio.run(main())
+
+
+def test_mux_session_opened_while_the_carrier_is_paused_is_resumed_with_it() -> None:
+    """A client arrives while the carrier's buffer is full: its reading is paused with the
+    others. If the carrier drains before the session's New frame goes out, the session must
+    be resumed too (it was once left paused for good: a hung connection)."""
+
+    async def main() -> None:
+        worker = MuxWorker(Role.CLIENT)
+        join(worker, _Carrier())
+        worker.pause_reading()  # the carrier's transport is full
+        source = _Source()
+        end = worker.open_session(
+            Session(inbound_tag="t"), Destination(Network.TCP, "example.com", 80), source
+        )
+        source.peer = end
+        assert source.paused and end.sid is None
+        worker.resume_reading()  # drained, still within this loop iteration
+        assert not source.paused
+        worker.pause_reading()  # and paused again before the New frame is out
+        assert source.paused
         worker.close()
 
     asyncio.run(main())

@@ -498,7 +498,9 @@ class MuxWorker(End):
         if self._out_paused:
             return
         self._out_paused = True
-        for end in list(self.sessions.values()):
+        # Sessions whose New frame is still to go out have peers too (open_session pauses
+        # those it adds while we are paused; resuming must reach them as well).
+        for end in [*self.sessions.values(), *self._pending]:
             if end.peer is not None:
                 end.peer.pause_reading()
 
@@ -506,7 +508,7 @@ class MuxWorker(End):
         if not self._out_paused:
             return
         self._out_paused = False
-        for end in list(self.sessions.values()):
+        for end in [*self.sessions.values(), *self._pending]:
             if end.peer is not None:
                 end.peer.resume_reading()
 
