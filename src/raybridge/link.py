@@ -73,6 +73,16 @@ class End(abc.ABC):
         """The peer's medium drained: read again."""
 
 
+class PacketEnd(End):
+    """An end of a UDP link whose datagrams may each name their own address (XUDP,
+    packetaddr): a source with many destinations, or replies from many sources."""
+
+    @abc.abstractmethod
+    def write_to(self, data: bytes, address: Destination) -> None:
+        """One datagram for (or from) ``address``; plain ``write`` means the link's own
+        destination."""
+
+
 def join(a: End, b: End) -> None:
     a.peer = b
     b.peer = a

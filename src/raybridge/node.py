@@ -23,9 +23,10 @@ from raybridge.proxy.dokodemo import DokodemoInbound
 from raybridge.proxy.freedom import FreedomOutbound
 from raybridge.proxy.http import HttpInbound
 from raybridge.proxy.mux import MuxOutbound, install_mux_server
+from raybridge.proxy.packetaddr import install_packetaddr_server
 from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.proxy.socks import SocksInbound
-from raybridge.proxy.vmess import VMessInbound, VMessOutbound, VMessServer
+from raybridge.proxy.vmess import ClientUser, VMessInbound, VMessOutbound, VMessServer
 from raybridge.router import Router, compile_rule
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Node:
         assert isinstance(options, RaybridgeOptions)
         self.options = options
         install_mux_server(self.dispatcher, max_sessions=options.mux_max_sessions)
+        install_packetaddr_server(self.dispatcher)
         # Portals are outbounds registered after the configured ones (never the default
         # unless there is no other); bridges dial through the dispatcher.
         self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
@@ -110,9 +112,10 @@ class Node:
                     address=srv.address,
                     port=srv.port,
                     users=tuple(
-                        (
+                        ClientUser(
                             User(id=u.id, alter_id=u.alter_id, level=u.level, email=u.email),
                             u.security,
+                            u.experiments,
                         )
                         for u in srv.users
                     ),
@@ -124,7 +127,12 @@ class Node:
                     "a VMess outbound needs a server with at least one user",
                     **_where(cfg, "outbounds"),
                 )
-            outbound: Outbound = VMessOutbound(tag, servers, send_through=cfg.send_through)
+            outbound: Outbound = VMessOutbound(
+                tag,
+                servers,
+                send_through=cfg.send_through,
+                packet_encoding=s.packet_encoding,
+            )
             if cfg.mux.enabled and cfg.mux.concurrency > 0:
                 outbound = MuxOutbound(outbound, cfg.mux.concurrency)
             return outbound

@@ -672,7 +672,7 @@ def test_vmess_outbound() -> None:
             '{"address": "[2001:db8::1]", "port": 1,'
             ' "users": [{"id": "%s", "security": "AES-128-GCM"}]},'
             '{"address": "b.example", "port": 2,'
-            ' "users": [{"id": "%s", "security": "zero", "level": 3}]}'
+            ' "users": [{"id": "%s", "security": "aes-128-cfb", "level": 3}]}'
             "]}" % (UUID1, UUID1)
         )
     )
@@ -681,7 +681,42 @@ def test_vmess_outbound() -> None:
     a, b = settings.servers
     assert (a.address, a.port, a.users[0].security) == ("2001:db8::1", 1, "aes-128-gcm")
     assert (b.address, b.port, b.users[0].security, b.users[0].level) == ("b.example", 2, "auto", 3)
-    assert messages(cfg) == ['unknown security "zero": V2Ray 4.34 uses "auto"']
+    assert messages(cfg) == ['unknown security "aes-128-cfb": V2Ray 4.34 uses "auto"']
+    assert settings.packet_encoding == "none"
+
+
+def test_vmess_outbound_later_options() -> None:
+    # What v2fly v5, Xray and sing-box clients have beyond 4.34: "zero", experiments, and
+    # the UDP packet encodings.
+    cfg = load(
+        outbound(
+            '"protocol": "vmess", "settings": {"packetEncoding": "XUDP", "vnext": ['
+            '{"address": "a.example", "port": 1, "users": [{"id": "%s", "security": "zero",'
+            ' "experiments": "AuthenticatedLength|NoTerminationSignal"}]}]}' % UUID1
+        )
+    )
+    settings = cfg.outbounds[0].settings
+    assert isinstance(settings, VMessOutboundSettings)
+    user = settings.servers[0].users[0]
+    assert user.security == "zero"
+    assert user.experiments == {"AuthenticatedLength", "NoTerminationSignal"}
+    assert settings.packet_encoding == "xudp"
+    assert messages(cfg) == []
+    err = error(
+        outbound(
+            '"protocol": "vmess", "settings": {"vnext": [{"address": "a", "port": 1,'
+            ' "users": [{"id": "%s", "experiments": "AuthenticatedLenght"}]}]}' % UUID1
+        )
+    )
+    assert err.path == "outbounds[0].settings.vnext[0].users[0].experiments"
+    assert "unknown experiment 'AuthenticatedLenght'" in err.message
+    err = error(
+        outbound(
+            '"protocol": "vmess", "settings": {"packetEncoding": "udp", "vnext": ['
+            '{"address": "a", "port": 1, "users": [{"id": "%s"}]}]}' % UUID1
+        )
+    )
+    assert err.path == "outbounds[0].settings.packetEncoding"
 
 
 @pytest.mark.parametrize(

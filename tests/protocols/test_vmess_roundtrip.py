@@ -119,6 +119,7 @@ def test_round_trip(security: Security, options: Option, aead: bool, command: Co
             resp_iv,
             wire[header_len:],
             cfb_prefix=prefix,
+            request_key_iv=(client.body_key, client.body_iv),
         )
         assert rest == b""
         assert [c.payload for c in chunks] == [m for m in response if m] + [b""]

@@ -42,6 +42,7 @@ NOW = 1_700_000_000
 S = Option.CHUNK_STREAM
 M = Option.CHUNK_MASKING
 P = Option.GLOBAL_PADDING
+A = Option.AUTHENTICATED_LENGTH
 
 SECURITIES = (
     Security.AES_128_GCM,
@@ -58,6 +59,9 @@ OPTION_SETS = (
     M,
     M | P,
     S | Option.CONNECTION_REUSE,
+    S | M | A,
+    S | M | P | A,
+    S | A,
 )
 
 
@@ -194,16 +198,19 @@ def ref_decode_chunks(
     wire: bytes,
     *,
     cfb_prefix: bytes = b"",
+    request_key_iv: tuple[bytes, bytes] | None = None,
 ) -> tuple[list[RefChunk], bytes]:
     """Decode a complete chunked body; return the chunks and any bytes after the EOS chunk.
 
     ``cfb_prefix``: bytes of the same CFB stream that precede the body (legacy response
-    header followed by a LEGACY body)."""
+    header followed by a LEGACY body). ``request_key_iv``: what keys the AuthenticatedLength
+    cipher (option A), the request body key and IV; default ``key``, ``iv``."""
     if security == Security.LEGACY:
         dec = Cipher(algorithms.AES(key), CFB(iv)).decryptor()
         dec.update(cfb_prefix)
         wire = dec.update(wire)
-    stream_mode = security == Security.NONE and command != Command.UDP
+    auth_len = bool(options & A) and security != Security.LEGACY
+    stream_mode = security == Security.NONE and command != Command.UDP and not auth_len
     overhead = {Security.AES_128_GCM: 16, Security.CHACHA20_POLY1305: 16, Security.LEGACY: 4}.get(
         security, 0
     )
@@ -213,17 +220,36 @@ def ref_decode_chunks(
     elif security == Security.CHACHA20_POLY1305:
         k1 = hashlib.md5(key).digest()
         aead = ChaCha20Poly1305(k1 + hashlib.md5(k1).digest())
+    len_aead: AESGCM | ChaCha20Poly1305 | None = None
+    len_iv = (request_key_iv or (key, iv))[1]
+    if auth_len:
+        from raybridge.protocols.vmess.kdf import kdf16  # tested against the spec on its own
+
+        len_key = kdf16((request_key_iv or (key, iv))[0], b"auth_len")
+        if security == Security.CHACHA20_POLY1305:
+            k1 = hashlib.md5(len_key).digest()
+            len_aead = ChaCha20Poly1305(k1 + hashlib.md5(k1).digest())
+        else:
+            len_aead = AESGCM(len_key)
     words = _shake_words(iv, len(wire) + 4)  # a chunk is >= 2 bytes and draws <= 2 words
-    masked = bool(options & M)
+    masked = bool(options & M) and not auth_len
     padded = bool(options & P) and not stream_mode
     chunks: list[RefChunk] = []
     pos = 0
     count = 0
+    len_count = 0
     while pos < len(wire):
         pad = next(words) % 64 if padded else 0
-        mask = next(words) if masked else 0
-        size = int.from_bytes(wire[pos : pos + 2], "big") ^ mask
-        pos += 2
+        if len_aead is not None:
+            nonce = len_count.to_bytes(2, "big") + len_iv[2:12]
+            len_count += 1
+            plain = len_aead.decrypt(nonce, wire[pos : pos + 18], None)
+            size = (int.from_bytes(plain, "big") + 16) % 65536
+            pos += 18
+        else:
+            mask = next(words) if masked else 0
+            size = int.from_bytes(wire[pos : pos + 2], "big") ^ mask
+            pos += 2
         body = wire[pos : pos + size]
         assert len(body) == size, "truncated chunk"
         pos += size

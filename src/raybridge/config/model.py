@@ -50,7 +50,12 @@ __all__ = [
 
 Network = Literal["tcp", "udp"]
 LogLevel = Literal["debug", "info", "warning", "error", "none"]
-VMessSecurity = Literal["auto", "aes-128-gcm", "chacha20-poly1305", "none"]
+VMessSecurity = Literal["auto", "aes-128-gcm", "chacha20-poly1305", "none", "zero"]
+#: How a VMess client carries UDP: V2Ray 4.34's one-destination UDP request ("none"),
+#: v2fly v5's ``packetEncoding: "packet"`` (packetaddr) or Xray's XUDP ("xudp").
+PacketEncoding = Literal["none", "packet", "xudp"]
+#: VMess client ``experiments`` (v2fly 4.41+ / v5, Xray), "|"-separated in the JSON.
+VMESS_EXPERIMENTS = frozenset({"AuthenticatedLength", "NoTerminationSignal"})
 FreedomDomainStrategy = Literal["AsIs", "UseIP", "UseIPv4", "UseIPv6"]
 RouterDomainStrategy = Literal["AsIs", "IPIfNonMatch", "IPOnDemand"]
 
@@ -105,8 +110,9 @@ class VMessUserConfig:
     """A VMess user (inbound ``clients[]`` or outbound ``vnext[].users[]``).
 
     ``alter_id`` 0 selects the AEAD header (PROTOCOLS.md 1.2). ``security`` is one of
-    ``auto``, ``aes-128-gcm``, ``chacha20-poly1305``, ``none`` (anything else in the JSON
-    means ``auto``, as in V2Ray); a server ignores it.
+    ``auto``, ``aes-128-gcm``, ``chacha20-poly1305``, ``none``, ``zero`` (v5 and sing-box;
+    anything else in the JSON means ``auto``, as in V2Ray); a server ignores it.
+    ``experiments``: a client's ``"AuthenticatedLength"`` and ``"NoTerminationSignal"``.
     """
 
     id: uuid.UUID
@@ -114,6 +120,7 @@ class VMessUserConfig:
     level: int = 0
     email: str = ""
     security: VMessSecurity = "auto"
+    experiments: frozenset[str] = frozenset()
     file: str = ""
     line: int = 0
 
@@ -242,6 +249,7 @@ class VMessOutboundSettings:
     """``vmess`` outbound: servers used round-robin (PROTOCOLS.md 4.4)."""
 
     servers: list[VMessServerConfig]
+    packet_encoding: PacketEncoding = "none"
 
 
 OutboundSettings = FreedomSettings | BlackholeSettings | VMessOutboundSettings

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from raybridge.config.fields import UINT16, UINT32, Ctx, Obj, describe, parse_address
 from raybridge.config.jsonc import JValue
 from raybridge.config.model import (
+    VMESS_EXPERIMENTS,
     BlackholeSettings,
     DokodemoSettings,
     FreedomDomainStrategy,
@@ -28,6 +29,7 @@ from raybridge.config.model import (
     InboundSettings,
     Network,
     OutboundSettings,
+    PacketEncoding,
     SocksInboundSettings,
     VMessInboundSettings,
     VMessOutboundSettings,
@@ -45,6 +47,14 @@ _SECURITIES: dict[str, VMessSecurity] = {
     "aes-128-gcm": "aes-128-gcm",
     "chacha20-poly1305": "chacha20-poly1305",
     "none": "none",
+    "zero": "zero",
+}
+_PACKET_ENCODINGS: dict[str, PacketEncoding] = {
+    "none": "none",
+    "": "none",
+    "packet": "packet",
+    "packetaddr": "packet",
+    "xudp": "xudp",
 }
 
 
@@ -91,6 +101,28 @@ def vmess_user(obj: Obj, *, server: bool) -> VMessUserConfig:
                 obj.sub("security"),
                 f'unknown security {describe(sec_node)}: V2Ray 4.34 uses "auto"',
             )
+    experiments: frozenset[str] = frozenset()
+    exp_node = obj.get("experiments")
+    if exp_node is not None:
+        raw = obj.ctx.expect_string(exp_node, obj.sub("experiments"))
+        names = frozenset(part.strip() for part in raw.split("|") if part.strip())
+        unknown = sorted(names - VMESS_EXPERIMENTS)
+        if unknown:
+            raise obj.ctx.error(
+                exp_node,
+                obj.sub("experiments"),
+                f"unknown experiment {unknown[0]!r} (known: "
+                + ", ".join(sorted(VMESS_EXPERIMENTS))
+                + ")",
+            )
+        if server:
+            obj.ctx.warn(
+                exp_node,
+                obj.sub("experiments"),
+                "experiments are a client's choice: a raybridge server accepts them all",
+            )
+        else:
+            experiments = names
     obj.finish()
     return VMessUserConfig(
         id=user_id,
@@ -98,6 +130,7 @@ def vmess_user(obj: Obj, *, server: bool) -> VMessUserConfig:
         level=level,
         email=email,
         security=security,
+        experiments=experiments,
         file=obj.ctx.file,
         line=obj.line,
     )
@@ -375,8 +408,20 @@ def vmess_outbound(obj: Obj) -> VMessOutboundSettings:
                 address=address, port=port, users=users, file=srv.ctx.file, line=srv.line
             )
         )
+    packet_encoding: PacketEncoding = "none"
+    enc_node = obj.get("packetEncoding")
+    if enc_node is not None:
+        raw = obj.ctx.expect_string(enc_node, obj.sub("packetEncoding"))
+        known = _PACKET_ENCODINGS.get(raw.lower())
+        if known is None:
+            raise obj.ctx.error(
+                enc_node,
+                obj.sub("packetEncoding"),
+                f'unknown packetEncoding {describe(enc_node)} ("none", "packet" or "xudp")',
+            )
+        packet_encoding = known
     obj.finish()
-    return VMessOutboundSettings(servers=servers)
+    return VMessOutboundSettings(servers=servers, packet_encoding=packet_encoding)
 
 
 OUTBOUND_SETTINGS: dict[str, Callable[[Obj], OutboundSettings]] = {

@@ -7,8 +7,18 @@ Byte layout (PROTOCOLS.md 2.2; big-endian)::
     New extras (STATUS 0x01 only) = NETWORK(1) | PORT(2) | ATYP(1) | ADDRESS
         NETWORK 0x01 TCP, 0x02 UDP; ATYP 0x01 IPv4, 0x02 domain (LEN(1) + bytes), 0x03 IPv6
 
-    4 <= META_LEN <= 512 (New: >= 8); META bytes beyond what STATUS needs are ignored.
-    DATA_LEN <= 65535 for TCP sessions, <= 2048 for UDP sessions (one datagram per frame).
+    4 <= META_LEN <= 512 (New: >= 8); META bytes beyond what STATUS needs are ignored,
+    except the address of a UDP session's Keep frame (XUDP, below).
+    DATA_LEN <= 65535; one datagram per frame on UDP sessions, which V2Ray 4.34 reads only
+    up to 2048 bytes (so that is what we send on them, unless the session is XUDP).
+
+XUDP (Xray, sing-box ``packet_encoding: "xudp"``; not in 4.34): a UDP session whose Keep
+frames carry the datagram's address, ``NETWORK(1) | PORT(2) | ATYP(1) | ADDRESS`` after
+OPTION as in New, so one session reaches many destinations (full-cone UDP). Clients open it
+as session 0 and Xray appends an 8-byte GlobalID to the New frame's META (ignored here).
+A session is XUDP once it is session 0 or a Keep frame of it has carried an address; only
+then do our Keep frames carry addresses, and may carry datagrams over 2048 bytes
+(SagerNet/sing-vmess ``xudp.go``, ``mux.go``; XTLS/Xray-core ``common/mux``).
 
 Two layers:
 
@@ -92,7 +102,8 @@ __all__ = [
 
 #: Receivers reject a longer META (PROTOCOLS.md 2.2).
 MAX_META_LEN = 512
-#: Largest DATA of a UDP (packet) session's frame; more tears down the connection (2.2).
+#: Largest DATA we send in a UDP (packet) session's frame: more tears down a 4.34 peer's
+#: connection (2.2). We read up to MAX_FRAME_DATA, and send that much on XUDP sessions.
 MAX_UDP_DATA = 2048
 #: Largest DATA of a TCP (stream) session's frame: what the uint16 DATA_LEN allows (2.2).
 MAX_FRAME_DATA = 0xFFFF
@@ -157,11 +168,13 @@ class SessionData:
 
     A TCP piece fed in as immutable ``bytes`` is a read-only ``memoryview`` of those bytes
     (no copy: on a relay the next step reads it once, e.g. to encrypt it); anything else is
-    ``bytes``.
+    ``bytes``. ``address``: the address an XUDP frame carried (the datagram's destination
+    from a client, its source from a server); ``None`` for the session's own target.
     """
 
     session_id: int
     data: bytes | memoryview
+    address: Destination | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,15 +297,24 @@ def _decode_header(
     target = None
     if status == _NEW:
         target = _decode_target(buf, pos + 6, meta_end)
-    elif status != _KEEP and status != _END and status != _KEEPALIVE:
+    elif status == _KEEP:
+        if meta_end - pos > 6:  # extras: an XUDP address (anything else is ignored)
+            target = _keep_address(buf, pos + 6, meta_end)
+    elif status != _END and status != _KEEPALIVE:
         raise MuxError(f"unknown mux session status: {status}")
     data_len = ((buf[meta_end] << 8) | buf[meta_end + 1]) if has_data else -1
     return session_id, status, option, target, data_len
 
 
-def _udp_check(data_len: int) -> None:
-    if data_len > MAX_UDP_DATA:
-        raise MuxError(f"UDP frame data too long: {data_len} > {MAX_UDP_DATA}")
+def _keep_address(buf: _Buffer, start: int, meta_end: int) -> Destination | None:
+    """The address in a Keep frame's META extras, or None if they are not one (4.34 ignores
+    extras it does not expect; so do we)."""
+    if meta_end - start < 4:
+        return None
+    try:
+        return _decode_target(buf, start, meta_end)
+    except MuxError:
+        return None
 
 
 class FrameDecoder:
@@ -331,8 +353,6 @@ class FrameDecoder:
                 body = pos + need
                 payload = None
                 if data_len >= 0:
-                    if target is not None and target.network is Network.UDP:
-                        _udp_check(data_len)
                     if end - body < data_len:
                         break
                     payload = bytes(buf[body : body + data_len])
@@ -418,6 +438,7 @@ class MuxConnection:
         "_remaining",
         "_remote_ended",
         "_sessions",
+        "_xudp",
         "role",
     )
 
@@ -441,6 +462,7 @@ class MuxConnection:
         self._next_id = first_session_id
         self._allocated = 0
         self._sessions: dict[int, Network] = {}
+        self._xudp: set[int] = set()  # UDP sessions that are XUDP (see the module docstring)
         # A session ID is in at most one of these two sets: the second End forgets it.
         self._half_closed: set[int] = set()  # End sent by half_close(), still receiving
         self._remote_ended: set[int] = set()  # End received, still sending
@@ -486,30 +508,50 @@ class MuxConnection:
     def session_ids(self) -> list[int]:
         return list(self._sessions)
 
+    def is_xudp(self, session_id: int) -> bool:
+        """An open UDP session that is XUDP (session 0, or it has received an address)."""
+        return session_id in self._xudp
+
     # -- sending ----------------------------------------------------------------------------
 
-    def open_session(self, target: Destination, data: bytes | bytearray | memoryview = b"") -> int:
+    def open_session(
+        self,
+        target: Destination,
+        data: bytes | bytearray | memoryview = b"",
+        *,
+        xudp: bool = False,
+    ) -> int:
         """Client role: allocate the next ID (never reused) and queue a New frame.
 
         ``data`` rides in the New frame (V2Ray sends the first payload that way when it
         arrives within 100 ms); a TCP payload longer than ``max_frame_data`` continues in
-        Keep frames. Raises LocalProtocolError on the server role, at ``max_sessions``, once
-        the 16-bit IDs are used up, or for a UDP datagram over 2048 bytes.
+        Keep frames. ``xudp``: open the UDP target as XUDP session 0 (the connection's
+        first session). Raises LocalProtocolError on the server role, at ``max_sessions``,
+        once the 16-bit IDs are used up, or for a datagram over 2048 bytes (not XUDP).
         """
         if self.role is not Role.CLIENT:
             raise LocalProtocolError("only the client role opens mux sessions")
         if self._max_sessions and len(self._sessions) >= self._max_sessions:
             raise LocalProtocolError(f"mux session limit reached ({self._max_sessions})")
-        session_id = self._next_id
+        udp = target.network is Network.UDP
+        if xudp:
+            if not udp or self._allocated or 0 in self._sessions:
+                raise LocalProtocolError("XUDP is the first session, and a UDP one")
+            session_id = 0
+        else:
+            session_id = self._next_id
         if session_id > 0xFFFF:
             raise LocalProtocolError("mux session IDs exhausted on this connection")
         extras = _encode_target(target)
         payload = _owned(data)
         size = len(payload)
-        udp = target.network is Network.UDP
-        if udp and size > MAX_UDP_DATA:
-            raise LocalProtocolError(f"UDP datagram too long for mux: {size} > {MAX_UDP_DATA}")
-        self._next_id = session_id + 1
+        limit = MAX_FRAME_DATA if xudp else MAX_UDP_DATA
+        if udp and size > limit:
+            raise LocalProtocolError(f"UDP datagram too long for mux: {size} > {limit}")
+        if xudp:
+            self._xudp.add(0)
+        else:
+            self._next_id = session_id + 1
         self._sessions[session_id] = target.network
         self._allocated += 1
         meta_len = 4 + len(extras)
@@ -524,9 +566,16 @@ class MuxConnection:
             self._queue_stream(session_id, memoryview(payload)[len(first) :])
         return session_id
 
-    def send_data(self, session_id: int, data: bytes | bytearray | memoryview) -> None:
+    def send_data(
+        self,
+        session_id: int,
+        data: bytes | bytearray | memoryview,
+        address: Destination | None = None,
+    ) -> None:
         """Queue Keep frames: a TCP payload is cut into frames of at most ``max_frame_data``
-        bytes; a UDP payload is one datagram, one frame, at most 2048 bytes.
+        bytes; a UDP payload is one datagram, one frame, at most 2048 bytes (65535 on an
+        XUDP session, whose frame also carries ``address`` if given; elsewhere ``address``
+        is not sent: a 4.34 peer knows only the session's target).
 
         Works on remote-ended sessions too (the peer's End ended its direction only);
         raises :class:`SessionClosedError` once our own direction is ended or the session
@@ -540,7 +589,17 @@ class MuxConnection:
         if not size:
             return
         if network is Network.UDP:
-            if size > MAX_UDP_DATA:
+            if session_id in self._xudp:
+                if address is not None:
+                    extras = _encode_target(address)
+                    self._out += (
+                        _META.pack(4 + len(extras), session_id, _KEEP, _OPT_DATA),
+                        extras,
+                        _U16.pack(size),
+                        payload,
+                    )
+                    return
+            elif size > MAX_UDP_DATA:
                 raise LocalProtocolError(f"UDP datagram too long for mux: {size} > {MAX_UDP_DATA}")
         elif size > self._max_frame_data:
             self._queue_stream(session_id, memoryview(payload))
@@ -563,6 +622,7 @@ class MuxConnection:
         """
         if self._sessions.pop(session_id, None) is None:
             return
+        self._xudp.discard(session_id)
         if self._half_closed and session_id in self._half_closed:
             self._half_closed.remove(session_id)
         else:
@@ -583,6 +643,7 @@ class MuxConnection:
         if self._remote_ended and session_id in self._remote_ended:
             self._remote_ended.remove(session_id)
             del self._sessions[session_id]
+            self._xudp.discard(session_id)
         else:
             self._half_closed.add(session_id)
 
@@ -605,6 +666,7 @@ class MuxConnection:
         every session and return ``SessionEnded(error=True)`` for each."""
         ended = [SessionEnded(session_id=sid, error=True) for sid in self._sessions]
         self._sessions.clear()
+        self._xudp.clear()
         self._half_closed.clear()
         self._remote_ended.clear()
         return ended
@@ -712,8 +774,10 @@ class MuxConnection:
             elif network is Network.TCP:
                 mode = _STREAM
             else:
-                _udp_check(data_len)
                 mode = _DATAGRAM
+                self._current_target = target  # the datagram's XUDP address, if any
+                if target is not None:
+                    self._xudp.add(session_id)
             if mode and self._remote_ended and session_id in self._remote_ended:
                 # Data after the peer's own End: a peer bug. Dropped without a reply, since
                 # an End from us would read as the end of our direction, which may go on.
@@ -724,12 +788,14 @@ class MuxConnection:
             elif option & _OPT_ERROR:
                 # The peer aborted both directions (2.3): forget it, nothing to send back.
                 del sessions[session_id]
+                self._xudp.discard(session_id)
                 self._half_closed.discard(session_id)
                 self._remote_ended.discard(session_id)
                 events.append(SessionEnded(session_id=session_id, error=True))
             elif session_id in self._half_closed:
                 # The second End: both directions are done.
                 del sessions[session_id]
+                self._xudp.discard(session_id)
                 self._half_closed.remove(session_id)
                 events.append(SessionEnded(session_id=session_id, error=False))
             elif session_id not in self._remote_ended:
@@ -741,16 +807,16 @@ class MuxConnection:
                 # session once it has sent End and answers our later Keep frames with End,
                 # discarding their data (2.3), so what we still send goes nowhere: abort.
                 del sessions[session_id]
+                self._xudp.discard(session_id)
                 self._remote_ended.remove(session_id)
                 events.append(SessionEnded(session_id=session_id, error=True))
         elif status == _KEEPALIVE:
             events.append(KeepAliveReceived())
         elif self.role is Role.SERVER:  # New (the client role ignores New: 2.3)
             assert target is not None  # _decode_header guarantees one for New
-            if target.network is Network.UDP:
-                _udp_check(data_len)
             if sessions.pop(session_id, None) is not None:
                 # Duplicate ID: replace the old session (see the module docstring).
+                self._xudp.discard(session_id)
                 self._half_closed.discard(session_id)
                 self._remote_ended.discard(session_id)
                 events.append(SessionEnded(session_id=session_id, error=True))
@@ -775,11 +841,15 @@ class MuxConnection:
             self._current_target = None
             self._open(session_id, target, payload, events)
         elif session_id in self._sessions:
-            events.append(SessionData(session_id=session_id, data=payload))
+            address = self._current_target
+            self._current_target = None
+            events.append(SessionData(session_id=session_id, data=payload, address=address))
 
     def _open(
         self, session_id: int, target: Destination, payload: bytes, events: list[MuxEvent]
     ) -> None:
         self._sessions[session_id] = target.network
         self._allocated += 1
+        if session_id == 0 and target.network is Network.UDP:
+            self._xudp.add(0)
         events.append(SessionOpened(session_id=session_id, target=target, data=payload))

@@ -16,9 +16,10 @@ import logging
 
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
-from raybridge.link import End, Outbound, Session
+from raybridge.link import End, Outbound, PacketEnd, Session
 from raybridge.protocols.mux import Role, SessionOpened
-from raybridge.transport.mux import MuxWorker
+from raybridge.transport.mux import MuxSessionEnd, MuxWorker
+from raybridge.transport.packet import PacketFanout
 
 logger = logging.getLogger("raybridge.mux")
 
@@ -28,13 +29,47 @@ MAX_CONNECTIONS = 128  # sessions a client worker opens in total (V2Ray's hard l
 IDLE_CLOSE = 16.0
 
 
+class XudpServerEnd(PacketEnd):
+    """The peer of a UDP mux session on a mux server: each datagram goes to its own
+    destination (XUDP) or the session's target, through a :class:`PacketFanout`; replies
+    go back on the session, naming their source (only XUDP frames carry it)."""
+
+    def __init__(self, dispatcher: Dispatcher, end: MuxSessionEnd, target: Destination) -> None:
+        self.peer: End | None = end
+        self.end = end
+        self.target = target
+        self.fanout = PacketFanout(dispatcher, end.session, end.write_to)
+
+    def write(self, data: bytes) -> None:
+        self.fanout.send(data, self.target)
+
+    def write_to(self, data: bytes, address: Destination) -> None:
+        self.fanout.send(data, address)
+
+    def write_eof(self) -> None:
+        pass  # replies may still come: the flows' idle timers end them
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self.fanout.close()
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
 def install_mux_server(dispatcher: Dispatcher, *, max_sessions: int = 0) -> None:
     def handler(session: Session, dest: Destination, peer: End) -> End:
         def on_open(worker: MuxWorker, event: SessionOpened) -> None:
             child = session.child()
             end = worker.accept(event, child)
-            target = dispatcher.dispatch(child, event.target, end)
-            end.peer = target
+            if event.target.network is Network.UDP:
+                # Full-cone UDP (XUDP; a 4.34 client's UDP session is the one-target case).
+                child.counted = True  # each destination's flow is counted on its own
+                end.peer = XudpServerEnd(dispatcher, end, event.target)
+            else:
+                end.peer = dispatcher.dispatch(child, event.target, end)
             if event.data:
                 end.deliver(event.data)
 

@@ -17,6 +17,7 @@ from raybridge.protocols.socks import (
     SocksError,
     SocksServer,
     decode_udp_datagram,
+    encode_udp_datagram,
 )
 from raybridge.proxy.base import InboundEnd, Policy, StreamInbound
 from raybridge.transport.tcp import sockname
@@ -119,6 +120,7 @@ class SocksInbound(StreamInbound):
                 self._open_flow,
                 self._udp_session,
                 closed=self.dispatcher.stats.closed,
+                encode_reply=encode_udp_datagram,
             )
             await self.udp_server.start(self.listen, self.bound_port)
 

@@ -24,18 +24,35 @@ from dataclasses import dataclass
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
 from raybridge.errors import LocalProtocolError
-from raybridge.link import End, Outbound, Session, join
+from raybridge.link import End, Outbound, PacketEnd, Session, join
+from raybridge.protocols.mux import (
+    MuxConnection,
+    MuxError,
+    MuxEvent,
+    Role,
+    SessionData,
+    SessionEnded,
+)
+from raybridge.protocols.packetaddr import (
+    MAGIC_DOMAIN,
+    PacketAddrError,
+    decode_packet,
+    encode_packet,
+)
 from raybridge.protocols.vmess import (
     ClientConnection,
     Command,
     Data,
     EndOfStream,
+    Option,
     RequestReceived,
+    Security,
     ServerConnection,
     User,
     UserValidator,
     VMessAuthError,
     VMessError,
+    client_profile,
     security_from_config,
 )
 from raybridge.proxy.base import InboundEnd, Policy, StreamInbound, short_reason
@@ -193,10 +210,13 @@ class VMessInboundEnd(InboundEnd):
         self.send_wire_many(seal_many(self.codec.send, parts))
 
     def _finish_write(self) -> None:
-        if self.transport is not None:
+        transport = self.transport
+        if transport is not None:
             self.send_wire(self.codec.send_eof())
             if self._read_eof:
-                self.transport.close()
+                transport.close()
+            elif not self.codec.framed and transport.can_write_eof():
+                transport.write_eof()  # a raw body has no EOS chunk: its end is a FIN
 
 
 class VMessInbound(StreamInbound):
@@ -255,10 +275,13 @@ class VMessOutboundEnd(StreamEnd):
         self.send_wire_many(seal_many(self.codec.send, parts))
 
     def _finish_write(self) -> None:
-        if self.transport is not None:
+        transport = self.transport
+        if transport is not None:
             self.send_wire(self.codec.send_eof())
             if self._read_eof:
-                self.transport.close()
+                transport.close()
+            elif not self.codec.framed and transport.can_write_eof():
+                transport.write_eof()  # a raw body has no EOS chunk: its end is a FIN
 
     def write_eof(self) -> None:
         if self._write_eof or self.closed:
@@ -290,7 +313,7 @@ class VMessOutboundEnd(StreamEnd):
                     session.bytes_down += len(event.data)
                 if peer is not None:
                     if self.udp:
-                        peer.write(event.data)  # one datagram each
+                        self.deliver_datagram(event.data, peer)  # one datagram each
                     else:
                         batch.append(event.data)
             elif type(event) is EndOfStream:
@@ -300,6 +323,9 @@ class VMessOutboundEnd(StreamEnd):
                 self._body_ended()
         if batch and peer is not None:
             peer.write_many(batch)
+
+    def deliver_datagram(self, data: bytes, peer: End) -> None:
+        peer.write(data)
 
     def _body_ended(self) -> None:
         if self._read_eof:
@@ -315,11 +341,139 @@ class VMessOutboundEnd(StreamEnd):
         return not self._write_eof
 
 
+class PacketAddrClientEnd(VMessOutboundEnd):
+    """UDP as v2fly v5's ``packetEncoding: "packet"``: a UDP request to the magic domain,
+    every datagram prefixed with its address (``protocols/packetaddr.py``)."""
+
+    def __init__(self, session: Session, codec: ClientConnection, dest: Destination) -> None:
+        super().__init__(session, codec, True)
+        self.dest = dest
+
+    def write(self, data: bytes) -> None:
+        super().write(encode_packet(self.dest, data))
+
+    def deliver_datagram(self, data: bytes, peer: End) -> None:
+        try:
+            source, payload = decode_packet(data)
+        except PacketAddrError as exc:
+            logger.debug("dropped a packetaddr reply: %s", exc)
+            return
+        if source == self.dest or not isinstance(peer, PacketEnd):
+            peer.write(payload)
+        else:
+            peer.write_to(payload, source)  # full-cone: a reply from another address
+
+
+class XudpClientEnd(VMessOutboundEnd):
+    """UDP as XUDP (Xray, sing-box): a Mux.Cool connection with one UDP session, number 0,
+    whose frames name each datagram's address (``protocols/mux.py``)."""
+
+    def __init__(self, session: Session, codec: ClientConnection, dest: Destination) -> None:
+        super().__init__(session, codec, True)
+        self.dest = dest
+        self.mux = MuxConnection(Role.CLIENT)
+        self.mux.open_session(dest, xudp=True)
+
+    def connection_made(self, transport: object) -> None:
+        StreamEnd.connection_made(self, transport)  # type: ignore[arg-type]
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.mux.data_to_send()
+        if out:
+            self.send_wire(self.codec.send(out))
+
+    def write(self, data: bytes) -> None:
+        if not self.mux.is_open(0):
+            return
+        try:
+            self.mux.send_data(0, data, self.dest)
+        except LocalProtocolError as exc:
+            logger.debug("dropped UDP datagram: %s", exc)
+            return
+        self._flush()
+
+    def write_many(self, parts: list[bytes]) -> None:
+        for data in parts:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        if self.mux.is_open(0):
+            self.mux.half_close(0)
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.codec.receive_data(data)
+        except VMessError as exc:
+            logger.info("bad response from VMess server: %s", exc)
+            self._fail(exc)
+            return
+        for event in events:
+            if type(event) is Data:
+                try:
+                    frames = self.mux.receive_data(event.data)
+                except MuxError as exc:
+                    logger.info("bad XUDP stream from VMess server: %s", exc)
+                    self._fail(exc)
+                    return
+                self._mux_events(frames)
+            elif type(event) is EndOfStream:
+                self._body_ended()
+        self._flush()  # e.g. End for a session the server does not know
+        if not self.mux.is_open(0) and not self._write_eof:
+            VMessOutboundEnd.write_eof(self)  # the one session is over: so is the request
+
+    def _mux_events(self, frames: list[MuxEvent]) -> None:
+        peer = self.peer
+        session = self.session
+        for frame in frames:
+            if type(frame) is SessionData and frame.session_id == 0 and peer is not None:
+                data = bytes(frame.data)
+                if session is not None:
+                    session.active = True
+                    session.bytes_down += len(data)
+                address = frame.address
+                if address is None or address == self.dest or not isinstance(peer, PacketEnd):
+                    peer.write(data)
+                else:
+                    peer.write_to(data, address)  # full-cone
+            elif type(frame) is SessionEnded and frame.session_id == 0:
+                if frame.error:
+                    self._fail(ConnectionResetError("XUDP session aborted"))
+                elif peer is not None:
+                    peer.write_eof()
+
+    def _fail(self, exc: BaseException) -> None:
+        peer = self.peer
+        self.abort(exc)
+        if peer is not None:
+            peer.abort(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientUser:
+    """A user of a VMess outbound: who, and how its requests are made."""
+
+    user: User
+    security: str = "auto"  # the config's name: auto, aes-128-gcm, ..., none, zero
+    experiments: frozenset[str] = frozenset()  # AuthenticatedLength, NoTerminationSignal
+
+    def profile(self, command: Command) -> tuple[Security, Option]:
+        if self.security == "zero":
+            return client_profile(None, command, zero=True)
+        return client_profile(
+            security_from_config(self.security),
+            command,
+            authenticated_length="AuthenticatedLength" in self.experiments,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class VMessServer:
     address: str
     port: int
-    users: tuple[tuple[User, str], ...]  # (user, security name from the config)
+    users: tuple[ClientUser, ...]
 
 
 class VMessOutbound(Outbound):
@@ -330,7 +484,11 @@ class VMessOutbound(Outbound):
         *,
         send_through: str | None = None,
         rng: random.Random | None = None,
+        packet_encoding: str = "none",
     ) -> None:
+        """``packet_encoding``: how UDP goes: "none" (4.34's UDP request), "packet"
+        (packetaddr; domain destinations still use a plain UDP request, since packetaddr
+        carries IP addresses only) or "xudp"."""
         if not servers or not all(s.users for s in servers):
             raise ValueError("a VMess outbound needs at least one server with a user")
         self.tag = tag
@@ -338,26 +496,45 @@ class VMessOutbound(Outbound):
         self.send_through = send_through
         self._next = itertools.cycle(range(len(self.servers)))
         self._rng = rng or random.SystemRandom()
+        self.packet_encoding = packet_encoding
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         server = self.servers[next(self._next)]
-        user, security = self._rng.choice(server.users)
+        client = self._rng.choice(server.users)
         target: Destination | None
+        encoding = "none"
         if dest.host == MUX_DOMAIN:
             command, target = Command.MUX, None
         elif dest.network is Network.UDP:
-            command, target = Command.UDP, dest
+            encoding = self.packet_encoding
+            if encoding == "packet" and isinstance(dest.host, str):
+                encoding = "none"
+            if encoding == "xudp":
+                command, target = Command.MUX, None
+            elif encoding == "packet":
+                command, target = Command.UDP, Destination(Network.UDP, MAGIC_DOMAIN, 0)
+            else:
+                command, target = Command.UDP, dest
         else:
             command, target = Command.TCP, dest
+        security, options = client.profile(command)
         codec = ClientConnection(
-            user,
+            client.user,
             command,
             target,
-            security_from_config(security),
+            security,
             now=time.time(),
             urandom=os.urandom,
+            options=options,
+            send_eos="NoTerminationSignal" not in client.experiments,
         )
-        end = VMessOutboundEnd(session, codec, command is Command.UDP)
+        end: VMessOutboundEnd
+        if encoding == "xudp":
+            end = XudpClientEnd(session, codec, dest)
+        elif encoding == "packet":
+            end = PacketAddrClientEnd(session, codec, dest)
+        else:
+            end = VMessOutboundEnd(session, codec, command is Command.UDP)
         join(peer, end)
         local = (self.send_through, 0) if self.send_through else None
         end.start_connect(

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from raybridge.address import Destination, Network
 from raybridge.errors import LocalProtocolError
-from raybridge.link import End, IdleTimer, Session
+from raybridge.link import End, IdleTimer, PacketEnd, Session
 from raybridge.protocols.mux import (
     KeepAliveReceived,
     MuxConnection,
@@ -39,16 +39,21 @@ from raybridge.protocols.mux import (
     SessionEnded,
     SessionOpened,
 )
+from raybridge.protocols.vmess import Command, Option, Security, max_payload
 from raybridge.stats import Stats
+
+_SMP = Option.CHUNK_STREAM | Option.CHUNK_MASKING | Option.GLOBAL_PADDING
 
 logger = logging.getLogger("raybridge.mux")
 
 #: Bytes a session buffers for a slow peer before the whole carrier is paused.
 SESSION_BUFFER = 512 * 1024
-#: Data per Keep frame: with its 8-byte header a full frame is exactly the largest VMess
-#: chunk payload (65456 with padding, PROTOCOLS.md 1.9.7), so on a VMess carrier frames and
-#: chunks line up and a decrypted chunk is one whole frame.
-FRAME_DATA = 65456 - 8
+#: Data per Keep frame: with its 8-byte header a full frame is exactly the largest payload a
+#: VMess chunk carries with padding (16305 bytes in a 16 KiB chunk, ``SEND_CHUNK_SIZE``), so
+#: on a VMess carrier frames and chunks line up and a decrypted chunk is one whole frame.
+#: Every Mux.Cool reader in use takes frames of any uint16 length (V2Ray 4.34 and v5
+#: ``common/mux/reader.go``, Xray the same, sing-vmess ``mux.go`` ``buf.NewSize(length)``).
+FRAME_DATA = max_payload(Security.AES_128_GCM, _SMP, Command.MUX) - 8
 #: While a flush is scheduled, payload queues up to be sent with it in one write; past this
 #: many bytes it goes at once. A read loop can hand over megabytes in one loop iteration
 #: (libuv reads a ready socket up to 32 times), and none of it may wait unseen by the
@@ -105,14 +110,26 @@ class MuxSessionEnd(End):
         self._eof_pending = False
         self._idle = IdleTimer(session, idle, self._expire) if idle > 0 else None
 
-    # -- from the worker ---------------------------------------------------------------
-    def deliver(self, data: bytes) -> None:
+    # -- byte counts: what the carrier delivered ("received") and what we send on it --
+    def _received(self, size: int) -> None:
         session = self.session
         session.active = True
         if self.inbound_side:
-            session.bytes_up += len(data)
+            session.bytes_up += size
         else:
-            session.bytes_down += len(data)
+            session.bytes_down += size
+
+    def _sent(self, size: int) -> None:
+        session = self.session
+        session.active = True
+        if self.inbound_side:
+            session.bytes_down += size
+        else:
+            session.bytes_up += size
+
+    # -- from the worker ---------------------------------------------------------------
+    def deliver(self, data: bytes) -> None:
+        self._received(len(data))
         if self._paused:
             # Own the bytes: a view would keep its whole (larger) source buffer alive.
             self._buffer.append(data if type(data) is bytes else bytes(data))
@@ -122,6 +139,22 @@ class MuxSessionEnd(End):
             return
         if self.peer is not None:
             self.peer.write(data)
+
+    def deliver_to(self, data: bytes, address: Destination) -> None:
+        """An XUDP datagram that names its own address (the session is UDP)."""
+        peer = self.peer
+        if isinstance(peer, PacketEnd) and not self._paused:
+            self._received(len(data))
+            peer.write_to(data, address)
+        else:
+            self.deliver(data)
+
+    def write_to(self, data: bytes, address: Destination) -> None:
+        """A datagram from (or to) ``address``: on an XUDP session the frame says so."""
+        if self.closed:
+            return
+        self._sent(len(data))
+        self.worker.send(self, data, address)
 
     def remote_eof(self) -> None:
         """The peer sent End: its direction is finished."""
@@ -161,24 +194,13 @@ class MuxSessionEnd(End):
     def write(self, data: bytes) -> None:
         if self.closed:
             return
-        session = self.session
-        session.active = True
-        if self.inbound_side:
-            session.bytes_down += len(data)
-        else:
-            session.bytes_up += len(data)
+        self._sent(len(data))
         self.worker.send(self, data)
 
     def write_many(self, parts: list[bytes]) -> None:
         if self.closed:
             return
-        session = self.session
-        session.active = True
-        size = sum(len(p) for p in parts)
-        if self.inbound_side:
-            session.bytes_down += size
-        else:
-            session.bytes_up += size
+        self._sent(sum(len(p) for p in parts))
         self.worker.send_many(self, parts)
 
     def deliver_many(self, parts: list[bytes]) -> None:
@@ -186,13 +208,7 @@ class MuxSessionEnd(End):
             for data in parts:
                 self.deliver(data)
             return
-        session = self.session
-        session.active = True
-        size = sum(len(p) for p in parts)
-        if self.inbound_side:
-            session.bytes_up += size
-        else:
-            session.bytes_down += size
+        self._received(sum(len(p) for p in parts))
         if self.peer is not None:
             self.peer.write_many(parts)
 
@@ -347,12 +363,12 @@ class MuxWorker(End):
         return self.codec.session_count + len(self._pending)
 
     # -- sending ---------------------------------------------------------------------------
-    def send(self, end: MuxSessionEnd, data: bytes) -> None:
+    def send(self, end: MuxSessionEnd, data: bytes, address: Destination | None = None) -> None:
         if end.sid is None:
             end._first.append(data)  # rides in the New frame (the flush is scheduled)
             return
         try:
-            self.codec.send_data(end.sid, data)
+            self.codec.send_data(end.sid, data, address)
         except LocalProtocolError as exc:
             # A datagram over 2048 bytes, or a session the peer has just ended.
             logger.debug(
@@ -458,6 +474,12 @@ class MuxWorker(End):
             if type(event) is SessionData:
                 end = sessions.get(event.session_id)
                 if end is None:
+                    continue
+                if event.address is not None:  # an XUDP datagram with its own address
+                    if run_end is not None:
+                        run_end.deliver_many(run)
+                        run_end, run = None, []
+                    end.deliver_to(event.data, event.address)  # type: ignore[arg-type]
                     continue
                 if end is not run_end:
                     if run_end is not None:

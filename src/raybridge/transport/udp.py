@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
-from raybridge.address import Destination
-from raybridge.link import End, IdleTimer, Session
+from raybridge.address import Destination, Network, parse_host
+from raybridge.link import End, IdleTimer, PacketEnd, Session
 
 logger = logging.getLogger("raybridge.transport")
 
@@ -31,7 +32,13 @@ UDP_IDLE = 60.0
 
 
 class DatagramFlowEnd(asyncio.DatagramProtocol, End):
-    """A connected UDP socket to one destination, as the outbound end of a UDP link."""
+    """A UDP socket for one destination, as the outbound end of a UDP link.
+
+    The socket is not connected, so that replies from other addresses reach it too
+    (full-cone, what XUDP and packetaddr clients expect): a peer that is a
+    :class:`~raybridge.link.PacketEnd` gets those with their source; any other peer gets only
+    the destination's own replies, as from a connected socket.
+    """
 
     def __init__(self, session: Session | None = None) -> None:
         self.peer: End | None = None
@@ -40,6 +47,7 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         self._pending: list[bytes] = []
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._remote: tuple[str, int] = ("", 0)
 
     def start_async(self, address: Awaitable[tuple[str, int]]) -> None:
         """Open the socket once ``address`` (host, port) is known."""
@@ -50,7 +58,11 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         host, port = "?", 0
         try:
             host, port = await address
-            await loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            family, _, _, _, sockaddr = infos[0]
+            self._remote = (str(sockaddr[0]), int(sockaddr[1]))
+            local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
+            await loop.create_datagram_endpoint(lambda: self, local_addr=local, family=family)
         except OSError as exc:
             logger.info("failed to open UDP flow to %s:%s: %s", host, port, exc)
             self._closed = True
@@ -63,16 +75,28 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
             transport.close()
             return
         for datagram in self._pending:
-            transport.sendto(datagram)
+            self.transport.sendto(datagram, self._remote)
         self._pending.clear()
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        peer = self.peer
+        if peer is None:
+            return
+        if (addr[0], addr[1]) != self._remote:
+            if not isinstance(peer, PacketEnd):
+                return  # what a connected socket would never have delivered
+            source = Destination(Network.UDP, parse_host(addr[0]), addr[1])
+            self._count(data)
+            peer.write_to(data, source)
+            return
+        self._count(data)
+        peer.write(data)
+
+    def _count(self, data: bytes) -> None:
         session = self.session
         if session is not None:
             session.active = True
             session.bytes_down += len(data)
-        if self.peer is not None:
-            self.peer.write(data)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: UDP carries on, as V2Ray does.
@@ -93,7 +117,7 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
             session.active = True
             session.bytes_up += len(data)
         if self.transport is not None:
-            self.transport.sendto(data)
+            self.transport.sendto(data, self._remote)
         elif len(self._pending) < MAX_PENDING:
             self._pending.append(data)
 
@@ -119,39 +143,18 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         pass
 
 
-class UdpClientFlow(End):
-    """One (client address, destination) flow of a :class:`UdpServer`."""
+class FlowEnd(PacketEnd):
+    """The inbound end of one UDP flow: ends after ``idle`` seconds without traffic, or
+    when its peer ends; then :meth:`forget` tells its owner. UDP has no backpressure."""
 
-    def __init__(
-        self,
-        server: UdpServer,
-        client: tuple[str, int],
-        dest: Destination,
-        reply_header: bytes,
-        session: Session,
-    ) -> None:
+    def __init__(self, session: Session, idle: float) -> None:
         self.peer: End | None = None
-        self.server = server
-        self.client = client
-        self.dest = dest
-        self.reply_header = reply_header  # prepended to every reply (SOCKS); b"" for raw
         self.session = session
         self.closed = False
-        self.idle = IdleTimer(session, server.idle, self._expire)
+        self.idle = IdleTimer(session, idle, self._expire)
 
-    def deliver(self, payload: bytes) -> None:
-        """A datagram from the client for this flow's destination."""
-        self.session.active = True
-        self.session.bytes_up += len(payload)
-        if self.peer is not None:
-            self.peer.write(payload)
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.session.active = True
-        self.session.bytes_down += len(data)
-        self.server.send(self.reply_header + data if self.reply_header else data, self.client)
+    def forget(self) -> None:
+        """Hook: the flow is over (its owner drops it and counts its session)."""
 
     def write_eof(self) -> None:
         self._finish()
@@ -170,13 +173,58 @@ class UdpClientFlow(End):
             return
         self.closed = True
         self.idle.cancel()
-        self.server.forget(self)
+        self.forget()
 
     def pause_reading(self) -> None:
         pass
 
     def resume_reading(self) -> None:
         pass
+
+
+class UdpClientFlow(FlowEnd):
+    """One (client address, destination) flow of a :class:`UdpServer`. A reply from another
+    source (full-cone, through XUDP or packetaddr) is sent to the client with that source
+    where the protocol can say so (SOCKS); otherwise it is dropped."""
+
+    def __init__(
+        self,
+        server: UdpServer,
+        client: tuple[str, int],
+        dest: Destination,
+        reply_header: bytes,
+        session: Session,
+    ) -> None:
+        super().__init__(session, server.idle)
+        self.server = server
+        self.client = client
+        self.dest = dest
+        self.reply_header = reply_header  # prepended to every reply (SOCKS); b"" for raw
+
+    def deliver(self, payload: bytes) -> None:
+        """A datagram from the client for this flow's destination."""
+        self.session.active = True
+        self.session.bytes_up += len(payload)
+        if self.peer is not None:
+            self.peer.write(payload)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.session.active = True
+        self.session.bytes_down += len(data)
+        self.server.send(self.reply_header + data if self.reply_header else data, self.client)
+
+    def write_to(self, data: bytes, address: Destination) -> None:
+        encode = self.server.encode_reply
+        if self.closed or encode is None:
+            return
+        self.session.active = True
+        self.session.bytes_down += len(data)
+        self.server.send(encode(address, data), self.client)
+
+    def forget(self) -> None:
+        self.server.forget(self)
 
 
 class UdpServer(asyncio.DatagramProtocol):
@@ -196,7 +244,11 @@ class UdpServer(asyncio.DatagramProtocol):
         idle: float = UDP_IDLE,
         max_flows: int = 4096,
         closed: Callable[[Session], None] | None = None,
+        encode_reply: Callable[[Destination, bytes], bytes] | None = None,
     ) -> None:
+        """``encode_reply(source, payload)``: a reply datagram naming its source, for
+        replies from an address other than the flow's destination (full-cone)."""
+        self.encode_reply = encode_reply
         self.closed = closed
         self.classify = classify
         self.open_flow = open_flow

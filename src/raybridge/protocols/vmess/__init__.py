@@ -8,10 +8,11 @@ state machines and ``body.py`` for the chunk formats.
 from __future__ import annotations
 
 from raybridge.protocols.vmess.account import User
-from raybridge.protocols.vmess.body import MAX_CHUNK_SIZE, max_payload
+from raybridge.protocols.vmess.body import MAX_CHUNK_SIZE, SEND_CHUNK_SIZE, max_payload
 from raybridge.protocols.vmess.connection import (
     ClientConnection,
     ServerConnection,
+    client_profile,
     default_options,
 )
 from raybridge.protocols.vmess.errors import VMessAuthError, VMessError
@@ -33,6 +34,7 @@ from raybridge.protocols.vmess.validator import UserValidator
 
 __all__ = [
     "MAX_CHUNK_SIZE",
+    "SEND_CHUNK_SIZE",
     "ClientConnection",
     "Command",
     "Data",
@@ -48,6 +50,7 @@ __all__ = [
     "UserValidator",
     "VMessAuthError",
     "VMessError",
+    "client_profile",
     "default_options",
     "max_payload",
     "security_from_config",

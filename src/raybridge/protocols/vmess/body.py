@@ -10,11 +10,27 @@ option S (inside one AES-CFB stream) and by NONE over UDP with S::
     AEAD nonce = uint16(count) ‖ IV[2:12], count += 1 per chunk, wrapping at 65536.
     End of stream: a chunk whose payload is empty (SIZE == overhead + p).
 
+With option A (AuthenticatedLength, 0x10; V2Ray 4.41+, Xray, sing-box; not in 4.34), SIZE is
+not masked but sealed with an AEAD of its own, for AES-128-GCM, ChaCha20-Poly1305 and NONE
+with S alike::
+
+    SIZE(18) = LEN_AEAD(uint16(len(SEALED) + p - 16)) (+16)
+    LEN_AEAD = AES-128-GCM(KDF16(request key, "auth_len")), or ChaCha20-Poly1305 keyed with
+               the MD5 expansion of that for ChaCha20-Poly1305 bodies
+    nonce    = uint16(length count) ‖ request IV[2:12]: the *request* key and IV in both
+               directions, and a counter of its own
+
+(``proxy/vmess/encoding/{client,server}.go`` in v2fly/v2ray-core v5, ``CreateReader`` /
+``CreateWriter`` in SagerNet/sing-vmess ``protocol.go``.) P still draws the padding length;
+M is ignored.
+
 NONE over TCP/Mux with S (1.9.5): ``SIZE(2, masked if M) ‖ payload``, no padding, EOS = 0.
-Without S (NONE, LEGACY): raw bytes (LEGACY: through AES-CFB), no framing, no EOS chunk.
+Without S (NONE, LEGACY, and "zero"): raw bytes (LEGACY: through AES-CFB), no framing, no
+EOS chunk.
 
 Readers accept any SIZE up to 65535 and fail on a bad tag or checksum (V2Ray silently
-skips small bad chunks; we do not). Writers never emit SIZE > 65535.
+skips small bad chunks; we do not). Writers never emit a SIZE over :data:`SEND_CHUNK_SIZE`
+(16 KiB), the most that every implementation in use reads; see there.
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ from raybridge.errors import LocalProtocolError
 from raybridge.protocols.vmess.errors import VMessError
 from raybridge.protocols.vmess.events import Data, EndOfStream
 from raybridge.protocols.vmess.header import Command, Option, Security
+from raybridge.protocols.vmess.kdf import kdf16
 from raybridge.protocols.vmess.primitives import (
     FNV_EMPTY,
     HashlibShakeStream,
@@ -42,13 +59,30 @@ from raybridge.protocols.vmess.primitives import (
     new_shake_stream,
 )
 
-__all__ = ["MAX_CHUNK_SIZE", "BodyReader", "BodyWriter", "max_payload"]
+__all__ = ["MAX_CHUNK_SIZE", "SEND_CHUNK_SIZE", "BodyReader", "BodyWriter", "max_payload"]
 
 BytesLike = bytes | bytearray | memoryview
 Urandom = Callable[[int], bytes]
 
-#: The largest SIZE a chunk may carry: the full uint16 range (1.9.7).
+#: The largest SIZE a reader accepts: the full uint16 range (1.9.7).
 MAX_CHUNK_SIZE = 0xFFFF
+#: The largest chunk a writer sends: SIZE, and so ``len(SEALED) + padding``, at most 16 KiB.
+#: What the implementations in use read (each checked in its source, 2026-12):
+#:
+#: * sing-box 1.14 and everything on SagerNet/sing-vmess (NekoBox, Hiddify, and mihomo, whose
+#:   ``adapter/outbound/vmess.go`` uses the metacubex fork): the body reader of TCP and Mux
+#:   requests sits behind ``bufio.NewChunkReader(reader, ReadChunkSize)`` with
+#:   ``ReadChunkSize = 16384`` (``protocol.go``, ``client.go``, ``service.go``), and
+#:   ``StreamChunkReader.Read`` / ``AEADChunkReader.Read`` fail with "short buffer: ... chunk
+#:   need N" when ``SIZE - padding`` exceeds it. The tightest limit, so it sets ours.
+#: * Xray-core (``common/crypto/auth.go`` ``AuthenticationReader.readInternal``): any SIZE;
+#:   chunks over ``buf.Size`` (8192) are read into a pooled buffer. It writes <= 8 KiB.
+#: * V2Ray 4.34 and v2fly v5 (the same ``common/crypto/auth.go``): any SIZE up to 65535, over
+#:   2048 into a pooled buffer (1.9.7, checked against the 4.34 binary). They write <= 2 KiB.
+#:
+#: Bigger chunks cost less Python per byte, but only V2Ray and Xray read them, and a sender
+#: cannot know which implementation it talks to.
+SEND_CHUNK_SIZE = 16384
 _MAX_PADDING = 63
 
 _RAW = 0  # no framing
@@ -59,6 +93,8 @@ _AUTH = 2  # generic chunk format
 _OPT_S = int(Option.CHUNK_STREAM)
 _OPT_M = int(Option.CHUNK_MASKING)
 _OPT_P = int(Option.GLOBAL_PADDING)
+
+_OPT_A = int(Option.AUTHENTICATED_LENGTH)
 
 _AUTH_NOOP = 0
 _AUTH_FNV = 1
@@ -84,7 +120,7 @@ def _framing(security: Security, options: Option, command: Command) -> tuple[int
     if security == Security.NONE:
         if not chunked:
             return _RAW, _AUTH_NOOP, 0
-        if command == Command.UDP:
+        if command == Command.UDP or int(options) & _OPT_A:
             return _AUTH, _AUTH_NOOP, 0
         return _STREAM, _AUTH_NOOP, 0
     if security == Security.LEGACY:
@@ -94,15 +130,17 @@ def _framing(security: Security, options: Option, command: Command) -> tuple[int
     raise ValueError(f"no body framing for security {security!r}")
 
 
-def max_payload(security: Security, options: Option, command: Command) -> int:
-    """Largest payload one chunk can carry without SIZE exceeding 65535 (any padding)."""
+def max_payload(
+    security: Security, options: Option, command: Command, limit: int = SEND_CHUNK_SIZE
+) -> int:
+    """Largest payload one chunk can carry without SIZE exceeding ``limit`` (any padding)."""
     mode, _, overhead = _framing(security, options, command)
     if mode == _RAW:
         return 1 << 62
     if mode == _STREAM:
-        return MAX_CHUNK_SIZE
+        return limit
     padding = _MAX_PADDING if int(options) & _OPT_P else 0
-    return MAX_CHUNK_SIZE - overhead - padding
+    return limit - overhead - padding
 
 
 def _check_options(options: Option) -> None:
@@ -120,6 +158,9 @@ class _Direction:
         "_cfb",
         "_count",
         "_iv_tail",
+        "_len_aead",
+        "_len_count",
+        "_len_tail",
         "_mask",
         "_mode",
         "_overhead",
@@ -135,6 +176,7 @@ class _Direction:
         key: bytes,
         iv: bytes,
         cfb: CipherContext | None,
+        request_key_iv: tuple[bytes, bytes] | None,
     ) -> None:
         _check_options(options)
         self._mode, self._auth, self._overhead = _framing(security, options, command)
@@ -146,11 +188,25 @@ class _Direction:
         self._cfb = cfb
         self._count = 0
         self._iv_tail = iv[2:12]
-        self._mask = bool(int(options) & _OPT_M)
+        # AuthenticatedLength: the length AEAD is keyed from the request body key and IV in
+        # both directions (the response direction's caller passes them).
+        self._len_aead: _AEAD | None = None
+        self._len_tail = b""
+        self._len_count = 0
+        if int(options) & _OPT_A and self._mode == _AUTH and security != Security.LEGACY:
+            req_key, req_iv = request_key_iv or (key, iv)
+            len_key = kdf16(req_key, b"auth_len")
+            if security == Security.CHACHA20_POLY1305:
+                self._len_aead = ChaCha20Poly1305(chacha20_key(len_key))
+            else:
+                self._len_aead = AESGCM(len_key)
+            self._len_tail = req_iv[2:12]
+        # With A the length is sealed, not masked.
+        self._mask = bool(int(options) & _OPT_M) and self._len_aead is None
         # NONE over TCP/Mux ignores P: its chunk-stream framing has no padding (1.9.5).
         self._pad = bool(int(options) & _OPT_P) and self._mode == _AUTH
         self._shake: ShakeStream | HashlibShakeStream | None = (
-            new_shake_stream(iv) if self._mask else None
+            new_shake_stream(iv) if self._mask or self._pad else None
         )
 
 
@@ -169,17 +225,23 @@ class BodyWriter(_Direction):
         key: bytes,
         iv: bytes,
         urandom: Urandom,
-        chunk_size: int = MAX_CHUNK_SIZE,
+        chunk_size: int = SEND_CHUNK_SIZE,
         cfb: CipherContext | None = None,
+        request_key_iv: tuple[bytes, bytes] | None = None,
+        send_limit: int = SEND_CHUNK_SIZE,
     ) -> None:
+        """``send_limit``: the largest SIZE to write (tests raise it to 65535 to make the
+        big chunks only V2Ray and Xray read)."""
         if security == Security.LEGACY and cfb is None:
             cfb = aes_cfb_encryptor(key, iv)
-        super().__init__(security, options, command, key, iv, cfb)
+        super().__init__(security, options, command, key, iv, cfb, request_key_iv)
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
         self._packet = command == Command.UDP
         # A datagram cannot be split: UDP is bounded only by what one chunk can carry.
-        limit = max_payload(security, options, command)
+        if not 1 <= send_limit <= MAX_CHUNK_SIZE:
+            raise ValueError(f"send_limit must be 1..{MAX_CHUNK_SIZE}")
+        limit = max_payload(security, options, command, send_limit)
         self._max = limit if self._packet else min(chunk_size, limit)
         self._urandom = urandom
         self._pad_pool = b""
@@ -225,9 +287,13 @@ class BodyWriter(_Direction):
 
     def _seal_aead(self, mv: memoryview, n: int) -> bytearray:
         """AES-GCM / ChaCha20-Poly1305 chunks sealed straight into one output buffer: one
-        allocation and one cipher call per chunk, no intermediate ciphertext or join."""
+        allocation and one cipher call per chunk (two with A), no intermediate ciphertext
+        or join."""
         shake = self._shake
-        pad_on = self._pad and shake is not None
+        pad_on = self._pad
+        mask_on = self._mask
+        len_aead = self._len_aead
+        head = 18 if len_aead is not None else 2
         step = self._max
         sizes: list[int] = []
         pads: list[int] = []
@@ -237,11 +303,15 @@ class BodyWriter(_Direction):
         while True:  # draw padding and masks in chunk order first, to size the buffer
             length = min(step, n - pos)
             pad = shake.next_u16() % 64 if pad_on else 0  # type: ignore[union-attr]
-            mask = shake.next_u16() if shake is not None else 0
+            if len_aead is not None:
+                word = length + pad  # uint16(len(SEALED) + p - 16)
+            else:
+                mask = shake.next_u16() if mask_on else 0  # type: ignore[union-attr]
+                word = (length + 16 + pad) ^ mask
             sizes.append(length)
             pads.append(pad)
-            words.append((length + 16 + pad) ^ mask)
-            total += 2 + length + 16 + pad
+            words.append(word)
+            total += head + length + 16 + pad
             pos += length
             if pos >= n:
                 break
@@ -251,11 +321,19 @@ class BodyWriter(_Direction):
         assert aead is not None
         tail = self._iv_tail
         count = self._count
+        len_tail = self._len_tail
+        len_count = self._len_count
         off = 0
         pos = 0
         for length, pad, word in zip(sizes, pads, words, strict=True):
-            _pack_u16_into(out, off, word)
-            off += 2
+            if len_aead is not None:
+                len_aead.encrypt_into(
+                    _pack_u16(len_count) + len_tail, _pack_u16(word), None, view[off : off + 18]
+                )
+                len_count = (len_count + 1) & 0xFFFF
+            else:
+                _pack_u16_into(out, off, word)
+            off += head
             aead.encrypt_into(
                 _pack_u16(count) + tail, mv[pos : pos + length], None, view[off : off + length + 16]
             )
@@ -267,6 +345,7 @@ class BodyWriter(_Direction):
                 off += pad
         view.release()
         self._count = count
+        self._len_count = len_count
         return out
 
     def write_eof(self) -> bytes:
@@ -280,6 +359,8 @@ class BodyWriter(_Direction):
         if self._mode == _STREAM:
             mask = self._shake.next_u16() if self._shake is not None else 0
             parts.append(_pack_u16(mask))
+        elif self._aead is not None:
+            parts.append(self._seal_aead(memoryview(b""), 0))  # type: ignore[arg-type]
         else:
             self._seal_auth(memoryview(b""), 0, parts)
         out = b"".join(parts)
@@ -296,13 +377,14 @@ class BodyWriter(_Direction):
             append(bytes(chunk))
 
     def _seal_auth(self, mv: memoryview, n: int, parts: list[bytes]) -> None:
+        """The generic chunk without an AEAD payload: LEGACY (FNV) and NONE over UDP, or
+        NONE with A (its length is still sealed)."""
         shake = self._shake
         pad_on = self._pad
+        mask_on = self._mask
+        len_aead = self._len_aead
         overhead = self._overhead
-        aead = self._aead
         auth = self._auth
-        tail = self._iv_tail
-        count = self._count
         step = self._max
         append = parts.append
         pos = 0
@@ -310,12 +392,18 @@ class BodyWriter(_Direction):
             chunk = mv[pos : pos + step]
             pos += step
             pad = shake.next_u16() % 64 if pad_on and shake is not None else 0
-            mask = shake.next_u16() if shake is not None else 0
-            append(_pack_u16((len(chunk) + overhead + pad) ^ mask))
-            if aead is not None:
-                append(aead.encrypt(_pack_u16(count) + tail, chunk, None))
-                count = (count + 1) & 0xFFFF
-            elif auth == _AUTH_FNV:
+            if len_aead is not None:
+                word = (len(chunk) + overhead + pad - 16) & 0xFFFF
+                append(
+                    len_aead.encrypt(
+                        _pack_u16(self._len_count) + self._len_tail, _pack_u16(word), None
+                    )
+                )
+                self._len_count = (self._len_count + 1) & 0xFFFF
+            else:
+                mask = shake.next_u16() if mask_on and shake is not None else 0
+                append(_pack_u16((len(chunk) + overhead + pad) ^ mask))
+            if auth == _AUTH_FNV:
                 payload = bytes(chunk)
                 append(_pack_u32(fnv1a32(payload) if payload else FNV_EMPTY))
                 append(payload)
@@ -325,13 +413,12 @@ class BodyWriter(_Direction):
                 append(self._padding(pad))
             if pos >= n:
                 break
-        self._count = count
 
 
 class BodyReader(_Direction):
     """Opens one direction's body from bytes that may arrive split anywhere."""
 
-    __slots__ = ("_buf", "_done", "_off", "_pending_pad", "_pending_size")
+    __slots__ = ("_buf", "_done", "_head", "_off", "_pending_pad", "_pending_size")
 
     def __init__(
         self,
@@ -342,10 +429,12 @@ class BodyReader(_Direction):
         key: bytes,
         iv: bytes,
         cfb: CipherContext | None = None,
+        request_key_iv: tuple[bytes, bytes] | None = None,
     ) -> None:
         if security == Security.LEGACY and cfb is None:
             cfb = aes_cfb_decryptor(key, iv)
-        super().__init__(security, options, command, key, iv, cfb)
+        super().__init__(security, options, command, key, iv, cfb, request_key_iv)
+        self._head = 18 if self._len_aead is not None else 2  # bytes of SIZE on the wire
         self._buf = bytearray()  # unparsed bytes start at self._off
         self._off = 0
         self._pending_size = -1  # SIZE already read (and SHAKE words drawn) for the next chunk
@@ -375,7 +464,7 @@ class BodyReader(_Direction):
             while len(buf) > self._off and pos < end:
                 have = len(buf) - self._off
                 size = self._pending_size
-                need = (2 if size < 0 else size) - have
+                need = (self._head if size < 0 else size) - have
                 take = min(need, end - pos)
                 buf += mv[pos : pos + take]
                 pos += take
@@ -412,6 +501,9 @@ class BodyReader(_Direction):
     def _parse(self, mv: memoryview, pos: int, end: int, events: list[Data | EndOfStream]) -> int:
         shake = self._shake
         pad_on = self._pad
+        mask_on = self._mask
+        len_aead = self._len_aead
+        head = self._head
         overhead = self._overhead
         aead = self._aead
         auth = self._auth
@@ -424,12 +516,21 @@ class BodyReader(_Direction):
         try:
             while True:
                 if size < 0:
-                    if end - pos < 2:
+                    if end - pos < head:
                         break
                     pad = shake.next_u16() % 64 if pad_on and shake is not None else 0
-                    mask = shake.next_u16() if shake is not None else 0
-                    size = ((mv[pos] << 8) | mv[pos + 1]) ^ mask
-                    pos += 2
+                    if len_aead is not None:
+                        nonce = _pack_u16(self._len_count) + self._len_tail
+                        try:
+                            word = len_aead.decrypt(nonce, mv[pos : pos + 18], None)
+                        except InvalidTag:
+                            raise VMessError("chunk length authentication failed") from None
+                        self._len_count = (self._len_count + 1) & 0xFFFF
+                        size = (((word[0] << 8) | word[1]) + 16) & 0xFFFF
+                    else:
+                        mask = shake.next_u16() if mask_on and shake is not None else 0
+                        size = ((mv[pos] << 8) | mv[pos + 1]) ^ mask
+                    pos += head
                     if size < overhead + pad:
                         raise VMessError(f"chunk size {size} below overhead and padding")
                 if end - pos < size:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import CipherContext
 from raybridge.address import Destination
 from raybridge.errors import LocalProtocolError
 from raybridge.protocols.vmess.account import User
-from raybridge.protocols.vmess.body import MAX_CHUNK_SIZE, BodyReader, BodyWriter
+from raybridge.protocols.vmess.body import SEND_CHUNK_SIZE, BodyReader, BodyWriter
 from raybridge.protocols.vmess.errors import VMessAuthError, VMessError
 from raybridge.protocols.vmess.events import (
     Data,
@@ -66,7 +66,7 @@ from raybridge.protocols.vmess.primitives import (
 )
 from raybridge.protocols.vmess.validator import UserValidator
 
-__all__ = ["ClientConnection", "ServerConnection", "default_options"]
+__all__ = ["ClientConnection", "ServerConnection", "client_profile", "default_options"]
 
 BytesLike = bytes | bytearray | memoryview
 Urandom = Callable[[int], bytes]
@@ -74,6 +74,7 @@ Urandom = Callable[[int], bytes]
 _S = Option.CHUNK_STREAM
 _M = int(Option.CHUNK_MASKING)
 _P = int(Option.GLOBAL_PADDING)
+_A = Option.AUTHENTICATED_LENGTH
 _INSECURE = (Security.NONE, Security.LEGACY, Security.UNKNOWN)
 
 
@@ -84,6 +85,29 @@ def default_options(security: Security) -> Option:
     if security == Security.NONE:
         return _S | _M
     return _S
+
+
+def client_profile(
+    security: Security | None,
+    command: Command,
+    *,
+    zero: bool = False,
+    authenticated_length: bool = False,
+) -> tuple[Security, Option]:
+    """Security and options a client sends: V2Ray 4.34's, plus two later additions.
+
+    ``zero`` (v2fly v5 ``SecurityType_ZERO``, sing-box ``"zero"``): NONE on the wire with
+    neither S nor M, so the body is the raw stream (``proxy/vmess/outbound/outbound.go`` in
+    v5). A UDP request keeps S, as sing-box's client does (``client.go``): a raw body would
+    lose the datagram boundaries. ``authenticated_length``: option A (v5 ``experiments``).
+    """
+    if zero:
+        return Security.NONE, (_S if command == Command.UDP else Option(0))
+    assert security is not None
+    options = default_options(security)
+    if authenticated_length and security in (Security.AES_128_GCM, Security.CHACHA20_POLY1305):
+        options |= _A
+    return security, options
 
 
 def _security_from_nibble(nibble: int) -> Security:
@@ -125,8 +149,11 @@ class ClientConnection:
         urandom: Urandom,
         aead: bool | None = None,
         options: Option | None = None,
-        chunk_size: int = MAX_CHUNK_SIZE,
+        chunk_size: int = SEND_CHUNK_SIZE,
+        send_eos: bool = True,
     ) -> None:
+        """``send_eos=False``: :meth:`send_eof` sends no end-of-stream chunk (v5's
+        ``experiments: "NoTerminationSignal"``); the body ends with the connection."""
         try:
             command = Command(command)
             security = Security(security)
@@ -150,6 +177,7 @@ class ClientConnection:
         self.security = security
         self.options = options
         self.aead = aead
+        self._send_eos = send_eos
 
         rnd = urandom(33)
         key, iv, self.response_auth = rnd[:16], rnd[16:32], rnd[32]
@@ -201,6 +229,12 @@ class ClientConnection:
         self._reader: BodyReader | None = None
         self._failed = False
 
+    @property
+    def framed(self) -> bool:
+        """False for a raw request body (no S with NONE, LEGACY or "zero"): it has no
+        end-of-stream chunk, so the caller ends it by half-closing the connection."""
+        return self._writer.framed
+
     # sending
 
     def header(self) -> bytes:
@@ -216,6 +250,8 @@ class ClientConnection:
 
     def send_eof(self) -> bytes:
         body = self._writer.write_eof()
+        if not self._send_eos:
+            body = b""
         if self._header:
             return self.header() + body
         return body
@@ -293,6 +329,7 @@ class ClientConnection:
             key=self._resp_key,
             iv=self._resp_iv,
             cfb=cfb if self.security == Security.LEGACY else None,
+            request_key_iv=(self.body_key, self.body_iv),
         )
         self._rstate = _R_BODY
         rest = bytes(buf[end:])
@@ -337,7 +374,7 @@ class ServerConnection:
         *,
         urandom: Urandom,
         disable_insecure_encryption: bool = False,
-        chunk_size: int = MAX_CHUNK_SIZE,
+        chunk_size: int = SEND_CHUNK_SIZE,
         aead_only: bool = False,
     ) -> None:
         """``aead_only``: refuse legacy (alterId > 0, MD5-based) headers, like V2Ray's
@@ -534,6 +571,7 @@ class ServerConnection:
             urandom=self._urandom,
             chunk_size=self._chunk_size,
             cfb=writer_cfb if security == Security.LEGACY else None,
+            request_key_iv=(parsed.body_key, parsed.body_iv),
         )
         self._state = _BODY
         rest = bytes(self._buf[consumed:])
@@ -545,6 +583,11 @@ class ServerConnection:
         if rest:
             events.extend(self._reader.feed(rest))
         return events
+
+    @property
+    def framed(self) -> bool:
+        """False for a raw response body (see :attr:`ClientConnection.framed`)."""
+        return self._writer is None or self._writer.framed
 
     # sending
 

@@ -101,6 +101,9 @@ class Option(IntFlag):
     CONNECTION_REUSE = 0x02
     CHUNK_MASKING = 0x04
     GLOBAL_PADDING = 0x08
+    #: Chunk lengths sealed with their own AEAD (V2Ray 4.41+ ``experiments:
+    #: "AuthenticatedLength"``, Xray, sing-box ``authenticated_length``); not in 4.34.
+    AUTHENTICATED_LENGTH = 0x10
 
 
 def security_from_config(name: str, arch_has_aes: bool = True) -> Security:

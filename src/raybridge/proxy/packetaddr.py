@@ -1,0 +1,72 @@
+"""The server side of packetaddr: a UDP request to ``sp.packet-addr.v2fly.arpa`` whose
+datagrams carry their own addresses (``protocols/packetaddr.py``) becomes one UDP link per
+destination (``transport/packet.py``), whatever inbound it arrived on (VMess, or a mux
+session inside one), as in v2fly v5 and sing-box."""
+
+from __future__ import annotations
+
+import logging
+
+from raybridge.address import Destination
+from raybridge.dispatcher import Dispatcher
+from raybridge.errors import LocalProtocolError
+from raybridge.link import End, Session
+from raybridge.protocols.packetaddr import (
+    MAGIC_DOMAIN,
+    PacketAddrError,
+    decode_packet,
+    encode_packet,
+)
+from raybridge.transport.packet import PacketFanout
+
+logger = logging.getLogger("raybridge.proxy.packetaddr")
+
+
+class PacketAddrEnd(End):
+    """The outbound end of a packetaddr request: unwraps datagrams, fans them out."""
+
+    def __init__(self, dispatcher: Dispatcher, session: Session) -> None:
+        self.peer: End | None = None
+        self.fanout = PacketFanout(dispatcher, session, self._reply)
+        self.bad = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            dest, payload = decode_packet(data)
+        except PacketAddrError as exc:
+            self.bad += 1
+            if self.bad == 1:
+                logger.info("packetaddr from %s: %s", self.fanout.session.source, exc)
+            return
+        self.fanout.send(payload, dest)
+
+    def _reply(self, data: bytes, source: Destination) -> None:
+        if self.peer is None:
+            return
+        try:
+            self.peer.write(encode_packet(source, data))
+        except LocalProtocolError as exc:  # a reply too big for one VMess chunk
+            logger.debug("packetaddr reply dropped: %s", exc)
+
+    def write_eof(self) -> None:
+        pass  # replies may still come; the flows' idle timers end them
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self.fanout.close()
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def install_packetaddr_server(dispatcher: Dispatcher) -> None:
+    def handler(session: Session, dest: Destination, peer: End) -> End:
+        session.counted = True  # each destination's flow is counted on its own
+        end = PacketAddrEnd(dispatcher, session)
+        end.peer = peer
+        peer.peer = end
+        return end
+
+    dispatcher.intercept(MAGIC_DOMAIN, handler)
