@@ -257,7 +257,7 @@ class BodyWriter(_Direction):
         pos = self._pad_pos
         if pos + n > len(self._pad_pool):
             # Start small (a short connection pads a few chunks), grow to _PAD_POOL.
-            size = min(_PAD_POOL, max(256, 2 * len(self._pad_pool)))
+            size = max(n, min(_PAD_POOL, max(256, 2 * len(self._pad_pool))))
             self._pad_pool = self._urandom(size)
             pos = 0
         self._pad_pos = pos + n
@@ -288,64 +288,59 @@ class BodyWriter(_Direction):
     def _seal_aead(self, mv: memoryview, n: int) -> bytearray:
         """AES-GCM / ChaCha20-Poly1305 chunks sealed straight into one output buffer: one
         allocation and one cipher call per chunk (two with A), no intermediate ciphertext
-        or join."""
+        or join. The SHAKE words of all chunks are drawn in one call, and the padding bytes
+        in one slice: what is left per chunk is the cipher call."""
+        step = self._max
+        k = (n + step - 1) // step if n else 1
+        last = n - (k - 1) * step
         shake = self._shake
         pad_on = self._pad
         mask_on = self._mask
+        # Per chunk, V2Ray draws the padding word first, then the mask word (1.9.6).
+        per = pad_on + mask_on
+        words = shake.next_words(k * per) if per and shake is not None else ()
+        pads = [w % 64 for w in words[::per]] if pad_on else None
+        masks = words[per - 1 :: per] if mask_on else None
         len_aead = self._len_aead
         head = 18 if len_aead is not None else 2
-        step = self._max
-        sizes: list[int] = []
-        pads: list[int] = []
-        words: list[int] = []
-        total = 0
-        pos = 0
-        while True:  # draw padding and masks in chunk order first, to size the buffer
-            length = min(step, n - pos)
-            pad = shake.next_u16() % 64 if pad_on else 0  # type: ignore[union-attr]
-            if len_aead is not None:
-                word = length + pad  # uint16(len(SEALED) + p - 16)
-            else:
-                mask = shake.next_u16() if mask_on else 0  # type: ignore[union-attr]
-                word = (length + 16 + pad) ^ mask
-            sizes.append(length)
-            pads.append(pad)
-            words.append(word)
-            total += head + length + 16 + pad
-            pos += length
-            if pos >= n:
-                break
-        out = bytearray(total)
+        pad_total = sum(pads) if pads is not None else 0
+        out = bytearray(k * (head + 16) + n + pad_total)
         view = memoryview(out)
+        pad_view = memoryview(self._padding(pad_total)) if pad_total else None
         aead = self._aead
         assert aead is not None
+        encrypt_into = aead.encrypt_into
         tail = self._iv_tail
         count = self._count
-        len_tail = self._len_tail
-        len_count = self._len_count
         off = 0
-        pos = 0
-        for length, pad, word in zip(sizes, pads, words, strict=True):
+        pad_off = 0
+        for i in range(k):
+            length = step if i < k - 1 else last
+            pad = pads[i] if pads is not None else 0
             if len_aead is not None:
                 len_aead.encrypt_into(
-                    _pack_u16(len_count) + len_tail, _pack_u16(word), None, view[off : off + 18]
+                    _pack_u16(self._len_count) + self._len_tail,
+                    _pack_u16(length + pad),  # uint16(len(SEALED) + p - 16)
+                    None,
+                    view[off : off + 18],
                 )
-                len_count = (len_count + 1) & 0xFFFF
+                self._len_count = (self._len_count + 1) & 0xFFFF
             else:
-                _pack_u16_into(out, off, word)
+                word = length + 16 + pad
+                _pack_u16_into(out, off, word ^ masks[i] if masks is not None else word)
             off += head
-            aead.encrypt_into(
-                _pack_u16(count) + tail, mv[pos : pos + length], None, view[off : off + length + 16]
-            )
+            pos = i * step
+            end = off + length + 16
+            encrypt_into(_pack_u16(count) + tail, mv[pos : pos + length], None, view[off:end])
             count = (count + 1) & 0xFFFF
-            off += length + 16
-            pos += length
+            off = end
             if pad:
-                view[off : off + pad] = self._padding(pad)
+                assert pad_view is not None
+                view[off : off + pad] = pad_view[pad_off : pad_off + pad]
                 off += pad
+                pad_off += pad
         view.release()
         self._count = count
-        self._len_count = len_count
         return out
 
     def write_eof(self) -> bytes:
@@ -446,6 +441,16 @@ class BodyReader(_Direction):
         return self._done
 
     def feed(self, data: BytesLike) -> list[Data | EndOfStream]:
+        was_done = self._done
+        payloads = self.feed_payloads(data)
+        events: list[Data | EndOfStream] = [Data(p) for p in payloads]
+        if self._done and not was_done:
+            events.append(EndOfStream())
+        return events
+
+    def feed_payloads(self, data: BytesLike) -> list[bytes]:
+        """:meth:`feed` without the event objects, for the relay's hot path: the payloads in
+        order; the end of stream shows as :attr:`done` becoming true."""
         if self._done:
             if len(data):
                 raise VMessError("data after end of stream")
@@ -453,8 +458,8 @@ class BodyReader(_Direction):
         if self._cfb is not None:
             data = self._cfb.update(data)
         if self._mode == _RAW:
-            return [Data(bytes(data))] if len(data) else []
-        events: list[Data | EndOfStream] = []
+            return [bytes(data)] if len(data) else []
+        out: list[bytes] = []
         buf = self._buf
         with memoryview(data) as mv:
             end = len(mv)
@@ -469,24 +474,24 @@ class BodyReader(_Direction):
                 buf += mv[pos : pos + take]
                 pos += take
                 if take < need:
-                    return events
+                    return out
                 with memoryview(buf) as bmv:
-                    self._off = self._parse(bmv, self._off, len(bmv), events)
+                    self._off = self._parse(bmv, self._off, len(bmv), out)
                 if self._off == len(buf):
                     buf.clear()
                     self._off = 0
                 if self._done:
                     if pos < end:
                         raise VMessError("data after end of stream")
-                    return events
+                    return out
             if pos < end:
-                pos = self._parse(mv, pos, end, events)
+                pos = self._parse(mv, pos, end, out)
                 if pos < end:
                     if self._off:
                         del buf[: self._off]
                         self._off = 0
                     buf += mv[pos:]
-        return events
+        return out
 
     def feed_eof(self) -> list[Data | EndOfStream]:
         """The connection was closed by the peer. V2Ray takes that as a clean end when it
@@ -498,7 +503,7 @@ class BodyReader(_Direction):
         self._done = True
         return [EndOfStream()]
 
-    def _parse(self, mv: memoryview, pos: int, end: int, events: list[Data | EndOfStream]) -> int:
+    def _parse(self, mv: memoryview, pos: int, end: int, out: list[bytes]) -> int:
         shake = self._shake
         pad_on = self._pad
         mask_on = self._mask
@@ -512,7 +517,7 @@ class BodyReader(_Direction):
         count = self._count
         size = self._pending_size
         pad = self._pending_pad
-        append = events.append
+        append = out.append
         try:
             while True:
                 if size < 0:
@@ -555,11 +560,10 @@ class BodyReader(_Direction):
                 size = -1
                 if not payload:
                     self._done = True
-                    append(EndOfStream())
                     if pos < end:
                         raise VMessError("data after end of stream")
                     break
-                append(Data(payload))
+                append(payload)
         finally:
             self._count = count
             self._pending_size = size

@@ -230,6 +230,12 @@ class ClientConnection:
         self._failed = False
 
     @property
+    def body_reader(self) -> BodyReader | None:
+        """The response body's reader once the response header is in: a relay may feed it
+        directly (``feed_payloads``), skipping the event objects."""
+        return self._reader
+
+    @property
     def framed(self) -> bool:
         """False for a raw request body (no S with NONE, LEGACY or "zero"): it has no
         end-of-stream chunk, so the caller ends it by half-closing the connection."""
@@ -583,6 +589,12 @@ class ServerConnection:
         if rest:
             events.extend(self._reader.feed(rest))
         return events
+
+    @property
+    def body_reader(self) -> BodyReader | None:
+        """The request body's reader once the request header is in (see
+        :attr:`ClientConnection.body_reader`)."""
+        return self._reader
 
     @property
     def framed(self) -> bool:

@@ -10,8 +10,10 @@ Everything here is sans-IO; randomness is always passed in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
+import struct
 from collections.abc import Callable
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -137,6 +139,24 @@ class ShakeStream:
         self._pos = pos + 2
         return (buf[pos] << 8) | buf[pos + 1]
 
+    def next_words(self, count: int) -> tuple[int, ...]:
+        """The next ``count`` words at once (one unpack instead of ``count`` calls)."""
+        return _next_words(self, count)
+
+
+def _next_words(stream: ShakeStream | HashlibShakeStream, count: int) -> tuple[int, ...]:
+    pos = stream._pos
+    buf = stream._buf
+    if pos + 2 * count <= len(buf):
+        stream._pos = pos + 2 * count
+        return _unpack_words(count)(buf, pos)
+    return tuple(stream.next_u16() for _ in range(count))
+
+
+@functools.lru_cache(maxsize=64)
+def _unpack_words(count: int) -> Callable[[bytes, int], tuple[int, ...]]:
+    return struct.Struct(f">{count}H").unpack_from
+
 
 class HashlibShakeStream:
     """Fallback for OpenSSL builds without XOF squeezing: ``shake_128(seed).digest(n)`` is a
@@ -161,6 +181,9 @@ class HashlibShakeStream:
             pos = 0
         self._pos = pos + 2
         return (buf[pos] << 8) | buf[pos + 1]
+
+    def next_words(self, count: int) -> tuple[int, ...]:
+        return _next_words(self, count)
 
 
 def _xof_works() -> bool:
