@@ -447,6 +447,38 @@ def measure(
     return out
 
 
+def print_table(title: str, results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Medians per system and, for two systems, the first's over the second's."""
+    systems = list(results)
+    keys = list(results[systems[0]][0])
+    med = {s: {k: statistics.median(r[k] for r in results[s]) for k in keys} for s in systems}
+    print()
+    print(title)
+    header = f"| figure | {' | '.join(systems)} |"
+    if len(systems) == 2:
+        header += f" {systems[0]}/{systems[1]} |"
+    print(header)
+    print("|---" * (len(systems) + 1 + (len(systems) == 2)) + "|")
+    for k in keys:
+        row = f"| {k} | " + " | ".join(f"{med[s][k]:.3g}" for s in systems) + " |"
+        if len(systems) == 2 and med[systems[1]][k]:
+            row += f" {med[systems[0]][k] / med[systems[1]][k]:.2f} |"
+        print(row)
+    return med
+
+
+def start_target() -> tuple[subprocess.Popen[bytes], int, int]:
+    """bench/target.py in its own process: (process, target port, greeter port)."""
+    target_port, greeter_port = free_port(), free_port()
+    target = subprocess.Popen(
+        [sys.executable, str(HERE / "target.py"), str(target_port), str(greeter_port)],
+        stdout=subprocess.PIPE,
+    )
+    assert target.stdout is not None
+    target.stdout.readline()
+    return target, target_port, greeter_port
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="abc")
@@ -466,15 +498,9 @@ def main() -> int:
         check=False,
         stdout=subprocess.DEVNULL,
     )
-    target_port, greeter_port = free_port(), free_port()
-    target = subprocess.Popen(
-        [sys.executable, str(HERE / "target.py"), str(target_port), str(greeter_port)],
-        stdout=subprocess.PIPE,
-    )
+    target, target_port, greeter_port = start_target()
     results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     try:
-        assert target.stdout is not None
-        target.stdout.readline()
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(args.rounds):
                 for system in systems:
@@ -497,24 +523,12 @@ def main() -> int:
         target.terminate()
         target.wait()
 
-    keys = list(results[systems[0]][0])
-    med = {s: {k: statistics.median(r[k] for r in results[s]) for k in keys} for s in systems}
-    print()
-    print(
+    med = print_table(
         f"{args.topology}: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
         f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
-        f"{args.rounds} rounds, {args.size} MB per stream"
+        f"{args.rounds} rounds, {args.size} MB per stream",
+        results,
     )
-    header = f"| figure | {' | '.join(systems)} |"
-    if len(systems) == 2:
-        header += f" {systems[0]}/{systems[1]} |"
-    print(header)
-    print("|---" * (len(systems) + 1 + (len(systems) == 2)) + "|")
-    for k in keys:
-        row = f"| {k} | " + " | ".join(f"{med[s][k]:.3g}" for s in systems) + " |"
-        if len(systems) == 2 and med[systems[1]][k]:
-            row += f" {med[systems[0]][k] / med[systems[1]][k]:.2f} |"
-        print(row)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "median": med}, indent=1))
     return 0

@@ -9,6 +9,12 @@ target's known pattern, on the client for downloads, on the target for uploads),
 UDP datagrams (checked). Every ``--restart-every`` seconds A is killed (-9) and restarted; in
 the middle of the run B is too; C runs the whole time. At the end it prints connections
 attempted and failed, bytes verified, and each node's RSS at its start and at the end.
+
+``--hostile N`` adds N of each hostile client beside the good ones: slow readers (a big
+download read at 1 byte/s), half-open handshakes (connect to B's client port, send a few
+bytes of a VMess header, then nothing), and UDP floods (bursts of datagrams to many
+destinations through C's SOCKS UDP, never read). The good clients' figures and each
+node's peak RSS show whether they held.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import hashlib
 import os
 import random
+import socket
 import struct
 import subprocess
 import sys
@@ -130,6 +137,64 @@ async def udp_job(port: int, target: int, rng: random.Random) -> int:
         writer.close()
 
 
+async def slow_reader(port: int, target: int, stop: asyncio.Event) -> None:
+    """A big download read at one byte a second, again and again."""
+    while not stop.is_set():
+        try:
+            reader, writer = await socks(port, target)
+            writer.transport.set_write_buffer_limits(0)
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            writer.write(b"S" + struct.pack("!Q", 1_000_000_000))
+            while not stop.is_set():
+                if not await reader.read(1):
+                    break
+                await asyncio.sleep(1.0)
+            writer.close()
+        except (OSError, asyncio.IncompleteReadError):
+            await asyncio.sleep(1.0)
+
+
+async def half_open(port: int, stop: asyncio.Event) -> None:
+    """Connections that start a VMess header and never finish it."""
+    held: list[asyncio.StreamWriter] = []
+    while not stop.is_set():
+        try:
+            _, writer = await asyncio.open_connection(LOCAL, port)
+            writer.write(os.urandom(20))
+            held.append(writer)
+            if len(held) > 50:
+                held.pop(0).close()
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    for writer in held:
+        writer.close()
+
+
+async def udp_flood(port: int, stop: asyncio.Event) -> None:
+    """Bursts of datagrams to many (closed) destinations through C, never read."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection(LOCAL, port)
+            writer.write(b"\x05\x01\x00\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00")
+            reply = await reader.readexactly(12)
+            relay = (LOCAL, struct.unpack("!H", reply[10:12])[0])
+            transport, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(LOCAL, 0)
+            )
+            for i in range(500):
+                dest = bytes([127, 0, 0, 1]) + struct.pack("!H", 20000 + i)
+                transport.sendto(b"\x00\x00\x00\x01" + dest + os.urandom(200), relay)
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)
+            transport.close()
+            writer.close()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        await asyncio.sleep(1.0)
+
+
 async def worker(
     port: int, target: int, stats: dict[str, int], stop: asyncio.Event, seed: int
 ) -> None:
@@ -166,6 +231,11 @@ async def main_async(args: argparse.Namespace) -> int:
             asyncio.ensure_future(worker(chain.socks, target_port, stats, stop, i))
             for i in range(args.workers)
         ]
+        b_clients = chain.node("B").config["inbounds"][-1]["port"]
+        for _ in range(args.hostile):
+            workers.append(asyncio.ensure_future(slow_reader(chain.socks, target_port, stop)))
+            workers.append(asyncio.ensure_future(half_open(b_clients, stop)))
+            workers.append(asyncio.ensure_future(udp_flood(chain.socks, stop)))
         started = time.monotonic()
         duration = args.minutes * 60
         restarts = 0
@@ -196,11 +266,12 @@ async def main_async(args: argparse.Namespace) -> int:
             stop.set()
             await asyncio.gather(*workers)
             rss_end = {n.name: bench.rss_now(n.proc.pid) for n in chain.nodes if n.proc}
+            peak = {n.name: bench.proc_stat(n.proc.pid)[1] for n in chain.nodes if n.proc}
             chain.stop()
             target.terminate()
     print(
         f"soak ({args.system}): {args.minutes} min, {args.workers} workers, {restarts} "
-        f"restarts (A every {args.restart_every}s, B once)"
+        f"restarts (A every {args.restart_every}s, B once), {args.hostile} of each hostile client"
     )
     print(
         f"  connections attempted {stats['attempted']}, completed {stats['completed']}, "
@@ -211,6 +282,7 @@ async def main_async(args: argparse.Namespace) -> int:
         print(
             f"  RSS {name}: start {rss_start[name] / 1e6:.1f} MB, end {rss_end[name] / 1e6:.1f} MB"
             + (" (since its last restart)" if name != "C" else " (never restarted)")
+            + f", peak {peak[name] / 1e6:.1f} MB"
         )
     return 1 if stats["corrupted"] else 0
 
@@ -221,6 +293,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--restart-every", type=float, default=120)
     parser.add_argument("--verbose", action="store_true", help="print progress every 10 s")
+    parser.add_argument(
+        "--hostile", type=int, default=0, help="slow readers, half-open handshakes, UDP floods"
+    )
     parser.add_argument(
         "--system",
         choices=("raybridge", "v2ray"),

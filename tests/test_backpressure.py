@@ -32,8 +32,8 @@ from tests.support import (
     portal_config,
     server_config,
     socks_connect,
+    wait_chain,
 )
-from tests.test_reverse_chain import wait_chain
 
 
 class Firehose(asyncio.Protocol):

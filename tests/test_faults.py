@@ -31,8 +31,8 @@ from tests.support import (
     socks_connect,
     socks_echo,
     socks_udp_echo,
+    wait_chain,
 )
-from tests.test_reverse_chain import wait_chain
 
 #: Restart cycles: a bounded run by default, 20 under ``-m slow`` (the long run).
 CYCLE_COUNTS = [3, pytest.param(20, marks=pytest.mark.slow)]

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import resource
+import stat
 import time
 import uuid
 from typing import Any
@@ -204,8 +206,7 @@ def test_who_may_be_a_bridge(safe: bool) -> None:
     blackhole) refuses the impostor and says nothing."""
     from raybridge.config.checks import check_config
     from raybridge.config.loader import load_config_text
-    from tests.support import DOMAIN, bridge_config, portal_config
-    from tests.test_reverse_chain import wait_chain
+    from tests.support import DOMAIN, bridge_config, portal_config, wait_chain
 
     async def main() -> None:
         ua, uc = new_uuid(), new_uuid()
@@ -251,5 +252,297 @@ def test_who_may_be_a_bridge(safe: bool) -> None:
                 else:
                     assert tunnels == 2
                     assert impostor_net.connections > 0  # it received a victim's traffic
+
+    asyncio.run(main())
+
+
+# -- issue 11: UDP bounds, oversized mux datagrams, replays across restarts, IPv4 forms ------
+
+
+class _Records(logging.Handler):
+    """Collects the records of the ``raybridge`` logger, whatever ``log.setup`` did to
+    propagation (caplog only sees records that reach the root logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> _Records:
+        self._logger = logging.getLogger("raybridge")
+        self._level = self._logger.level
+        self._logger.addHandler(self)
+        self._logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+
+    def matching(self, text: str) -> list[str]:
+        return [m for m in (r.getMessage() for r in self.records) if text in m]
+
+
+def test_udp_flow_share_per_client_and_rate_limited_drop_warnings() -> None:
+    """One source flooding new flows gets its share of the table (256), not all of it
+    (4096): another client still gets a flow. The drops are counted, and logged once per
+    interval with the count, not once per datagram (4,904 lines in the red-team run)."""
+    from raybridge.link import Session
+    from raybridge.transport.udp import MAX_CLIENT_FLOWS, DropLog, UdpServer
+
+    async def main() -> None:
+        now = [0.0]
+        drops = DropLog("udp-test", clock=lambda: now[0])
+        dest = Destination(Network.UDP, tcp(LOCAL, 9).host, 9)
+        server = UdpServer(
+            lambda data, addr: (dest, data, b""),
+            lambda flow: None,
+            lambda addr: Session(inbound_tag="t"),
+            drops=drops,
+        )
+        try:
+            with _Records() as logs:
+                for port in range(1, 5001):
+                    server.datagram_received(b"x", ("198.51.100.7", port))
+                server.datagram_received(b"x", ("198.51.100.8", 1))
+                assert len(server.flows) == MAX_CLIENT_FLOWS + 1
+                assert (("198.51.100.8", 1), dest) in server.flows
+                assert drops.total == 5000 - MAX_CLIENT_FLOWS
+                assert len(logs.matching("dropped")) == 1
+                now[0] += drops.interval  # the next drop after the interval: one line, counted
+                server.datagram_received(b"x", ("198.51.100.7", 9999))
+                lines = logs.matching("dropped")
+                assert len(lines) == 2
+                assert f"and {5000 - MAX_CLIENT_FLOWS - 1} more" in lines[1]
+                server.datagram_received(b"x", ("198.51.100.7", 10000))
+                drops.flush()  # what the timer does an interval later
+                assert "dropped 1 more" in logs.matching("dropped")[-1]
+        finally:
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_udp_flows_of_an_association_feed_its_idle_timer_and_end_with_it() -> None:
+    from raybridge.link import Session
+    from raybridge.transport.udp import FlowGroup, UdpServer
+
+    async def main() -> None:
+        control = Session(inbound_tag="t")
+        group = FlowGroup(control)
+        dest = Destination(Network.UDP, tcp(LOCAL, 9).host, 9)
+        server = UdpServer(
+            lambda data, addr: (dest, data, b""),
+            lambda flow: None,
+            lambda addr: Session(inbound_tag="t"),
+            group_for=lambda addr: group if addr[0] == LOCAL else None,
+            require_group=True,
+        )
+        try:
+            server.datagram_received(b"x", ("192.0.2.1", 5))  # no association: dropped
+            assert not server.flows and server.drops.total == 1
+            control.active = False
+            server.datagram_received(b"x", (LOCAL, 5))
+            assert control.active  # the association is not idle while its flows carry data
+            assert len(group.flows) == 1 and len(server.flows) == 1
+            group.close()
+            assert not server.flows
+        finally:
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_oversized_mux_datagrams_are_counted_and_logged_once_per_session() -> None:
+    """Datagrams over 2048 bytes on a Mux.Cool UDP session (V2Ray reads no more) used to
+    vanish without a word."""
+    from raybridge.link import End, Session
+    from raybridge.transport.mux import MuxWorker
+
+    class Sink(End):
+        def __init__(self) -> None:
+            self.peer: End | None = None
+            self.data: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.data.append(data)
+
+        def write_eof(self) -> None:
+            pass
+
+        def abort(self, exc: BaseException | None = None) -> None:
+            pass
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+    async def main() -> None:
+        worker = MuxWorker(Role.CLIENT, name="mux-test")
+        carrier = Sink()
+        worker.peer, carrier.peer = carrier, worker
+        dest = Destination(Network.UDP, tcp(LOCAL, 53).host, 53)
+        ends = [worker.open_session(Session(inbound_tag="t"), dest, Sink()) for _ in range(2)]
+        worker.flush()  # the New frames go out
+        with _Records() as logs:
+            for end in ends:
+                for _ in range(3):
+                    end.write(b"x" * 3000)
+                end.write(b"small")
+        assert worker.oversized_dropped == 6
+        lines = logs.matching("3000-byte UDP datagram")
+        assert len(lines) == 2 and all(r.levelno == logging.INFO for r in logs.records)
+        for end in ends:
+            end.abort()
+
+    asyncio.run(main())
+
+
+def test_replay_file_round_trip_and_corruption(tmp_path: Any) -> None:
+    from raybridge import replay
+    from raybridge.protocols.vmess import UserValidator
+    from raybridge.protocols.vmess.header import create_auth_id
+
+    user = User(id=uuid.UUID(new_uuid()))
+    now = [1_700_000_000.0]
+    first = UserValidator([user], clock=lambda: now[0])
+    ids = [create_auth_id(user.auth_id_key, int(now[0]), bytes((i,)) * 4) for i in range(3)]
+    assert all(first.match_aead(a).user is user for a in ids)
+    path = replay.file_for(str(tmp_path), "in/../x", 443)
+    assert os.path.dirname(path) == str(tmp_path)  # the tag cannot leave the directory
+    assert replay.save(path, first) == 3
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.listdir(tmp_path) == [os.path.basename(path)]  # no temporary file left
+    second = UserValidator([user], clock=lambda: now[0])
+    assert replay.load(path, second) == 3
+    assert all(second.match_aead(a).replay for a in ids)
+
+    data = open(path, "rb").read()  # noqa: SIM115
+    for bad in (data[:-1], data[:20], b"junk", data[:-5] + bytes((data[-5] ^ 1,)) + data[-4:]):
+        with open(path, "wb") as f:
+            f.write(bad)
+        with _Records() as logs:
+            assert replay.load(path, UserValidator([user], clock=lambda: now[0])) == 0
+        assert len(logs.matching("ignored the VMess replay filter")) == 1
+    assert replay.load(str(tmp_path / "missing.bin"), second) == 0
+    now[0] += 121  # entries older than the window are dropped on load
+    with open(path, "wb") as f:
+        f.write(data)
+    assert replay.load(path, UserValidator([user], clock=lambda: now[0])) == 0
+
+
+def test_replayed_header_is_refused_after_a_restart(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AEAD replay filter outlives a restart of the node when there is a state
+    directory (here systemd's $STATE_DIRECTORY); it used to live only in memory."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+
+    async def main() -> None:
+        uid = new_uuid()
+        b_port = free_port()
+        async with EchoServer() as echo:
+            codec = ClientConnection(
+                User(id=uuid.UUID(uid)),
+                Command.TCP,
+                tcp(LOCAL, echo.port),
+                Security.AES_128_GCM,
+                now=time.time(),
+                urandom=os.urandom,
+            )
+            wire = codec.send(b"ping")
+            async with node(server_config(b_port, uid)):
+                reader, writer = await asyncio.open_connection(LOCAL, b_port)
+                writer.write(wire)
+                got = b""
+                while b"ping" not in got:
+                    data = await asyncio.wait_for(reader.read(65536), 10)
+                    assert data
+                    got += b"".join(
+                        bytes(e.data) for e in codec.receive_data(data) if isinstance(e, Data)
+                    )
+                writer.close()
+            saved = list(tmp_path.glob("vmess-replay-*.bin"))
+            assert len(saved) == 1 and stat.S_IMODE(saved[0].stat().st_mode) == 0o600
+            served = echo.connections
+            async with node(server_config(b_port, uid)) as b:
+                failures = b.dispatcher.stats.handshake_failures
+                reader, writer = await asyncio.open_connection(LOCAL, b_port)
+                writer.write(wire)  # the captured header, replayed after the restart
+                deadline = time.monotonic() + 10
+                while not any("replayed" in reason for _, reason in failures):
+                    assert time.monotonic() < deadline, "the replay was not refused"
+                    await asyncio.sleep(0.01)
+                assert echo.connections == served
+                writer.close()
+
+    asyncio.run(main())
+
+
+NON_CANONICAL_IPV4 = ["127.1", "0x7f.1", "0177.0.0.1", "2130706433", "0x7f000001", "127.0.0.1."]
+
+
+def test_non_canonical_ipv4_destinations_are_refused() -> None:
+    """``127.1`` and friends reach 127.0.0.1 through the system resolver, past IP rules
+    (here: 127.0.0.0/8 is blocked). SOCKS, HTTP and VMess refuse them as invalid
+    addresses; the canonical form still meets the rule."""
+
+    async def main() -> None:
+        uid = new_uuid()
+        s_port, h_port, v_port = free_port(), free_port(), free_port()
+        conf: dict[str, Any] = {
+            "inbounds": [
+                {"tag": "socks", "protocol": "socks", "listen": LOCAL, "port": s_port},
+                {"tag": "http", "protocol": "http", "listen": LOCAL, "port": h_port},
+                {
+                    "tag": "vmess",
+                    "protocol": "vmess",
+                    "listen": LOCAL,
+                    "port": v_port,
+                    "settings": {"clients": [{"id": uid}]},
+                },
+            ],
+            "outbounds": [
+                {"tag": "direct", "protocol": "freedom"},
+                {"tag": "block", "protocol": "blackhole"},
+            ],
+            "routing": {
+                "rules": [{"type": "field", "ip": ["127.0.0.0/8"], "outboundTag": "block"}]
+            },
+        }
+        async with EchoServer() as echo, node(conf) as n:
+            failures = n.dispatcher.stats.handshake_failures
+            for host in NON_CANONICAL_IPV4:
+                with pytest.raises((OSError, AssertionError, asyncio.IncompleteReadError)):
+                    await asyncio.wait_for(socks_echo(s_port, echo.port, 100, host), 10)
+            reader, writer = await asyncio.open_connection(LOCAL, h_port)
+            writer.write(f"CONNECT 127.1:{echo.port} HTTP/1.1\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.read(1024), 10)
+            assert head.startswith(b"HTTP/1.1 400"), head
+            writer.close()
+            codec = ClientConnection(
+                User(id=uuid.UUID(uid)),
+                Command.TCP,
+                tcp("0x7f.1", echo.port),
+                Security.AES_128_GCM,
+                now=time.time(),
+                urandom=os.urandom,
+            )
+            _, writer = await asyncio.open_connection(LOCAL, v_port)
+            writer.write(codec.send(b"ping"))
+            deadline = time.monotonic() + 10
+            while not any(tag == "vmess" and "address" in r for tag, r in failures):
+                assert time.monotonic() < deadline, dict(failures)
+                await asyncio.sleep(0.01)
+            writer.close()
+            assert echo.connections == 0
+            socks = [
+                r for (tag, r), count in failures.items() if tag == "socks" for _ in range(count)
+            ]
+            assert len(socks) == len(NON_CANONICAL_IPV4)
 
     asyncio.run(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 from typing import Any
@@ -241,5 +242,154 @@ def test_routing_redirect_and_blackhole() -> None:
                 assert await asyncio.wait_for(read_all(reader), 5) == HTTP_RESPONSE
                 writer.close()
                 await socks_echo(s_port, echo.port, 100_000)
+
+    asyncio.run(main())
+
+
+# -- SOCKS: fail closed, and UDP only for live associations (issue 11, finding 1 and 7) ------
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.queue.put_nowait(data)
+
+
+async def _until(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    """Poll ``predicate()`` until it holds (a deadline, not a timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def _associate(port: int, **creds: str) -> tuple[Any, Any, Any]:
+    """An authenticated UDP ASSOCIATE; returns (reader, writer, the relay Destination)."""
+    from raybridge.address import Destination, Network, parse_host
+    from raybridge.protocols.socks import SocksClient, SocksCommand
+
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    client = SocksClient(
+        Destination(Network.UDP, parse_host("0.0.0.0"), 0),
+        command=SocksCommand.UDP_ASSOCIATE,
+        **creds,  # type: ignore[arg-type]
+    )
+    writer.write(client.initial_bytes())
+    while not client.done:
+        data = await asyncio.wait_for(reader.read(1024), 10)
+        assert data, "the server closed the control connection"
+        out = client.receive_data(data)
+        if out:
+            writer.write(out)
+    return reader, writer, client.bound
+
+
+def test_socks_password_without_accounts_refuses_everyone() -> None:
+    """What the node builds for ``"auth": "password"`` with no accounts (the loader now
+    refuses that config): no client gets in, with or without credentials. It used to be an
+    open proxy."""
+    from raybridge.proxy.socks import SocksInbound
+
+    async def main() -> None:
+        s_port = free_port()
+        async with EchoServer() as echo, node({"outbounds": [{"protocol": "freedom"}]}) as n:
+            inbound = SocksInbound("pw", LOCAL, s_port, n.dispatcher, accounts={})
+            await inbound.start()
+            try:
+                reader, writer = await asyncio.open_connection(LOCAL, s_port)
+                writer.write(b"\x05\x01\x00")  # offering only "no authentication"
+                assert await asyncio.wait_for(read_all(reader), 10) == b"\x05\xff"
+                writer.close()
+                with pytest.raises(Exception):  # noqa: B017 - any refusal will do
+                    await socks_connect(s_port, LOCAL, echo.port, username="u", password="p")
+                assert echo.connections == 0
+            finally:
+                await inbound.close()
+
+    asyncio.run(main())
+
+
+def test_socks_password_udp_needs_a_live_association() -> None:
+    """RFC 1928 section 7: with a password, a datagram from an address that holds no
+    authenticated association is dropped (it used to be relayed: an open UDP proxy); once
+    the association's TCP connection closes, its flows end and datagrams are dropped
+    again."""
+    from raybridge.address import Destination, Network, parse_host
+    from raybridge.protocols.socks import encode_udp_datagram
+
+    reason = "no UDP association from this address"
+
+    async def main() -> None:
+        s_port = free_port()
+        c = {
+            "inbounds": [
+                {
+                    "protocol": "socks",
+                    "listen": LOCAL,
+                    "port": s_port,
+                    "settings": {
+                        "auth": "password",
+                        "accounts": [{"user": "u", "pass": "p"}],
+                        "udp": True,
+                    },
+                }
+            ],
+            "outbounds": [{"protocol": "freedom"}],
+        }
+        loop = asyncio.get_running_loop()
+        async with EchoServer() as echo, node(c) as n:
+            udp_server = n.inbounds[0].udp_server
+            target = Destination(Network.UDP, parse_host(LOCAL), echo.port)
+            transport, proto = await loop.create_datagram_endpoint(
+                _Datagrams, local_addr=(LOCAL, 0)
+            )
+            try:
+                # No association: dropped, counted, nothing reaches the echo server.
+                transport.sendto(encode_udp_datagram(target, b"bare"), (LOCAL, s_port))
+                await _until(lambda: udp_server.drops.counts[reason] == 1, "the drop")
+                assert not udp_server.flows and proto.queue.empty()
+
+                _, writer, relay = await _associate(s_port, username="u", password="p")
+                relay_addr = (str(relay.host), relay.port)
+                transport.sendto(encode_udp_datagram(target, b"one"), relay_addr)
+                reply = await asyncio.wait_for(proto.queue.get(), 10)
+                assert reply.endswith(b"one")
+                assert len(udp_server.flows) == 1
+
+                writer.close()  # the association ends, and its flow with it
+                await _until(lambda: not udp_server.flows, "the flow to end")
+                transport.sendto(encode_udp_datagram(target, b"late"), relay_addr)
+                await _until(lambda: udp_server.drops.counts[reason] == 2, "the second drop")
+                assert proto.queue.empty()
+            finally:
+                transport.close()
+
+    asyncio.run(main())
+
+
+def test_socks_udp_association_idle_timeout() -> None:
+    """A UDP ASSOCIATE control connection used to be held forever; it now ends after the
+    policy's connIdle without traffic on it or its flows (here 1 s)."""
+
+    async def main() -> None:
+        s_port = free_port()
+        c = {
+            "inbounds": [
+                {"protocol": "socks", "listen": LOCAL, "port": s_port, "settings": {"udp": True}}
+            ],
+            "outbounds": [{"protocol": "freedom"}],
+            "policy": {"levels": {"0": {"connIdle": 1}}},
+        }
+        async with node(c):
+            reader, writer, _ = await _associate(s_port)
+            try:
+                # The server closes it (EOF or reset); 10 s is a deadline, not a measurement.
+                with contextlib.suppress(ConnectionError):
+                    assert await asyncio.wait_for(reader.read(1024), 10) == b""
+            finally:
+                writer.close()
 
     asyncio.run(main())

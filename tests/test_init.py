@@ -47,9 +47,9 @@ from tests.support import (
     node,
     socks_echo,
     socks_udp_echo,
+    wait_chain,
     wait_port_async,
 )
-from tests.test_reverse_chain import wait_chain
 
 CMD = [sys.executable, "-m", "raybridge"]
 RB, V2 = "raybridge", "v2ray"

@@ -8,73 +8,22 @@ echoing 100 KB, and UDP datagrams through SOCKS UDP ASSOCIATE, all leaving throu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
-import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from tests.support import (
     HAVE_V2RAY,
+    RB,
+    V2,
     EchoServer,
-    bridge_config,
-    client_config,
-    free_port,
-    new_uuid,
-    node,
-    portal_config,
+    chain,
     socks_echo,
     socks_udp_echo,
-    v2ray,
 )
 
-RB, V2 = "raybridge", "v2ray"
 MIXES = list(itertools.product([RB, V2], repeat=3))  # (A, B, C)
-
-
-@contextlib.asynccontextmanager
-async def run(kind: str, config: dict[str, Any], port: int | None) -> AsyncIterator[None]:
-    if kind == RB:
-        async with node(config):
-            yield
-    else:
-        with v2ray(config, wait=[port] if port else []):
-            yield
-
-
-async def wait_chain(socks_port: int, echo_port: int, timeout: float = 20.0) -> float:
-    """Seconds until a connection through the chain echoes (the bridge has registered)."""
-    start = time.monotonic()
-    while True:
-        try:
-            await asyncio.wait_for(socks_echo(socks_port, echo_port, 100), 5)
-            return time.monotonic() - start
-        except (TimeoutError, OSError, AssertionError):
-            if time.monotonic() - start > timeout:
-                raise
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def chain(
-    a: str, b: str, c: str, *, alter_id: int = 0, single_inbound: bool = False
-) -> AsyncIterator[tuple[int, EchoServer]]:
-    ua, uc = new_uuid(), new_uuid()
-    t_port, c_port, s_port = free_port(), free_port(), free_port()
-    b_conf = portal_config(t_port, c_port, ua, uc, alter_id=alter_id, single_inbound=single_inbound)
-    if single_inbound:
-        c_port = t_port
-    async with EchoServer() as echo:
-        async with (
-            run(b, b_conf, t_port),
-            run(a, bridge_config(t_port, ua, alter_id=alter_id), None),
-            run(c, client_config(s_port, c_port, uc, alter_id=alter_id), s_port),
-        ):
-            await wait_chain(s_port, echo.port)
-            yield s_port, echo
 
 
 async def exercise(s_port: int, echo: EchoServer) -> None:

@@ -13,18 +13,23 @@ import pytest
 from tests.support import (
     DOMAIN,
     LOCAL,
+    RB,
+    V2,
     EchoServer,
     bridge_config,
+    chain,
     client_config,
     echo_roundtrip,
     free_port,
     new_uuid,
     node,
     portal_config,
+    run,
     socks_echo,
     socks_udp_echo,
+    wait_chain,
 )
-from tests.test_reverse_chain import RB, V2, chain, exercise, run, wait_chain
+from tests.test_reverse_chain import exercise
 
 
 @pytest.mark.parametrize("portal", [RB, V2])

@@ -43,6 +43,7 @@ import raybridge.proxy.reverse as reverse
 from raybridge.address import Destination, Network
 from raybridge.link import ClosedEnd, DeferredEnd, End, Session
 from raybridge.protocols.mux import (
+    FC_HELLO,
     KeepAliveReceived,
     MuxConnection,
     Role,
@@ -267,7 +268,8 @@ class ScriptedBridge:
                     if separate_ends:
                         wrote = self.flush() or wrote
             else:
-                assert not isinstance(event, KeepAliveReceived)  # portals send none
+                # Portals send no KeepAlives but the flow-control announcement (FC_HELLO).
+                assert not isinstance(event, KeepAliveReceived) or event.data == FC_HELLO
         return self.flush() or wrote
 
 

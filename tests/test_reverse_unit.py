@@ -21,12 +21,15 @@ from typing import Any, cast
 import pytest
 
 import raybridge.proxy.reverse as reverse
-import raybridge.transport.mux as transport_mux
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import DeferredEnd, End, Session, join
 from raybridge.protocols.mux import (
+    FC_HELLO,
+    FC_PAUSE,
+    FC_RESUME,
     FrameDecoder,
+    KeepAliveReceived,
     MuxConnection,
     MuxEvent,
     Role,
@@ -34,6 +37,7 @@ from raybridge.protocols.mux import (
     SessionEnded,
     SessionOpened,
     Status,
+    encode_frame,
 )
 from raybridge.protocols.reverse import (
     CONTROL_TARGET,
@@ -44,7 +48,7 @@ from raybridge.protocols.reverse import (
 from raybridge.protocols.reverse import heartbeat as real_heartbeat
 from raybridge.proxy.reverse import Bridge, BridgeTunnel, Portal, PortalTunnel
 from raybridge.stats import Stats
-from raybridge.transport.mux import MuxSessionEnd, MuxWorker
+from raybridge.transport.mux import FlowLimits, MuxSessionEnd, MuxWorker, buffered_total
 
 DOMAIN = "tunnel.example"
 TAG = "bridge"
@@ -287,10 +291,12 @@ def test_portal_adopts_tunnel_and_sends_heartbeats() -> None:
         assert [t.worker for t in portal.tunnels] == [worker]
         # The control session's New frame goes out at once, the first heartbeat in it
         # (PROTOCOLS.md 3.3: META = 0001 01 01 02 0000 02 1a "reverse.internal.v2ray.com").
+        # Before it, raybridge's flow-control announcement (a KeepAlive; V2Ray ignores it).
         raw = bytes(carrier.received)
+        hello = encode_frame(0, Status.KEEPALIVE, data=FC_HELLO)
         head = bytes.fromhex("0023 0001 01 01 02 0000 02 1a") + b"reverse.internal.v2ray.com"
-        assert raw == head + len(ACTIVE_BEAT).to_bytes(2, "big") + ACTIVE_BEAT
-        (frame,) = FrameDecoder().feed(raw)
+        assert raw == hello + head + len(ACTIVE_BEAT).to_bytes(2, "big") + ACTIVE_BEAT
+        _, frame = FrameDecoder().feed(raw)
         assert frame.session_id == 1 and frame.status is Status.NEW
         assert frame.target == CONTROL_TARGET
         assert frame.target == Destination(Network.UDP, "reverse.internal.v2ray.com", 0)
@@ -892,35 +898,116 @@ def test_bridge_drops_a_tunnel_without_heartbeats(monkeypatch: pytest.MonkeyPatc
     run(main)
 
 
-def test_bridge_keeps_a_tunnel_paused_by_a_slow_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport_mux, "SESSION_BUFFER", 16)
+def _slow_session(limits: FlowLimits, *, raybridge_portal: bool):
+    """A bridge with two sessions from the portal; the first one's destination is slow."""
 
+    async def setup() -> tuple[Bridge, FakeDispatcher, MuxPeer, Recorder, int, int]:
+        dispatcher = FakeDispatcher()
+        bridge = Bridge(TAG, DOMAIN, cast(Dispatcher, dispatcher), limits=limits)
+        await bridge.start()
+        peer = open_control(dispatcher)
+        if raybridge_portal:
+            peer.codec.send_keepalive(data=FC_HELLO)
+        slow = peer.codec.open_session(EXAMPLE)
+        fast = peer.codec.open_session(EXAMPLE)
+        peer.flush()
+        echo = dispatcher.echoes[0]
+        assert echo.peer is not None
+        echo.peer.pause_reading()  # the destination's socket is full
+        return bridge, dispatcher, peer, dispatcher.carriers[0], slow, fast
+
+    return setup()
+
+
+def test_a_slow_session_never_pauses_a_tunnel_to_a_v2ray_portal() -> None:
+    # The portal cannot be asked to pause one session (V2Ray): past the soft limit for
+    # longer than the grace, the slow session is ended; the tunnel is never paused.
+    async def main() -> None:
+        limits = FlowLimits(soft=100, hard=100_000, grace=0.05)
+        bridge, _, peer, carrier, slow, fast = await _slow_session(limits, raybridge_portal=False)
+        tunnel = bridge.tunnels[0]
+        peer.codec.send_data(slow, b"z" * 1000)
+        peer.codec.send_data(fast, b"fast")
+        peer.flush()
+        assert not carrier.paused and not tunnel.worker.peer_flow_control
+        peer.pump()
+        assert peer.data[fast] == b"fast"  # the other session goes on meanwhile
+        await wait_until(lambda: peer.pump() is not None and slow in peer.ended)
+        assert peer.ended[slow] is True  # End+Error: ended, not finished
+        assert tunnel.worker.overflowed == 1
+        peer.codec.send_data(fast, b"still")
+        peer.flush()
+        peer.pump()
+        assert peer.data[fast] == b"faststill" and fast not in peer.ended
+        assert not carrier.paused and not carrier.aborted
+        assert buffered_total() == 0
+        await bridge.close()
+
+    run(main)
+
+
+def test_a_slow_session_beyond_the_hard_limit_is_ended_at_once() -> None:
+    async def main() -> None:
+        limits = FlowLimits(soft=100, hard=500, grace=100.0)
+        bridge, _, peer, carrier, slow, _ = await _slow_session(limits, raybridge_portal=True)
+        peer.codec.send_data(slow, b"z" * 1000)  # a portal that ignores FC_PAUSE
+        peer.flush()
+        peer.pump()
+        assert peer.ended.get(slow) is True and not carrier.paused
+        await bridge.close()
+
+    run(main)
+
+
+def test_a_raybridge_portal_is_asked_to_pause_a_slow_session_only() -> None:
+    async def main() -> None:
+        limits = FlowLimits(soft=100, hard=100_000, grace=0.01)
+        bridge, dispatcher, peer, carrier, slow, fast = await _slow_session(
+            limits, raybridge_portal=True
+        )
+        tunnel = bridge.tunnels[0]
+        peer.codec.send_data(slow, b"z" * 1000)
+        peer.codec.send_data(fast, b"fast")
+        peer.flush()
+        assert tunnel.worker.peer_flow_control and not carrier.paused
+        events = peer.pump()
+        assert KeepAliveReceived(session_id=slow, data=FC_PAUSE) in events
+        await asyncio.sleep(0.03)  # longer than the grace: FC_PAUSE was asked, no timer
+        assert slow not in peer.ended and peer.data[fast] == b"fast"
+        echo = dispatcher.echoes[0]
+        assert echo.peer is not None
+        echo.peer.resume_reading()
+        assert echo.received == b"z" * 1000  # nothing lost
+        events = peer.pump()
+        assert KeepAliveReceived(session_id=slow, data=FC_RESUME) in events
+        await bridge.close()
+
+    run(main)
+
+
+def test_a_pause_from_the_far_end_stops_reading_that_session_only() -> None:
     async def main() -> None:
         bridge, dispatcher = make_bridge()
         await bridge.start()
         peer = open_control(dispatcher)
+        a = peer.codec.open_session(EXAMPLE)
+        peer.codec.open_session(EXAMPLE)
+        peer.flush()
+        first, second = (Recorder(), Recorder())
+        for echo, end in zip(dispatcher.echoes, (first, second), strict=True):
+            assert echo.peer is not None
+            echo.peer.peer = end  # watch what the session asks of its local peer
+            end.peer = echo.peer
+        peer.codec.send_keepalive(a, FC_PAUSE)
+        peer.flush()
+        assert first.paused and not second.paused
         tunnel = bridge.tunnels[0]
-        carrier = dispatcher.carriers[0]
-        sid = peer.codec.open_session(EXAMPLE)
+        tunnel.worker.pause_reading()  # the tunnel's link fills up: every session waits
+        tunnel.worker.resume_reading()
+        assert first.paused and not second.paused  # still paused by the far end
+        peer.codec.send_keepalive(a, FC_RESUME)
         peer.flush()
-        echo = dispatcher.echoes[0]
-        assert echo.peer is not None
-        echo.peer.pause_reading()  # the destination socket is full
-        peer.codec.send_data(sid, b"z" * 1000)
-        peer.flush()
-        assert tunnel.worker.carrier_paused and carrier.paused
-
-        monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 0.01)
-        await asyncio.sleep(0.05)
-        bridge.check()
-        monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 100.0)
-        assert not carrier.aborted and not tunnel.worker.closed
-        assert bridge.tunnels == [tunnel] and bridge.dials == 1
-
-        echo.peer.resume_reading()
-        assert not tunnel.worker.carrier_paused and not carrier.paused
-        peer.pump()
-        assert peer.data[sid] == b"z" * 1000
+        assert not first.paused
         await bridge.close()
 
     run(main)

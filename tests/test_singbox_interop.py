@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -60,6 +59,7 @@ from tests.support import (
     socks_echo,
     socks_udp_echo,
     v2ray,
+    wait_chain,
 )
 
 SIZE = 10_000_000
@@ -408,19 +408,6 @@ def test_raybridge_client_full_cone(encoding: str) -> None:
 
 
 # -- c: sing-box C through the seed's reverse chain ----------------------------------------------
-
-
-async def wait_chain(socks_port: int, echo_port: int, timeout: float = 20.0) -> float:
-    """Seconds until a connection through the chain echoes (the bridge has registered)."""
-    start = time.monotonic()
-    while True:
-        try:
-            await asyncio.wait_for(socks_echo(socks_port, echo_port, 100), 5)
-            return time.monotonic() - start
-        except (TimeoutError, OSError, AssertionError):
-            if time.monotonic() - start > timeout:
-                raise
-            await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

@@ -25,8 +25,8 @@ from tests.support import (
     node,
     portal_config,
     socks_echo,
+    wait_chain,
 )
-from tests.test_reverse_chain import wait_chain
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -202,3 +202,318 @@ def test_v2ray_loads_configs_with_raybridge_keys(tmp_path: Path) -> None:
     out = subprocess.run([V2RAY, "-test", "-config", str(path)], capture_output=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert b"Configuration OK" in out.stdout
+
+
+# --------------------------------------------------------------------------- guards
+# Issue 11: the status server answered any Host (DNS rebinding), had no token, and kept
+# connections that never sent a request, without a cap.
+
+TOKEN = "k7Qx-0123456789abcdef-ZZ"
+
+
+def status_config(status: Any) -> dict[str, Any]:
+    b, _, _, _ = chain_configs(0)
+    b["raybridge"] = {"status": status}
+    return b
+
+
+def http_request(
+    host: str | None,
+    path: str = "/api/status",
+    *,
+    auth: str | None = None,
+    version: str = "1.1",
+    close: bool = True,
+) -> bytes:
+    lines = [f"GET {path} HTTP/{version}"]
+    if host is not None:
+        lines.append(f"Host: {host}")
+    if auth is not None:
+        lines.append(f"Authorization: {auth}")
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    first, *fields = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (f.split(":", 1) for f in fields)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+    return int(first.split()[1]), headers, body
+
+
+async def ask(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request on a new connection (``Connection: close``)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await read_response(reader)
+    finally:
+        writer.close()
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    """True once the server has closed the connection (EOF or reset), within 10 s."""
+    try:
+        while await asyncio.wait_for(reader.read(65536), 10):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return True
+
+
+async def until(predicate: Any, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not predicate():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def test_host_allow_list_refuses_other_names() -> None:
+    """DNS rebinding: a page of attacker.example re-points its name at 127.0.0.1; the
+    browser then sends ``Host: attacker.example``. Only the server's own names get in."""
+
+    async def main() -> None:
+        port = free_port()
+        b = status_config({"listen": f"127.0.0.1:{port}", "hosts": ["status.example.com"]})
+        async with node(b):
+            good = [
+                f"127.0.0.1:{port}",
+                "127.0.0.1",
+                "localhost",
+                f"LocalHost.:{port}",
+                f"[::1]:{port}",
+                "status.example.com",
+                "Status.Example.COM:443",
+            ]
+            for host in good:
+                code, _, body = await ask(port, http_request(host))
+                assert code == 200, host
+                assert b"private.cloud.com" in body
+            bad = [
+                "attacker.example",
+                f"attacker.example:{port}",
+                "127.0.0.1.attacker.example",
+                "localhost.attacker.example",
+                "status.example.com.attacker.example",
+                "",
+                "[::1",
+                f"127.0.0.1:{port}x",
+            ]
+            for host in bad:
+                for path in ("/", "/api/status", "/metrics"):
+                    code, headers, body = await ask(port, http_request(host, path))
+                    assert code == 421, (host, path)
+                    assert b"private.cloud.com" not in body and b"raybridge_" not in body
+                    assert headers["content-type"].startswith("text/plain")
+            # No Host at all: 421 for HTTP/1.0; HTTP/1.1 requires one (400), and one only.
+            assert (await ask(port, http_request(None, version="1.0")))[0] == 421
+            assert (await ask(port, http_request(None)))[0] == 400
+            two = http_request("127.0.0.1").replace(b"\r\n\r\n", b"\r\nHost: a.example\r\n\r\n")
+            assert (await ask(port, two))[0] == 400
+
+    asyncio.run(main())
+
+
+def test_token_guards_every_path_but_the_static_page() -> None:
+    async def main() -> None:
+        port = free_port()
+        b = status_config({"listen": f"127.0.0.1:{port}", "token": TOKEN})
+        async with node(b):
+            host = f"127.0.0.1:{port}"
+            wrong = [None, "Bearer nope", "Bearer " + TOKEN[:-1] + "Y", "Basic " + TOKEN, TOKEN]
+            for path in ("/api/status", "/metrics", "/nope", "/index.html?x"):
+                for auth in wrong:
+                    if path == "/index.html?x":
+                        continue
+                    code, headers, body = await ask(port, http_request(host, path, auth=auth))
+                    assert code == 401, (path, auth)
+                    assert headers["www-authenticate"].startswith("Bearer")
+                    assert b"private.cloud.com" not in body and b"raybridge_" not in body
+            code, _, body = await ask(port, http_request(host, auth="Bearer " + TOKEN))
+            assert code == 200 and json.loads(body)["portals"][0]["domain"] == "private.cloud.com"
+            code, _, body = await ask(port, http_request(host, "/metrics", auth="bearer " + TOKEN))
+            assert code == 200 and b"raybridge_online" in body
+            # The page holds no data: it loads without the token, then sends it (taken from
+            # its URL fragment, which browsers never send) to /api/status as a header.
+            for path in ("/", "/index.html?x"):
+                code, _, page = await ask(port, http_request(host, path))
+                assert code == 200 and page.startswith(b"<!doctype html>")
+                assert b"#token=" in page and b'Authorization: "Bearer "' in page
+            # The Host check comes first, token or not.
+            assert (await ask(port, http_request("a.example", auth="Bearer " + TOKEN)))[0] == 421
+
+    asyncio.run(main())
+
+
+def test_cli_status_flag_keeps_the_configs_token() -> None:
+    from raybridge.config.loader import load_config_text
+    from raybridge.node import Node
+
+    async def main() -> None:
+        port = free_port()
+        b = status_config({"listen": "127.0.0.1:1", "token": TOKEN})
+        n = Node(load_config_text(json.dumps(b), "b.json"), status=f"127.0.0.1:{port}")
+        await n.start()
+        try:
+            host = f"127.0.0.1:{port}"
+            assert (await ask(port, http_request(host)))[0] == 401
+            assert (await ask(port, http_request(host, auth="Bearer " + TOKEN)))[0] == 200
+        finally:
+            await n.close()
+
+    asyncio.run(main())
+
+
+def test_silent_slow_and_idle_connections_are_closed() -> None:
+    async def main() -> None:
+        port = free_port()
+        async with node(status_config(f"127.0.0.1:{port}")) as n:
+            server = n.status_server
+            assert server is not None
+            server.read_timeout, server.idle_timeout = 0.2, 0.4
+            silent, _ = await asyncio.open_connection("127.0.0.1", port)
+            slow, slow_w = await asyncio.open_connection("127.0.0.1", port)
+            slow_w.write(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never ends
+            assert await closed_by_peer(silent)
+            assert await closed_by_peer(slow)
+            # Keep-alive: two requests on one connection, then closed once idle.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for path in ("/api/status", "/metrics"):
+                writer.write(http_request(f"127.0.0.1:{port}", path, close=False))
+                code, headers, _ = await read_response(reader)
+                assert code == 200 and headers.get("connection") != "close"
+            assert await closed_by_peer(reader)
+            await until(lambda: not server.connections, "connections left open")
+            writer.close()
+
+    asyncio.run(main())
+
+
+def test_connection_cap_closes_new_connections_and_logs_once() -> None:
+    import logging
+
+    class Records(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    log = logging.getLogger("raybridge.status")
+    records, level = Records(), log.level
+    log.addHandler(records)
+    log.setLevel(logging.WARNING)
+
+    async def main() -> None:
+        port = free_port()
+        async with node(status_config(f"127.0.0.1:{port}")) as n:
+            server = n.status_server
+            assert server is not None
+            server.max_connections, server.read_timeout = 3, 60.0
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+            await until(lambda: len(server.connections) == 3, "3 connections")
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                assert await closed_by_peer(reader)
+                writer.close()
+            assert server.refused == 20
+            capped = [line for line in records.lines if "connections" in line]
+            assert len(capped) == 1, records.lines  # not one line per connection
+            # The connections within the cap are still served.
+            reader, writer = held[0]
+            writer.write(http_request(f"127.0.0.1:{port}"))
+            assert (await read_response(reader))[0] == 200
+            for _, writer in held:
+                writer.close()
+            await until(lambda: not server.connections, "held connections gone")
+            assert (await ask(port, http_request(f"127.0.0.1:{port}")))[0] == 200
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.removeHandler(records)
+        log.setLevel(level)
+
+
+def test_status_config_forms() -> None:
+    from raybridge.config.loader import load_config_text
+    from raybridge.config.model import RaybridgeOptions
+
+    def options(status: Any) -> RaybridgeOptions:
+        text = json.dumps({"outbounds": [{"protocol": "freedom"}], "raybridge": {"status": status}})
+        found = load_config_text(text, "t.json").sections["raybridge"]
+        assert isinstance(found, RaybridgeOptions)
+        return found
+
+    plain = options("127.0.0.1:9090")
+    assert (plain.status, plain.status_token, plain.status_hosts) == ("127.0.0.1:9090", None, ())
+    full = options({"listen": "0.0.0.0:9090", "token": TOKEN, "hosts": ["a.example", "[::1]"]})
+    assert (full.status, full.status_token) == ("0.0.0.0:9090", TOKEN)
+    assert full.status_hosts == ("a.example", "[::1]")
+    assert TOKEN not in repr(full)
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        ({"listen": "127.0.0.1:9090", "token": ""}, "the token must be"),
+        ({"listen": "127.0.0.1:9090", "token": "two words"}, "the token must be"),
+        ({"token": TOKEN}, '"listen" is missing'),
+        ({"listen": "nowhere"}, 'is not "host:port"'),
+        ("nowhere", 'is not "host:port"'),
+        ({"listen": "127.0.0.1:9090", "hosts": ["a b"]}, "is not a host name"),
+        ({"listen": "127.0.0.1:9090", "tokn": TOKEN}, None),  # a warning, not an error
+        (9090, 'expected "host:port" or {"listen"'),
+    ],
+)
+def test_status_config_errors(status: Any, message: str | None) -> None:
+    from raybridge.config import ConfigError
+    from raybridge.config.loader import load_config_text
+
+    text = json.dumps({"outbounds": [{"protocol": "freedom"}], "raybridge": {"status": status}})
+    if message is None:
+        config = load_config_text(text, "t.json")
+        assert any('unknown key "tokn"' in w.message for w in config.warnings)
+        return
+    with pytest.raises(ConfigError) as raised:
+        load_config_text(text, "t.json")
+    assert message in str(raised.value)
+    assert "raybridge.status" in str(raised.value)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or importlib.util.find_spec("playwright") is None,
+    reason="needs Debian's chromium and the playwright package",
+)
+def test_dashboard_with_a_token_in_headless_chromium() -> None:
+    from playwright.async_api import async_playwright
+
+    async def main() -> None:
+        port = free_port()
+        b = status_config({"listen": f"127.0.0.1:{port}", "token": TOKEN})
+        async with node(b), async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://127.0.0.1:{port}/#token={TOKEN}")
+                state = page.locator('[data-portal="portal"] .state')
+                await state.wait_for()
+                assert await state.text_content() == "offline"
+                assert await page.locator("#conn").text_content() == "live"
+                # Without the fragment the page loads but says what it needs.
+                await page.goto("about:blank")
+                await page.goto(f"http://127.0.0.1:{port}/")
+                await page.wait_for_function(
+                    "document.querySelector('#conn').textContent.includes('token')",
+                    timeout=10_000,
+                )
+            finally:
+                await browser.close()
+
+    asyncio.run(main())

@@ -14,6 +14,18 @@ A domain whose first character is a digit or ``[`` and which parses as an IP lit
 that IP (V2Ray's ``common/protocol/address.go`` does the same); a zero-length domain is
 rejected. Writers refuse domains longer than 255 bytes.
 
+Addresses from the wire are validated more strictly than V2Ray does (:func:`decode_domain`):
+
+* an IP literal may not carry an IPv6 scope id (``[::1%eth0]``): a scope id may hold any
+  byte, and ``[::1%\n<text>]`` would otherwise reach the logs as a forged line;
+* a name whose last label is a number (``127.1``, ``0x7f.1``, ``0177.0.0.1``,
+  ``2130706433``, ``1.2.3.4.``) is refused: the system resolver (``inet_aton``) reads such
+  names as IPv4 addresses, so they would reach 127.0.0.1 past IP routing rules. Go's
+  resolver refuses them, and no real domain has a numeric top-level label.
+
+Both are refused like a malformed domain (the caller's error class). :func:`parse_host`
+(config values, socket addresses) is unchanged: link-local peers do have scope ids.
+
 This module is sans-IO: it never touches a socket.
 """
 
@@ -32,6 +44,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Host = IPAddress | str
 
 _VALID_DOMAIN = re.compile(rb"[0-9A-Za-z._-]+\Z")
+#: What an IP literal from the wire may hold: hex digits, dots, colons, one pair of brackets.
+_IP_LITERAL = re.compile(rb"\[?[0-9A-Fa-f:.]+\]?\Z")
+#: A label ``inet_aton`` reads as a number: decimal (or octal with a leading 0), or 0x hex.
+_NUMBER_LABEL = re.compile(rb"[0-9]+|0[xX][0-9A-Fa-f]*")
 
 
 class Network(IntEnum):
@@ -176,18 +192,22 @@ class AddressCodec:
 
 
 def decode_domain(raw: bytes, error: type[ProtocolError] = ProtocolError) -> Host:
-    """Validate a domain from the wire the way V2Ray does (IP literals become IPs)."""
+    """Validate a domain from the wire the way V2Ray does (IP literals become IPs), and
+    more strictly (see the module docstring): no scope ids, no numeric last label. What it
+    returns holds only ``[0-9A-Za-z._-]`` (a domain) or is an IP address without scope."""
     if not raw:
         raise error("empty domain name")
     if raw[0] == 0x5B or 0x30 <= raw[0] <= 0x39:  # '[' or a digit: maybe an IP literal
-        try:
+        if b"%" in raw:
+            raise error(f"invalid address (IPv6 scope id): {raw[:64]!r}")
+        if _IP_LITERAL.match(raw) is not None:
             host = parse_host(raw.decode("ascii"))
-        except UnicodeDecodeError:
-            host = ""
-        if not isinstance(host, str):
-            return host
+            if not isinstance(host, str):
+                return host
     if _VALID_DOMAIN.match(raw) is None:
         raise error(f"invalid domain name: {raw[:64]!r}")
+    if _NUMBER_LABEL.fullmatch(raw.rstrip(b".").rpartition(b".")[2]) is not None:
+        raise error(f"invalid address (not a canonical IPv4 address): {raw[:64]!r}")
     return raw.decode("ascii")
 
 

@@ -21,8 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from raybridge.address import Destination, Network, parse_host
+from raybridge.init import write_private
 from raybridge.protocols.socks import SocksClient
-from raybridge.templates import LOCAL, bridge_config, client_config, portal_config
+from raybridge.templates import (
+    DOMAIN,
+    LOCAL,
+    Setup,
+    safe_bridge_config,
+    safe_client_config,
+    safe_portal_config,
+)
 
 
 def free_port() -> int:
@@ -94,6 +102,39 @@ async def fetch_via_socks(socks_port: int, host: str, port: int, path: str = "/"
     return body
 
 
+def demo_configs(
+    tunnel_port: int,
+    client_port: int,
+    socks_port: int,
+    http_port: int,
+    *,
+    bridge_id: str,
+    client_id: str,
+) -> dict[str, dict[str, Any]]:
+    """a.json, b.json and c.json: raybridge init's configs on loopback. The portal gives the
+    bridge an inbound and a user of its own and refuses the tunnel domain to clients, so a
+    client cannot register as a bridge (docs/RELIABILITY.md, "Who may be a bridge")."""
+    setup = Setup(
+        portal_address=LOCAL,
+        portal_port=tunnel_port,
+        client_port=client_port,
+        bridge_id=bridge_id,
+        client_id=client_id,
+        domain=DOMAIN,
+        socks_port=socks_port,
+        http_port=http_port,
+        listen=LOCAL,
+    )
+    configs = {
+        "a.json": safe_bridge_config(setup).config,
+        "b.json": safe_portal_config(setup).config,
+        "c.json": safe_client_config(setup).config,
+    }
+    for config in configs.values():
+        config["log"] = {"loglevel": "warning"}
+    return configs
+
+
 async def demo(*, check: bool = False, directory: str | None = None, timeout: float = 15.0) -> int:
     from raybridge.config.loader import load_config
     from raybridge.node import Node
@@ -104,17 +145,20 @@ async def demo(*, check: bool = False, directory: str | None = None, timeout: fl
     body = PAGE.format(address=f"http://{LOCAL}:{web_port}/").encode()
     web = await loop.create_server(lambda: _Page(body), LOCAL, web_port)
 
-    bridge_id, client_id = str(uuid.uuid4()), str(uuid.uuid4())
     tunnel_port, client_port, socks_port, http_port = (free_port() for _ in range(4))
-    configs: dict[str, dict[str, Any]] = {
-        "a.json": bridge_config(tunnel_port, bridge_id),
-        "b.json": portal_config(tunnel_port, client_port, bridge_id, client_id),
-        "c.json": client_config(socks_port, client_port, client_id, http_port=http_port),
-    }
+    configs = demo_configs(
+        tunnel_port,
+        client_port,
+        socks_port,
+        http_port,
+        bridge_id=str(uuid.uuid4()),
+        client_id=str(uuid.uuid4()),
+    )
     folder = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="raybridge-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     for name, config in configs.items():
-        (folder / name).write_text(json.dumps(config, indent=2) + "\n")
+        # 0600, never through a symlink: the configs hold the users' UUIDs.
+        write_private(folder / name, json.dumps(config, indent=2) + "\n", replace=True)
 
     nodes: list[Node] = []
     code = 1

@@ -20,11 +20,15 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
+import errno
 import ipaddress
 import json
 import os
 import re
+import secrets
 import shlex
+import stat
 import struct
 import sys
 import uuid
@@ -442,7 +446,17 @@ def write_qr_png(data: str, path: str, *, scale: int = 8) -> None:
         + chunk(b"IDAT", zlib.compress(bytes(rows), 9))
         + chunk(b"IEND", b"")
     )
-    Path(path).write_bytes(png)
+    # 0600 (the link holds the client's id), and never through a symlink.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a symlink: not following it", path) from None
+        raise
+    with os.fdopen(fd, "wb") as f:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)  # also when it replaces a file that others could read
+        f.write(png)
 
 
 def print_link(link: str, out: TextIO, *, qr: bool = True) -> None:
@@ -628,12 +642,20 @@ def cmd_init(
     paths = [directory / name for name in FILES]
     if directory.exists() and not directory.is_dir():
         return _fail("init", f"{directory} exists and is not a directory")
-    existing = [str(p) for p in paths if p.exists()]
+    # A symlink counts as existing, dangling or not: init never writes through one.
+    links = [str(p) for p in paths if p.is_symlink()]
+    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
     if existing and not args.force:
         return _fail(
             "init",
             f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
-            "not overwriting (use --force to replace)",
+            "not overwriting (use --force to replace)"
+            + (
+                f"; {', '.join(links)} {'is a symlink' if len(links) == 1 else 'are symlinks'}: "
+                "not following, --force replaces the link itself, never its target"
+                if links
+                else ""
+            ),
         )
 
     setup = Setup(
@@ -655,7 +677,7 @@ def cmd_init(
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for path, text in zip(paths, texts, strict=True):
-            _write_private(path, text)
+            write_private(path, text, replace=args.force)
     except OSError as exc:
         return _fail("init", f"cannot write the configs: {exc}")
 
@@ -681,12 +703,26 @@ def cmd_init(
     return 0
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` readable by its owner only: the configs hold the users' UUIDs."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also when --force replaces a file that others could read
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+def write_private(path: Path, data: str | bytes, *, replace: bool = False) -> None:
+    """Write ``data`` readable by its owner only (0600: the configs hold the users' UUIDs),
+    never through a symlink. Without ``replace`` nothing may exist at ``path``
+    (``FileExistsError``, for a symlink too, dangling or not); with it, a new file is
+    written next to ``path`` and renamed over it, so an existing file or symlink there is
+    replaced itself and a symlink's target is never touched."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    target = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp") if replace else path
+    fd = os.open(target, flags, 0o600)  # O_EXCL: fails on any existing name, links too
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # exactly 0600, whatever the umask
+            f.write(raw)
+        if replace:
+            os.replace(target, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise
 
 
 def _summary(s: Setup, paths: Sequence[Path], out: TextIO) -> None:

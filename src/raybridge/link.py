@@ -37,6 +37,10 @@ from raybridge.address import Destination
 #: peer to pause. Also used as the transports' high write-buffer mark.
 HIGH_WATER = 512 * 1024
 LOW_WATER = 128 * 1024
+#: Bytes an end holds for its peer while its medium does not exist yet (a dial in
+#: progress, a client waiting for a tunnel) before it pauses the peer: small, since many
+#: such ends can wait at once and their peers' kernel buffers hold the rest.
+PENDING_LIMIT = 64 * 1024
 
 _session_ids = itertools.count(1)
 
@@ -97,6 +101,7 @@ class Session:
     user: str | None = None  # the authenticated user's email / username
     level: int = 0
     protocol: str = ""  # sniffed or known application protocol, e.g. "http/1.1"
+    muxed: bool = False  # carried inside a Mux.Cool session (which may not nest another)
     id: int = field(default_factory=lambda: next(_session_ids))
     started: float = field(default_factory=time.monotonic)
     # Counters the ends update on the hot path (plain attribute arithmetic).
@@ -113,6 +118,7 @@ class Session:
             source=self.source,
             user=self.user,
             level=self.level,
+            muxed=self.muxed,
         )
 
 
@@ -139,7 +145,7 @@ class Outbound(abc.ABC):
         """Return the end that carries ``dest`` for ``peer``, already joined to it.
 
         Must not block: an end whose medium is not ready yet (a dial in progress) buffers
-        what it is given, up to :data:`HIGH_WATER`, then pauses its peer.
+        what it is given, up to :data:`PENDING_LIMIT`, then pauses its peer.
         """
 
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -195,7 +201,7 @@ class IdleTimer:
 class DeferredEnd(End):
     """Stands in for an end that does not exist yet (e.g. while routing waits for DNS).
 
-    It buffers what its peer sends, pausing the peer past :data:`HIGH_WATER`, and replays
+    It buffers what its peer sends, pausing the peer past :data:`PENDING_LIMIT`, and replays
     everything into the real end once :meth:`bind` is called.
     """
 
@@ -217,7 +223,7 @@ class DeferredEnd(End):
             return
         self._buffer.append(data)
         self._size += len(data)
-        if self._size > HIGH_WATER and not self._paused_peer and self.peer is not None:
+        if self._size > PENDING_LIMIT and not self._paused_peer and self.peer is not None:
             self._paused_peer = True
             self.peer.pause_reading()
 

@@ -5,14 +5,25 @@ warning, error, none. Access log: ``2026/11/24 20:52:26 from 127.0.0.1:5555 acce
 tcp:example.com:443 [socks-in -> vmess-out]``. Each goes to the console (stderr: stdout is
 left to commands' own output), to a file, or nowhere. ``json`` format writes one JSON object
 per line instead, for log shippers.
+
+No input can forge a line or reach a terminal as an escape sequence: the text format writes
+control characters (C0, DEL, C1, U+2028/2029) as ``\\xNN``/``\\uNNNN`` escapes, and the lines of
+a multi-line entry (a traceback) after the first are indented, so every line that begins at
+column 0 begins with a timestamp. JSON escapes them by itself (``ensure_ascii``). Users are
+named by email, else by :func:`user_label` (a short hash): no UUID is ever logged.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import json
 import logging
+import os
 import sys
 import time
+import uuid
 from typing import Any, TextIO
 
 from raybridge.address import Destination
@@ -36,6 +47,30 @@ _LEVEL_NAMES = {
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
+#: Control characters as escapes: C0 (with CR, LF, ESC), DEL, C1, and the two Unicode line
+#: separators some viewers break lines at.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written as an escape (one line, no ESC)."""
+    if text.isprintable():  # the common case: nothing to do
+        return text
+    return text.translate(_ESCAPES)
+
+
+@functools.lru_cache(maxsize=1024)  # called per connection, even at info level
+def user_label(email: str, user_id: uuid.UUID | str) -> str:
+    """How logs name a VMess user: its email, else ``user#`` and the first 8 hex digits of
+    SHA-256 over the UUID's canonical text (lower case, with dashes; ``printf %s <uuid> |
+    sha256sum`` gives the same). Stable across restarts, and not the UUID, which is the
+    user's secret."""
+    if email:
+        return email
+    text = str(user_id).lower()
+    return "user#" + hashlib.sha256(text.encode("ascii", "replace")).hexdigest()[:8]
+
 
 class TextFormatter(logging.Formatter):
     def __init__(self, access: bool) -> None:
@@ -44,9 +79,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
-        message = record.getMessage()
+        # The whole message is escaped: its arguments may come from the wire.
+        message = escape(record.getMessage())
         if record.exc_info and record.levelno >= logging.ERROR:
-            message += "\n" + self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info)
+            message += "".join("\n    " + escape(line) for line in trace.splitlines())
         if self.access:
             return f"{stamp} {message}"
         component = record.name.removeprefix("raybridge").lstrip(".").replace(".", "/")
@@ -77,10 +114,19 @@ class JsonFormatter(logging.Formatter):
 _handlers: list[logging.Handler] = []
 
 
+class _PrivateFileHandler(logging.FileHandler):
+    """Appends to a log file it creates 0600, as V2Ray does (the logs name users, clients'
+    addresses and where they go); an existing file keeps its mode."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def _handler(target: str | None, access: bool, fmt: str, stream: TextIO) -> logging.Handler:
     handler: logging.Handler
     if target:
-        handler = logging.FileHandler(target, encoding="utf-8")
+        handler = _PrivateFileHandler(target, encoding="utf-8")
     else:
         handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter(access) if fmt == "json" else TextFormatter(access))

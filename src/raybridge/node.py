@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,19 @@ if TYPE_CHECKING:
     from raybridge.status import StatusServer
 
 logger = logging.getLogger("raybridge")
+
+
+def report_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """What the event loop could not hand to anyone (an exception in a protocol callback:
+    asyncio has already closed that one connection). One line in the error log, the
+    traceback only at debug level, never a traceback on stderr from network input."""
+    exc = context.get("exception")
+    message = context.get("message", "error in the event loop")
+    if exc is not None:
+        logger.error("%s: %s: %s", message, type(exc).__name__, exc)
+        logger.debug("traceback", exc_info=exc)
+    else:
+        logger.error("%s", message)
 
 
 def _where(cfg: Any, section: str) -> dict[str, Any]:
@@ -182,6 +196,7 @@ class Node:
                     users=users,
                     disable_insecure_encryption=s.disable_insecure_encryption,
                     aead_only=s.aead_forced,
+                    state_dir=self.options.state_dir,
                 )
             elif cfg.protocol == "dokodemo-door":
                 if not s.address or not s.port:
@@ -211,6 +226,9 @@ class Node:
 
     # -- running ---------------------------------------------------------------------------
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.get_exception_handler() is None:
+            loop.set_exception_handler(report_loop_error)
         try:
             for outbound in self.outbounds:
                 await outbound.start()
@@ -222,7 +240,13 @@ class Node:
                 from raybridge.status import StatusServer, parse_address
 
                 host, port = parse_address(self.status_address)
-                self.status_server = StatusServer(self, host, port)
+                self.status_server = StatusServer(
+                    self,
+                    host,
+                    port,
+                    token=self.options.status_token,
+                    hosts=self.options.status_hosts,
+                )
                 await self.status_server.start()
             logging.getLogger("raybridge").addHandler(self.dispatcher.stats.recent)
         except BaseException:

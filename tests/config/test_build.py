@@ -334,9 +334,47 @@ def test_socks_auth_must_be_spelled_right(auth: str, suggestion: str) -> None:
     )
 
 
-def test_socks_password_without_accounts_warns() -> None:
-    cfg = load(inbound('"settings": {"auth": "password"}'))
-    assert messages(cfg) == ['auth is "password" but there are no accounts']
+@pytest.mark.parametrize(
+    ("accounts", "path", "needle"),
+    [
+        ("", "auth", 'there are no "accounts": nobody could log in'),
+        ('"accounts": []', "accounts", '"accounts" is empty: nobody could log in'),
+        ('"acounts": [{"user": "u", "pass": "p"}]', "acounts", 'did you mean "accounts"?'),
+        ('"Accounts": null', "auth", 'there are no "accounts"'),
+    ],
+)
+def test_socks_password_without_accounts_is_an_error(accounts: str, path: str, needle: str) -> None:
+    """V2Ray starts such an inbound and refuses everyone (05 FF); raybridge used to warn
+    and then let every client in. Now the config is refused, naming file, line and field."""
+    err = error(
+        """\
+        {"inbounds": [{"protocol": "socks", "port": 1080,
+          "settings": {
+            "auth": "password"%s
+          }}]}
+        """
+        % ("" if not accounts else ",\n" + " " * 4 + accounts)
+    )
+    assert err.file == "t.json"
+    assert err.path == f"inbounds[0].settings.{path}"
+    assert err.line == (3 if path == "auth" else 4)
+    assert needle in err.message
+
+
+def test_socks_account_needs_a_user_name() -> None:
+    err = error(
+        inbound('"settings": {"auth": "password", "accounts": [{"user": "", "pass": "p"}]}')
+    )
+    assert err.path == "inbounds[0].settings.accounts[0].user"
+    assert 'no "user" name' in err.message
+    err = error(inbound('"settings": {"auth": "password", "accounts": [{"pass": "p"}]}'))
+    assert err.path == "inbounds[0].settings.accounts[0].user"
+
+
+def test_raybridge_state_dir() -> None:
+    options = load('{"raybridge": {"stateDir": "/var/lib/raybridge"}}').sections["raybridge"]
+    assert getattr(options, "state_dir", None) == "/var/lib/raybridge"
+    assert getattr(load('{"raybridge": {}}').sections["raybridge"], "state_dir", "x") is None
 
 
 def test_http_settings() -> None:

@@ -352,6 +352,47 @@ def test_open_proxies(tmp_path: Path) -> None:
     assert "private address" in lan.message
 
 
+def test_open_proxy_check_covers_password_inbounds() -> None:
+    """``"auth": "password"`` only protects with accounts: the check no longer skips every
+    password inbound (one without accounts cannot come from the loader any more, see the
+    next test, but can be built otherwise)."""
+    from raybridge.config import Config, InboundConfig, SocksInboundSettings
+
+    def socks(tag: str, accounts: dict[str, str], index: int) -> InboundConfig:
+        return InboundConfig(
+            protocol="socks",
+            tag=tag,
+            listen="0.0.0.0",
+            ports=[1080 + index],
+            settings=SocksInboundSettings(auth="password", accounts=accounts),
+            file="t.json",
+            line=index + 1,
+            index=index,
+            path=f"inbounds[{index}]",
+        )
+
+    config = Config(inbounds=[socks("empty", {}, 0), socks("pw", {"u": "p"}, 1)])
+    found = [f for f in check_config(config) if isinstance(f, Finding)]
+    assert [f.path for f in found] == ["inbounds[0].listen"]
+    assert '"auth": "password" but no accounts' in found[0].message
+    assert '"accounts": [{"user"' in found[0].fix
+
+
+def test_cli_test_refuses_password_without_accounts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to say "Configuration OK." (exit 0) with a warning."""
+    path = tmp_path / "pw.json"
+    path.write_text(
+        '{"inbounds": [{"protocol": "socks", "port": 1080,\n'
+        '  "settings": {"auth": "password", "acounts": [{"user": "u", "pass": "p"}]}}]}\n'
+    )
+    assert main(["test", "-c", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"error: {path}:2: inbounds[0].settings.acounts:" in err
+    assert 'did you mean "accounts"?' in err
+
+
 # --------------------------------------------------------------------------- 5. rule order
 
 ORDER = """\
@@ -489,13 +530,17 @@ def test_lenient_loading_reports_every_broken_entry(tmp_path: Path) -> None:
 
 
 def _template_configs() -> dict[str, str]:
+    from raybridge.demo import demo_configs
+
+    # The seed's portal (portal_config) lets clients register as bridges, on loopback too:
+    # test_seed_portal_only_gets_the_exposure_warning.
     configs = {
         "client": templates.client_config(1080, 8001, U1, http_port=1081),
         "server": templates.server_config(8001, U1),
         "bridge": templates.bridge_config(8001, U1),
-        "portal": templates.portal_config(8001, 8002, U1, U2),
-        "portal-single": templates.portal_config(8001, 8002, U1, U2, single_inbound=True),
     }
+    demo = demo_configs(8001, 8002, 1080, 1081, bridge_id=U1, client_id=U2)
+    configs.update({"demo-" + name.removesuffix(".json"): c for name, c in demo.items()})
     texts = {name: json.dumps(c, indent=2) for name, c in configs.items()}
     setup = templates.Setup(
         portal_address="203.0.113.5",
@@ -525,11 +570,82 @@ def test_examples_and_seed_a_have_no_findings(path: Path) -> None:
     assert findings(result.config, documents=result.documents) == []
 
 
+@pytest.mark.parametrize("listen", ["0.0.0.0", "127.0.0.1"])
 @pytest.mark.parametrize("single", [False, True])
-def test_public_seed_portal_only_gets_the_exposure_warning(tmp_path: Path, single: bool) -> None:
-    config = templates.portal_config(8001, 8002, U1, U2, single_inbound=single, listen="0.0.0.0")
+def test_seed_portal_only_gets_the_exposure_warning(
+    tmp_path: Path, single: bool, listen: str
+) -> None:
+    """On loopback too (the old ``raybridge demo`` portal): its clients can still register
+    as a bridge and receive the other clients' traffic."""
+    config = templates.portal_config(8001, 8002, U1, U2, single_inbound=single, listen=listen)
     _, found = check(tmp_path, json.dumps(config, indent=2))
     assert len(found) == 1 and "as a bridge" in found[0].message
+    assert f"on {listen}:" in found[0].message
+
+
+def test_unauthenticated_loopback_inbound_to_a_portal(tmp_path: Path) -> None:
+    """A SOCKS inbound on loopback routed to a portal: any program on the machine can ask
+    for the tunnel domain and become a bridge."""
+    config = templates.portal_config(8001, 8002, U1, U2)
+    config["inbounds"].append(
+        {"tag": "local", "protocol": "socks", "listen": "127.0.0.1", "port": 1080}
+    )
+    config["outbounds"].append({"tag": "refuse", "protocol": "blackhole"})
+    config["routing"]["rules"] = [
+        {"type": "field", "inboundTag": ["external"], "domain": [f"full:{templates.DOMAIN}"],
+         "outboundTag": "refuse"},
+        *config["routing"]["rules"],
+        {"type": "field", "inboundTag": ["local"], "outboundTag": "portal"},
+    ]  # fmt: skip
+    _, found = check(tmp_path, json.dumps(config, indent=2))
+    f = one(found)
+    assert f.message.startswith('anyone who can reach inbound "local" (socks on 127.0.0.1:1080)')
+
+
+# --------------------------------------------------------------------------- status server
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("127.0.0.1:9090", None),
+        ("9090", None),
+        ("[::1]:9090", None),
+        ("localhost:9090", None),
+        ({"listen": "127.0.0.1:9090", "hosts": ["a.example"]}, None),
+        ("0.0.0.0:9090", "listens on 0.0.0.0:9090 (every network interface) without a token"),
+        ("[::]:9090", "listens on [::]:9090 (every network interface) without a token"),
+        ("192.0.2.7:9090", "listens on 192.0.2.7:9090 (beyond loopback) without a token"),
+        ({"listen": "0.0.0.0:9090"}, "without a token"),
+        ({"listen": "0.0.0.0:9090", "token": "0123456789abcdef0123"}, None),
+        ({"listen": "0.0.0.0:9090", "token": "letmein"}, "7 characters: short enough to guess"),
+    ],
+)
+def test_status_server_beyond_loopback_needs_a_token(
+    tmp_path: Path, status: object, expected: str | None
+) -> None:
+    config = {"outbounds": [{"protocol": "freedom"}], "raybridge": {"status": status}}
+    text, found = check(tmp_path, json.dumps(config, indent=2))
+    if expected is None:
+        assert found == []
+        return
+    f = one(found)
+    assert expected in f.message
+    assert f.path.startswith("raybridge.status")
+    assert f.line == line_of(text, '"token"' if "short" in expected else '"status"')
+    assert '"token"' in f.fix
+
+
+def test_cli_test_warns_about_an_open_status_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "b.json"
+    config = {"outbounds": [{"protocol": "freedom"}], "raybridge": {"status": "0.0.0.0:9090"}}
+    path.write_text(json.dumps(config))
+    assert main(["test", "-c", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "status server listens on 0.0.0.0:9090" in err
+    assert '"token"' in err
 
 
 # --------------------------------------------------------------------------- the command line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import re
 from collections.abc import Callable
 
 import pytest
@@ -116,6 +117,25 @@ def test_no_acceptable_method(accounts: dict[str, str] | None, greeting: bytes) 
     assert server.data_to_send() == b"\x05\xff"
     with pytest.raises(LocalProtocolError):
         server.receive_data(b"more")
+
+
+@pytest.mark.parametrize("accounts", [None, {}])
+def test_password_required_without_accounts_refuses_everyone(
+    accounts: dict[str, str] | None,
+) -> None:
+    """``"auth": "password"`` with no accounts: never fall back to no authentication
+    (V2Ray answers 05 FF to a client that offers only "no authentication")."""
+    server = SocksServer(accounts=accounts, password=True)
+    with pytest.raises(SocksError):
+        server.receive_data(GREETING_NOAUTH + CONNECT_IPV4)
+    assert server.data_to_send() == b"\x05\xff"
+    server = SocksServer(accounts=accounts, password=True)
+    with pytest.raises(SocksError):
+        server.receive_data(GREETING_PASSWORD + b"\x01\x00\x00" + CONNECT_IPV4)
+    assert server.data_to_send() == b"\x05\x02\x01\xff"
+    server = SocksServer(accounts=accounts, password=True)
+    with pytest.raises(SocksError):  # SOCKS4 has no authentication at all
+        server.receive_data(bytes.fromhex("040100500102030400"))
 
 
 def test_password_auth() -> None:
@@ -317,7 +337,11 @@ def _not_v4_mapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 def hosts() -> st.SearchStrategy[Host]:
     label = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20)
     domain = (
-        st.lists(label, min_size=1, max_size=4).map(".".join).filter(lambda d: not d[0].isdigit())
+        st.lists(label, min_size=1, max_size=4)
+        .map(".".join)
+        .filter(lambda d: not d[0].isdigit())
+        # A numeric last label reads as an IPv4 address: refused from the wire (address.py).
+        .filter(lambda d: re.fullmatch(r"[0-9]+|0x[0-9a-f]*", d.rpartition(".")[2]) is None)
     )
     return st.one_of(
         st.ip_addresses(v=4),

@@ -295,6 +295,34 @@ def test_replay_filter_capacity_is_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     assert [validator.match_aead(a).user is not None for a in ids] == [True, True, True, False]
 
 
+def test_replay_filter_export_and_import_across_a_restart() -> None:
+    """A header seen by one validator stays refused by the next one (a restarted server)
+    once the first one's entries are imported; entries the time check refuses anyway are
+    neither exported nor imported."""
+    clock = Clock(NOW)
+    first = _validator(clock=clock)
+    fresh = create_auth_id(SPEC_USER.auth_id_key, NOW, b"abcd")
+    late = create_auth_id(SPEC_USER.auth_id_key, NOW - 100, b"efgh")  # a slow client clock
+    assert first.match_aead(fresh).user == SPEC_USER
+    assert first.match_aead(late).user == SPEC_USER
+    exported = sorted(first.export_replay())
+    assert exported == sorted([(fresh, NOW), (late, NOW - 100)])
+
+    clock.now = NOW + 10  # the restart
+    second = _validator(clock=clock)
+    assert second.import_replay([*exported, (b"short", NOW), (b"x" * 16, NOW - 200)]) == 2
+    assert second.match_aead(fresh).replay
+    assert second.match_aead(late).replay
+    assert sorted(second.export_replay()) == exported  # and saved again at the next close
+    clock.now = NOW + 21  # `late` (ts NOW - 100) is past the window: refused anyway
+    assert not second.match_aead(late).replay and second.match_aead(late).user is None
+    assert [a for a, _ in second.export_replay()] == [fresh]
+    clock.now = NOW + 121
+    assert list(second.export_replay()) == []  # nothing a client could still replay
+    without = _validator(clock=Clock(NOW + 10))  # what a restart did before: accepted again
+    assert without.match_aead(fresh).user == SPEC_USER
+
+
 @pytest.mark.parametrize(
     ("delta", "accepted"),
     [(-121, False), (-120, True), (0, True), (29, True), (120, True), (121, False)],

@@ -22,11 +22,13 @@ from raybridge.config.fields import (
     Ctx,
     Obj,
     describe,
+    describe_typed,
     inbound_ports,
+    join,
     normalize_ip,
     parse_address,
 )
-from raybridge.config.jsonc import JObject, JValue
+from raybridge.config.jsonc import JObject, JString, JValue
 from raybridge.config.model import (
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
@@ -519,22 +521,63 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     return fc
 
 
-def _raybridge_options(obj: Obj) -> RaybridgeOptions:
-    status = obj.opt_string("status")
-    if status is not None:
-        from raybridge.status import parse_address
+def _status_options(obj: Obj) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """``"status"``: ``"host:port"``, or ``{"listen": "host:port", "token": "...",
+    "hosts": ["name", ...]}`` -> (listen, token, hosts)."""
+    from raybridge.status import TOKEN_CHARS, host_name
+    from raybridge.status import parse_address as parse_status_address
 
-        try:
-            parse_address(status)
-        except ValueError:
-            node = obj.get("status")
-            assert node is not None
+    node = obj.get("status")
+    if node is None:
+        return None, None, ()
+    token: str | None = None
+    hosts: list[str] = []
+    if isinstance(node, JObject):
+        sub = obj.ctx.expect_object(node, obj.sub("status"))
+        listen = sub.required_string("listen")
+        listen_node, listen_path = sub.get("listen"), sub.sub("listen")
+        token = sub.opt_string("token")
+        if token is not None and not TOKEN_CHARS.fullmatch(token):
             raise obj.ctx.error(
-                node, obj.sub("status"), f'{status!r} is not "host:port" (e.g. "127.0.0.1:9090")'
+                sub.get("token"),
+                sub.sub("token"),
+                "the token must be non-empty letters, digits and -._~+/ (a bearer token, "
+                'RFC 6750), e.g. the output of "openssl rand -hex 32"',
+            )
+        for i, name in enumerate(sub.string_list("hosts") or []):
+            if not host_name(name) or any(c in name for c in " /\t@"):
+                raise obj.ctx.error(
+                    sub.get("hosts"), join(sub.sub("hosts"), i), f"{name!r} is not a host name"
+                )
+            hosts.append(name)
+        sub.finish()
+    elif isinstance(node, JString):
+        listen, listen_node, listen_path = node.value, node, obj.sub("status")
+    else:
+        raise obj.ctx.error(
+            node,
+            obj.sub("status"),
+            'expected "host:port" or {"listen": "host:port", "token": ...}, got '
+            + describe_typed(node),
+        )
+    if listen:
+        try:
+            parse_status_address(listen)
+        except ValueError:
+            raise obj.ctx.error(
+                listen_node, listen_path, f'{listen!r} is not "host:port" (e.g. "127.0.0.1:9090")'
             ) from None
+    return listen or None, token, tuple(hosts)
+
+
+def _raybridge_options(obj: Obj) -> RaybridgeOptions:
+    status, token, hosts = _status_options(obj)
     options = RaybridgeOptions(
         mux_max_sessions=obj.integer("muxMaxSessions", 1, 65535, 1024),
-        status=status or None,
+        status=status,
+        status_token=token,
+        status_hosts=hosts,
+        state_dir=obj.opt_string("stateDir"),
         file=obj.ctx.file,
         line=obj.line,
     )

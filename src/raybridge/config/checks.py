@@ -21,7 +21,8 @@ one does not say it again):
   comes after a rule that catches the tunnels first;
 * :func:`bridge_checks`: a bridge whose tunnels go anywhere but a VMess outbound;
 * :func:`open_proxies`: SOCKS/HTTP inbounds without authentication beyond loopback;
-* :func:`bridge_exposure`: who may register as a bridge of a public portal.
+* :func:`bridge_exposure`: who may register as a bridge of a portal (on loopback too);
+* :func:`status_exposure`: a status server beyond loopback without a token.
 
 Checks also run on a config that failed to load (``raybridge test`` reloads it
 leniently, :func:`raybridge.config.loader.inspect_config`): entries left out still count
@@ -71,6 +72,7 @@ __all__ = [
     "open_proxies",
     "portal_checks",
     "reference_checks",
+    "status_exposure",
     "suggest_fix",
 ]
 
@@ -297,6 +299,7 @@ def portal_checks(ck: Checker) -> Iterator[Finding]:
         if unmatched:
             # A tunnel rule exists but matches none of the VMess inbounds.
             rule = ck.rules[unmatched[0]][0]
+            ck.explained_rules.add(rule.path)  # its fix also ends who it lets register
             named = [
                 f"{quote(t)} is a {ck.inbounds[t].protocol} inbound"
                 if t in ck.inbounds
@@ -351,6 +354,7 @@ def _shadowed_tunnel_rules(
         inbound = sessions[0].inbound_tag
         earlier = ck.where(first.index)
         if portal in first.targets:
+            ck.explained_rules.add(ck.rules[first.index][0].path)  # who it lets register
             message = (
                 f"this rule never matches: {earlier} comes first and sends everything from "
                 f'"{inbound}" to portal "{portal.tag}" whatever is asked for. Tunnels still '
@@ -486,13 +490,24 @@ def _bridge_fate(route: Route, domain: str) -> str:
 def open_proxies(ck: Checker) -> Iterator[Finding]:
     """A SOCKS or HTTP inbound without authentication that listens beyond loopback is an
     open proxy: anyone who reaches the port uses this node's network (and, through a
-    bridge, the private network behind it)."""
+    bridge, the private network behind it). ``"auth": "password"`` counts only with
+    accounts: without (a config the loader refuses, but one built otherwise), the inbound
+    is reported too, since it protects nothing unless the server fails closed."""
     for inbound in ck.config.inbounds:
         settings = inbound.settings
+        without = "without authentication: an open proxy, anyone who can reach the port uses it"
+        fix = '"listen": "127.0.0.1" if only this machine uses it; otherwise require a password'
         if isinstance(settings, SocksInboundSettings):
-            if settings.auth == "password":
-                continue  # with no accounts nobody gets in (the loader warns about that)
+            if settings.auth == "password" and settings.accounts:
+                continue
             auth = '"auth": "password", "accounts": [{"user": "<name>", "pass": "<secret>"}]'
+            if settings.auth == "password":
+                without = (
+                    'with "auth": "password" but no accounts: nobody can log in (raybridge, '
+                    "like V2Ray, refuses every client rather than run as an open proxy)"
+                )
+                fix = "give it accounts"
+                auth = '"accounts": [{"user": "<name>", "pass": "<secret>"}]'
         elif isinstance(settings, HttpInboundSettings):
             if settings.accounts:
                 continue
@@ -516,13 +531,9 @@ def open_proxies(ck: Checker) -> Iterator[Finding]:
             path=inbound.path + ".listen",
             message=(
                 f"{inbound.protocol.upper()} inbound {name} listens on {host}:{ports} "
-                f"({reach}) without authentication: an open proxy, anyone who can "
-                "reach the port uses it"
+                f"({reach}) {without}"
             ),
-            fix=(
-                '"listen": "127.0.0.1" if only this machine uses it; otherwise require a '
-                f"password in its settings: {auth}"
-            ),
+            fix=f"{fix} in its settings: {auth}",
         )
 
 
@@ -533,13 +544,13 @@ def bridge_exposure(config: Config, ck: Checker | None = None) -> Iterator[Findi
     """Who may register as a bridge? A portal takes every link routed to it whose target is
     its domain as a tunnel, so every client that routing sends there with that domain can
     become a bridge and receive the other clients' traffic. Safe: a dedicated inbound with
-    one user for the bridge, and a rule matching that inbound tag and the tunnel domain."""
+    one user for the bridge, and a rule matching that inbound tag and the tunnel domain.
+    Inbounds on loopback count too: their clients (or, without users, every program on the
+    machine) are as able to register as anyone's."""
     ck = ck or Checker(config)
     for portal in config.reverse.portals:
         dest = Destination(Network.TCP, portal.domain, 0)
         for inbound in config.inbounds:
-            if is_loopback(inbound.listen):
-                continue
             users = users_of(inbound)
             who: list[str] = []
             matched_rules: list[RuleConfig | None] = []
@@ -596,6 +607,52 @@ def bridge_exposure(config: Config, ck: Checker | None = None) -> Iterator[Findi
             yield Finding(file=file, line=line, path=path, message=message, fix=fix)
 
 
+# --------------------------------------------------------------------------- status server
+
+
+def status_exposure(ck: Checker) -> Iterator[Finding]:
+    """The status server (``"raybridge": {"status": ...}``) shows the tunnel domain, bridge
+    addresses and recent errors: beyond loopback it needs a token (and a long one)."""
+    from raybridge.config.model import RaybridgeOptions
+    from raybridge.status import parse_address
+
+    options = ck.config.sections.get("raybridge")
+    if not isinstance(options, RaybridgeOptions) or not options.status:
+        return
+    host, port = parse_address(options.status)
+    file = options.file or ""
+    line = ck.line(file, "raybridge", options.line, "status")
+    token = options.status_token
+    if token is None and not is_loopback(host):
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reach = "every network interface" if host in ("0.0.0.0", "::") else "beyond loopback"
+        yield Finding(
+            file=file,
+            line=line,
+            path="raybridge.status",
+            message=(
+                f"the status server listens on {shown} ({reach}) without a token: anyone "
+                "who can reach the port sees the tunnel domain, bridge addresses and recent "
+                "errors"
+            ),
+            fix=(
+                f'"status": "127.0.0.1:{port}" if only this machine reads it; otherwise '
+                f'"status": {{"listen": "{shown}", "token": "<openssl rand -hex 32>"}} '
+                "(send Authorization: Bearer <token>; the dashboard: open /#token=<token>)"
+            ),
+        )
+    elif token is not None and len(token) < 16:
+        yield Finding(
+            file=file,
+            line=ck.line(file, "raybridge.status", line, "token"),
+            path="raybridge.status.token",
+            message=(
+                f"the status server's token has {len(token)} characters: short enough to guess"
+            ),
+            fix='"token": 16 or more random characters, e.g. from "openssl rand -hex 32"',
+        )
+
+
 # --------------------------------------------------------------------------- entry points
 
 #: Checks run in this order: earlier ones mark what they explain so later ones stay quiet.
@@ -605,6 +662,7 @@ _CHECKS: tuple[Callable[[Checker], Iterable[Finding]], ...] = (
     bridge_checks,
     open_proxies,
     lambda ck: bridge_exposure(ck.config, ck),
+    status_exposure,
 )
 
 

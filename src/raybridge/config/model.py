@@ -436,12 +436,22 @@ class RaybridgeOptions:
     this node is the mux server (a reverse bridge, or ``v1.mux.cool``); a New frame beyond
     it is refused with End+Error. V2Ray has no limit.
 
-    ``status``: where the status server listens (see :mod:`raybridge.status`).
+    ``status``: where the status server listens (see :mod:`raybridge.status`);
+    ``status_token`` and ``status_hosts``: its bearer token and the extra names its
+    ``Host`` allow-list takes (``"status": {"listen": ..., "token": ..., "hosts": [...]}``).
     """
 
     mux_max_sessions: int = 1024
     #: ``"host:port"`` of the status server (``/metrics``, ``/api/status``, ``/``); off when
     #: unset. A bare port listens on 127.0.0.1.
     status: str | None = None
+    #: ``Authorization: Bearer <token>`` required by the status server when set.
+    status_token: str | None = field(default=None, repr=False)
+    #: Host names (besides its own addresses) that requests to the status server may name.
+    status_hosts: tuple[str, ...] = ()
+    #: ``"stateDir"``: where state that outlives the process goes (the VMess replay filter,
+    #: :mod:`raybridge.replay`). ``None`` (unset): ``$STATE_DIRECTORY`` if set (systemd's
+    #: ``StateDirectory=``), else nothing is kept; ``""``: nothing is kept.
+    state_dir: str | None = None
     file: str | None = None
     line: int | None = None

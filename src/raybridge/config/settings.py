@@ -6,6 +6,9 @@ of V2Ray 4.34 (PROTOCOLS.md 4.3, 4.4), with these deliberate differences:
 * SOCKS ``auth`` must be ``noauth`` or ``password`` (any case); V2Ray silently treats every
   other value, even ``"Password"``, as noauth, which would open a proxy that was meant to
   be protected.
+* SOCKS ``"auth": "password"`` needs accounts (missing, ``[]`` or a misspelled key is an
+  error; V2Ray starts and refuses every client), and every SOCKS account a non-empty
+  ``user`` (RFC 1929 has no empty user name, so such an account could never log in).
 * Values V2Ray silently replaces by a default (an unknown VMess ``security``, an unknown
   freedom ``domainStrategy``, an unknown network name) produce a warning.
 """
@@ -37,6 +40,7 @@ from raybridge.config.model import (
     VMessServerConfig,
     VMessUserConfig,
 )
+from raybridge.errors import ConfigError
 
 # --------------------------------------------------------------------------- VMess users
 
@@ -136,12 +140,49 @@ def vmess_user(obj: Obj, *, server: bool) -> VMessUserConfig:
     )
 
 
-def _accounts(obj: Obj) -> dict[str, str]:
+def _accounts(obj: Obj, *, named: bool = False) -> dict[str, str]:
+    """``accounts``; ``named``: every account needs a non-empty ``user`` (SOCKS)."""
     accounts: dict[str, str] = {}
     for acc in obj.objects("accounts"):
-        accounts[acc.string("user")] = acc.string("pass")
+        user = acc.string("user")
+        if named and not user:
+            raise acc.ctx.error(
+                acc.get("user") or acc.node,
+                acc.sub("user"),
+                'the account has no "user" name: no SOCKS client can log in with an empty '
+                "one (RFC 1929)",
+            )
+        accounts[user] = acc.string("pass")
         acc.finish()
     return accounts
+
+
+def _no_accounts(obj: Obj, auth_node: JValue | None) -> ConfigError:
+    """``"auth": "password"`` without accounts: say where, and spot a misspelled key."""
+    node = obj.get("accounts")
+    if node is not None:
+        return obj.ctx.error(
+            node,
+            obj.sub("accounts"),
+            '"auth" is "password" but "accounts" is empty: nobody could log in (V2Ray starts '
+            'and refuses every client); add {"user": "<name>", "pass": "<secret>"}',
+        )
+    for key, _ in obj.node.items:
+        if key.value.lower() != "accounts" and difflib.get_close_matches(
+            key.value.lower(), ["accounts"], n=1, cutoff=0.75
+        ):
+            return obj.ctx.error(
+                key,
+                obj.sub(key.value),
+                f'"auth" is "password" but there are no accounts: did you mean "accounts"? '
+                f'("{key.value}" is not a key)',
+            )
+    return obj.ctx.error(
+        auth_node or obj.node,
+        obj.sub("auth"),
+        '"auth" is "password" but there are no "accounts": nobody could log in (V2Ray starts '
+        'and refuses every client); add "accounts": [{"user": "<name>", "pass": "<secret>"}]',
+    )
 
 
 # --------------------------------------------------------------------------- inbound settings
@@ -163,7 +204,9 @@ def socks_inbound(obj: Obj) -> SocksInboundSettings:
                 f'{describe(auth_node)} is not a SOCKS auth method: {hint}write "noauth" or '
                 '"password" (V2Ray would silently run without authentication)',
             )
-    accounts = _accounts(obj)
+    accounts = _accounts(obj, named=True)
+    if auth == "password" and not accounts:
+        raise _no_accounts(obj, auth_node)
     ip_node = obj.get("ip")
     ip = None if ip_node is None else parse_address(obj.ctx.expect_string(ip_node, obj.sub("ip")))
     settings = SocksInboundSettings(
@@ -174,8 +217,6 @@ def socks_inbound(obj: Obj) -> SocksInboundSettings:
         user_level=obj.integer("userLevel", 0, UINT32),
         timeout=obj.integer("timeout", 0, UINT32),
     )
-    if settings.auth == "password" and not accounts:
-        obj.ctx.warn(obj.node, obj.path, 'auth is "password" but there are no accounts')
     obj.finish()
     return settings
 

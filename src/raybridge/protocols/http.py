@@ -343,6 +343,10 @@ def _parse_authority(text: str, default_port: int) -> Destination:
         if rest and not rest.startswith(":"):
             raise ValueError(f"junk after IPv6 literal in {text[:64]!r}")
         port_text = rest[1:]
+        if "%" in host_text:
+            # A scope id may hold any byte (ESC, CR): refused like every address from the
+            # wire that has one (raybridge.address.decode_domain).
+            raise ValueError(f"IPv6 scope id in {text[:64]!r}")
         ip = ipaddress.IPv6Address(host_text)
         host: ipaddress.IPv4Address | ipaddress.IPv6Address | str = ip.ipv4_mapped or ip
     else:

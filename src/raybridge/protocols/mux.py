@@ -12,6 +12,13 @@ Byte layout (PROTOCOLS.md 2.2; big-endian)::
     DATA_LEN <= 65535; one datagram per frame on UDP sessions, which V2Ray 4.34 reads only
     up to 2048 bytes (so that is what we send on them, unless the session is XUDP).
 
+Per-session flow control (raybridge's own; Mux.Cool has none): KeepAlive frames carry
+it, since V2Ray 4.34 (``common/mux/{client,server}.go`` ``handleStatusKeepAlive``), Xray and
+sing-vmess read a KeepAlive's data and discard it. A raybridge end announces itself with
+``KeepAlive(session 0, data FC_HELLO)``; once it has heard the peer's announcement it may
+send ``KeepAlive(session N, data FC_PAUSE)`` ("stop sending data on N: my reader is slow")
+and later ``FC_RESUME``. To any other peer these are KeepAlives like any other.
+
 XUDP (Xray, sing-box ``packet_encoding: "xudp"``; not in 4.34): a UDP session whose Keep
 frames carry the datagram's address, ``NETWORK(1) | PORT(2) | ATYP(1) | ADDRESS`` after
 OPTION as in New, so one session reaches many destinations (full-cone UDP). Clients open it
@@ -80,7 +87,11 @@ from raybridge.address import VMESS_ADDRESS, Destination, Network
 from raybridge.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "FC_HELLO",
+    "FC_PAUSE",
+    "FC_RESUME",
     "MAX_FRAME_DATA",
+    "MAX_KEEPALIVE_DATA",
     "MAX_META_LEN",
     "MAX_UDP_DATA",
     "V2RAY_FRAME_DATA",
@@ -109,6 +120,12 @@ MAX_UDP_DATA = 2048
 MAX_FRAME_DATA = 0xFFFF
 #: What V2Ray 4.34 itself writes per TCP frame (2.2); it accepts up to MAX_FRAME_DATA.
 V2RAY_FRAME_DATA = 8192
+#: KeepAlive data longer than this is not delivered (ours is 1 to 13 bytes).
+MAX_KEEPALIVE_DATA = 64
+#: Flow control in KeepAlive data (see the module docstring).
+FC_HELLO = b"raybridge/fc1"
+FC_PAUSE = b"\x01"
+FC_RESUME = b"\x02"
 
 
 class MuxError(RemoteProtocolError):
@@ -193,7 +210,15 @@ class SessionEnded:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeepAliveReceived:
-    """A KeepAlive frame arrived (V2Ray 4.34 never sends one; PROTOCOLS.md 2.4)."""
+    """A KeepAlive frame arrived (V2Ray 4.34 never sends one; PROTOCOLS.md 2.4).
+
+    ``session_id`` and ``data`` (at most :data:`MAX_KEEPALIVE_DATA` bytes; longer data is
+    dropped) carry raybridge's per-session flow control (see the module docstring):
+    every Mux.Cool reader in use reads a KeepAlive's data and discards it.
+    """
+
+    session_id: int = 0
+    data: bytes = b""
 
 
 MuxEvent: TypeAlias = SessionOpened | SessionData | SessionEnded | KeepAliveReceived
@@ -387,6 +412,7 @@ _DISCARD = 0  # unknown session, End/KeepAlive data, New on the client side, ref
 _STREAM = 1  # TCP session: deliver each piece as it arrives
 _DATAGRAM = 2  # UDP session: collect the whole frame, deliver one datagram
 _OPEN = 3  # New frame on the server: collect the first payload, then SessionOpened
+_KEEPALIVE_DATA = 4  # a short KeepAlive payload: collect it, then KeepAliveReceived
 
 _PayloadPiece: TypeAlias = bytes | memoryview
 
@@ -647,9 +673,15 @@ class MuxConnection:
         else:
             self._half_closed.add(session_id)
 
-    def send_keepalive(self) -> None:
-        """Queue a KeepAlive frame (session ID 0). V2Ray ignores them (PROTOCOLS.md 2.4)."""
-        self._out.append(_META.pack(4, 0, _KEEPALIVE, 0))
+    def send_keepalive(self, session_id: int = 0, data: bytes = b"") -> None:
+        """Queue a KeepAlive frame (session 0 and no data unless given). V2Ray ignores them
+        and their data (PROTOCOLS.md 2.4); raybridge's flow control rides in them."""
+        if not data:
+            self._out.append(_META.pack(4, session_id, _KEEPALIVE, 0))
+            return
+        if len(data) > MAX_KEEPALIVE_DATA:
+            raise LocalProtocolError(f"KeepAlive data over {MAX_KEEPALIVE_DATA} bytes")
+        self._out += (_META_DATA.pack(4, session_id, _KEEPALIVE, _OPT_DATA, len(data)), data)
 
     def data_to_send(self) -> bytes:
         """Everything queued so far, as one ``bytes`` (``b""`` if nothing)."""
@@ -811,7 +843,10 @@ class MuxConnection:
                 self._remote_ended.remove(session_id)
                 events.append(SessionEnded(session_id=session_id, error=True))
         elif status == _KEEPALIVE:
-            events.append(KeepAliveReceived())
+            if data_len <= 0:
+                events.append(KeepAliveReceived(session_id=session_id))
+            elif data_len <= MAX_KEEPALIVE_DATA:
+                mode = _KEEPALIVE_DATA
         elif self.role is Role.SERVER:  # New (the client role ignores New: 2.3)
             assert target is not None  # _decode_header guarantees one for New
             if sessions.pop(session_id, None) is not None:
@@ -840,6 +875,8 @@ class MuxConnection:
             assert target is not None
             self._current_target = None
             self._open(session_id, target, payload, events)
+        elif self._mode == _KEEPALIVE_DATA:
+            events.append(KeepAliveReceived(session_id=session_id, data=payload))
         elif session_id in self._sessions:
             address = self._current_target
             self._current_target = None

@@ -149,15 +149,22 @@ class SocksServer:
         self,
         *,
         accounts: Mapping[str, str] | None = None,
+        password: bool | None = None,
         udp: bool = False,
         socks4: bool = True,
     ) -> None:
+        """``password``: require RFC 1929 authentication (``"auth": "password"``); by default
+        it is required when there are ``accounts``. With ``password=True`` and no accounts
+        nobody gets in (05 FF to a client not offering it, 01 FF to one that does), as in
+        V2Ray: never fall back to no authentication."""
         # Compare bytes, as V2Ray compares Go strings: a name that is not UTF-8 can't match.
         self._accounts = {u.encode(): p.encode() for u, p in (accounts or {}).items()}
-        self._method = AuthMethod.PASSWORD if self._accounts else AuthMethod.NO_AUTH
+        if password is None:
+            password = bool(self._accounts)
+        self._method = AuthMethod.PASSWORD if password else AuthMethod.NO_AUTH
         self._udp = udp
-        # SOCKS4 has no authentication, so V2Ray refuses it when accounts are configured.
-        self._socks4 = socks4 and not self._accounts
+        # SOCKS4 has no authentication, so V2Ray refuses it when a password is required.
+        self._socks4 = socks4 and not password
         self._buf = bytearray()
         self._out = bytearray()
         self._state = _State.GREETING

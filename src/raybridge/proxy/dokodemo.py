@@ -60,6 +60,7 @@ class DokodemoInbound(StreamInbound):
                 self._session,
                 idle=self.udp_idle or UDP_IDLE,
                 closed=self.dispatcher.stats.closed,
+                name=self.describe(),  # flow caps and drop logging: transport.udp
             )
             await self.udp_server.start(self.listen, self.bound_port)
 

@@ -16,7 +16,7 @@ import logging
 
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
-from raybridge.link import End, Outbound, PacketEnd, Session
+from raybridge.link import ClosedEnd, End, Outbound, PacketEnd, Session, join
 from raybridge.protocols.mux import Role, SessionOpened
 from raybridge.transport.mux import MuxSessionEnd, MuxWorker
 from raybridge.transport.packet import PacketFanout
@@ -60,9 +60,23 @@ class XudpServerEnd(PacketEnd):
 
 
 def install_mux_server(dispatcher: Dispatcher, *, max_sessions: int = 0) -> None:
+    refused = [0]
+
     def handler(session: Session, dest: Destination, peer: End) -> End:
+        if session.muxed:
+            # Mux inside mux: V2Ray does not nest, and each level would get its own
+            # session cap (and Python its own stack frames).
+            refused[0] += 1
+            if refused[0] == 1 or refused[0] % 1000 == 0:
+                logger.warning("refused a mux connection inside a mux session (%d)", refused[0])
+            end = ClosedEnd(ConnectionRefusedError("nested mux"))
+            join(peer, end)
+            end.start()
+            return end
+
         def on_open(worker: MuxWorker, event: SessionOpened) -> None:
             child = session.child()
+            child.muxed = True
             end = worker.accept(event, child)
             if event.target.network is Network.UDP:
                 # Full-cone UDP (XUDP; a 4.34 client's UDP session is the one-target case).

@@ -50,7 +50,7 @@ from raybridge.protocols.reverse import (
     heartbeat,
     is_control_target,
 )
-from raybridge.transport.mux import MuxSessionEnd, MuxWorker
+from raybridge.transport.mux import FlowLimits, MuxSessionEnd, MuxWorker
 
 logger = logging.getLogger("raybridge.reverse")
 
@@ -58,6 +58,8 @@ logger = logging.getLogger("raybridge.reverse")
 MONITOR_INTERVAL = 2.0
 #: Bridge: open another tunnel when open sessions per active tunnel exceed this.
 SESSIONS_PER_TUNNEL = 16
+#: Bridge: at most this many tunnels are opened because the others' links are full.
+MAX_TUNNELS = 8
 #: Bridge: drop an active tunnel that has not heard a Control message for this long.
 HEARTBEAT_TIMEOUT = 7.0
 #: Bridge: redial backoff after a tunnel fails: base * 2**n, capped, with jitter.
@@ -69,6 +71,9 @@ HEARTBEAT_INTERVAL = 2.0
 DRAIN_AFTER = 256
 #: Portal: how long a client waits for a tunnel when there is none.
 TUNNEL_WAIT = 4.0
+#: Portal: at most this many clients wait for a tunnel at once (each holds at most
+#: link.PENDING_LIMIT bytes meanwhile); more are refused at once.
+MAX_WAITING = 256
 #: Bridge: seconds between KeepAlive frames on each tunnel (sent at each monitor check).
 KEEPALIVE_INTERVAL = MONITOR_INTERVAL
 #: Portal: a tunnel that sends KeepAlives and has been silent this long is not chosen...
@@ -88,6 +93,7 @@ class BridgeTunnel:
             on_open=self._on_open,
             max_sessions=bridge.max_sessions,
             name=f"bridge [{bridge.tag}]",
+            limits=bridge.limits,
         )
         self.state = ControlState.ACTIVE
         self.session: Session | None = None
@@ -106,7 +112,7 @@ class BridgeTunnel:
             if event.data:
                 end.deliver(event.data)
             return
-        session = Session(inbound_tag=self.bridge.tag)
+        session = Session(inbound_tag=self.bridge.tag, muxed=True)
         end = worker.accept(event, session)
         self.bridge.dispatcher.dispatch(session, event.target, end)
         if event.data:
@@ -165,10 +171,12 @@ class Bridge:
         *,
         rng: random.Random | None = None,
         max_sessions: int = 0,
+        limits: FlowLimits | None = None,
     ) -> None:
         self.tag = tag
         self.domain = domain
         self.dispatcher = dispatcher
+        self.limits = limits  # what a tunnel's sessions may buffer (transport/mux.py)
         self.max_sessions = max_sessions  # per tunnel, against a misbehaving portal
         self.tunnels: list[BridgeTunnel] = []  # active tunnels, and new ones not yet drained
         self.retired: list[BridgeTunnel] = []  # drained: still open, serving their sessions
@@ -211,10 +219,6 @@ class Bridge:
         for tunnel in list(self.tunnels):
             worker = tunnel.worker
             if tunnel.active and now - tunnel.last_control > HEARTBEAT_TIMEOUT:
-                if worker.carrier_paused:
-                    # We stopped reading ourselves (a slow local reader): not the portal's fault.
-                    tunnel.last_control = now
-                    continue
                 logger.warning(
                     "bridge [%s]: no heartbeat for %.0fs: dropping the tunnel",
                     self.tag,
@@ -231,6 +235,9 @@ class Bridge:
         active = len(self.tunnels)
         sessions = sum(t.worker.session_count for t in self.tunnels)
         if active == 0 or sessions // active > SESSIONS_PER_TUNNEL:
+            self.dial()
+        elif active < MAX_TUNNELS and all(t.worker.out_paused for t in self.tunnels):
+            # Every tunnel's link is full: another TCP connection gets its own share.
             self.dial()
 
     def dial(self) -> None:
@@ -408,14 +415,19 @@ class Portal(Outbound):
         tunnel_wait: float = TUNNEL_WAIT,
         peer_timeout: float = PEER_TIMEOUT,
         suspect_after: float = SUSPECT_AFTER,
+        limits: FlowLimits | None = None,
+        max_waiting: int = MAX_WAITING,
     ) -> None:
         self.tag = tag
         self.domain = domain
+        self.limits = limits
         self.heartbeat_interval = heartbeat_interval
         self.peer_timeout = peer_timeout
         self.suspect_after = suspect_after
         self.drain_after = drain_after
         self.tunnel_wait = tunnel_wait
+        self.max_waiting = max_waiting
+        self.refused_waiting = 0  # clients refused because too many were waiting
         self.tunnels: list[PortalTunnel] = []
         self._waiting: list[tuple[Session, Destination, DeferredEnd, asyncio.TimerHandle]] = []
         self.listeners: list[Callable[[Portal], None]] = []  # tunnel list changed
@@ -428,6 +440,19 @@ class Portal(Outbound):
             return tunnel.worker.open_session(session, dest, peer)
         if self.tunnel_wait <= 0:
             return self._refuse(peer, dest)
+        if len(self._waiting) >= self.max_waiting:
+            self.refused_waiting += 1
+            if self.refused_waiting == 1 or self.refused_waiting % 1000 == 0:
+                logger.warning(
+                    "portal [%s]: %d clients already wait for a tunnel: refused %d",
+                    self.tag,
+                    len(self._waiting),
+                    self.refused_waiting,
+                )
+            end = ClosedEnd(ConnectionRefusedError(f"portal {self.tag}: too many waiting"))
+            join(peer, end)
+            end.start()
+            return end
         deferred = DeferredEnd()
         join(peer, deferred)
         loop = asyncio.get_running_loop()
@@ -455,22 +480,26 @@ class Portal(Outbound):
             entry[2].fail(ConnectionRefusedError(f"portal {self.tag}: no tunnel"))
 
     def pick(self) -> PortalTunnel | None:
-        """The live, non-draining tunnel with the fewest open sessions (else a draining one)."""
+        """The live, non-draining tunnel with the fewest open sessions whose link is not
+        full (else a full one, else a draining one)."""
         best: PortalTunnel | None = None
         fallback: PortalTunnel | None = None
+        best_count = fallback_count = 0
         for tunnel in self.tunnels:
             if tunnel.worker.closed or tunnel.silent_for() > self.suspect_after:
                 continue
             count = tunnel.worker.session_count
+            if tunnel.worker.out_paused:
+                count += 1 << 20  # a full link is chosen only when all are full
             if tunnel.draining:
-                if fallback is None or count < fallback.worker.session_count:
-                    fallback = tunnel
-            elif best is None or count < best.worker.session_count:
-                best = tunnel
+                if fallback is None or count < fallback_count:
+                    fallback, fallback_count = tunnel, count
+            elif best is None or count < best_count:
+                best, best_count = tunnel, count
         return best or fallback
 
     def _adopt(self, peer: End) -> End:
-        worker = MuxWorker(Role.CLIENT, name=f"portal [{self.tag}]")
+        worker = MuxWorker(Role.CLIENT, name=f"portal [{self.tag}]", limits=self.limits)
         join(peer, worker)
         tunnel = PortalTunnel(self, worker)
         worker.close_callbacks.append(lambda _w: self._closed(tunnel))

@@ -1,17 +1,28 @@
 """The ``socks`` inbound: SOCKS5 (CONNECT, UDP ASSOCIATE), SOCKS4/4a (CONNECT).
 
 As in V2Ray (PROTOCOLS.md 5.1) the success reply goes out before anything is dialled, and
-UDP is served on the same port number as TCP: every datagram to that port, from any source,
-is relayed (the TCP control connection is only held open).
+UDP is served on the same port number as TCP.
+
+UDP associations (RFC 1928 section 7). Beyond V2Ray:
+
+* ``"auth": "password"``: only a client IP address with a live association (an
+  authenticated UDP ASSOCIATE whose TCP connection is open) may use the relay; any other
+  datagram is dropped (counted, logged at most once per interval). Without a password any
+  source is relayed, as V2Ray does.
+* The UDP flows a client starts while it holds an association belong to it (the newest, if
+  it holds several): when the association's TCP connection closes, they end.
+* An association ends when neither its TCP connection nor any of its flows carried anything
+  for the policy's ``connIdle`` (300 s by default), like an idle TCP connection; V2Ray holds
+  it until the client closes it.
 """
 
 from __future__ import annotations
 
 import logging
 
-from raybridge.address import Destination, Network, parse_host
+from raybridge.address import Destination, Host, Network, parse_host
 from raybridge.dispatcher import Dispatcher
-from raybridge.link import Session
+from raybridge.link import IdleTimer, Session
 from raybridge.protocols.socks import (
     SocksCommand,
     SocksError,
@@ -21,7 +32,7 @@ from raybridge.protocols.socks import (
 )
 from raybridge.proxy.base import InboundEnd, Policy, StreamInbound
 from raybridge.transport.tcp import sockname
-from raybridge.transport.udp import UdpClientFlow, UdpServer
+from raybridge.transport.udp import FlowGroup, UdpClientFlow, UdpServer
 
 logger = logging.getLogger("raybridge.proxy.socks")
 
@@ -30,15 +41,22 @@ class SocksInboundEnd(InboundEnd):
     inbound: SocksInbound
 
     def handshake_started(self) -> None:
-        self.codec = SocksServer(accounts=self.inbound.accounts, udp=self.inbound.udp)
+        self.codec = SocksServer(
+            accounts=self.inbound.accounts, password=self.inbound.password, udp=self.inbound.udp
+        )
         self.udp_control = False
+        self.association: FlowGroup | None = None
 
     def data_received(self, data: bytes) -> None:
         if self.relaying:
             super().data_received(data)
             return
         if self.udp_control:
-            return  # the control connection of a UDP association: read and discard
+            # The control connection of a UDP association: read and discard (it counts as
+            # activity of the association).
+            if self.session is not None:
+                self.session.active = True
+            return
         codec = self.codec
         try:
             request = codec.receive_data(data)
@@ -60,6 +78,9 @@ class SocksInboundEnd(InboundEnd):
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
                 self._handshake_timer = None
+            assert self.session is not None
+            self.association = self.inbound.associate(self)
+            self._idle = IdleTimer(self.session, self.policy.conn_idle, self._on_idle)
             return
         bind = Destination(Network.TCP, parse_host(local[0]), local[1])
         self.transport.write(codec.accept(bind))
@@ -83,6 +104,12 @@ class SocksInboundEnd(InboundEnd):
             return False
         return super().eof_received()
 
+    def on_closed(self, exc: Exception | None) -> None:
+        association, self.association = self.association, None
+        if association is not None:
+            self.inbound.dissociate(self, association)  # its UDP flows end with it
+        super().on_closed(exc)
+
 
 class SocksInbound(StreamInbound):
     protocol_name = "socks"
@@ -101,12 +128,17 @@ class SocksInbound(StreamInbound):
         ip: str | None = None,
         user_level: int = 0,
     ) -> None:
+        """``accounts``: ``None`` for ``"auth": "noauth"``; a dict for ``"password"`` (an
+        empty one lets nobody in, as V2Ray does)."""
         super().__init__(tag, listen, port, dispatcher, policy)
+        self.password = accounts is not None
         self.accounts = accounts or {}
         self.udp = udp
         self.ip = ip
         self.user_level = user_level
         self.udp_server: UdpServer | None = None
+        #: Live UDP associations by client IP address, oldest first.
+        self.associations: dict[Host, list[FlowGroup]] = {}
 
     @property
     def udp_port(self) -> int:
@@ -121,8 +153,34 @@ class SocksInbound(StreamInbound):
                 self._udp_session,
                 closed=self.dispatcher.stats.closed,
                 encode_reply=encode_udp_datagram,
+                group_for=self._association_of,
+                require_group=self.password,
+                name=self.describe(),
             )
             await self.udp_server.start(self.listen, self.bound_port)
+
+    # -- UDP associations -------------------------------------------------------------------
+    def associate(self, end: SocksInboundEnd) -> FlowGroup | None:
+        """A UDP ASSOCIATE succeeded on ``end``: the flows its client starts from now on
+        belong to it."""
+        if end.source is None:
+            return None
+        group = FlowGroup(end.session)
+        self.associations.setdefault(end.source.host, []).append(group)
+        return group
+
+    def dissociate(self, end: SocksInboundEnd, group: FlowGroup) -> None:
+        if end.source is not None:
+            groups = self.associations.get(end.source.host, [])
+            if group in groups:
+                groups.remove(group)
+            if not groups:
+                self.associations.pop(end.source.host, None)
+        group.close()
+
+    def _association_of(self, addr: tuple[str, int]) -> FlowGroup | None:
+        groups = self.associations.get(parse_host(addr[0]))
+        return groups[-1] if groups else None
 
     async def close(self) -> None:
         if self.udp_server is not None:

@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from raybridge import replay
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
 from raybridge.errors import LocalProtocolError
 from raybridge.link import End, Outbound, PacketEnd, Session, join
+from raybridge.log import user_label
 from raybridge.protocols.mux import (
     MuxConnection,
     MuxError,
@@ -80,7 +82,61 @@ def seal_many(send: Callable[[bytes], bytes | bytearray], parts: list[bytes]) ->
     return [send(data) for data in parts]  # type: ignore[misc]
 
 
-class VMessInboundEnd(InboundEnd):
+class VMessBody(StreamEnd):
+    """What the VMess inbound and outbound ends share once the handshake is done: the
+    body, relayed in both directions by one implementation whatever the role (h11, h2 and
+    wsproto do the same with ``our_role``); each role supplies its codec and handshake."""
+
+    codec: ClientConnection | ServerConnection
+    udp: bool
+
+    def relay_body(self, data: bytes) -> bool:
+        """Feed ``data`` to the body reader and relay the payloads; False while the
+        handshake is not done (the caller runs it)."""
+        reader = self.codec.body_reader
+        if reader is None:
+            return False
+        try:
+            payloads = reader.feed_payloads(data)
+        except VMessError as exc:
+            self._failed(exc)
+            return True
+        peer = self.peer
+        if payloads and peer is not None:
+            session = self.session
+            if session is not None:
+                session.active = True
+                size = sum(map(len, payloads))
+                if self.inbound_side:
+                    session.bytes_up += size
+                else:
+                    session.bytes_down += size
+            if self.udp:
+                for payload in payloads:
+                    self.deliver_datagram(payload, peer)  # one datagram each
+            elif len(payloads) == 1:
+                peer.write(payloads[0])
+            else:
+                peer.write_many(payloads)  # one writev
+        if reader.done:
+            self._body_ended()
+        return True
+
+    def deliver_datagram(self, data: bytes, peer: End) -> None:
+        peer.write(data)
+
+    def _failed(self, exc: VMessError) -> None:
+        logger.info("bad VMess data: %s", exc)
+        peer = self.peer
+        self.abort(exc)
+        if peer is not None:
+            peer.abort(exc)
+
+    def _body_ended(self) -> None:
+        raise NotImplementedError
+
+
+class VMessInboundEnd(InboundEnd, VMessBody):
     inbound: VMessInbound
 
     def handshake_started(self) -> None:
@@ -99,6 +155,8 @@ class VMessInboundEnd(InboundEnd):
             self.received += len(data)
             if self.received >= self.drain_to:
                 self.abort()
+            return
+        if self.relay_body(data):
             return
         session = self.session
         if session is not None:
@@ -149,7 +207,7 @@ class VMessInboundEnd(InboundEnd):
             "AEAD" if event.aead else "legacy",
             self.source_text,
             header.security.name,
-            user.email or user.id,
+            user_label(user.email, user.id),  # never the UUID (a secret)
             dest,
         )
         return self.start_relay(dest)
@@ -235,14 +293,31 @@ class VMessInbound(StreamInbound):
         disable_insecure_encryption: bool = False,
         validator: UserValidator | None = None,
         aead_only: bool = False,
+        state_dir: str | None = None,
     ) -> None:
+        """``state_dir``: where the AEAD replay filter outlives a restart (None: the
+        ``$STATE_DIRECTORY`` of systemd, if set; ``""``: nowhere), see raybridge.replay."""
         super().__init__(tag, listen, port, dispatcher, policy)
         self.validator = validator or UserValidator(users, clock=time.time)
         self.disable_insecure_encryption = disable_insecure_encryption
         self.aead_only = aead_only
+        self.state_dir = replay.state_dir(state_dir)
+        self._replay_file: str | None = None
+
+    async def start(self) -> None:
+        # Replays of headers seen before a restart stay refused (beyond V2Ray).
+        self._replay_file = replay.restore(self.state_dir, self.tag, self.port, self.validator)
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        replay.persist(self._replay_file, self.validator)
+        self._replay_file = None
 
 
-class VMessOutboundEnd(StreamEnd):
+class VMessOutboundEnd(VMessBody):
+    codec: ClientConnection
+
     def __init__(self, session: Session, codec: ClientConnection, udp: bool) -> None:
         super().__init__(session)
         self.codec = codec
@@ -294,15 +369,13 @@ class VMessOutboundEnd(StreamEnd):
         super().write_eof()
 
     def data_received(self, data: bytes) -> None:
+        if self.relay_body(data):
+            return
         session = self.session
         try:
             events = self.codec.receive_data(data)
         except VMessError as exc:
-            logger.info("bad response from VMess server: %s", exc)
-            peer = self.peer
-            self.abort(exc)
-            if peer is not None:
-                peer.abort(exc)
+            self._failed(exc)
             return
         peer = self.peer
         batch: list[bytes] = []  # a stream's payloads go to the peer in one call
@@ -323,9 +396,6 @@ class VMessOutboundEnd(StreamEnd):
                 self._body_ended()
         if batch and peer is not None:
             peer.write_many(batch)
-
-    def deliver_datagram(self, data: bytes, peer: End) -> None:
-        peer.write(data)
 
     def _body_ended(self) -> None:
         if self._read_eof:

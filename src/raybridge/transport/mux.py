@@ -10,10 +10,23 @@ multiplexed (aioquic's ``QuicStreamAdapter`` idea)::
                                                MuxSessionEnd <--> peer end
                                                ...
 
-Flow control. Mux.Cool has none per session (PROTOCOLS.md 2.4). When a session's peer
-cannot take more, its data is buffered in that session up to :data:`SESSION_BUFFER`, then
-the carrier is paused (head-of-line blocking, as in V2Ray, but only past the buffer). When
-the carrier cannot take more, every session's peer is paused.
+Flow control. Mux.Cool has none per session (PROTOCOLS.md 2.4): V2Ray stops reading the
+whole carrier when one session's reader is slow, which stalls every other session on it.
+raybridge never does. A session whose peer cannot take more buffers what arrives, and:
+
+* when the other end is raybridge (it sent ``FC_HELLO``: a client announces itself, a
+  server answers a client that did), it asks that end to stop sending
+  on this session (``FC_PAUSE``) past :attr:`FlowLimits.soft` bytes and to go on
+  (``FC_RESUME``) once it has drained below half of that: the sender pauses reading that
+  session's source only, so a slow reader is merely slow, like a TCP connection of its own;
+* otherwise (V2Ray, Xray, sing-box) a session that stays over ``soft`` for
+  :attr:`FlowLimits.grace` seconds, or exceeds :attr:`FlowLimits.hard`, is ended with an
+  error and logged, so that it cannot hold up the others;
+* all sessions of the process together buffer at most :attr:`FlowLimits.budget` bytes; a
+  session that would exceed it is ended the same way.
+
+When the carrier itself cannot take more (its write buffer is full), every session's peer
+is paused: they share the link. (docs/RELIABILITY.md, "One slow reader".)
 
 Half-close. A session's peer ending its input sends End and keeps receiving; the peer's End
 is delivered as ``write_eof``; the session is gone once both Ends have passed (or either
@@ -25,11 +38,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from raybridge.address import Destination, Network
 from raybridge.errors import LocalProtocolError
 from raybridge.link import End, IdleTimer, PacketEnd, Session
 from raybridge.protocols.mux import (
+    FC_HELLO,
+    FC_PAUSE,
+    FC_RESUME,
+    MAX_UDP_DATA,
     KeepAliveReceived,
     MuxConnection,
     MuxError,
@@ -46,8 +64,32 @@ _SMP = Option.CHUNK_STREAM | Option.CHUNK_MASKING | Option.GLOBAL_PADDING
 
 logger = logging.getLogger("raybridge.mux")
 
-#: Bytes a session buffers for a slow peer before the whole carrier is paused.
-SESSION_BUFFER = 512 * 1024
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """How much a mux session may buffer for a slow peer (see the module docstring)."""
+
+    #: Past this, ask a raybridge sender to pause the session (or start the grace timer).
+    soft: int = 512 * 1024
+    #: A session over this is ended (the sender ignored FC_PAUSE, or cannot be asked).
+    hard: int = 4 * 1024 * 1024
+    #: Seconds a session may stay over ``soft`` when the sender cannot be asked to pause.
+    grace: float = 3.0
+    #: What all sessions of the process together may buffer.
+    budget: int = 64 * 1024 * 1024
+
+
+#: Bytes buffered right now by every session of this process, against FlowLimits.budget.
+_buffered_total = [0]
+
+
+def buffered_total() -> int:
+    """What every mux session of this process holds for slow peers right now."""
+    return _buffered_total[0]
+
+
+#: Bytes a session buffers for a slow peer before it asks the sender to pause.
+SESSION_BUFFER = FlowLimits.soft
 #: Data per Keep frame: with its 8-byte header a full frame is exactly the largest payload a
 #: VMess chunk carries with padding (16305 bytes in a 16 KiB chunk, ``SEND_CHUNK_SIZE``), so
 #: on a VMess carrier frames and chunks line up and a decrypted chunk is one whole frame.
@@ -67,13 +109,16 @@ class MuxSessionEnd(End):
     """One mux session, as an end of a link."""
 
     __slots__ = (
+        "_asked_pause",
         "_buffer",
         "_buffered",
         "_eof_pending",
         "_first",
         "_first_eof",
+        "_grace",
         "_idle",
         "_paused",
+        "_remote_paused",
         "closed",
         "dest",
         "inbound_side",
@@ -108,6 +153,9 @@ class MuxSessionEnd(End):
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._eof_pending = False
+        self._asked_pause = False  # we sent FC_PAUSE for this session
+        self._remote_paused = False  # the peer sent FC_PAUSE: don't read our peer
+        self._grace: asyncio.TimerHandle | None = None
         self._idle = IdleTimer(session, idle, self._expire) if idle > 0 else None
 
     # -- byte counts: what the carrier delivered ("received") and what we send on it --
@@ -131,14 +179,63 @@ class MuxSessionEnd(End):
     def deliver(self, data: bytes) -> None:
         self._received(len(data))
         if self._paused:
-            # Own the bytes: a view would keep its whole (larger) source buffer alive.
-            self._buffer.append(data if type(data) is bytes else bytes(data))
-            self._buffered += len(data)
-            if self._buffered > SESSION_BUFFER:
-                self.worker.pause_carrier(self)
+            self._hold(data)
             return
         if self.peer is not None:
             self.peer.write(data)
+
+    def _hold(self, data: bytes) -> None:
+        """Our peer is paused: keep ``data`` within the limits (see the module docstring)."""
+        # Own the bytes: a view would keep its whole (larger) source buffer alive.
+        self._buffer.append(data if type(data) is bytes else bytes(data))
+        size = len(data)
+        self._buffered += size
+        _buffered_total[0] += size
+        limits = self.worker.limits
+        if self._buffered > limits.hard:
+            self.overflow(f"over {limits.hard} bytes buffered for a slow reader")
+        elif _buffered_total[0] > limits.budget:
+            self.overflow(f"the node's mux buffers are full ({limits.budget} bytes)")
+        elif self._buffered > limits.soft:
+            if self.worker.peer_flow_control:
+                if not self._asked_pause and self.sid is not None:
+                    self._asked_pause = True
+                    self.worker.send_flow(self.sid, pause=True)
+            elif self._grace is None:
+                self._grace = self.worker._loop.call_later(limits.grace, self._grace_over)
+
+    def _release(self) -> None:
+        _buffered_total[0] -= self._buffered
+        self._buffered = 0
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if not self.closed and self._buffered > self.worker.limits.soft:
+            self.overflow(f"reader too slow for {self.worker.limits.grace:.0f}s")
+
+    def overflow(self, reason: str) -> None:
+        """End this session with an error: it would hold up the others (logged)."""
+        if self.closed:
+            return
+        self.worker.overflowed += 1
+        self.worker.log_overflow(self, reason)
+        peer = self.peer
+        self.abort(ConnectionAbortedError(reason))
+        if peer is not None:
+            peer.abort(ConnectionAbortedError(reason))
+
+    # -- flow control asked by the other end ---------------------------------------------
+    def remote_pause(self) -> None:
+        if not self._remote_paused:
+            self._remote_paused = True
+            if self.peer is not None:
+                self.peer.pause_reading()
+
+    def remote_resume(self) -> None:
+        if self._remote_paused:
+            self._remote_paused = False
+            if self.peer is not None and not self.worker.out_paused:
+                self.peer.resume_reading()
 
     def deliver_to(self, data: bytes, address: Destination) -> None:
         """An XUDP datagram that names its own address (the session is UDP)."""
@@ -177,6 +274,10 @@ class MuxSessionEnd(End):
             return
         self.closed = True
         self._buffer.clear()
+        self._release()
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         stats = self.worker.stats
         if self.inbound_side and stats is not None:
             stats.closed(self.session)
@@ -239,19 +340,28 @@ class MuxSessionEnd(End):
         if not self._paused:
             return
         self._paused = False
-        buffer, self._buffer, self._buffered = self._buffer, [], 0
+        buffer, self._buffer = self._buffer, []
+        self._release()
         peer = self.peer
         if peer is not None:
             for index, data in enumerate(buffer):
                 peer.write(data)
                 if self._paused:  # the peer filled up again: keep the rest
-                    self._buffer = buffer[index + 1 :]
-                    self._buffered = sum(len(b) for b in self._buffer)
-                    return
-            if self._eof_pending:
-                self._eof_pending = False
-                peer.write_eof()
-        self.worker.resume_carrier(self)
+                    self._buffer = rest = buffer[index + 1 :]
+                    self._buffered = sum(len(b) for b in rest)
+                    _buffered_total[0] += self._buffered
+                    break
+            else:
+                if self._eof_pending:
+                    self._eof_pending = False
+                    peer.write_eof()
+        limits = self.worker.limits
+        if self._buffered <= limits.soft and self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        if self._asked_pause and self._buffered <= limits.soft // 2 and self.sid is not None:
+            self._asked_pause = False
+            self.worker.send_flow(self.sid, pause=False)
 
 
 OpenHandler = Callable[["MuxWorker", SessionOpened], None]
@@ -267,8 +377,20 @@ class MuxWorker(End):
         on_open: OpenHandler | None = None,
         max_sessions: int = 0,
         name: str = "mux",
+        limits: FlowLimits | None = None,
     ) -> None:
         self.codec = MuxConnection(role, max_sessions=max_sessions, max_frame_data=FRAME_DATA)
+        self.limits = limits or FlowLimits()
+        #: The other end is raybridge: it takes FC_PAUSE / FC_RESUME (it sent FC_HELLO).
+        self.peer_flow_control = False
+        #: Sessions ended for holding up the others (see FlowLimits).
+        self.overflowed = 0
+        self._overflow_logged = 0.0
+        if role is Role.CLIENT:
+            # The client announces itself (with the first flush); a server answers only a
+            # raybridge client's announcement: sing-box's XUDP client would take a
+            # KeepAlive's data for a datagram (sing-vmess xudp.go ReadPacket).
+            self.codec.send_keepalive(data=FC_HELLO)
         self.role = role
         self.on_open = on_open
         self.name = name
@@ -279,8 +401,7 @@ class MuxWorker(End):
         self.session_callbacks: list[Callable[[MuxWorker], None]] = []  # a session ended
         self.keepalive_callbacks: list[Callable[[MuxWorker], None]] = []
         self._pending: list[MuxSessionEnd] = []  # client sessions whose New is not out yet
-        self._paused_by: set[MuxSessionEnd] = set()  # sessions that paused the carrier
-        self._out_paused = False  # the carrier paused us
+        self.out_paused = False  # the carrier cannot take more: every session waits
         self._flush_handle: asyncio.Handle | None = None
         self._queued = 0  # payload bytes waiting for the scheduled flush
         self._loop = asyncio.get_running_loop()
@@ -289,6 +410,10 @@ class MuxWorker(End):
         #: Loop time of the last bytes from the carrier (liveness checks).
         self.last_received = self._loop.time()
         self.keepalives_received = 0
+        #: UDP datagrams dropped for being over MAX_UDP_DATA (V2Ray reads no more); logged
+        #: once per session (the set holds session ids, at most 65536).
+        self.oversized_dropped = 0
+        self._oversized_logged: set[int] = set()
         # While one read's events are dispatched, "a session ended" waits for the last of
         # them: the codec has already forgotten every session whose End is in the read, and
         # a callback seeing that count (a draining tunnel closing) would drop the rest.
@@ -305,7 +430,7 @@ class MuxWorker(End):
         end.peer = peer
         peer.peer = end
         self._pending.append(end)
-        if self._out_paused:
+        if self.out_paused:
             peer.pause_reading()
         self.schedule_flush()
         return end
@@ -349,8 +474,6 @@ class MuxWorker(End):
             del self.sessions[end.sid]
         elif end.sid is None and end in self._pending:
             self._pending.remove(end)  # ended before its New frame went out
-        if end in self._paused_by:
-            self.resume_carrier(end)
         if self._dispatching:
             self._ended_meanwhile = True
             return
@@ -371,6 +494,19 @@ class MuxWorker(End):
             self.codec.send_data(end.sid, data, address)
         except LocalProtocolError as exc:
             # A datagram over 2048 bytes, or a session the peer has just ended.
+            if end.network is Network.UDP and len(data) > MAX_UDP_DATA:
+                self.oversized_dropped += 1
+                if end.sid not in self._oversized_logged:
+                    self._oversized_logged.add(end.sid)
+                    logger.info(
+                        "%s: dropped a %d-byte UDP datagram for session %d (over %d bytes; "
+                        "further ones on this session are counted, not logged)",
+                        self.name,
+                        len(data),
+                        end.sid,
+                        MAX_UDP_DATA,
+                    )
+                return
             logger.debug(
                 "%s: dropped %d bytes for session %d: %s", self.name, len(data), end.sid, exc
             )
@@ -405,12 +541,28 @@ class MuxWorker(End):
             self.flush()
 
     def silent_for(self, now: float) -> float:
-        """Seconds since the carrier last delivered anything; 0 while we are not reading
-        it ourselves (a slow session paused it), since silence then proves nothing."""
-        if self._paused_by:
-            self.last_received = now
-            return 0.0
+        """Seconds since the carrier last delivered anything (it is never paused for a
+        session's sake, so silence is the other end's)."""
         return now - self.last_received
+
+    def send_flow(self, sid: int, *, pause: bool) -> None:
+        """Ask the other end (raybridge) to stop or go on sending on session ``sid``."""
+        if not self.closed:
+            self.codec.send_keepalive(sid, FC_PAUSE if pause else FC_RESUME)
+            self.flush()
+
+    def log_overflow(self, end: MuxSessionEnd, reason: str) -> None:
+        now = self._loop.time()
+        if now - self._overflow_logged >= 1.0:  # at most one line a second per carrier
+            self._overflow_logged = now
+            logger.warning(
+                "%s: ended session %s to %s: %s (%d so far)",
+                self.name,
+                end.sid,
+                end.dest or "?",
+                reason,
+                self.overflowed,
+            )
 
     def schedule_flush(self) -> None:
         if self._flush_handle is None and not self.closed:
@@ -427,21 +579,6 @@ class MuxWorker(End):
         out = self.codec.data_to_send()
         if out and self.peer is not None and not self.closed:
             self.peer.write(out)
-
-    # -- flow control between sessions and the carrier ---------------------------------
-    def pause_carrier(self, end: MuxSessionEnd) -> None:
-        if not self._paused_by and self.peer is not None:
-            self.peer.pause_reading()
-        self._paused_by.add(end)
-
-    def resume_carrier(self, end: MuxSessionEnd) -> None:
-        self._paused_by.discard(end)
-        if not self._paused_by and self.peer is not None and not self.closed:
-            self.peer.resume_reading()
-
-    @property
-    def carrier_paused(self) -> bool:
-        return bool(self._paused_by)
 
     # -- End (called by the carrier) ------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -504,10 +641,26 @@ class MuxWorker(End):
                         end.remote_eof()
             elif type(event) is KeepAliveReceived:
                 self.keepalives_received += 1
+                if event.data:
+                    self._keepalive_data(event.session_id, event.data)
                 for callback in self.keepalive_callbacks:
                     callback(self)
         if run_end is not None:
             run_end.deliver_many(run)
+
+    def _keepalive_data(self, sid: int, data: bytes) -> None:
+        if data == FC_HELLO:
+            if not self.peer_flow_control and self.role is Role.SERVER:
+                self.codec.send_keepalive(data=FC_HELLO)  # flushed after this read
+            self.peer_flow_control = True
+            return
+        end = self.sessions.get(sid)
+        if end is None:
+            return
+        if data == FC_PAUSE:
+            end.remote_pause()
+        elif data == FC_RESUME:
+            end.remote_resume()
 
     def write_eof(self) -> None:
         """The carrier ended: so does every session (V2Ray: EOS ends the mux connection)."""
@@ -517,9 +670,9 @@ class MuxWorker(End):
         self._fail(exc, notify_carrier=False)
 
     def pause_reading(self) -> None:
-        if self._out_paused:
+        if self.out_paused:
             return
-        self._out_paused = True
+        self.out_paused = True
         # Sessions whose New frame is still to go out have peers too (open_session pauses
         # those it adds while we are paused; resuming must reach them as well).
         for end in [*self.sessions.values(), *self._pending]:
@@ -527,11 +680,11 @@ class MuxWorker(End):
                 end.peer.pause_reading()
 
     def resume_reading(self) -> None:
-        if not self._out_paused:
+        if not self.out_paused:
             return
-        self._out_paused = False
+        self.out_paused = False
         for end in [*self.sessions.values(), *self._pending]:
-            if end.peer is not None:
+            if end.peer is not None and not end._remote_paused:
                 end.peer.resume_reading()
 
     # -- closing ---------------------------------------------------------------------------

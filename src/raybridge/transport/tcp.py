@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from raybridge.link import HIGH_WATER, LOW_WATER, End, Session
+from raybridge.link import HIGH_WATER, LOW_WATER, PENDING_LIMIT, End, Session
 
 log = logging.getLogger("raybridge.transport")
 
@@ -183,7 +183,7 @@ class StreamEnd(asyncio.Protocol, End):
             data = bytes(data)
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._pending_size > HIGH_WATER and not self._paused_peer and self.peer is not None:
+        if self._pending_size > PENDING_LIMIT and not self._paused_peer and self.peer is not None:
             self._paused_peer = True
             self.peer.pause_reading()
 

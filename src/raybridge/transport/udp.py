@@ -10,6 +10,15 @@ V2Ray, where a SOCKS or dokodemo-door UDP client talking to N destinations makes
 
 UDP has no backpressure: when a medium is full, datagrams are dropped, never queued
 without bound. Flows end after ``idle`` seconds without traffic in either direction.
+
+Bounds of a :class:`UdpServer` (a flood from one source must not lock out the others):
+
+* at most ``max_flows`` flows (4096), and at most ``max_client_flows`` (256) per client IP
+  address, so one source cannot take the whole table (a flood with many spoofed sources
+  still can: UDP sources are not authenticated, which is why password-protected SOCKS
+  inbounds admit only the addresses of live associations, see ``group_for``);
+* every dropped datagram is counted by reason (:class:`DropLog`), but logged at most once
+  per :data:`DROP_LOG_INTERVAL` seconds per reason, with the count.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from raybridge.address import Destination, Network, parse_host
@@ -29,6 +40,105 @@ MAX_DATAGRAM = 65535
 #: Datagrams a flow holds while its socket is being set up.
 MAX_PENDING = 64
 UDP_IDLE = 60.0
+#: Flows per UdpServer, and per client IP address within that.
+MAX_FLOWS = 4096
+MAX_CLIENT_FLOWS = 256
+#: Seconds between two log lines about dropped datagrams of one reason.
+DROP_LOG_INTERVAL = 10.0
+
+
+class DropLog:
+    """Counts dropped datagrams by reason, and logs them without flooding the log: the first
+    drop of a reason is logged at once, later ones within ``interval`` seconds only counted;
+    the next line (the next drop after the interval, or :meth:`flush`, which a timer calls
+    one interval after the first unlogged drop) says how many there were."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        interval: float = DROP_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.interval = interval
+        self.clock = clock
+        #: Drops by reason since the start (for tests and statistics).
+        self.counts: Counter[str] = Counter()
+        self._unlogged: dict[str, tuple[int, int]] = {}  # reason -> (count, level)
+        self._last: dict[str, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def drop(self, reason: str, detail: str = "", level: int = logging.WARNING) -> None:
+        self.counts[reason] += 1
+        now = self.clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval:
+            count, _ = self._unlogged.get(reason, (0, level))
+            self._unlogged[reason] = (count + 1, level)
+            self._schedule()
+            return
+        self._last[reason] = now
+        count, _ = self._unlogged.pop(reason, (0, level))
+        more = f" (and {count} more since the last line)" if count else ""
+        logger.log(level, "%s: dropped UDP datagram: %s%s%s", self.name, reason, detail, more)
+
+    def _schedule(self) -> None:
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._timer = loop.call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        """Log what was counted but not logged yet."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        now = self.clock()
+        for reason, (count, level) in self._unlogged.items():
+            self._last[reason] = now
+            logger.log(
+                level,
+                "%s: dropped %d more UDP datagrams: %s (in the last %g s at most)",
+                self.name,
+                count,
+                reason,
+                self.interval,
+            )
+        self._unlogged.clear()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class FlowGroup:
+    """UDP flows that share a fate: those of one SOCKS UDP association (RFC 1928 section
+    7). Traffic on any of them marks ``session`` (the association's) active, so the
+    association's idle timer sees it; :meth:`close` ends them all (the association's TCP
+    connection closed)."""
+
+    __slots__ = ("closed", "flows", "session")
+
+    def __init__(self, session: Session | None = None) -> None:
+        self.session = session
+        self.flows: set[UdpClientFlow] = set()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for flow in list(self.flows):
+            peer = flow.peer
+            flow.abort()
+            if peer is not None:
+                peer.abort(ConnectionResetError("UDP association closed"))
+        self.flows.clear()
 
 
 class DatagramFlowEnd(asyncio.DatagramProtocol, End):
@@ -200,11 +310,21 @@ class UdpClientFlow(FlowEnd):
         self.client = client
         self.dest = dest
         self.reply_header = reply_header  # prepended to every reply (SOCKS); b"" for raw
+        self.group: FlowGroup | None = None
+        #: The session whose idle timer this flow's traffic also feeds (its group's).
+        self._owner: Session | None = None
+
+    def join_group(self, group: FlowGroup) -> None:
+        self.group = group
+        self._owner = group.session
+        group.flows.add(self)
 
     def deliver(self, payload: bytes) -> None:
         """A datagram from the client for this flow's destination."""
         self.session.active = True
         self.session.bytes_up += len(payload)
+        if self._owner is not None:
+            self._owner.active = True
         if self.peer is not None:
             self.peer.write(payload)
 
@@ -213,6 +333,8 @@ class UdpClientFlow(FlowEnd):
             return
         self.session.active = True
         self.session.bytes_down += len(data)
+        if self._owner is not None:
+            self._owner.active = True
         self.server.send(self.reply_header + data if self.reply_header else data, self.client)
 
     def write_to(self, data: bytes, address: Destination) -> None:
@@ -221,9 +343,13 @@ class UdpClientFlow(FlowEnd):
             return
         self.session.active = True
         self.session.bytes_down += len(data)
+        if self._owner is not None:
+            self._owner.active = True
         self.server.send(encode(address, data), self.client)
 
     def forget(self) -> None:
+        if self.group is not None:
+            self.group.flows.discard(self)
         self.server.forget(self)
 
 
@@ -233,6 +359,11 @@ class UdpServer(asyncio.DatagramProtocol):
     ``classify(data, addr)`` decodes one datagram into ``(destination, payload,
     reply_header)`` or returns ``None`` to drop it; ``open_flow(flow)`` dispatches a new
     flow and must join it to an outbound end.
+
+    ``group_for(addr)``: the :class:`FlowGroup` a new flow from ``addr`` joins (the client's
+    UDP association), or ``None``; with ``require_group`` a datagram that would start a flow
+    outside any group is dropped (RFC 1928 section 7: only the association's client may use
+    the relay).
     """
 
     def __init__(
@@ -242,9 +373,14 @@ class UdpServer(asyncio.DatagramProtocol):
         new_session: Callable[[tuple[str, int]], Session],
         *,
         idle: float = UDP_IDLE,
-        max_flows: int = 4096,
+        max_flows: int = MAX_FLOWS,
+        max_client_flows: int = MAX_CLIENT_FLOWS,
         closed: Callable[[Session], None] | None = None,
         encode_reply: Callable[[Destination, bytes], bytes] | None = None,
+        group_for: Callable[[tuple[str, int]], FlowGroup | None] | None = None,
+        require_group: bool = False,
+        name: str = "UDP",
+        drops: DropLog | None = None,
     ) -> None:
         """``encode_reply(source, payload)``: a reply datagram naming its source, for
         replies from an address other than the flow's destination (full-cone)."""
@@ -255,8 +391,13 @@ class UdpServer(asyncio.DatagramProtocol):
         self.new_session = new_session
         self.idle = idle
         self.max_flows = max_flows
+        self.max_client_flows = max_client_flows
+        self.group_for = group_for
+        self.require_group = require_group
+        self.drops = drops or DropLog(name)
         self.transport: asyncio.DatagramTransport | None = None
         self.flows: dict[tuple[tuple[str, int], Destination], UdpClientFlow] = {}
+        self._client_flows: dict[str, int] = {}  # client IP -> open flows
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -274,7 +415,7 @@ class UdpServer(asyncio.DatagramProtocol):
         try:
             parsed = self.classify(data, addr)
         except Exception as exc:  # a bad datagram is dropped, never fatal
-            logger.info("dropped UDP datagram from %s:%s: %s", addr[0], addr[1], exc)
+            self.drops.drop("malformed", f" (from {addr[0]}:{addr[1]}: {exc})", logging.INFO)
             return
         if parsed is None:
             return
@@ -282,13 +423,36 @@ class UdpServer(asyncio.DatagramProtocol):
         key = (addr, dest)
         flow = self.flows.get(key)
         if flow is None:
-            if len(self.flows) >= self.max_flows:
-                logger.warning("UDP flow table full (%d): dropped datagram", self.max_flows)
+            flow = self._new_flow(addr, dest, reply_header)
+            if flow is None:
                 return
-            flow = UdpClientFlow(self, addr, dest, reply_header, self.new_session(addr))
-            self.flows[key] = flow
-            self.open_flow(flow)
         flow.deliver(payload)
+
+    def _new_flow(
+        self, addr: tuple[str, int], dest: Destination, reply_header: bytes
+    ) -> UdpClientFlow | None:
+        group = self.group_for(addr) if self.group_for is not None else None
+        if group is None and self.require_group:
+            self.drops.drop("no UDP association from this address", f" (from {addr[0]}:{addr[1]})")
+            return None
+        if len(self.flows) >= self.max_flows:
+            self.drops.drop(f"flow table full ({self.max_flows} flows)")
+            return None
+        ip = addr[0]
+        count = self._client_flows.get(ip, 0)
+        if count >= self.max_client_flows:
+            self.drops.drop(
+                f"client's share of the flow table full ({self.max_client_flows} flows)",
+                f" (from {ip})",
+            )
+            return None
+        flow = UdpClientFlow(self, addr, dest, reply_header, self.new_session(addr))
+        if group is not None:
+            flow.join_group(group)
+        self.flows[(addr, dest)] = flow
+        self._client_flows[ip] = count + 1
+        self.open_flow(flow)
+        return flow
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
@@ -300,6 +464,12 @@ class UdpServer(asyncio.DatagramProtocol):
         key = (flow.client, flow.dest)
         if self.flows.get(key) is flow:
             del self.flows[key]
+            ip = flow.client[0]
+            left = self._client_flows.get(ip, 1) - 1
+            if left > 0:
+                self._client_flows[ip] = left
+            else:
+                self._client_flows.pop(ip, None)
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("UDP socket error: %s", exc)
@@ -311,6 +481,8 @@ class UdpServer(asyncio.DatagramProtocol):
             if peer is not None:
                 peer.abort()
         self.flows.clear()
+        self._client_flows.clear()
+        self.drops.close()
         if self.transport is not None:
             self.transport.close()
             self.transport = None

@@ -7,6 +7,10 @@ One :class:`UserValidator` is shared by all connections of an inbound, like V2Ra
   ``|ts - now| <= 120`` must hold; then a replay filter remembers the AuthID for 120..240 s
   (two generations rotated every 120 s, each capped at 100 000 entries like V2Ray's cuckoo
   filters: a full generation rejects, as a full cuckoo filter does).
+  :meth:`UserValidator.export_replay` and :meth:`~UserValidator.import_replay` carry the
+  filter across a restart (beyond V2Ray; the file is :mod:`raybridge.replay`'s business):
+  each AuthID with its own timestamp, kept while ``ts + 120 >= now``, i.e. while the time
+  check alone would still accept it.
 * Legacy: a table of ``HMAC-MD5(id, ts)`` for every user, every ID and every second in
   ``[now - 120, now + 120]``, refreshed lazily when at least 10 s of clock time have passed.
   An entry can be "tainted" after a failed legacy handshake and is refused from then on.
@@ -20,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
@@ -85,9 +89,13 @@ class UserValidator:
         self._legacy: dict[bytes, _LegacyEntry] = {}
         self._legacy_by_ts: dict[int, list[bytes]] = {}
         self._legacy_refreshed = clock()
-        self._replay_current: set[bytes] = set()
-        self._replay_previous: set[bytes] = set()
+        # AuthID -> the timestamp it carries (what export_replay needs; lookups stay O(1)).
+        self._replay_current: dict[bytes, int] = {}
+        self._replay_previous: dict[bytes, int] = {}
         self._replay_swapped: int | None = None
+        # AuthIDs seen by an earlier process (import_replay) -> their timestamp: refused
+        # while ts + AUTH_ID_WINDOW >= now; emptied once all have expired.
+        self._replay_imported: dict[bytes, int] = {}
         self._sessions: dict[tuple[bytes, bytes, bytes], float] = {}
         self._sessions_purged = clock()
         self._behavior_seed = 0
@@ -142,29 +150,63 @@ class UserValidator:
             ts = int.from_bytes(block[:8], "big", signed=True)
             if ts < 0 or abs(ts - now) > AUTH_ID_WINDOW:
                 continue
-            if not self._replay_check(auth_id, now):
+            if not self._replay_check(bytes(auth_id), now, ts):
                 return AEADMatch(None, replay=True)
             return AEADMatch(record.user)
         return AEADMatch(None)
 
-    def _replay_check(self, auth_id: bytes, now: int) -> bool:
+    def _replay_check(self, auth_id: bytes, now: int, ts: int) -> bool:
         """True (and remember it) if ``auth_id`` is new; False if seen in the last 120..240 s."""
         if self._replay_swapped is None:
             self._replay_swapped = now
         elapsed = now - self._replay_swapped
         if elapsed >= REPLAY_INTERVAL:
             if elapsed >= 2 * REPLAY_INTERVAL:
-                self._replay_previous = set()
+                self._replay_previous = {}
             else:
                 self._replay_previous = self._replay_current
-            self._replay_current = set()
+            self._replay_current = {}
             self._replay_swapped = now
+            imported = self._replay_imported
+            if imported:
+                self._replay_imported = {
+                    a: t for a, t in imported.items() if t + AUTH_ID_WINDOW >= now
+                }
         if auth_id in self._replay_current or auth_id in self._replay_previous:
             return False
+        if self._replay_imported:
+            seen = self._replay_imported.get(auth_id)
+            if seen is not None and seen + AUTH_ID_WINDOW >= now:
+                return False
         if len(self._replay_current) >= REPLAY_CAPACITY:
             return False
-        self._replay_current.add(auth_id)
+        self._replay_current[auth_id] = ts
         return True
+
+    def export_replay(self) -> Iterator[tuple[bytes, int]]:
+        """The AuthIDs the replay filter holds that a client could still get accepted by
+        the time check (``ts + 120 >= now``), each with the timestamp it carries: what a
+        restarted server must go on refusing (:meth:`import_replay`)."""
+        now = int(self._clock())
+        for table in (self._replay_imported, self._replay_previous, self._replay_current):
+            for auth_id, ts in table.items():
+                if ts + AUTH_ID_WINDOW >= now:
+                    yield auth_id, ts
+
+    def import_replay(self, entries: Iterable[tuple[bytes, int]]) -> int:
+        """Refuse these AuthIDs (from :meth:`export_replay` of an earlier process) as
+        replays; entries the time check refuses anyway (``ts + 120 < now``) and malformed
+        ones (not 16 bytes) are dropped. At most twice the filter's capacity is kept.
+        Returns how many were kept."""
+        now = int(self._clock())
+        imported = self._replay_imported
+        limit = 2 * REPLAY_CAPACITY
+        for auth_id, ts in entries:
+            if len(imported) >= limit:
+                break
+            if len(auth_id) == 16 and ts + AUTH_ID_WINDOW >= now:
+                imported[bytes(auth_id)] = ts
+        return len(imported)
 
     # -- legacy table (1.4) ---------------------------------------------------------------------
 
