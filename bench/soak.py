@@ -208,8 +208,10 @@ async def worker(
             stats["completed"] += 1
         except AssertionError:
             stats["corrupted"] += 1
-        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             stats["failed"] += 1
+            key = f"failed {job.__name__}: {type(exc).__name__}"
+            stats[key] = stats.get(key, 0) + 1
             await asyncio.sleep(0.05)
 
 
@@ -278,6 +280,8 @@ async def main_async(args: argparse.Namespace) -> int:
         f"failed {stats['failed']}, corrupted {stats['corrupted']}"
     )
     print(f"  bytes verified {stats['verified_bytes'] / 1e9:.2f} GB")
+    for key in sorted(k for k in stats if k.startswith("failed ")):
+        print(f"  {key}: {stats[key]}")
     for name in ("A", "B", "C"):
         print(
             f"  RSS {name}: start {rss_start[name] / 1e6:.1f} MB, end {rss_end[name] / 1e6:.1f} MB"

@@ -36,7 +36,7 @@ from tests.support import (
 )
 
 #: The slow download: far more than any buffer on the way.
-BIG = 640 * 65536  # 42 MB
+BIG = 1920 * 65536  # 126 MB: more than a session may hold (FlowLimits.hard) plus the kernel buffers
 
 
 class _Pattern(asyncio.Protocol):

@@ -47,6 +47,7 @@ from raybridge.protocols.mux import (
     FC_HELLO,
     FC_PAUSE,
     FC_RESUME,
+    MAX_FRAME_DATA,
     MAX_UDP_DATA,
     KeepAliveReceived,
     MuxConnection,
@@ -57,10 +58,7 @@ from raybridge.protocols.mux import (
     SessionEnded,
     SessionOpened,
 )
-from raybridge.protocols.vmess import Command, Option, Security, max_payload
 from raybridge.stats import Stats
-
-_SMP = Option.CHUNK_STREAM | Option.CHUNK_MASKING | Option.GLOBAL_PADDING
 
 logger = logging.getLogger("raybridge.mux")
 
@@ -71,16 +69,21 @@ class FlowLimits:
 
     #: Past this, ask a raybridge sender to pause the session (or start the grace timer).
     soft: int = 512 * 1024
-    #: A session over this is ended (the sender ignored FC_PAUSE, or cannot be asked).
-    hard: int = 4 * 1024 * 1024
+    #: A session over this is ended. Well above what can be in flight when FC_PAUSE is
+    #: sent: all sessions of a carrier share its TCP connection, so that is bounded by its
+    #: socket buffers (a few MB on loopback, where Linux autotunes them up to 6 MB).
+    hard: int = 32 * 1024 * 1024
     #: Seconds a session may stay over ``soft`` when the sender cannot be asked to pause.
     grace: float = 3.0
-    #: What all sessions of the process together may buffer.
-    budget: int = 64 * 1024 * 1024
+    #: What all sessions of the process together may buffer: past it, the session holding
+    #: the most is ended.
+    budget: int = 128 * 1024 * 1024
 
 
-#: Bytes buffered right now by every session of this process, against FlowLimits.budget.
+#: Bytes buffered right now by every session of this process, against FlowLimits.budget,
+#: and the sessions holding them.
 _buffered_total = [0]
+_holding: set[MuxSessionEnd] = set()
 
 
 def buffered_total() -> int:
@@ -90,12 +93,13 @@ def buffered_total() -> int:
 
 #: Bytes a session buffers for a slow peer before it asks the sender to pause.
 SESSION_BUFFER = FlowLimits.soft
-#: Data per Keep frame: with its 8-byte header a full frame is exactly the largest payload a
-#: VMess chunk carries with padding (16305 bytes in a 16 KiB chunk, ``SEND_CHUNK_SIZE``), so
-#: on a VMess carrier frames and chunks line up and a decrypted chunk is one whole frame.
-#: Every Mux.Cool reader in use takes frames of any uint16 length (V2Ray 4.34 and v5
-#: ``common/mux/reader.go``, Xray the same, sing-vmess ``mux.go`` ``buf.NewSize(length)``).
-FRAME_DATA = max_payload(Security.AES_128_GCM, _SMP, Command.MUX) - 8
+#: Data per Keep frame: the most a frame carries. Every Mux.Cool reader in use takes frames
+#: of any uint16 length (V2Ray 4.34 and v5 ``common/mux/reader.go``, Xray the same,
+#: sing-vmess ``mux.go`` ``buf.NewSize(length)``), and a frame is not bound to a VMess chunk
+#: (a 16 KiB one, ``SEND_CHUNK_SIZE``): a long frame spans several, and the reader gets the
+#: chunks of one socket read joined (``write_many``), so what costs Python per piece is per
+#: frame and per read, not per chunk.
+FRAME_DATA = MAX_FRAME_DATA
 #: While a flush is scheduled, payload queues up to be sent with it in one write; past this
 #: many bytes it goes at once. A read loop can hand over megabytes in one loop iteration
 #: (libuv reads a ready socket up to 32 times), and none of it may wait unseen by the
@@ -191,12 +195,17 @@ class MuxSessionEnd(End):
         size = len(data)
         self._buffered += size
         _buffered_total[0] += size
+        _holding.add(self)
         limits = self.worker.limits
         if self._buffered > limits.hard:
             self.overflow(f"over {limits.hard} bytes buffered for a slow reader")
-        elif _buffered_total[0] > limits.budget:
-            self.overflow(f"the node's mux buffers are full ({limits.budget} bytes)")
-        elif self._buffered > limits.soft:
+            return
+        if _buffered_total[0] > limits.budget:
+            largest = max(_holding, key=lambda end: end._buffered)
+            largest.overflow(f"the node's mux buffers are full ({limits.budget} bytes)")
+            if self.closed:
+                return
+        if self._buffered > limits.soft:
             if self.worker.peer_flow_control:
                 if not self._asked_pause and self.sid is not None:
                     self._asked_pause = True
@@ -207,6 +216,7 @@ class MuxSessionEnd(End):
     def _release(self) -> None:
         _buffered_total[0] -= self._buffered
         self._buffered = 0
+        _holding.discard(self)
 
     def _grace_over(self) -> None:
         self._grace = None
@@ -350,6 +360,7 @@ class MuxSessionEnd(End):
                     self._buffer = rest = buffer[index + 1 :]
                     self._buffered = sum(len(b) for b in rest)
                     _buffered_total[0] += self._buffered
+                    _holding.add(self)
                     break
             else:
                 if self._eof_pending:
@@ -581,6 +592,11 @@ class MuxWorker(End):
             self.peer.write(out)
 
     # -- End (called by the carrier) ------------------------------------------------------
+    def write_many(self, parts: list[bytes]) -> None:
+        """The payloads of one carrier read (several VMess chunks): one pass of the codec
+        over them joined costs one copy, far less than a pass (and its events) per chunk."""
+        self.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
     def write(self, data: bytes) -> None:
         if self.closed:
             return
