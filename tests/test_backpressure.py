@@ -70,7 +70,8 @@ async def nodes_buffered(*nodes: object) -> int:
                     transport = getattr(e, "transport", None)
                     if transport is not None and hasattr(transport, "get_write_buffer_size"):
                         total += transport.get_write_buffer_size()
-                    total += getattr(e, "_buffered", 0) + getattr(e, "_pending_size", 0)
+                    backlog = getattr(e, "_backlog", None)
+                    total += getattr(e, "_buffered", 0) + (backlog.size if backlog else 0)
     return total
 
 

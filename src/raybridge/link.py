@@ -198,47 +198,82 @@ class IdleTimer:
             self._handle = None
 
 
-class DeferredEnd(End):
-    """Stands in for an end that does not exist yet (e.g. while routing waits for DNS).
+class Backlog:
+    """What an end holds for its peer while its medium is not ready yet: a dial in
+    progress (``StreamEnd``), a route not chosen yet or a tunnel not there yet
+    (``DeferredEnd``), a mux session whose New frame is not out yet (``MuxSessionEnd``).
 
-    It buffers what its peer sends, pausing the peer past :data:`PENDING_LIMIT`, and replays
-    everything into the real end once :meth:`bind` is called.
+    One mechanism for all of them: the parts in order, then EOF; past ``limit`` bytes the
+    peer is paused, and it is resumed when the backlog is handed over.
+    """
+
+    __slots__ = ("eof", "limit", "parts", "paused_peer", "size")
+
+    def __init__(self, limit: int = PENDING_LIMIT) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.eof = False
+        self.limit = limit
+        self.paused_peer = False
+
+    def add(self, data: bytes | bytearray | memoryview, peer: End | None) -> None:
+        # Own the bytes: a view would keep its (larger) source buffer alive meanwhile.
+        self.parts.append(data if type(data) is bytes else bytes(data))
+        self.size += len(data)
+        if self.size > self.limit and not self.paused_peer and peer is not None:
+            self.paused_peer = True
+            peer.pause_reading()
+
+    def take(self) -> list[bytes]:
+        """Everything held, in order; the backlog is empty afterwards (EOF stays set)."""
+        parts, self.parts, self.size = self.parts, [], 0
+        return parts
+
+    def release(self, peer: End | None) -> None:
+        """The medium is ready: let the peer send again if we had paused it."""
+        if self.paused_peer:
+            self.paused_peer = False
+            if peer is not None:
+                peer.resume_reading()
+
+    def clear(self) -> None:
+        self.parts.clear()
+        self.size = 0
+
+
+class DeferredEnd(End):
+    """Stands in for an end that does not exist yet (routing waits for DNS, a client waits
+    for a tunnel).
+
+    It holds what its peer sends in a :class:`Backlog` and replays everything into the real
+    end once :meth:`bind` is called.
     """
 
     def __init__(self) -> None:
         self.peer: End | None = None
-        self._buffer: list[bytes] = []
-        self._size = 0
-        self._eof = False
+        self._backlog = Backlog()
         self._reading_paused = False
-        self._paused_peer = False
         self._aborted = False
         self._target: End | None = None
 
     def write(self, data: bytes) -> None:
         if self._target is not None:
             self._target.write(data)
-            return
-        if self._aborted:
-            return
-        self._buffer.append(data)
-        self._size += len(data)
-        if self._size > PENDING_LIMIT and not self._paused_peer and self.peer is not None:
-            self._paused_peer = True
-            self.peer.pause_reading()
+        elif not self._aborted:
+            self._backlog.add(data, self.peer)
 
     def write_eof(self) -> None:
         if self._target is not None:
             self._target.write_eof()
         else:
-            self._eof = True
+            self._backlog.eof = True
 
     def abort(self, exc: BaseException | None = None) -> None:
         if self._target is not None:
             self._target.abort(exc)
             return
         self._aborted = True
-        self._buffer.clear()
+        self._backlog.clear()
 
     def pause_reading(self) -> None:
         if self._target is not None:
@@ -262,19 +297,17 @@ class DeferredEnd(End):
             return
         if self._reading_paused:
             real.pause_reading()
-        buffer, self._buffer = self._buffer, []
-        for data in buffer:
+        backlog = self._backlog
+        for data in backlog.take():
             real.write(data)
-        if self._eof:
+        if backlog.eof:
             real.write_eof()
-        if self._paused_peer and self.peer is not None:
-            self._paused_peer = False
-            self.peer.resume_reading()
+        backlog.release(self.peer)
 
     def fail(self, exc: BaseException) -> None:
         """No real end will come: abort our peer."""
         self._aborted = True
-        self._buffer.clear()
+        self._backlog.clear()
         if self.peer is not None:
             self.peer.abort(exc)
 

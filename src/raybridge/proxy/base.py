@@ -182,7 +182,7 @@ class StreamInbound(Inbound):
         self.dispatcher = dispatcher
         self.policy = policy or Policy()
         self.tracker = Tracker()
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
 
     def describe(self) -> str:
         tag = f" [{self.tag}]" if self.tag else ""

@@ -35,8 +35,7 @@ class XudpServerEnd(PacketEnd):
     go back on the session, naming their source (only XUDP frames carry it)."""
 
     def __init__(self, dispatcher: Dispatcher, end: MuxSessionEnd, target: Destination) -> None:
-        self.peer: End | None = end
-        self.end = end
+        self.peer: End | None = None
         self.target = target
         self.fanout = PacketFanout(dispatcher, end.session, end.write_to)
 
@@ -81,9 +80,9 @@ def install_mux_server(dispatcher: Dispatcher, *, max_sessions: int = 0) -> None
             if event.target.network is Network.UDP:
                 # Full-cone UDP (XUDP; a 4.34 client's UDP session is the one-target case).
                 child.counted = True  # each destination's flow is counted on its own
-                end.peer = XudpServerEnd(dispatcher, end, event.target)
+                join(end, XudpServerEnd(dispatcher, end, event.target))
             else:
-                end.peer = dispatcher.dispatch(child, event.target, end)
+                dispatcher.dispatch(child, event.target, end)  # joins ``end`` to its outbound
             if event.data:
                 end.deliver(event.data)
 
@@ -91,8 +90,7 @@ def install_mux_server(dispatcher: Dispatcher, *, max_sessions: int = 0) -> None
             Role.SERVER, on_open=on_open, max_sessions=max_sessions, name="mux server"
         )
         worker.stats = dispatcher.stats
-        worker.peer = peer
-        peer.peer = worker
+        join(peer, worker)
         return worker
 
     dispatcher.intercept(MUX_DOMAIN, handler)
@@ -116,10 +114,9 @@ class MuxOutbound(Outbound):
             worker.session_callbacks.append(self._maybe_idle)
             self.workers.append(worker)
             carrier_session = session.child()
-            carrier = self.inner.connect(
+            self.inner.connect(  # joins the worker to its carrier
                 carrier_session, Destination(Network.TCP, MUX_DOMAIN, MUX_PORT), worker
             )
-            worker.peer = carrier
         timer = self._idle.pop(worker, None)
         if timer is not None:
             timer.cancel()

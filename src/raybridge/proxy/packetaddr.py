@@ -10,7 +10,7 @@ import logging
 from raybridge.address import Destination
 from raybridge.dispatcher import Dispatcher
 from raybridge.errors import LocalProtocolError
-from raybridge.link import End, Session
+from raybridge.link import End, Session, join
 from raybridge.protocols.packetaddr import (
     MAGIC_DOMAIN,
     PacketAddrError,
@@ -65,8 +65,7 @@ def install_packetaddr_server(dispatcher: Dispatcher) -> None:
     def handler(session: Session, dest: Destination, peer: End) -> End:
         session.counted = True  # each destination's flow is counted on its own
         end = PacketAddrEnd(dispatcher, session)
-        end.peer = peer
-        peer.peer = end
+        join(peer, end)
         return end
 
     dispatcher.intercept(MAGIC_DOMAIN, handler)

@@ -50,7 +50,7 @@ from raybridge.protocols.reverse import (
     heartbeat,
     is_control_target,
 )
-from raybridge.transport.mux import FlowLimits, MuxSessionEnd, MuxWorker
+from raybridge.transport.mux import FlowLimits, MuxWorker
 
 logger = logging.getLogger("raybridge.reverse")
 
@@ -108,7 +108,7 @@ class BridgeTunnel:
     def _on_open(self, worker: MuxWorker, event: SessionOpened) -> None:
         if is_control_target(event.target):
             end = worker.accept(event, Session(inbound_tag=self.bridge.tag))
-            end.peer = ControlReader(self, end)
+            join(end, ControlReader(self))
             if event.data:
                 end.deliver(event.data)
             return
@@ -138,8 +138,8 @@ class BridgeTunnel:
 class ControlReader(End):
     """The bridge's end of the control session: every datagram is one Control message."""
 
-    def __init__(self, tunnel: BridgeTunnel, end: MuxSessionEnd) -> None:
-        self.peer: End | None = end
+    def __init__(self, tunnel: BridgeTunnel) -> None:
+        self.peer: End | None = None
         self.tunnel = tunnel
 
     def write(self, data: bytes) -> None:
@@ -251,11 +251,7 @@ class Bridge:
             self.dispatcher.stats.reconnects[self.tag] += 1
         session = Session(inbound_tag=self.tag)
         tunnel.session = session
-        carrier = self.dispatcher.dispatch(
-            session, Destination(Network.TCP, self.domain, 0), worker
-        )
-        if worker.peer is None:
-            worker.peer = carrier
+        self.dispatcher.dispatch(session, Destination(Network.TCP, self.domain, 0), worker)
         # A KeepAlive right away (it rides with the VMess request header): the portal knows
         # from the start that this bridge sends them, so it can tell when they stop.
         worker.send_keepalive()

@@ -83,12 +83,31 @@ def seal_many(send: Callable[[bytes], bytes | bytearray], parts: list[bytes]) ->
 
 
 class VMessBody(StreamEnd):
-    """What the VMess inbound and outbound ends share once the handshake is done: the
-    body, relayed in both directions by one implementation whatever the role (h11, h2 and
-    wsproto do the same with ``our_role``); each role supplies its codec and handshake."""
+    """A VMess connection as a link end, either role (h11, h2 and wsproto each have one
+    connection class with ``our_role``, not a client copy and a server copy).
+
+    The role supplies its codec (:class:`ClientConnection` or :class:`ServerConnection`)
+    and :meth:`handshake`; everything after the handshake, both directions of the body,
+    is here, once: payloads to the peer (one call per read, one datagram per chunk on UDP),
+    the peer's data sealed into chunks, half-close as an EOS chunk (or a FIN for a raw
+    body), and the end of the body read."""
 
     codec: ClientConnection | ServerConnection
-    udp: bool
+    udp: bool = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.relay_body(data):
+            events = self.handshake(data)
+            if events is not None:
+                self._relay_events(events)
+
+    def handshake(self, data: bytes) -> list[object] | None:
+        """Feed ``data`` to the codec before its body starts; the events, or None if the
+        connection failed (the role has dealt with it)."""
+        raise NotImplementedError
+
+    def on_event(self, event: object) -> None:
+        """A handshake event other than data (the request or the response header)."""
 
     def relay_body(self, data: bytes) -> bool:
         """Feed ``data`` to the body reader and relay the payloads; False while the
@@ -101,26 +120,48 @@ class VMessBody(StreamEnd):
         except VMessError as exc:
             self._failed(exc)
             return True
-        peer = self.peer
-        if payloads and peer is not None:
-            session = self.session
-            if session is not None:
-                session.active = True
-                size = sum(map(len, payloads))
-                if self.inbound_side:
-                    session.bytes_up += size
-                else:
-                    session.bytes_down += size
-            if self.udp:
-                for payload in payloads:
-                    self.deliver_datagram(payload, peer)  # one datagram each
-            elif len(payloads) == 1:
-                peer.write(payloads[0])
-            else:
-                peer.write_many(payloads)  # one writev
+        if payloads:
+            self._relay(payloads)
         if reader.done:
             self._body_ended()
         return True
+
+    def _relay_events(self, events: list[object]) -> None:
+        """The events of the call that completed the handshake: whatever came in with
+        the header is relayed like the body that follows."""
+        payloads: list[bytes] = []
+        for event in events:
+            if type(event) is Data:
+                payloads.append(event.data)
+            elif type(event) is EndOfStream:
+                if payloads:
+                    self._relay(payloads)
+                    payloads = []
+                self._body_ended()
+            else:
+                self.on_event(event)
+        if payloads:
+            self._relay(payloads)
+
+    def _relay(self, payloads: list[bytes]) -> None:
+        peer = self.peer
+        if peer is None:
+            return
+        session = self.session
+        if session is not None:
+            session.active = True
+            size = sum(map(len, payloads))
+            if self.inbound_side:
+                session.bytes_up += size
+            else:
+                session.bytes_down += size
+        if self.udp:
+            for payload in payloads:
+                self.deliver_datagram(payload, peer)  # one datagram each
+        elif len(payloads) == 1:
+            peer.write(payloads[0])
+        else:
+            peer.write_many(payloads)  # one writev
 
     def deliver_datagram(self, data: bytes, peer: End) -> None:
         peer.write(data)
@@ -132,12 +173,66 @@ class VMessBody(StreamEnd):
         if peer is not None:
             peer.abort(exc)
 
+    # -- the peer's data, sealed ---------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        try:
+            wire = self.codec.send(data)
+        except LocalProtocolError as exc:
+            if not self.udp:
+                raise
+            logger.debug("dropped UDP datagram: %s", exc)  # over one chunk
+            return
+        self.send_wire(wire)
+
+    def write_many(self, parts: list[bytes]) -> None:
+        if self.udp:
+            for data in parts:
+                self.write(data)
+        else:
+            self.send_wire_many(seal_many(self.codec.send, parts))
+
+    def write_eof(self) -> None:
+        if self._write_eof or self.closed:
+            return
+        if self.transport is None:
+            # A dial in progress: queue the EOS chunk now, in order after the pending data.
+            self.send_wire(self.codec.send_eof())
+            self._write_eof = True
+            return
+        super().write_eof()
+
+    def _finish_write(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            self.send_wire(self.codec.send_eof())
+            if self._read_eof:
+                transport.close()
+            elif not self.codec.framed and transport.can_write_eof():
+                transport.write_eof()  # a raw body has no EOS chunk: its end is a FIN
+
+    # -- the end of the body we read -----------------------------------------------------
     def _body_ended(self) -> None:
-        raise NotImplementedError
+        if self._read_eof:
+            return
+        self._read_eof = True
+        if self.peer is not None:
+            self.peer.write_eof()
+        self.input_ended()
+        if self._write_eof and self.transport is not None:
+            self.transport.close()
+
+    def input_ended(self) -> None:
+        """Hook: the body we read has ended."""
+
+    def eof_received(self) -> bool:
+        # A TCP EOF without an EOS chunk: the end of the body (and of a raw one).
+        self._body_ended()
+        return not self._write_eof
 
 
 class VMessInboundEnd(InboundEnd, VMessBody):
     inbound: VMessInbound
+    codec: ServerConnection
 
     def handshake_started(self) -> None:
         self.codec = ServerConnection(
@@ -156,40 +251,22 @@ class VMessInboundEnd(InboundEnd, VMessBody):
             if self.received >= self.drain_to:
                 self.abort()
             return
-        if self.relay_body(data):
-            return
-        session = self.session
-        if session is not None:
-            session.active = True
+        VMessBody.data_received(self, data)
+
+    def handshake(self, data: bytes) -> list[object] | None:
+        if self.session is not None:
+            self.session.active = True
         try:
-            events = self.codec.receive_data(data)
+            return list(self.codec.receive_data(data))
         except VMessAuthError as exc:
             self._auth_failed(exc, len(data))
-            return
         except VMessError as exc:
             self._failed(exc)
-            return
-        peer = self.peer
-        batch: list[bytes] = []  # a stream's payloads go to the peer in one call
-        for event in events:
-            if type(event) is Data:
-                if peer is not None:
-                    session = self.session
-                    if session is not None:
-                        session.bytes_up += len(event.data)
-                    if self.udp:
-                        peer.write(event.data)  # one datagram each
-                    else:
-                        batch.append(event.data)
-            elif type(event) is RequestReceived:
-                peer = self._request(event)
-            elif type(event) is EndOfStream:
-                if batch and peer is not None:
-                    peer.write_many(batch)
-                    batch = []
-                self._body_ended()
-        if batch and peer is not None:
-            peer.write_many(batch)
+        return None
+
+    def on_event(self, event: object) -> None:
+        if type(event) is RequestReceived:
+            self._request(event)
 
     def _request(self, event: RequestReceived) -> End:
         header, user = event.header, event.user
@@ -212,22 +289,16 @@ class VMessInboundEnd(InboundEnd, VMessBody):
         )
         return self.start_relay(dest)
 
-    def _body_ended(self) -> None:
-        if self._read_eof:
-            return
-        self._read_eof = True
-        if self.peer is not None:
-            self.peer.write_eof()
+    def input_ended(self) -> None:
         self._half_closed(self.policy.uplink_only)
-        if self._write_eof and self.transport is not None:
-            self.transport.close()
 
     def eof_received(self) -> bool:
         if not self.relaying:
-            return super().eof_received()
-        # A TCP EOF without an EOS chunk: treat it as the end of the request body.
-        self._body_ended()
-        return not self._write_eof
+            return InboundEnd.eof_received(self)  # during the handshake: rejected
+        return VMessBody.eof_received(self)
+
+    def write_eof(self) -> None:
+        InboundEnd.write_eof(self)
 
     def _auth_failed(self, exc: VMessAuthError, size: int) -> None:
         reason = f"VMess: {exc}"
@@ -255,26 +326,6 @@ class VMessInboundEnd(InboundEnd, VMessBody):
                 peer.abort(exc)
         else:
             self.reject(f"VMess: {exc}")
-
-    def write(self, data: bytes) -> None:
-        try:
-            self.send_wire(self.codec.send(data))
-        except LocalProtocolError as exc:
-            if not self.udp:
-                raise
-            logger.debug("dropped UDP datagram: %s", exc)
-
-    def write_many(self, parts: list[bytes]) -> None:
-        self.send_wire_many(seal_many(self.codec.send, parts))
-
-    def _finish_write(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            self.send_wire(self.codec.send_eof())
-            if self._read_eof:
-                transport.close()
-            elif not self.codec.framed and transport.can_write_eof():
-                transport.write_eof()  # a raw body has no EOS chunk: its end is a FIN
 
 
 class VMessInbound(StreamInbound):
@@ -322,7 +373,6 @@ class VMessOutboundEnd(VMessBody):
         super().__init__(session)
         self.codec = codec
         self.udp = udp
-        self._body_done = False
 
     def connection_made(self, transport: object) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -332,83 +382,12 @@ class VMessOutboundEnd(VMessBody):
             if header:
                 self.transport.write(header)
 
-    def write(self, data: bytes) -> None:
+    def handshake(self, data: bytes) -> list[object] | None:
         try:
-            wire = self.codec.send(data)
-        except LocalProtocolError as exc:
-            if not self.udp:
-                raise
-            logger.debug("dropped UDP datagram: %s", exc)
-            return
-        self.send_wire(wire)
-
-    def write_many(self, parts: list[bytes]) -> None:
-        if self.udp:
-            for data in parts:
-                self.write(data)
-            return
-        self.send_wire_many(seal_many(self.codec.send, parts))
-
-    def _finish_write(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            self.send_wire(self.codec.send_eof())
-            if self._read_eof:
-                transport.close()
-            elif not self.codec.framed and transport.can_write_eof():
-                transport.write_eof()  # a raw body has no EOS chunk: its end is a FIN
-
-    def write_eof(self) -> None:
-        if self._write_eof or self.closed:
-            return
-        if self.transport is None:
-            # Queue the EOS chunk now, in order after the pending data.
-            self.send_wire(self.codec.send_eof())
-            self._write_eof = True
-            return
-        super().write_eof()
-
-    def data_received(self, data: bytes) -> None:
-        if self.relay_body(data):
-            return
-        session = self.session
-        try:
-            events = self.codec.receive_data(data)
+            return list(self.codec.receive_data(data))
         except VMessError as exc:
             self._failed(exc)
-            return
-        peer = self.peer
-        batch: list[bytes] = []  # a stream's payloads go to the peer in one call
-        for event in events:
-            if type(event) is Data:
-                if session is not None:
-                    session.active = True
-                    session.bytes_down += len(event.data)
-                if peer is not None:
-                    if self.udp:
-                        self.deliver_datagram(event.data, peer)  # one datagram each
-                    else:
-                        batch.append(event.data)
-            elif type(event) is EndOfStream:
-                if batch and peer is not None:
-                    peer.write_many(batch)
-                    batch = []
-                self._body_ended()
-        if batch and peer is not None:
-            peer.write_many(batch)
-
-    def _body_ended(self) -> None:
-        if self._read_eof:
-            return
-        self._read_eof = True
-        if self.peer is not None:
-            self.peer.write_eof()
-        if self._write_eof and self.transport is not None:
-            self.transport.close()
-
-    def eof_received(self) -> bool:
-        self._body_ended()
-        return not self._write_eof
+            return None
 
 
 class PacketAddrClientEnd(VMessOutboundEnd):

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from raybridge.address import Destination, Network
 from raybridge.errors import LocalProtocolError
-from raybridge.link import End, IdleTimer, PacketEnd, Session
+from raybridge.link import Backlog, End, IdleTimer, PacketEnd, Session, join
 from raybridge.protocols.mux import (
     FC_HELLO,
     FC_PAUSE,
@@ -92,7 +92,7 @@ def buffered_total() -> int:
 
 
 #: Bytes a session buffers for a slow peer before it asks the sender to pause.
-SESSION_BUFFER = FlowLimits.soft
+SESSION_BUFFER = FlowLimits().soft
 #: Data per Keep frame: the most a frame carries. Every Mux.Cool reader in use takes frames
 #: of any uint16 length (V2Ray 4.34 and v5 ``common/mux/reader.go``, Xray the same,
 #: sing-vmess ``mux.go`` ``buf.NewSize(length)``), and a frame is not bound to a VMess chunk
@@ -118,7 +118,6 @@ class MuxSessionEnd(End):
         "_buffered",
         "_eof_pending",
         "_first",
-        "_first_eof",
         "_grace",
         "_idle",
         "_paused",
@@ -146,8 +145,7 @@ class MuxSessionEnd(End):
         self.worker = worker
         self.sid = sid  # None until the New frame is queued (client role)
         self.dest: Destination | None = None
-        self._first: list[bytes] = []  # data written before the New frame went out
-        self._first_eof = False
+        self._first = Backlog()  # what our peer sent before the New frame went out
         self.network = network
         self.session = session
         self.inbound_side = inbound_side
@@ -327,7 +325,7 @@ class MuxSessionEnd(End):
         if self.closed:
             return
         if self.sid is None:
-            self._first_eof = True  # sent right after the New frame
+            self._first.eof = True  # sent right after the New frame
             return
         codec = self.worker.codec
         codec.half_close(self.sid)
@@ -438,8 +436,7 @@ class MuxWorker(End):
         puts the first payload in the New frame too, but waits up to 100 ms for it)."""
         end = MuxSessionEnd(self, None, dest.network, session, inbound_side=False)
         end.dest = dest
-        end.peer = peer
-        peer.peer = end
+        join(peer, end)
         self._pending.append(end)
         if self.out_paused:
             peer.pause_reading()
@@ -453,7 +450,7 @@ class MuxWorker(End):
             if end.closed:
                 continue
             assert end.dest is not None
-            first, end._first = end._first, []
+            first = end._first.take()
             rest: list[bytes] = []
             if end.network is Network.UDP:
                 data, rest = (first[0], first[1:]) if first else (b"", [])
@@ -468,8 +465,9 @@ class MuxWorker(End):
             self.sessions[end.sid] = end
             for datagram in rest:
                 self.send(end, datagram)
-            if end._first_eof:
-                end._first_eof = False
+            end._first.release(None if self.out_paused else end.peer)
+            if end._first.eof:
+                end._first.eof = False
                 end.write_eof()
 
     def accept(self, event: SessionOpened, session: Session) -> MuxSessionEnd:
@@ -499,7 +497,7 @@ class MuxWorker(End):
     # -- sending ---------------------------------------------------------------------------
     def send(self, end: MuxSessionEnd, data: bytes, address: Destination | None = None) -> None:
         if end.sid is None:
-            end._first.append(data)  # rides in the New frame (the flush is scheduled)
+            end._first.add(data, end.peer)  # rides in the New frame (the flush is scheduled)
             return
         try:
             self.codec.send_data(end.sid, data, address)
@@ -532,7 +530,8 @@ class MuxWorker(End):
     def send_many(self, end: MuxSessionEnd, parts: list[bytes]) -> None:
         """Queue several payloads, then flush once (one VMess write)."""
         if end.sid is None:
-            end._first.extend(parts)
+            for data in parts:
+                end._first.add(data, end.peer)
             return
         send = self.codec.send_data
         for data in parts:
@@ -638,7 +637,7 @@ class MuxWorker(End):
                     if run_end is not None:
                         run_end.deliver_many(run)
                     run_end, run = end, []
-                run.append(event.data)
+                run.append(event.data)  # type: ignore[arg-type]  # a read-only view of bytes
                 continue
             if run_end is not None:
                 run_end.deliver_many(run)

@@ -93,7 +93,7 @@ class PacketFanout:
             session = self.session.child()
             flow = _Flow(self, dest, session)
             self.flows[dest] = flow
-            flow.peer = self.dispatcher.dispatch(session, dest, flow)
+            self.dispatcher.dispatch(session, dest, flow)  # joins the flow to its end
         if flow.peer is not None and not flow.closed:
             flow.session.active = True
             flow.peer.write(data)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
-from raybridge.link import HIGH_WATER, LOW_WATER, PENDING_LIMIT, End, Session
+from raybridge.link import HIGH_WATER, LOW_WATER, Backlog, End, Session
 
 log = logging.getLogger("raybridge.transport")
 
@@ -34,10 +34,7 @@ class StreamEnd(asyncio.Protocol, End):
         self.peer: End | None = None
         self.session = session
         self.transport: asyncio.Transport | None = None
-        self._pending: list[bytes] = []  # wire bytes queued before the transport exists
-        self._pending_size = 0
-        self._pending_eof = False
-        self._paused_peer = False  # we paused the peer because of _pending
+        self._backlog = Backlog()  # wire bytes (and EOF) queued before the transport exists
         self._reading_paused = False  # the peer paused us
         self._writing_paused = False  # our transport paused us (its buffer is full)
         self._read_eof = False  # medium -> peer finished
@@ -68,17 +65,14 @@ class StreamEnd(asyncio.Protocol, End):
             transport.pause_reading()
         # What was queued goes first; only then may the peer send more (in this order, or
         # the peer's next bytes would overtake the queued ones).
-        if self._pending:
-            pending, self._pending, self._pending_size = self._pending, [], 0
-            transport.writelines(pending)
-        if self._paused_peer:
-            self._paused_peer = False
-            # If the transport is now above its high-water mark it has paused the peer
-            # itself (pause_writing) and will resume it when it drains.
-            if not self._writing_paused and self.peer is not None:
-                self.peer.resume_reading()
-        if self._pending_eof:
-            self._pending_eof = False
+        backlog = self._backlog
+        if backlog.parts:
+            transport.writelines(backlog.take())
+        # If the transport is now above its high-water mark it has paused the peer itself
+        # (pause_writing) and will resume it when it drains.
+        backlog.release(None if self._writing_paused else self.peer)
+        if backlog.eof:
+            backlog.eof = False
             self._finish_write()
 
     def data_received(self, data: bytes) -> None:
@@ -137,7 +131,7 @@ class StreamEnd(asyncio.Protocol, End):
             return
         self.send_wire_many(parts)
 
-    def send_wire_many(self, parts: list[bytes]) -> None:
+    def send_wire_many(self, parts: list[bytes] | list[bytes | bytearray]) -> None:
         """Send several buffers with one system call where the transport can (uvloop's
         ``writelines`` is a single ``writev``)."""
         if len(parts) == 1:
@@ -160,7 +154,7 @@ class StreamEnd(asyncio.Protocol, End):
                 session.bytes_up += size
         transport.writelines(parts)
 
-    def send_wire(self, data: bytes) -> None:
+    def send_wire(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes exactly as given (already encoded by a subclass)."""
         if self.closed or not data:
             return
@@ -179,20 +173,14 @@ class StreamEnd(asyncio.Protocol, End):
                 data = bytes(data)
             transport.write(data)
             return
-        if type(data) is memoryview:
-            data = bytes(data)
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size > PENDING_LIMIT and not self._paused_peer and self.peer is not None:
-            self._paused_peer = True
-            self.peer.pause_reading()
+        self._backlog.add(data, self.peer)
 
     def write_eof(self) -> None:
         if self._write_eof or self.closed:
             return
         self._write_eof = True
         if self.transport is None:
-            self._pending_eof = True
+            self._backlog.eof = True
             return
         self._finish_write()
 
@@ -210,7 +198,7 @@ class StreamEnd(asyncio.Protocol, End):
         if self._aborted or self._lost:
             return
         self._aborted = True
-        self._pending.clear()
+        self._backlog.clear()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         if self.transport is not None:
@@ -245,17 +233,14 @@ class StreamEnd(asyncio.Protocol, End):
             transport.resume_reading()
 
     # -- outgoing connections ----------------------------------------------------------
-    def start_connect(
-        self,
-        connector: Callable[[StreamEnd], asyncio.Future[None] | asyncio.Task[None]],
-    ) -> None:
+    def start_connect(self, connector: Callable[[StreamEnd], Awaitable[None]]) -> None:
         """Run ``connector(self)`` (a coroutine that dials with ``self`` as the protocol)
         in the background; a failure aborts the peer."""
         self._connect_task = asyncio.ensure_future(self._run_connect(connector))
 
-    async def _run_connect(self, connector: Callable[[StreamEnd], object]) -> None:
+    async def _run_connect(self, connector: Callable[[StreamEnd], Awaitable[None]]) -> None:
         try:
-            await connector(self)  # type: ignore[misc]
+            await connector(self)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -265,7 +250,7 @@ class StreamEnd(asyncio.Protocol, End):
         if self._aborted:
             return
         self._aborted = True
-        self._pending.clear()
+        self._backlog.clear()
         if self.peer is not None:
             self.peer.abort(exc)
         self._notify_closed(exc if isinstance(exc, Exception) else None)
@@ -318,7 +303,7 @@ def sockname(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
 
 async def start_tcp_server(
     factory: Callable[[], asyncio.Protocol], host: str, port: int
-) -> asyncio.AbstractServer:
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         factory, host, port, reuse_address=True, backlog=4096, family=_family(host)

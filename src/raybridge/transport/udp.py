@@ -29,6 +29,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from raybridge.address import Destination, Network, parse_host
 from raybridge.link import End, IdleTimer, PacketEnd, Session
@@ -180,15 +181,15 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
                 self.peer.abort(exc)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = datagrams = cast(asyncio.DatagramTransport, transport)
         if self._closed:
-            transport.close()
+            datagrams.close()
             return
         for datagram in self._pending:
-            self.transport.sendto(datagram, self._remote)
+            datagrams.sendto(datagram, self._remote)
         self._pending.clear()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         peer = self.peer
         if peer is None:
             return
