@@ -6,8 +6,10 @@ role (:class:`MuxPeer`), fed from the carrier and answering through ``worker.wri
 bridge's dispatcher is a fake that hands out such carriers for ``domain:0`` and echo ends
 for everything else. PROTOCOLS.md sections 2 and 3.
 
-Module constants are patched so that no test waits more than a few hundredths of a second;
-nothing asserts on timing, only on what happened once a condition was met.
+Timings are passed in (:data:`FAST`) so that no test waits more than a few hundredths of a
+second, and the portal's heartbeat padding comes from a fixed ``urandom``; nothing asserts on
+timing, only on what happened once a condition was met. The policy machines themselves are
+tested without an event loop in ``test_reverse_policy.py`` and ``test_reverse_stateful.py``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
 
-import raybridge.proxy.reverse as reverse
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import DeferredEnd, End, Session, join
@@ -44,8 +46,9 @@ from raybridge.protocols.reverse import (
     ControlState,
     decode_control,
     encode_control,
+    heartbeat,
 )
-from raybridge.protocols.reverse import heartbeat as real_heartbeat
+from raybridge.protocols.reverse_policy import Timings
 from raybridge.proxy.reverse import Bridge, BridgeTunnel, Portal, PortalTunnel
 from raybridge.stats import Stats
 from raybridge.transport.mux import FlowLimits, MuxSessionEnd, MuxWorker, buffered_total
@@ -56,30 +59,26 @@ PORTAL_TAG = "portal"
 EXAMPLE = Destination(Network.TCP, "example.com", 80)
 TUNNEL_DEST = Destination(Network.TCP, DOMAIN, 0)
 
-#: What the patched heartbeat draws: 7 bytes of padding, all 0x07 (PROTOCOLS.md 3.3).
+#: What a heartbeat draws from _fixed_urandom: 7 bytes of padding, all 0x07 (PROTOCOLS.md 3.3).
 PADDING = b"\x07" * 7
 ACTIVE_BEAT = b"\x9a\x06\x07" + PADDING
 DRAIN_BEAT = b"\x08\x01\x9a\x06\x07" + PADDING
 
 
 def _fixed_urandom(n: int) -> bytes:
+    """Heartbeats never draw empty padding (an empty ACTIVE message is not sent at all)."""
     return b"\x07" * n
 
 
-def _fixed_heartbeat(urandom: Callable[[int], bytes], drain: bool = False) -> bytes:
-    return real_heartbeat(_fixed_urandom, drain)
+#: The bridge's monitor only runs when a test calls check() or asks for a tick; heartbeat
+#: timeouts only when a test makes one happen; backoff is a few milliseconds.
+FAST = Timings(
+    monitor_interval=100.0, heartbeat_timeout=100.0, backoff_base=0.002, backoff_cap=0.016
+)
 
 
-@pytest.fixture(autouse=True)
-def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The monitor only runs when a test calls check() or asks for a tick; heartbeat
-    # timeouts only when a test makes one happen; backoff is a few milliseconds.
-    monkeypatch.setattr(reverse, "MONITOR_INTERVAL", 100.0)
-    monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 100.0)
-    monkeypatch.setattr(reverse, "BACKOFF_BASE", 0.002)
-    monkeypatch.setattr(reverse, "BACKOFF_CAP", 0.016)
-    # Heartbeats never draw empty padding (an empty ACTIVE message is not sent at all).
-    monkeypatch.setattr(reverse, "heartbeat", _fixed_heartbeat)
+def make_portal(**kwargs: Any) -> Portal:
+    return Portal(PORTAL_TAG, DOMAIN, urandom=_fixed_urandom, **kwargs)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -284,7 +283,7 @@ async def finish(peer: MuxPeer, end: End) -> None:
 
 def test_portal_adopts_tunnel_and_sends_heartbeats() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=0.01)
+        portal = make_portal(heartbeat_interval=0.01)
         carrier = Recorder()
         worker = portal.connect(Session(inbound_tag="vmess-in"), TUNNEL_DEST, carrier)
         assert isinstance(worker, MuxWorker) and worker.role is Role.CLIENT
@@ -316,9 +315,34 @@ def test_portal_adopts_tunnel_and_sends_heartbeats() -> None:
     run(main)
 
 
+async def far_side_finishes_first(portal: Portal, worker: MuxWorker, peer: MuxPeer) -> None:
+    """The second link of test_portal_client_link_relays_both_ways (session 3)."""
+    client2, end2 = client_link(portal)
+    assert isinstance(end2, MuxSessionEnd)
+    end2.write(b"req")
+    await settle()
+    peer.pump()
+    sid2 = end2.sid
+    assert sid2 == 3 and peer.opened[sid2].target == EXAMPLE
+    peer.codec.send_data(sid2, b"resp")
+    peer.codec.half_close(sid2)
+    peer.flush()
+    assert client2.received == b"resp" and client2.eof and not client2.aborted
+    if worker.codec.is_open(sid2):  # half-close semantics: we may still send
+        end2.write(b"more")
+        await settle()
+        peer.pump()
+        assert peer.data[sid2] == b"reqmore"
+    end2.write_eof()
+    await settle()
+    peer.pump()
+    assert peer.ended.get(sid2) is False
+    assert not peer.codec.is_open(sid2) and not worker.codec.is_open(sid2)
+
+
 def test_portal_client_link_relays_both_ways() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        portal = make_portal(heartbeat_interval=60)
         carrier, worker, peer = adopt(portal)
         rng = random.Random(1)
 
@@ -354,28 +378,7 @@ def test_portal_client_link_relays_both_ways() -> None:
         assert client.eof and not client.aborted
         assert not worker.codec.is_open(sid) and sid not in worker.sessions
 
-        # The far side finishes first.
-        client2, end2 = client_link(portal)
-        assert isinstance(end2, MuxSessionEnd)
-        end2.write(b"req")
-        await settle()
-        peer.pump()
-        sid2 = end2.sid
-        assert sid2 == 3 and peer.opened[sid2].target == EXAMPLE
-        peer.codec.send_data(sid2, b"resp")
-        peer.codec.half_close(sid2)
-        peer.flush()
-        assert client2.received == b"resp" and client2.eof and not client2.aborted
-        if worker.codec.is_open(sid2):  # half-close semantics: we may still send
-            end2.write(b"more")
-            await settle()
-            peer.pump()
-            assert peer.data[sid2] == b"reqmore"
-        end2.write_eof()
-        await settle()
-        peer.pump()
-        assert peer.ended.get(sid2) is False
-        assert not peer.codec.is_open(sid2) and not worker.codec.is_open(sid2)
+        await far_side_finishes_first(portal, worker, peer)
         assert worker.session_count == 1  # the control session
         assert not carrier.eof and not carrier.aborted and not worker.closed
         await portal.close()
@@ -385,7 +388,7 @@ def test_portal_client_link_relays_both_ways() -> None:
 
 def test_portal_udp_client_link_is_datagrams() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        portal = make_portal(heartbeat_interval=60)
         _, _, peer = adopt(portal)
         client, end = client_link(portal, Destination(Network.UDP, "dns.example", 53))
         end.write(b"query-1")
@@ -406,7 +409,7 @@ def test_portal_udp_client_link_is_datagrams() -> None:
 @pytest.mark.parametrize("how", ["abort", "eof"])
 def test_portal_picks_least_loaded_and_never_a_closed_tunnel(how: str) -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        portal = make_portal(heartbeat_interval=60)
         carrier_a, worker_a, peer_a = adopt(portal)
         _, worker_b, peer_b = adopt(portal)
         links = [client_link(portal) for _ in range(4)]
@@ -449,18 +452,24 @@ def test_portal_picks_least_loaded_and_never_a_closed_tunnel(how: str) -> None:
 
 
 def test_portal_pick_skips_a_closed_tunnel_still_listed() -> None:
-    """Even if a closed tunnel were still listed (V2Ray keeps one for up to 30 s and, with
-    0 sessions, picks it first: PROTOCOLS.md 3.2), pick() must pass over it."""
+    """V2Ray keeps a closed tunnel listed for up to 30 s and, with 0 sessions, picks it
+    first (PROTOCOLS.md 3.2). Here the worker's close reaches the policy before anything
+    else can pick: the empty, closed A is never chosen. (The policy only knows tunnels whose
+    close has not been reported, so a closed one can no longer be listed: this test used to
+    fake that by clearing the worker's close callbacks.)"""
 
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        portal = make_portal(heartbeat_interval=60)
         _, worker_a, _ = adopt(portal)
         _, worker_b, _ = adopt(portal)
-        client_link(portal)  # B would now lose to an empty A
-        worker_a.close_callbacks.clear()  # as if the list were not cleaned up yet
+        _, first = client_link(portal)  # B would now lose to an empty A
+        assert cast(MuxSessionEnd, first).worker is worker_a
+        first.abort(ConnectionResetError("client left"))
+        assert portal.pick() is tunnel_of(portal, worker_a)
         worker_a.abort(ConnectionResetError("carrier lost"))
         assert worker_a.closed and worker_a.session_count == 0
-        assert len(portal.tunnels) == 2
+        assert portal.tunnels == [tunnel_of(portal, worker_b)]
+        assert [r.id for r in portal.policy.tunnels] == [portal.tunnels[0].record.id]
         for _ in range(3):
             _, end = client_link(portal)
             assert isinstance(end, MuxSessionEnd) and end.worker is worker_b
@@ -471,7 +480,7 @@ def test_portal_pick_skips_a_closed_tunnel_still_listed() -> None:
 
 def test_portal_drains_after_drain_after_sessions() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=0.01, drain_after=3)
+        portal = make_portal(heartbeat_interval=0.01, drain_after=3)
         carrier_a, worker_a, peer_a = adopt(portal)
         tunnel_a = tunnel_of(portal, worker_a)
         links_a = [client_link(portal) for _ in range(3)]  # sessions 2..4: 4 allocated > 3
@@ -524,7 +533,7 @@ def test_portal_drains_after_drain_after_sessions() -> None:
 
 def test_portal_waiting_client_is_served_when_a_tunnel_arrives() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60, tunnel_wait=5)
+        portal = make_portal(heartbeat_interval=60, tunnel_wait=5)
         client, end = client_link(portal)
         assert isinstance(end, DeferredEnd)
         end.write(b"early")
@@ -536,7 +545,7 @@ def test_portal_waiting_client_is_served_when_a_tunnel_arrives() -> None:
         peer.pump()
         assert peer.opened[2].target == EXAMPLE
         assert peer.data[2] == b"early"
-        assert portal._waiting == []
+        assert portal.waiting == 0
         assert client.peer is not None
         client.peer.write(b" and later")
         await settle()
@@ -552,13 +561,13 @@ def test_portal_waiting_client_is_served_when_a_tunnel_arrives() -> None:
 
 def test_portal_waiting_client_gives_up_after_tunnel_wait() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60, tunnel_wait=0.02)
+        portal = make_portal(heartbeat_interval=60, tunnel_wait=0.02)
         client, end = client_link(portal)
         assert isinstance(end, DeferredEnd)
         end.write(b"early")
         await wait_until(lambda: client.aborted)
         assert isinstance(client.abort_exc, ConnectionRefusedError)
-        assert portal._waiting == []
+        assert portal.waiting == 0
         # A tunnel that comes later opens nothing for it.
         _, worker, peer = adopt(portal)
         await settle()
@@ -571,14 +580,14 @@ def test_portal_waiting_client_gives_up_after_tunnel_wait() -> None:
 
 def test_portal_waiting_client_that_left_is_not_opened() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60, tunnel_wait=5)
+        portal = make_portal(heartbeat_interval=60, tunnel_wait=5)
         _, end = client_link(portal)
         end.abort(ConnectionResetError("client left"))
         _, worker, peer = adopt(portal)
         await settle()
         peer.pump()
         assert list(peer.opened) == [1] and worker.session_count == 1
-        assert portal._waiting == []
+        assert portal.waiting == 0
         await portal.close()
 
     run(main)
@@ -586,7 +595,7 @@ def test_portal_waiting_client_that_left_is_not_opened() -> None:
 
 def test_portal_without_tunnel_wait_refuses_at_once() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, tunnel_wait=0)
+        portal = make_portal(tunnel_wait=0)
         client, end = client_link(portal)
         assert not isinstance(end, DeferredEnd)
         await settle()
@@ -598,23 +607,22 @@ def test_portal_without_tunnel_wait_refuses_at_once() -> None:
 
 def test_portal_close_leaves_nothing_behind() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=0.01, tunnel_wait=5)
+        portal = make_portal(heartbeat_interval=0.01, tunnel_wait=5)
         waiting, _ = client_link(portal)  # no tunnel yet
         await portal.close()
         assert waiting.aborted and isinstance(waiting.abort_exc, ConnectionAbortedError)
-        assert portal._waiting == []
+        assert portal.waiting == 0
 
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=0.01)
+        portal = make_portal(heartbeat_interval=0.01)
         changes: list[int] = []
         portal.listeners.append(lambda p: changes.append(len(p.tunnels)))
         carrier_a, worker_a, _ = adopt(portal)
         carrier_b, worker_b, _ = adopt(portal)
-        tunnels = list(portal.tunnels)
         client, _ = client_link(portal)
         assert changes == [1, 2]
         await portal.close()
         assert portal.tunnels == []
-        assert all(t._timer is None for t in tunnels)
+        assert portal._driver.handle is None and portal.policy.get_timer() is None
         assert worker_a.closed and worker_b.closed
         assert carrier_a.eof and carrier_b.eof
         assert client.aborted
@@ -627,7 +635,7 @@ def test_portal_close_leaves_nothing_behind() -> None:
 
 def test_portal_first_payload_rides_in_new_frame() -> None:
     async def main() -> None:
-        portal = Portal(PORTAL_TAG, DOMAIN, heartbeat_interval=60)
+        portal = make_portal(heartbeat_interval=60)
         carrier, _, _ = adopt(portal)
         _, end = client_link(portal)
         end.write(b"GET / HTTP/1.1\r\n\r\n")
@@ -643,9 +651,11 @@ def test_portal_first_payload_rides_in_new_frame() -> None:
 # -- bridge helpers ----------------------------------------------------------------------------
 
 
-def make_bridge(rng: random.Random | None = None) -> tuple[Bridge, FakeDispatcher]:
+def make_bridge(
+    rng: random.Random | None = None, timings: Timings = FAST
+) -> tuple[Bridge, FakeDispatcher]:
     dispatcher = FakeDispatcher()
-    return Bridge(TAG, DOMAIN, cast(Dispatcher, dispatcher), rng=rng), dispatcher
+    return Bridge(TAG, DOMAIN, cast(Dispatcher, dispatcher), rng=rng, timings=timings), dispatcher
 
 
 def open_control(dispatcher: FakeDispatcher, index: int = -1) -> MuxPeer:
@@ -706,6 +716,24 @@ def test_bridge_control_session_is_never_dispatched(control: Destination) -> Non
         # The bridge sends nothing on the control session: only its KeepAlive frames.
         frames = FrameDecoder().feed(bytes(dispatcher.carriers[0].received))
         assert frames and all(f.status is Status.KEEPALIVE for f in frames)
+        await bridge.close()
+
+    run(main)
+
+
+def test_bridge_control_session_opened_with_an_empty_heartbeat_confirms_the_tunnel() -> None:
+    # One heartbeat in 64 draws no padding: the portal's New frame then carries nothing.
+    async def main() -> None:
+        bridge, dispatcher = make_bridge()
+        await bridge.start()
+        tunnel = bridge.tunnels[0]
+        bridge.policy.failures = 2  # dials that failed before the portal came up
+        peer = MuxPeer(Role.CLIENT, dispatcher.carriers[0])
+        peer.codec.open_session(CONTROL_TARGET, heartbeat(lambda n: bytes(n)))
+        peer.flush()
+        await settle()
+        assert tunnel.heard and tunnel.active and bridge.failures == 0
+        assert dispatcher.targets == [TUNNEL_DEST]
         await bridge.close()
 
     run(main)
@@ -848,11 +876,9 @@ def test_bridge_failed_extra_dial_is_no_failure_while_a_tunnel_is_up() -> None:
     run(main)
 
 
-def test_bridge_monitor_tick_tops_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reverse, "MONITOR_INTERVAL", 0.01)
-
+def test_bridge_monitor_tick_tops_up() -> None:
     async def main() -> None:
-        bridge, dispatcher = make_bridge()
+        bridge, dispatcher = make_bridge(timings=replace(FAST, monitor_interval=0.01))
         await bridge.start()
         peer = open_control(dispatcher)
         for _ in range(16):
@@ -864,27 +890,29 @@ def test_bridge_monitor_tick_tops_up(monkeypatch: pytest.MonkeyPatch) -> None:
     run(main)
 
 
-def test_bridge_drops_a_tunnel_without_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bridge_drops_a_tunnel_without_heartbeats() -> None:
     async def main() -> None:
-        bridge, dispatcher = make_bridge()
+        timeout = 0.5
+        bridge, dispatcher = make_bridge(timings=replace(FAST, heartbeat_timeout=timeout))
         await bridge.start()
         peer = open_control(dispatcher)
         old = bridge.tunnels[0]
+        first_heard = old.last_control
         peer.codec.open_session(EXAMPLE, b"hi")
         peer.flush()
         echo = dispatcher.echoes[0]
 
         # A heartbeat refreshes the tunnel: one heard long ago, then a fresh one, is kept.
-        old.last_control -= 1000
+        await asyncio.sleep(0.3)
         peer.codec.send_data(1, encode_control(ControlState.ACTIVE, b"beat"))
         peer.flush()
+        await asyncio.sleep(0.3)
+        assert asyncio.get_running_loop().time() - first_heard > timeout
         bridge.check()
         assert bridge.tunnels == [old] and bridge.dials == 1 and not old.worker.closed
 
-        monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 0.01)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(timeout + 0.1)
         bridge.check()
-        monkeypatch.setattr(reverse, "HEARTBEAT_TIMEOUT", 100.0)
         carrier = dispatcher.carriers[0]
         assert carrier.aborted and isinstance(carrier.abort_exc, TimeoutError)
         assert old.worker.closed and echo.aborted
@@ -903,7 +931,7 @@ def _slow_session(limits: FlowLimits, *, raybridge_portal: bool):
 
     async def setup() -> tuple[Bridge, FakeDispatcher, MuxPeer, Recorder, int, int]:
         dispatcher = FakeDispatcher()
-        bridge = Bridge(TAG, DOMAIN, cast(Dispatcher, dispatcher), limits=limits)
+        bridge = Bridge(TAG, DOMAIN, cast(Dispatcher, dispatcher), limits=limits, timings=FAST)
         await bridge.start()
         peer = open_control(dispatcher)
         if raybridge_portal:
@@ -1013,17 +1041,10 @@ def test_a_pause_from_the_far_end_stops_reading_that_session_only() -> None:
     run(main)
 
 
-def test_bridge_backoff_grows_caps_and_resets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bridge_backoff_grows_caps_and_resets() -> None:
     async def main() -> None:
         bridge, dispatcher = make_bridge(random.Random(7))
         delays: list[float] = []
-        wake = bridge.wake
-
-        def spy(delay: float = 0.0) -> None:
-            delays.append(delay)
-            wake(delay)
-
-        monkeypatch.setattr(bridge, "wake", spy)
         await bridge.start()
         failures = 6
         for n in range(1, failures + 1):
@@ -1031,9 +1052,11 @@ def test_bridge_backoff_grows_caps_and_resets(monkeypatch: pytest.MonkeyPatch) -
             assert carrier.peer is not None
             carrier.peer.abort(ConnectionRefusedError("portal down"))  # the dial failed
             assert bridge.failures == n
+            assert bridge.policy.wake_at is not None  # the redial waits
+            delays.append(bridge.policy.redial_delay)
             await wait_until(lambda: bridge.dials == n + 1)  # noqa: B023 - awaited here
         assert len(delays) == failures
-        base, cap = reverse.BACKOFF_BASE, reverse.BACKOFF_CAP
+        base, cap = FAST.backoff_base, FAST.backoff_cap
         for i, delay in enumerate(delays):
             nominal = min(cap, base * 2**i)
             assert 0.75 * nominal <= delay <= 1.25 * nominal
@@ -1047,7 +1070,7 @@ def test_bridge_backoff_grows_caps_and_resets(monkeypatch: pytest.MonkeyPatch) -
         assert carrier.peer is not None
         carrier.peer.write_eof()  # the portal closed the tunnel
         assert carrier.eof and bridge.failures == 0
-        assert delays[-1] == 0.0
+        assert bridge.policy.redial_delay == 0.0
         await wait_until(lambda: bridge.dials == failures + 2)
         await bridge.close()
 
@@ -1091,11 +1114,9 @@ def test_bridge_ignores_malformed_control(caplog: pytest.LogCaptureFixture) -> N
     run(main)
 
 
-def test_bridge_close_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reverse, "MONITOR_INTERVAL", 0.01)
-
+def test_bridge_close_leaves_nothing_behind() -> None:
     async def main() -> None:
-        bridge, dispatcher = make_bridge()
+        bridge, dispatcher = make_bridge(timings=replace(FAST, monitor_interval=0.01))
         await bridge.start()
         peer = open_control(dispatcher)
         peer.codec.open_session(EXAMPLE, b"x")
@@ -1103,14 +1124,14 @@ def test_bridge_close_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> 
         worker = bridge.tunnels[0].worker
         bridge.wake(0.5)  # a pending wake, too
         await bridge.close()
-        assert bridge._timer is None and bridge._wake is None
+        assert bridge._driver.handle is None and bridge.policy.get_timer() is None
         assert bridge.tunnels == []
         assert worker.closed and dispatcher.carriers[0].eof
         assert dispatcher.echoes[0].aborted
         dials = bridge.dials
         bridge.wake()
         await asyncio.sleep(0.05)  # several monitor intervals
-        assert bridge.dials == dials and bridge._wake is None
+        assert bridge.dials == dials and bridge._driver.handle is None
 
     run(main)
 
@@ -1129,5 +1150,157 @@ def test_bridge_close_closes_drained_tunnels() -> None:
         await bridge.close()
         assert dispatcher.carriers[1].eof  # the replacement is closed
         assert old.worker.closed and dispatcher.carriers[0].eof
+
+    run(main)
+
+
+# -- regressions, through the adapter (policy-level twins in test_reverse_stateful.py) -------
+
+
+def test_portal_drained_tunnel_closes_after_a_pending_link_aborts() -> None:
+    async def main() -> None:
+        portal = make_portal(heartbeat_interval=0.01, drain_after=1)
+        _, worker, _ = adopt(portal)
+        tunnel = portal.tunnels[0]
+        _, first = client_link(portal)
+        await settle()  # its New frame is out: 2 sessions opened > drain_after
+        await wait_until(lambda: tunnel.draining)  # the heartbeat timer fired
+        assert not worker.closed  # `first` is still open
+
+        # The only tunnel is draining: a new client gets it, and leaves at once.
+        _, late = client_link(portal)
+        assert isinstance(late, MuxSessionEnd) and late.worker is worker and late.sid is None
+        first.abort(ConnectionResetError("client left"))
+        late.abort(ConnectionResetError("client left"))
+        await settle()
+        assert worker.session_count == 0
+        assert worker.closed and portal.tunnels == []
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_waiting_client_served_when_a_suspect_tunnel_recovers() -> None:
+    async def main() -> None:
+        portal = make_portal(heartbeat_interval=1000, tunnel_wait=100, suspect_after=0.05)
+        _, _, peer = adopt(portal)
+        peer.codec.send_keepalive()  # a raybridge bridge: its silence counts
+        peer.flush()
+        await asyncio.sleep(0.1)
+        assert portal.pick() is None
+        client, end = client_link(portal)
+        assert isinstance(end, DeferredEnd) and portal.waiting == 1  # waits for a tunnel
+
+        peer.codec.send_keepalive()  # the bridge is heard again
+        peer.flush()
+        assert portal.pick() is portal.tunnels[0]
+        assert portal.waiting == 0 and isinstance(client.peer, MuxSessionEnd)
+        await portal.close()
+
+    run(main)
+
+
+def test_bridge_drain_while_a_backoff_wake_is_pending() -> None:
+    async def main() -> None:
+        bridge, dispatcher = make_bridge(
+            random.Random(0), replace(FAST, backoff_base=10.0, backoff_cap=10.0)
+        )
+        await bridge.start()
+        first = dispatcher.carriers[0].peer
+        assert first is not None
+        first.abort(ConnectionRefusedError("portal down"))  # the first dial fails
+        assert bridge.failures == 1 and bridge.policy.wake_at is not None
+        bridge.check()  # the monitor's tick comes before the backoff ends: it dials
+        assert bridge.dials == 2
+        peer = open_control(dispatcher)
+        tunnel = bridge.tunnels[0]
+
+        peer.codec.send_data(1, encode_control(ControlState.DRAIN, b"pad"))
+        peer.flush()
+        assert tunnel.state is ControlState.DRAIN
+        await settle()
+        assert tunnel not in bridge.tunnels and tunnel in bridge.retired
+        assert bridge.dials == 3  # a replacement at once, as without the backoff
+        await bridge.close()
+
+    run(main)
+
+
+def test_portal_drained_tunnel_delivers_sessions_that_end_together() -> None:
+    async def main() -> None:
+        portal = make_portal(heartbeat_interval=0.01, drain_after=1)
+        carrier, worker, peer = adopt(portal)
+        tunnel = portal.tunnels[0]
+        client_a, a = client_link(portal)
+        client_b, b = client_link(portal)
+        a.write_eof()  # both clients have sent their requests
+        b.write_eof()
+        await settle()
+        peer.pump()
+        await wait_until(lambda: tunnel.draining)  # the heartbeat timer fired
+        assert not worker.closed
+        assert isinstance(a, MuxSessionEnd) and isinstance(b, MuxSessionEnd)
+        assert a.sid is not None and b.sid is not None
+
+        # The bridge finishes both replies; the portal reads it all at once.
+        peer.codec.half_close(a.sid)
+        peer.codec.send_data(b.sid, b"tail")
+        peer.codec.half_close(b.sid)
+        peer.flush()
+        assert client_a.eof and not client_a.aborted
+        assert not client_b.aborted  # (was aborted by the tunnel's close)
+        assert client_b.received == b"tail" and client_b.eof  # (was lost)
+        assert worker.closed and carrier.eof and not carrier.aborted
+        await portal.close()
+
+    run(main)
+
+
+def test_portal_control_session_aborted_by_the_bridge_counts_at_once() -> None:
+    """The control session is the codec's own (no session end): its End+Error still
+    reaches the policy, so picks see the lower count."""
+
+    async def main() -> None:
+        portal = make_portal(heartbeat_interval=60)
+        _, worker_a, peer_a = adopt(portal)
+        _, worker_b, _ = adopt(portal)
+        peer_a.codec.end_session(1, error=True)
+        peer_a.flush()
+        assert worker_a.session_count == 0 and portal.tunnels[0].record.sessions == 0
+        _, end = client_link(portal)  # A has 0 sessions now, B its control one
+        assert isinstance(end, MuxSessionEnd) and end.worker is worker_a
+        _, end = client_link(portal)  # 1 / 1: the first
+        assert isinstance(end, MuxSessionEnd) and end.worker is worker_a
+        assert worker_b.session_count == 1
+        await portal.close()
+
+    run(main)
+
+
+def test_a_full_link_is_chosen_last_and_tops_up_the_bridge() -> None:
+    """The carrier's backpressure reaches both policies (RELIABILITY.md, "One slow
+    reader": a full link is shared)."""
+
+    async def main() -> None:
+        portal = make_portal(heartbeat_interval=60)
+        _, worker_a, _ = adopt(portal)
+        _, worker_b, _ = adopt(portal)
+        worker_a.pause_reading()  # A's carrier is full
+        for _ in range(3):
+            _, end = client_link(portal)
+            assert isinstance(end, MuxSessionEnd) and end.worker is worker_b
+        worker_a.resume_reading()
+        _, end = client_link(portal)
+        assert isinstance(end, MuxSessionEnd) and end.worker is worker_a
+        await portal.close()
+
+        bridge, _ = make_bridge()
+        await bridge.start()
+        bridge.tunnels[0].worker.pause_reading()
+        bridge.check()  # every tunnel's link is full: one more
+        assert bridge.dials == 2
+        bridge.check()  # the new one is not full
+        assert bridge.dials == 2
+        await bridge.close()
 
     run(main)

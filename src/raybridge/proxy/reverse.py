@@ -11,20 +11,30 @@ destination is ``domain`` is a tunnel from a bridge: the portal becomes its Mux.
 *client*, opens the control session and sends a heartbeat every 2 s. Any other link routed
 to it becomes a new session on the tunnel with the fewest open sessions.
 
+What to do when (which tunnel, when to dial, drain, drop or give up) is decided by the
+sans-IO machines of :mod:`raybridge.protocols.reverse_policy`; this module is their asyncio
+adapter: it turns :class:`~raybridge.transport.mux.MuxWorker` callbacks into policy events,
+carries out the policy's events on the workers, and holds one ``call_at`` timer per bridge
+or portal, reading one clock (``loop.time()``)::
+
+    MuxWorker callbacks  --entry point(now)-->  BridgePolicy / PortalPolicy
+    MuxWorker calls      <--next_event()-------  (DialTunnel, OpenSession, SendControl...)
+    one loop.call_at     --handle_timer(now)-->  at get_timer()
+
 Where raybridge differs from V2Ray 4.34, on purpose:
 
 * a tunnel that closes is dropped from the portal's list at once (V2Ray keeps choosing a
   closed tunnel for up to 30 s, PROTOCOLS.md 3.2 and 8.12);
 * a bridge redials as soon as a tunnel closes, with capped, jittered backoff (V2Ray waits
   for its next 2-s tick, and ~2-4 s per attempt while the portal is down);
-* a bridge that hears no heartbeat for :data:`HEARTBEAT_TIMEOUT` seconds drops the tunnel
-  and dials a new one (V2Ray never checks, 8.13);
+* a bridge that hears no heartbeat for ``heartbeat_timeout`` seconds drops the tunnel and
+  dials a new one (V2Ray never checks, 8.13);
 * the bridge sends a Mux.Cool KeepAlive frame on every tunnel every 2 s (V2Ray ignores
-  them); a portal that has seen them on a tunnel stops choosing it after
-  :data:`SUSPECT_AFTER` seconds of silence and drops it after :data:`PEER_TIMEOUT`, so a
-  bridge lost without a FIN/RST (a cut link, an address change) is replaced, not kept;
-* a client that arrives while a portal has no tunnel waits up to :data:`TUNNEL_WAIT`
-  seconds for one instead of failing at once;
+  them); a portal that has seen them on a tunnel stops choosing it after ``suspect_after``
+  seconds of silence and drops it after ``peer_timeout``, so a bridge lost without a
+  FIN/RST (a cut link, an address change) is replaced, not kept;
+* a client that arrives while a portal has no tunnel waits up to ``tunnel_wait`` seconds
+  for one instead of failing at once;
 * a drained tunnel is closed as soon as its last session ends (V2Ray: at its next 16-s
   check).
 """
@@ -35,8 +45,9 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
@@ -47,47 +58,114 @@ from raybridge.protocols.reverse import (
     ControlError,
     ControlState,
     decode_control,
-    heartbeat,
     is_control_target,
+)
+from raybridge.protocols.reverse_policy import (
+    BACKOFF_CAP,
+    BridgeEvent,
+    BridgePolicy,
+    BridgeTunnelState,
+    CloseTunnel,
+    DialTunnel,
+    DropTunnel,
+    OpenControl,
+    OpenSession,
+    PortalEvent,
+    PortalPolicy,
+    PortalTunnelState,
+    Refusal,
+    RefuseClient,
+    SendControl,
+    SendKeepAlive,
+    Timings,
+    TunnelConfirmed,
+    TunnelStateChanged,
+    Uniform,
 )
 from raybridge.transport.mux import FlowLimits, MuxWorker
 
+# The timings and their defaults live with the policy (tests/test_faults.py reads
+# BACKOFF_CAP from here).
+__all__ = [
+    "BACKOFF_CAP",
+    "Bridge",
+    "BridgeTunnel",
+    "BridgeTunnelStatus",
+    "Portal",
+    "PortalTunnel",
+    "PortalTunnelStatus",
+    "Timings",
+]
+
 logger = logging.getLogger("raybridge.reverse")
 
-#: Bridge: seconds between checks of its tunnels (V2Ray's monitor period).
-MONITOR_INTERVAL = 2.0
-#: Bridge: open another tunnel when open sessions per active tunnel exceed this.
-SESSIONS_PER_TUNNEL = 16
-#: Bridge: at most this many tunnels are opened because the others' links are full.
-MAX_TUNNELS = 8
-#: Bridge: drop an active tunnel that has not heard a Control message for this long.
-HEARTBEAT_TIMEOUT = 7.0
-#: Bridge: redial backoff after a tunnel fails: base * 2**n, capped, with jitter.
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 0.75
-#: Portal: seconds between heartbeats on each tunnel.
-HEARTBEAT_INTERVAL = 2.0
-#: Portal: drain a tunnel once it has opened more sessions than this in total.
-DRAIN_AFTER = 256
-#: Portal: how long a client waits for a tunnel when there is none.
-TUNNEL_WAIT = 4.0
-#: Portal: at most this many clients wait for a tunnel at once (each holds at most
-#: link.PENDING_LIMIT bytes meanwhile); more are refused at once.
-MAX_WAITING = 256
-#: Bridge: seconds between KeepAlive frames on each tunnel (sent at each monitor check).
-KEEPALIVE_INTERVAL = MONITOR_INTERVAL
-#: Portal: a tunnel that sends KeepAlives and has been silent this long is not chosen...
-SUSPECT_AFTER = 4.5
-#: ...and this long, is dropped.
-PEER_TIMEOUT = 7.0
+
+def _now() -> float:
+    """The one clock: the running loop's (the timer's ``call_at`` is on it too)."""
+    return asyncio.get_running_loop().time()
+
+
+class _Policy(Protocol):
+    def next_event(self) -> Any: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+class _Driver:
+    """Carries out a policy machine's events and holds its one timer (aioquic's
+    ``_handle_timer``): after every entry point, drain the events, then re-arm the timer."""
+
+    def __init__(self, policy: _Policy, handle: Callable[[Any], None]) -> None:
+        self.policy = policy
+        self._handle = handle
+        self.handle: asyncio.TimerHandle | None = None
+        self._at: float | None = None
+
+    def run(self) -> None:
+        next_event = self.policy.next_event
+        while (event := next_event()) is not None:
+            self._handle(event)  # may call an entry point, whose events queue up behind
+        when = self.policy.get_timer()
+        if when == self._at:
+            return
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self._at = when
+        if when is not None:
+            self.handle = asyncio.get_running_loop().call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        at = self._at
+        self.handle = self._at = None
+        # The loop may run a timer a clock tick early: the machine is told it is due.
+        now = _now()
+        self.policy.handle_timer(now if at is None else max(now, at))
+        self.run()
 
 
 # -- bridge --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BridgeTunnelStatus:
+    """One open tunnel of a bridge, for the status server."""
+
+    uptime: float
+    sessions: int  # without the control session
+    state: str  # "active" or "drain"
+    connected: bool  # a portal has been heard on it
+
+
 class BridgeTunnel:
-    def __init__(self, bridge: Bridge) -> None:
+    """A tunnel the bridge dialled: its mux worker (the server role) and the policy's
+    record of it."""
+
+    def __init__(self, bridge: Bridge, record: BridgeTunnelState) -> None:
         self.bridge = bridge
+        self.record = record
         self.worker = MuxWorker(
             Role.SERVER,
             on_open=self._on_open,
@@ -95,26 +173,40 @@ class BridgeTunnel:
             name=f"bridge [{bridge.tag}]",
             limits=bridge.limits,
         )
-        self.state = ControlState.ACTIVE
         self.session: Session | None = None
-        self.opened = time.monotonic()
-        self.last_control = self.opened
-        self.heard = False  # any Control message yet (proves the tunnel reaches a portal)
+
+    @property
+    def state(self) -> ControlState:
+        return self.record.state
+
+    @property
+    def heard(self) -> bool:
+        """Any Control message yet (proves the tunnel reaches a portal)."""
+        return self.record.heard
 
     @property
     def active(self) -> bool:
-        return self.state is ControlState.ACTIVE and not self.worker.closed
+        return self.record.active
+
+    @property
+    def last_control(self) -> float:
+        return self.record.last_control
 
     def _on_open(self, worker: MuxWorker, event: SessionOpened) -> None:
-        if is_control_target(event.target):
-            end = worker.accept(event, Session(inbound_tag=self.bridge.tag))
-            join(end, ControlReader(self))
-            if event.data:
-                end.deliver(event.data)
-            return
-        session = Session(inbound_tag=self.bridge.tag, muxed=True)
+        control = is_control_target(event.target)  # never dispatched
+        session = Session(inbound_tag=self.bridge.tag, muxed=not control)
         end = worker.accept(event, session)
-        self.bridge.dispatcher.dispatch(session, event.target, end)
+        self.bridge._sessions_changed(self)
+        if control:
+            join(end, ControlReader(self))
+            if not event.data:
+                # The portal's first heartbeat drew no padding: an empty Control message
+                # (ACTIVE) that the New frame still carries. The session's opening is what
+                # proves the tunnel reaches a portal; waiting for the next heartbeat would
+                # leave it unconfirmed (and its dial counted a failure) for an interval.
+                self.control(b"")
+        else:
+            self.bridge.dispatcher.dispatch(session, event.target, end)
         if event.data:
             end.deliver(event.data)
 
@@ -124,15 +216,7 @@ class BridgeTunnel:
         except ControlError as exc:
             logger.info("bridge [%s]: bad control message: %s", self.bridge.tag, exc)
             return
-        self.last_control = time.monotonic()
-        if not self.heard:
-            self.heard = True
-            self.bridge.tunnel_confirmed(self)
-        if state is not self.state:
-            logger.info("bridge [%s]: tunnel state %s", self.bridge.tag, state.name)
-            self.state = state
-            if state is ControlState.DRAIN:
-                self.bridge.wake()
+        self.bridge._control(self, state)
 
 
 class ControlReader(End):
@@ -169,233 +253,203 @@ class Bridge:
         domain: str,
         dispatcher: Dispatcher,
         *,
-        rng: random.Random | None = None,
+        rng: Uniform | None = None,
         max_sessions: int = 0,
         limits: FlowLimits | None = None,
+        timings: Timings | None = None,
     ) -> None:
         self.tag = tag
         self.domain = domain
         self.dispatcher = dispatcher
         self.limits = limits  # what a tunnel's sessions may buffer (transport/mux.py)
         self.max_sessions = max_sessions  # per tunnel, against a misbehaving portal
-        self.tunnels: list[BridgeTunnel] = []  # active tunnels, and new ones not yet drained
-        self.retired: list[BridgeTunnel] = []  # drained: still open, serving their sessions
-        self.failures = 0
-        self.dials = 0
-        self._rng = rng or random.Random()
-        self._timer: asyncio.TimerHandle | None = None
-        self._wake: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._wake_due = 0.0
-        self._running = False
+        self.timings = timings or Timings()
+        self.policy = BridgePolicy(self.timings, rng=rng or random.SystemRandom())
+        self._tunnels: dict[int, BridgeTunnel] = {}  # every open one, by policy id
+        self._driver = _Driver(self.policy, self._handle)
 
+    @property
+    def tunnels(self) -> list[BridgeTunnel]:
+        """Active tunnels, and new ones not yet drained."""
+        return self._of(self.policy.tunnels)
+
+    @property
+    def retired(self) -> list[BridgeTunnel]:
+        """Drained tunnels: still open, serving their sessions."""
+        return self._of(self.policy.retired)
+
+    @property
+    def failures(self) -> int:
+        return self.policy.failures
+
+    @property
+    def dials(self) -> int:
+        return self.policy.dials
+
+    def _of(self, records: list[BridgeTunnelState]) -> list[BridgeTunnel]:
+        tunnels = self._tunnels
+        return [tunnels[r.id] for r in records if r.id in tunnels]
+
+    def tunnel_status(self) -> list[BridgeTunnelStatus]:
+        """The open tunnels (drained ones included), for the status server."""
+        now = _now()
+        return [
+            BridgeTunnelStatus(
+                uptime=now - t.record.opened,
+                sessions=max(0, t.worker.session_count - 1),
+                state=t.state.name.lower(),
+                connected=t.heard,
+            )
+            for t in [*self.tunnels, *self.retired]
+            if not t.worker.closed
+        ]
+
+    # -- entry points --------------------------------------------------------------------
     async def start(self) -> None:
-        self._running = True
-        self._tick()
+        self.policy.start(_now())
+        self._driver.run()
 
     async def close(self) -> None:
-        self._running = False
-        for handle in (self._timer, self._wake):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._wake = None
-        for tunnel in [*self.tunnels, *self.retired]:
-            tunnel.worker.close()
-        self.tunnels.clear()
-        self.retired.clear()
-
-    # -- the monitor ------------------------------------------------------------------------
-    def _tick(self) -> None:
-        self._timer = None
-        if not self._running:
-            return
-        self.check()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(MONITOR_INTERVAL, self._tick)
+        self.policy.close(_now())
+        self._driver.run()
 
     def check(self) -> None:
-        now = time.monotonic()
-        for tunnel in [*self.tunnels, *self.retired]:
-            tunnel.worker.send_keepalive()  # lets a raybridge portal tell we are alive
-        for tunnel in list(self.tunnels):
-            worker = tunnel.worker
-            if tunnel.active and now - tunnel.last_control > HEARTBEAT_TIMEOUT:
-                logger.warning(
-                    "bridge [%s]: no heartbeat for %.0fs: dropping the tunnel",
-                    self.tag,
-                    now - tunnel.last_control,
-                )
-                self.dispatcher.stats.tunnel_drops[("bridge", self.tag, "no heartbeat")] += 1
-                if worker.peer is not None:
-                    worker.peer.abort(TimeoutError("no heartbeat"))
-                worker.abort(TimeoutError("no heartbeat"))
-        # Inactive tunnels leave the list (a drained one stays open until the portal
-        # closes it, serving its sessions).
-        self.retired += [t for t in self.tunnels if not t.active and not t.worker.closed]
-        self.tunnels = [t for t in self.tunnels if t.active]
-        active = len(self.tunnels)
-        sessions = sum(t.worker.session_count for t in self.tunnels)
-        if active == 0 or sessions // active > SESSIONS_PER_TUNNEL:
-            self.dial()
-        elif active < MAX_TUNNELS and all(t.worker.out_paused for t in self.tunnels):
-            # Every tunnel's link is full: another TCP connection gets its own share.
-            self.dial()
+        """Run the monitor now (as its tick does)."""
+        self.policy.check(_now())
+        self._driver.run()
 
     def dial(self) -> None:
-        tunnel = BridgeTunnel(self)
-        worker = tunnel.worker
-        worker.stats = self.dispatcher.stats
-        worker.close_callbacks.append(lambda _w: self._closed(tunnel))
-        self.tunnels.append(tunnel)
-        self.dials += 1
-        if self.dials > 1:
-            self.dispatcher.stats.reconnects[self.tag] += 1
-        session = Session(inbound_tag=self.tag)
-        tunnel.session = session
-        self.dispatcher.dispatch(session, Destination(Network.TCP, self.domain, 0), worker)
-        # A KeepAlive right away (it rides with the VMess request header): the portal knows
-        # from the start that this bridge sends them, so it can tell when they stop.
-        worker.send_keepalive()
+        """Dial one more tunnel now."""
+        self.policy.dial(_now())
+        self._driver.run()
 
-    def tunnel_confirmed(self, tunnel: BridgeTunnel) -> None:
-        if self.failures:
-            logger.warning("bridge [%s]: tunnel to the portal is up again", self.tag)
-        else:
-            logger.info("bridge [%s]: tunnel to the portal is up", self.tag)
-        self.failures = 0
+    def wake(self, delay: float = 0.0) -> None:
+        """Run the monitor ``delay`` seconds from now (an earlier request wins)."""
+        self.policy.wake(_now(), delay)
+        self._driver.run()
+
+    def _control(self, tunnel: BridgeTunnel, state: ControlState) -> None:
+        self.policy.control_received(_now(), tunnel.record.id, state)
+        self._driver.run()
+
+    def _sessions_changed(self, tunnel: BridgeTunnel) -> None:
+        self.policy.sessions_changed(_now(), tunnel.record.id, tunnel.worker.session_count)
+        self._driver.run()
+
+    def _paused(self, tunnel: BridgeTunnel) -> None:
+        self.policy.write_paused(_now(), tunnel.record.id, tunnel.worker.out_paused)
+        self._driver.run()
 
     def _closed(self, tunnel: BridgeTunnel) -> None:
         if tunnel.session is not None:
             self.dispatcher.stats.closed(tunnel.session)
-        if tunnel in self.tunnels:
-            self.tunnels.remove(tunnel)
-        if tunnel in self.retired:
-            self.retired.remove(tunnel)
-        if not self._running:
+        self._tunnels.pop(tunnel.record.id, None)
+        self.policy.tunnel_closed(_now(), tunnel.record.id)
+        self._driver.run()
+
+    # -- the policy's events ---------------------------------------------------------------
+    def _handle(self, event: BridgeEvent) -> None:
+        if isinstance(event, DialTunnel):
+            self._dial(event)
             return
-        if not tunnel.heard and not any(t.heard and t.active for t in self.tunnels):
-            # A dial that failed while another tunnel is up says nothing about the portal
-            # being unreachable, which is what the backoff is for.
-            self.failures += 1
-        if any(t.active for t in self.tunnels):
-            return  # the monitor tops up if the remaining ones are busy
-        self.wake(self._backoff())
+        tunnel = self._tunnels.get(event.tunnel)
+        if tunnel is None:
+            return  # closed meanwhile
+        worker = tunnel.worker
+        if isinstance(event, SendKeepAlive):
+            worker.send_keepalive()  # lets a raybridge portal tell we are alive
+        elif isinstance(event, DropTunnel):
+            logger.warning(
+                "bridge [%s]: no heartbeat for %.0fs: dropping the tunnel", self.tag, event.silence
+            )
+            self.dispatcher.stats.tunnel_drops[("bridge", self.tag, event.reason)] += 1
+            if worker.peer is not None:
+                worker.peer.abort(TimeoutError(event.reason))
+            worker.abort(TimeoutError(event.reason))
+        elif isinstance(event, CloseTunnel):
+            worker.close()
+        elif isinstance(event, TunnelConfirmed):
+            if event.failures:
+                logger.warning("bridge [%s]: tunnel to the portal is up again", self.tag)
+            else:
+                logger.info("bridge [%s]: tunnel to the portal is up", self.tag)
+        elif isinstance(event, TunnelStateChanged):
+            logger.info("bridge [%s]: tunnel state %s", self.tag, event.state.name)
 
-    def _backoff(self) -> float:
-        if self.failures == 0:
-            return 0.0
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self.failures - 1))
-        return delay * self._rng.uniform(0.75, 1.25)
-
-    def wake(self, delay: float = 0.0) -> None:
-        """Run the monitor soon (after ``delay`` seconds) instead of at the next tick; an
-        earlier request replaces a later one that is still pending (a DRAIN during a
-        redial backoff is acted on at once)."""
-        if not self._running:
+    def _dial(self, event: DialTunnel) -> None:
+        record = self.policy.tunnel(event.tunnel)
+        if record is None:
             return
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        if self._wake is not None:
-            if self._wake_due <= due:
-                return
-            self._wake.cancel()
-
-        def run() -> None:
-            self._wake = None
-            if self._running:
-                self.check()
-
-        self._wake_due = due
-        self._wake = loop.call_later(delay, run) if delay > 0 else loop.call_soon(run)
+        tunnel = BridgeTunnel(self, record)
+        worker = tunnel.worker
+        worker.stats = self.dispatcher.stats
+        worker.close_callbacks.append(lambda _w: self._closed(tunnel))
+        worker.session_callbacks.append(lambda _w: self._sessions_changed(tunnel))
+        worker.pause_callbacks.append(lambda _w: self._paused(tunnel))
+        self._tunnels[record.id] = tunnel
+        if event.redial:
+            self.dispatcher.stats.reconnects[self.tag] += 1
+        session = Session(inbound_tag=self.tag)
+        tunnel.session = session
+        self.dispatcher.dispatch(session, Destination(Network.TCP, self.domain, 0), worker)
 
 
 # -- portal --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortalTunnelStatus:
+    """One tunnel of a portal, for the status server."""
+
+    uptime: float
+    sessions: int  # open now, without the control session
+    sessions_total: int  # ever opened, without the control session
+    draining: bool
+    source: str  # the bridge's address as the carrier saw it, if known
+    silent: float  # seconds since the bridge last sent anything
+    keepalives: bool  # the bridge sends KeepAlives (its silence counts)
+
+
 class PortalTunnel:
-    def __init__(self, portal: Portal, worker: MuxWorker) -> None:
+    """A bridge's tunnel at the portal: its mux worker (the client role) and the policy's
+    record of it."""
+
+    def __init__(self, portal: Portal, worker: MuxWorker, record: PortalTunnelState) -> None:
         self.portal = portal
         self.worker = worker
-        self.draining = False
-        self.opened = time.monotonic()
+        self.record = record
         self.control_sid = 0
-        self._timer: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
-        """Open the control session with the first heartbeat in its New frame."""
-        codec = self.worker.codec
-        self.control_sid = codec.open_session(CONTROL_TARGET, heartbeat(os.urandom))
-        self.worker.flush()
-        self._schedule()
-
-    def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.portal.heartbeat_interval, self._heartbeat)
+    @property
+    def draining(self) -> bool:
+        return self.record.draining
 
     @property
     def keepalives(self) -> bool:
         """The bridge sends KeepAlives (a raybridge bridge), so silence means trouble."""
-        return self.worker.keepalives_received > 0
+        return self.record.keepalives
 
-    def silent_for(self) -> float:
-        if not self.keepalives:
-            return 0.0
-        return self.worker.silent_for(asyncio.get_running_loop().time())
 
-    def _heartbeat(self) -> None:
-        self._timer = None
-        worker = self.worker
-        if worker.closed:
-            return
-        silent = self.silent_for()
-        if silent > self.portal.peer_timeout:
-            logger.warning(
-                "portal [%s]: nothing from a bridge for %.0fs: dropping its tunnel",
-                self.portal.tag,
-                silent,
-            )
-            if worker.peer is not None:
-                worker.peer.abort(TimeoutError("bridge silent"))
-            worker.abort(TimeoutError("bridge silent"))
-            return
-        if self.draining:
-            self._schedule()  # no more heartbeats, but keep watching the bridge
-            return
-        codec = worker.codec
-        if codec.allocated_total > self.portal.drain_after:
-            self.drain()
-            return
-        message = heartbeat(os.urandom)
-        if message and codec.is_open(self.control_sid):
-            codec.send_data(self.control_sid, message)
-            worker.flush()
-        self._schedule()
+class _WaitingEnd(DeferredEnd):
+    """A client waiting for a tunnel; tells the portal when it goes away."""
 
-    def drain(self) -> None:
-        """Tell the bridge to open no new work here; close once the sessions are done."""
-        self.draining = True
-        worker = self.worker
-        codec = worker.codec
-        if codec.is_open(self.control_sid):
-            codec.send_data(self.control_sid, heartbeat(os.urandom, drain=True))
-            codec.end_session(self.control_sid)
-            worker.flush()
-        logger.info(
-            "portal [%s]: draining a tunnel after %d sessions",
-            self.portal.tag,
-            codec.allocated_total,
-        )
-        self.maybe_close()
-        if not self.worker.closed and self._timer is None:
-            self._schedule()
+    def __init__(self, portal: Portal, client: int) -> None:
+        super().__init__()
+        self._portal = portal
+        self._client = client
 
-    def maybe_close(self) -> None:
-        if self.draining and self.worker.session_count == 0 and not self.worker.closed:
-            self.worker.close()
+    def abort(self, exc: BaseException | None = None) -> None:
+        super().abort(exc)
+        self._portal._client_left(self._client)
 
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+
+@dataclass(eq=False)
+class _Client:
+    session: Session
+    dest: Destination
+    peer: End
+    end: End | None = None  # what connect() returns, once the policy has decided
+    waiting: _WaitingEnd | None = None
 
 
 class Portal(Outbound):
@@ -406,138 +460,214 @@ class Portal(Outbound):
         tag: str,
         domain: str,
         *,
-        heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        drain_after: int = DRAIN_AFTER,
-        tunnel_wait: float = TUNNEL_WAIT,
-        peer_timeout: float = PEER_TIMEOUT,
-        suspect_after: float = SUSPECT_AFTER,
+        timings: Timings | None = None,
+        heartbeat_interval: float | None = None,
+        drain_after: int | None = None,
+        tunnel_wait: float | None = None,
+        peer_timeout: float | None = None,
+        suspect_after: float | None = None,
+        max_waiting: int | None = None,
         limits: FlowLimits | None = None,
-        max_waiting: int = MAX_WAITING,
+        urandom: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.tag = tag
         self.domain = domain
         self.limits = limits
-        self.heartbeat_interval = heartbeat_interval
-        self.peer_timeout = peer_timeout
-        self.suspect_after = suspect_after
-        self.drain_after = drain_after
-        self.tunnel_wait = tunnel_wait
-        self.max_waiting = max_waiting
-        self.refused_waiting = 0  # clients refused because too many were waiting
+        given = {
+            "heartbeat_interval": heartbeat_interval,
+            "drain_after": drain_after,
+            "tunnel_wait": tunnel_wait,
+            "peer_timeout": peer_timeout,
+            "suspect_after": suspect_after,
+            "max_waiting": max_waiting,
+        }
+        overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        self.timings = replace(timings or Timings(), **overrides)
+        self.policy = PortalPolicy(self.timings, urandom=urandom)
         self.tunnels: list[PortalTunnel] = []
-        self._waiting: list[tuple[Session, Destination, DeferredEnd, asyncio.TimerHandle]] = []
         self.listeners: list[Callable[[Portal], None]] = []  # tunnel list changed
+        self._by_id: dict[int, PortalTunnel] = {}
+        self._clients: dict[int, _Client] = {}  # waiting, or being decided on
+        self._driver = _Driver(self.policy, self._handle)
 
+    @property
+    def waiting(self) -> int:
+        """Clients waiting for a tunnel now."""
+        return self.policy.waiting
+
+    @property
+    def refused_waiting(self) -> int:
+        """Clients refused because too many were waiting."""
+        return self.policy.refused_waiting
+
+    def tunnel_status(self) -> list[PortalTunnelStatus]:
+        """The tunnels, for the status server."""
+        now = _now()
+        out = []
+        for tunnel in self.tunnels:
+            worker = tunnel.worker
+            source = getattr(getattr(worker.peer, "session", None), "source", None)
+            out.append(
+                PortalTunnelStatus(
+                    uptime=now - tunnel.record.opened,
+                    sessions=max(0, worker.session_count - 1),
+                    sessions_total=max(0, worker.codec.allocated_total - 1),
+                    draining=tunnel.draining,
+                    source=f"{source.host}:{source.port}" if source else "",
+                    silent=max(0.0, now - tunnel.record.last_heard),
+                    keepalives=tunnel.keepalives,
+                )
+            )
+        return out
+
+    def pick(self) -> PortalTunnel | None:
+        """The tunnel a client arriving now would get."""
+        tunnel = self.policy.pick(_now())
+        return None if tunnel is None else self._by_id.get(tunnel)
+
+    # -- entry points --------------------------------------------------------------------
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         if dest.host == self.domain:
             return self._adopt(peer)
-        tunnel = self.pick()
-        if tunnel is not None:
-            return tunnel.worker.open_session(session, dest, peer)
-        if self.tunnel_wait <= 0:
-            return self._refuse(peer, dest)
-        if len(self._waiting) >= self.max_waiting:
-            self.refused_waiting += 1
-            if self.refused_waiting == 1 or self.refused_waiting % 1000 == 0:
-                logger.warning(
-                    "portal [%s]: %d clients already wait for a tunnel: refused %d",
-                    self.tag,
-                    len(self._waiting),
-                    self.refused_waiting,
-                )
-            end = ClosedEnd(ConnectionRefusedError(f"portal {self.tag}: too many waiting"))
-            join(peer, end)
-            end.start()
-            return end
-        deferred = DeferredEnd()
-        join(peer, deferred)
-        loop = asyncio.get_running_loop()
-        entry: tuple[Session, Destination, DeferredEnd, asyncio.TimerHandle]
-        handle = loop.call_later(self.tunnel_wait, lambda: self._give_up(entry))
-        entry = (session, dest, deferred, handle)
-        self._waiting.append(entry)
-        return deferred
-
-    def _refuse(self, peer: End, dest: Destination) -> End:
-        logger.info("portal [%s]: no tunnel for %s", self.tag, dest)
-        end = ClosedEnd(ConnectionRefusedError(f"portal {self.tag}: no tunnel"))
-        join(peer, end)
-        end.start()
-        return end
-
-    def _give_up(
-        self, entry: tuple[Session, Destination, DeferredEnd, asyncio.TimerHandle]
-    ) -> None:
-        if entry in self._waiting:
-            self._waiting.remove(entry)
-            logger.info(
-                "portal [%s]: no tunnel within %ss for %s", self.tag, self.tunnel_wait, entry[1]
-            )
-            entry[2].fail(ConnectionRefusedError(f"portal {self.tag}: no tunnel"))
-
-    def pick(self) -> PortalTunnel | None:
-        """The live, non-draining tunnel with the fewest open sessions whose link is not
-        full (else a full one, else a draining one)."""
-        best: PortalTunnel | None = None
-        fallback: PortalTunnel | None = None
-        best_count = fallback_count = 0
-        for tunnel in self.tunnels:
-            if tunnel.worker.closed or tunnel.silent_for() > self.suspect_after:
-                continue
-            count = tunnel.worker.session_count
-            if tunnel.worker.out_paused:
-                count += 1 << 20  # a full link is chosen only when all are full
-            if tunnel.draining:
-                if fallback is None or count < fallback_count:
-                    fallback, fallback_count = tunnel, count
-            elif best is None or count < best_count:
-                best, best_count = tunnel, count
-        return best or fallback
+        client = _Client(session, dest, peer)
+        cid = self.policy.client_arrived(_now())
+        self._clients[cid] = client
+        self._driver.run()  # OpenSession or RefuseClient at once, or it waits
+        if client.end is not None:
+            return client.end
+        waiting = client.waiting = _WaitingEnd(self, cid)
+        join(peer, waiting)
+        return waiting
 
     def _adopt(self, peer: End) -> End:
         worker = MuxWorker(Role.CLIENT, name=f"portal [{self.tag}]", limits=self.limits)
         join(peer, worker)
-        tunnel = PortalTunnel(self, worker)
+        policy = self.policy
+        record = policy.tunnel(policy.tunnel_arrived(_now()))
+        assert record is not None
+        tunnel = PortalTunnel(self, worker, record)
+        tid = record.id
         worker.close_callbacks.append(lambda _w: self._closed(tunnel))
-        worker.session_callbacks.append(lambda _w: tunnel.maybe_close())
-        # A tunnel heard again after a silence can take the clients waiting meanwhile.
-        worker.keepalive_callbacks.append(lambda _w: self._waiting and self._serve_waiting())
+        worker.session_callbacks.append(lambda _w: self._sessions_changed(tunnel))
+        worker.keepalive_callbacks.append(lambda _w: self._keepalive(tunnel))
+        # Every carrier read (the hot path): only a time to note, never an event.
+        worker.receive_callbacks.append(lambda w: policy.heard(w.last_received, tid))
+        worker.pause_callbacks.append(lambda _w: self._paused(tunnel))
         self.tunnels.append(tunnel)
-        tunnel.start()
+        self._by_id[tid] = tunnel
         logger.info("portal [%s]: tunnel up (%d now)", self.tag, len(self.tunnels))
-        self._serve_waiting()
+        self._driver.run()  # the control session, and the clients that waited
         for listener in self.listeners:
             listener(self)
         return worker
 
-    def _serve_waiting(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for entry in waiting:
-            session, dest, deferred, handle = entry
-            tunnel = None if deferred.aborted else self.pick()
-            if tunnel is None and not deferred.aborted:
-                self._waiting.append(entry)
-                continue
-            handle.cancel()
-            if tunnel is None or deferred.peer is None:
-                continue
-            end = tunnel.worker.open_session(session, dest, deferred.peer)
-            deferred.bind(end)
+    def _keepalive(self, tunnel: PortalTunnel) -> None:
+        self.policy.keepalive(tunnel.worker.last_received, tunnel.record.id)
+        self._driver.run()
+
+    def _sessions_changed(self, tunnel: PortalTunnel) -> None:
+        worker = tunnel.worker
+        if not worker.closed:  # (its close is reported next)
+            self.policy.sessions_changed(_now(), tunnel.record.id, worker.session_count)
+            self._driver.run()
+
+    def _paused(self, tunnel: PortalTunnel) -> None:
+        self.policy.write_paused(_now(), tunnel.record.id, tunnel.worker.out_paused)
+        self._driver.run()
+
+    def _client_left(self, client: int) -> None:
+        if client in self._clients:
+            self.policy.client_left(_now(), client)
+            self._driver.run()
 
     def _closed(self, tunnel: PortalTunnel) -> None:
-        tunnel.stop()
         if tunnel in self.tunnels:
             self.tunnels.remove(tunnel)
             logger.info("portal [%s]: tunnel closed (%d left)", self.tag, len(self.tunnels))
+        self._by_id.pop(tunnel.record.id, None)
+        self.policy.tunnel_closed(_now(), tunnel.record.id)
+        self._driver.run()
         for listener in self.listeners:
             listener(self)
 
     async def close(self) -> None:
-        for _, _, deferred, handle in self._waiting:
-            handle.cancel()
-            deferred.fail(ConnectionAbortedError("shutting down"))
-        self._waiting.clear()
-        for tunnel in list(self.tunnels):
-            tunnel.stop()
-            tunnel.worker.close()
+        self.policy.close(_now())
+        self._driver.run()
         self.tunnels.clear()
+
+    # -- the policy's events ---------------------------------------------------------------
+    def _handle(self, event: PortalEvent) -> None:
+        if isinstance(event, OpenSession):
+            self._open(event)
+        elif isinstance(event, RefuseClient):
+            self._refuse(event)
+        elif (tunnel := self._by_id.get(event.tunnel)) is not None:
+            self._tunnel_event(tunnel, event)
+
+    def _tunnel_event(
+        self, tunnel: PortalTunnel, event: OpenControl | SendControl | DropTunnel | CloseTunnel
+    ) -> None:
+        worker = tunnel.worker
+        if isinstance(event, OpenControl):
+            tunnel.control_sid = worker.open_control(CONTROL_TARGET, event.payload)
+        elif isinstance(event, SendControl):
+            worker.send_control(tunnel.control_sid, event.payload, end=event.end)
+            if event.end:
+                logger.info(
+                    "portal [%s]: draining a tunnel after %d sessions",
+                    self.tag,
+                    worker.codec.allocated_total,
+                )
+                self.policy.sessions_changed(_now(), tunnel.record.id, worker.session_count)
+        elif isinstance(event, DropTunnel):
+            logger.warning(
+                "portal [%s]: nothing from a bridge for %.0fs: dropping its tunnel",
+                self.tag,
+                event.silence,
+            )
+            if worker.peer is not None:
+                worker.peer.abort(TimeoutError(event.reason))
+            worker.abort(TimeoutError(event.reason))
+        else:
+            worker.close()
+
+    def _open(self, event: OpenSession) -> None:
+        client = self._clients.pop(event.client, None)
+        tunnel = self._by_id.get(event.tunnel)
+        if client is None or tunnel is None:
+            return
+        waiting = client.waiting
+        if waiting is None:  # decided on arrival
+            client.end = tunnel.worker.open_session(client.session, client.dest, client.peer)
+        elif waiting.peer is not None:
+            waiting.bind(tunnel.worker.open_session(client.session, client.dest, waiting.peer))
+
+    def _refuse(self, event: RefuseClient) -> None:
+        client = self._clients.pop(event.client, None)
+        if client is None:
+            return
+        tag, reason = self.tag, event.reason
+        exc: BaseException = ConnectionRefusedError(f"portal {tag}: no tunnel")
+        if reason is Refusal.NO_TUNNEL:
+            logger.info("portal [%s]: no tunnel for %s", tag, client.dest)
+        elif reason is Refusal.TOO_MANY_WAITING:
+            if event.refused == 1 or event.refused % 1000 == 0:
+                logger.warning(
+                    "portal [%s]: %d clients already wait for a tunnel: refused %d",
+                    tag,
+                    event.waiting,
+                    event.refused,
+                )
+            exc = ConnectionRefusedError(f"portal {tag}: too many waiting")
+        elif reason is Refusal.WAIT_EXPIRED:
+            wait = self.timings.tunnel_wait
+            logger.info("portal [%s]: no tunnel within %ss for %s", tag, wait, client.dest)
+        else:
+            exc = ConnectionAbortedError("shutting down")
+        if client.waiting is not None:
+            client.waiting.fail(exc)
+            return
+        end = ClosedEnd(exc)
+        join(client.peer, end)
+        end.start()
+        client.end = end

@@ -409,6 +409,8 @@ class MuxWorker(End):
         self.close_callbacks: list[Callable[[MuxWorker], None]] = []
         self.session_callbacks: list[Callable[[MuxWorker], None]] = []  # a session ended
         self.keepalive_callbacks: list[Callable[[MuxWorker], None]] = []
+        self.receive_callbacks: list[Callable[[MuxWorker], None]] = []  # each carrier read
+        self.pause_callbacks: list[Callable[[MuxWorker], None]] = []  # out_paused changed
         self._pending: list[MuxSessionEnd] = []  # client sessions whose New is not out yet
         self.out_paused = False  # the carrier cannot take more: every session waits
         self._flush_handle: asyncio.Handle | None = None
@@ -544,6 +546,25 @@ class MuxWorker(End):
         if self._flush_handle is None or self._queued > FLUSH_AT:
             self.flush()
 
+    def open_control(self, target: Destination, data: bytes) -> int:
+        """Client role: open a session the codec keeps to itself (a portal's control
+        session), ``data`` in its New frame, sent at once; returns its ID."""
+        sid = self.codec.open_session(target, data)
+        self.flush()
+        return sid
+
+    def send_control(self, sid: int, data: bytes, *, end: bool = False) -> None:
+        """Send ``data`` (if any) on such a session if it is still open, then End it if
+        ``end``; at once."""
+        codec = self.codec
+        if self.closed or not codec.is_open(sid):
+            return
+        if data:
+            codec.send_data(sid, data)
+        if end:
+            codec.end_session(sid)
+        self.flush()
+
     def send_keepalive(self) -> None:
         """A KeepAlive frame (V2Ray accepts and ignores them, PROTOCOLS.md 2.4)."""
         if not self.closed:
@@ -600,6 +621,8 @@ class MuxWorker(End):
         if self.closed:
             return
         self.last_received = self._loop.time()
+        for callback in self.receive_callbacks:
+            callback(self)
         try:
             events = self.codec.receive_data(data)
         except MuxError as exc:
@@ -654,6 +677,8 @@ class MuxWorker(End):
                         end.remote_abort()
                     else:
                         end.remote_eof()
+                else:  # one of the codec's own (a portal's control session): count changed
+                    self._ended_meanwhile = True
             elif type(event) is KeepAliveReceived:
                 self.keepalives_received += 1
                 if event.data:
@@ -693,6 +718,8 @@ class MuxWorker(End):
         for end in [*self.sessions.values(), *self._pending]:
             if end.peer is not None:
                 end.peer.pause_reading()
+        for callback in self.pause_callbacks:
+            callback(self)
 
     def resume_reading(self) -> None:
         if not self.out_paused:
@@ -701,6 +728,8 @@ class MuxWorker(End):
         for end in [*self.sessions.values(), *self._pending]:
             if end.peer is not None and not end._remote_paused:
                 end.peer.resume_reading()
+        for callback in self.pause_callbacks:
+            callback(self)
 
     # -- closing ---------------------------------------------------------------------------
     def close(self) -> None:
