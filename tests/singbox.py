@@ -200,6 +200,8 @@ def client_config(
     authenticated_length: bool = False,
     packet_encoding: str | None = None,
     network: str | None = None,
+    tls: dict[str, Any] | None = None,
+    transport: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Node C: a SOCKS5 inbound (with UDP ASSOCIATE) on 127.0.0.1:``socks_port``, and
     everything to a VMess outbound to 127.0.0.1:``server_port``.
@@ -209,6 +211,8 @@ def client_config(
     the legacy (MD5) header; sing-box then always uses the *first* alter ID.
     ``packet_encoding``: "xudp" or "packetaddr" for UDP (None: plain VMess UDP).
     ``network``: "tcp" or "udp" to allow only that (None: both).
+    ``tls``, ``transport``: the outbound's ``tls`` (shared/tls.md, Outbound) and
+    ``transport`` (shared/v2ray-transport.md) objects, as given (None: plain TCP).
     """
     vmess: dict[str, Any] = {
         "type": "vmess",
@@ -227,6 +231,10 @@ def client_config(
         vmess["packet_encoding"] = packet_encoding
     if network is not None:
         vmess["network"] = network
+    if tls is not None:
+        vmess["tls"] = tls
+    if transport is not None:
+        vmess["transport"] = transport
     return {
         "log": dict(LOG),
         "inbounds": [
@@ -246,12 +254,21 @@ def client_config(
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
 
-def server_config(port: int, uuid: str, *, alter_id: int = 0) -> dict[str, Any]:
+def server_config(
+    port: int,
+    uuid: str,
+    *,
+    alter_id: int = 0,
+    tls: dict[str, Any] | None = None,
+    transport: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Node B: a VMess inbound on 127.0.0.1:``port`` with one user, and a ``direct``
     outbound that reaches loopback only.
 
     ``alter_id`` > 0 also accepts legacy (MD5) headers, from that many alter IDs (sing-box
     does not accept the primary ID in a legacy header, unlike V2Ray).
+    ``tls``, ``transport``: the inbound's ``tls`` (shared/tls.md, Inbound) and
+    ``transport`` (shared/v2ray-transport.md) objects, as given (None: plain TCP).
 
     The project's rule for nodes under test that dial out: nothing leaves loopback. Twice:
     the route rules send only 127.0.0.0/8 and ::1 to ``direct`` and reject the rest (a
@@ -262,19 +279,22 @@ def server_config(port: int, uuid: str, *, alter_id: int = 0) -> dict[str, Any]:
     address: only packetaddr looks like that) and the bind address keeps its datagrams on
     loopback.
     """
+    vmess: dict[str, Any] = {
+        "type": "vmess",
+        "tag": "vmess-in",
+        "listen": LOCAL,
+        "listen_port": port,
+        # inbound/vmess.md: the user field is "alterId" here (camelCase), while the
+        # outbound's is "alter_id".
+        "users": [{"name": "c", "uuid": uuid, "alterId": alter_id}],
+    }
+    if tls is not None:
+        vmess["tls"] = tls
+    if transport is not None:
+        vmess["transport"] = transport
     return {
         "log": dict(LOG),
-        "inbounds": [
-            {
-                "type": "vmess",
-                "tag": "vmess-in",
-                "listen": LOCAL,
-                "listen_port": port,
-                # inbound/vmess.md: the user field is "alterId" here (camelCase), while the
-                # outbound's is "alter_id".
-                "users": [{"name": "c", "uuid": uuid, "alterId": alter_id}],
-            }
-        ],
+        "inbounds": [vmess],
         "outbounds": [
             {
                 "type": "direct",

@@ -528,5 +528,3 @@ async def chain(
         ):
             await wait_chain(s_port, echo.port)
             yield s_port, echo
-
-

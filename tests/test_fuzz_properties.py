@@ -75,7 +75,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 @st.composite
 def header_plaintexts(draw: st.DrawFn) -> bytes:
-    """Request header plaintext (PROTOCOLS.md 1.3) with arbitrary fields: any command byte,
+    """Request header plaintext (docs/protocols.md 1.3) with arbitrary fields: any command byte,
     address bytes, padding length and, mostly, a correct checksum so that the policy
     checks after it are reached too."""
     fixed = bytearray(draw(st.binary(min_size=38, max_size=38)))

@@ -291,12 +291,14 @@ def test_socks_password_without_accounts_refuses_everyone() -> None:
     """What the node builds for ``"auth": "password"`` with no accounts (the loader now
     refuses that config): no client gets in, with or without credentials. It used to be an
     open proxy."""
+    from raybridge.proxy.base import InboundCommon
     from raybridge.proxy.socks import SocksInbound
 
     async def main() -> None:
         s_port = free_port()
         async with EchoServer() as echo, node({"outbounds": [{"protocol": "freedom"}]}) as n:
-            inbound = SocksInbound("pw", LOCAL, s_port, n.dispatcher, accounts={})
+            common = InboundCommon(tag="pw", listen=LOCAL, port=s_port, dispatcher=n.dispatcher)
+            inbound = SocksInbound(common, accounts={})
             await inbound.start()
             try:
                 reader, writer = await asyncio.open_connection(LOCAL, s_port)
@@ -393,3 +395,31 @@ def test_socks_udp_association_idle_timeout() -> None:
                 writer.close()
 
     asyncio.run(main())
+
+
+def test_every_protocol_the_config_accepts_has_a_builder() -> None:
+    """The registry covers exactly what the config layer lets through; a config made by
+    hand with another protocol, or with another protocol's settings, is a ConfigError
+    naming the entry."""
+    from raybridge.config.model import (
+        SUPPORTED_INBOUNDS,
+        SUPPORTED_OUTBOUNDS,
+        BlackholeSettings,
+        Config,
+        FreedomSettings,
+        OutboundConfig,
+    )
+    from raybridge.errors import ConfigError
+    from raybridge.node import Node
+    from raybridge.registry import INBOUNDS, OUTBOUNDS
+
+    assert set(INBOUNDS) == SUPPORTED_INBOUNDS
+    assert set(OUTBOUNDS) == SUPPORTED_OUTBOUNDS
+    for protocol, settings, message in (
+        ("trojan", FreedomSettings(), "unknown outbound protocol 'trojan'"),
+        ("freedom", BlackholeSettings(), "outbound protocol 'freedom' cannot take"),
+    ):
+        out = OutboundConfig(protocol=protocol, settings=settings, file="a.json", line=7, index=1)
+        with pytest.raises(ConfigError) as info:
+            Node(Config(outbounds=[out]))
+        assert str(info.value).startswith(f"a.json:7: outbounds[1]: {message}")

@@ -4,7 +4,7 @@ No sockets and no nodes. A tunnel's carrier is a :class:`Recorder` end that coll
 the worker writes; the far side of the tunnel is a sans-IO ``MuxConnection`` of the opposite
 role (:class:`MuxPeer`), fed from the carrier and answering through ``worker.write()``. The
 bridge's dispatcher is a fake that hands out such carriers for ``domain:0`` and echo ends
-for everything else. PROTOCOLS.md sections 2 and 3.
+for everything else. docs/protocols.md sections 2 and 3.
 
 Timings are passed in (:data:`FAST`) so that no test waits more than a few hundredths of a
 second, and the portal's heartbeat padding comes from a fixed ``urandom``; nothing asserts on
@@ -59,7 +59,7 @@ PORTAL_TAG = "portal"
 EXAMPLE = Destination(Network.TCP, "example.com", 80)
 TUNNEL_DEST = Destination(Network.TCP, DOMAIN, 0)
 
-#: What a heartbeat draws from _fixed_urandom: 7 bytes of padding, all 0x07 (PROTOCOLS.md 3.3).
+#: What a heartbeat draws from _fixed_urandom: 7 bytes of padding, all 0x07 (docs/protocols.md 3.3).
 PADDING = b"\x07" * 7
 ACTIVE_BEAT = b"\x9a\x06\x07" + PADDING
 DRAIN_BEAT = b"\x08\x01\x9a\x06\x07" + PADDING
@@ -289,7 +289,7 @@ def test_portal_adopts_tunnel_and_sends_heartbeats() -> None:
         assert isinstance(worker, MuxWorker) and worker.role is Role.CLIENT
         assert [t.worker for t in portal.tunnels] == [worker]
         # The control session's New frame goes out at once, the first heartbeat in it
-        # (PROTOCOLS.md 3.3: META = 0001 01 01 02 0000 02 1a "reverse.internal.v2ray.com").
+        # (docs/protocols.md 3.3: META = 0001 01 01 02 0000 02 1a "reverse.internal.v2ray.com").
         # Before it, raybridge's flow-control announcement (a KeepAlive; V2Ray ignores it).
         raw = bytes(carrier.received)
         hello = encode_frame(0, Status.KEEPALIVE, data=FC_HELLO)
@@ -453,7 +453,7 @@ def test_portal_picks_least_loaded_and_never_a_closed_tunnel(how: str) -> None:
 
 def test_portal_pick_skips_a_closed_tunnel_still_listed() -> None:
     """V2Ray keeps a closed tunnel listed for up to 30 s and, with 0 sessions, picks it
-    first (PROTOCOLS.md 3.2). Here the worker's close reaches the policy before anything
+    first (docs/protocols.md 3.2). Here the worker's close reaches the policy before anything
     else can pick: the empty, closed A is never chosen. (The policy only knows tunnels whose
     close has not been reported, so a closed one can no longer be listed: this test used to
     fake that by clearing the worker's close callbacks.)"""

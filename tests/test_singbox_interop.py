@@ -212,7 +212,7 @@ class Tap:
 
 
 def request_header(head: bytes, user_id: str) -> ParsedRequest:
-    """Open a VMess AEAD request (PROTOCOLS.md 1.5.3): AuthID, sealed length, nonce, header."""
+    """Open a VMess AEAD request (docs/protocols.md 1.5.3): AuthID, sealed length, nonce, header."""
     key = cmd_key_of(uuid.UUID(user_id).bytes)
     auth_id, sealed_length, nonce = head[:16], head[16:34], head[34:42]
     length = open_aead_request_length(key, auth_id, sealed_length, nonce)

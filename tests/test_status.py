@@ -24,6 +24,7 @@ from tests.support import (
     new_uuid,
     node,
     portal_config,
+    server_config,
     socks_echo,
     wait_chain,
 )
@@ -515,5 +516,27 @@ def test_dashboard_with_a_token_in_headless_chromium() -> None:
                 )
             finally:
                 await browser.close()
+
+    asyncio.run(main())
+
+
+def test_status_shows_each_inbound_and_outbound_transport() -> None:
+    from raybridge.status import status
+
+    async def main() -> None:
+        config = server_config(free_port(), new_uuid())
+        config["inbounds"][0]["streamSettings"] = {
+            "network": "ws",
+            "wsSettings": {"path": "/ray"},
+        }
+        async with node(config) as n:
+            data = status(n)
+        (inbound,) = data["inbounds"]
+        assert (inbound["tag"], inbound["transport"], inbound["connections"]) == (
+            "vmess-in",
+            "ws",
+            0,
+        )
+        assert {o["tag"]: o["transport"] for o in data["outbounds"]} == {"direct": "tcp"}
 
     asyncio.run(main())

@@ -1,6 +1,6 @@
 """Destinations and the address-and-port codec shared by SOCKS5, VMess and Mux.Cool.
 
-Wire layouts (PROTOCOLS.md 1.3, 2.2, 5.1)::
+Wire layouts (docs/protocols.md 1.3, 2.2, 5.1)::
 
     VMess, Mux.Cool (port first):  PORT(2) ATYP(1) ADDR
     SOCKS5          (port last):   ATYP(1) ADDR PORT(2)
@@ -51,7 +51,7 @@ _NUMBER_LABEL = re.compile(rb"[0-9]+|0[xX][0-9A-Fa-f]*")
 
 
 class Network(IntEnum):
-    """Transport of a destination; the values are Mux.Cool's NETWORK byte (PROTOCOLS.md 2.2)."""
+    """Transport of a destination; values are Mux.Cool's NETWORK byte (docs/protocols.md 2.2)."""
 
     TCP = 1
     UDP = 2

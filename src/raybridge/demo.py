@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from raybridge.address import Destination, Network, parse_host
 from raybridge.init import write_private
@@ -135,6 +136,11 @@ def demo_configs(
     return configs
 
 
+#: The demo's ports on 127.0.0.1 besides the page's: B's for bridges and for clients, C's
+#: SOCKS5 and HTTP proxies.
+_Ports = tuple[int, int, int, int]
+
+
 async def demo(*, check: bool = False, directory: str | None = None, timeout: float = 15.0) -> int:
     from raybridge.config.loader import load_config
     from raybridge.node import Node
@@ -145,84 +151,99 @@ async def demo(*, check: bool = False, directory: str | None = None, timeout: fl
     body = PAGE.format(address=f"http://{LOCAL}:{web_port}/").encode()
     web = await loop.create_server(lambda: _Page(body), LOCAL, web_port)
 
-    tunnel_port, client_port, socks_port, http_port = (free_port() for _ in range(4))
-    configs = demo_configs(
-        tunnel_port,
-        client_port,
-        socks_port,
-        http_port,
-        bridge_id=str(uuid.uuid4()),
-        client_id=str(uuid.uuid4()),
-    )
-    folder = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="raybridge-demo-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, config in configs.items():
-        # 0600, never through a symlink: the configs hold the users' UUIDs.
-        write_private(folder / name, json.dumps(config, indent=2) + "\n", replace=True)
-
+    ports: _Ports = (free_port(), free_port(), free_port(), free_port())
+    configs = demo_configs(*ports, bridge_id=str(uuid.uuid4()), client_id=str(uuid.uuid4()))
+    folder = _write_configs(configs, directory)
     nodes: list[Node] = []
-    code = 1
     try:
         for name in ("b.json", "a.json", "c.json"):  # portal, bridge, client
             node = Node(load_config([str(folder / name)]))
             await node.start()
             nodes.append(node)
-        deadline = time.monotonic() + timeout
-        page = b""
-        while True:
-            try:
-                page = await asyncio.wait_for(fetch_via_socks(socks_port, LOCAL, web_port), 5)
-                break
-            except (TimeoutError, OSError):
-                if time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.02)
+        ok = await _fetch_page(ports[2], web_port, timeout) == body
         elapsed = time.perf_counter() - started
-        ok = page == body
-        code = 0 if ok else 1
-        out = sys.stdout
-        print(f"raybridge demo: the reverse chain on loopback, configs in {folder}/", file=out)
-        print(f"  web page inside A's network  http://{LOCAL}:{web_port}/", file=out)
-        print(
-            f"  A (bridge)   a.json: dials B at {LOCAL}:{tunnel_port}, domain "
-            f"{configs['a.json']['reverse']['bridges'][0]['domain']}",
-            file=out,
-        )
-        print(
-            f"  B (portal)   b.json: tunnels on {LOCAL}:{tunnel_port}, clients on "
-            f"{LOCAL}:{client_port} (VMess)",
-            file=out,
-        )
-        print(
-            f"  C (client)   c.json: SOCKS5 {LOCAL}:{socks_port}, HTTP proxy {LOCAL}:{http_port}",
-            file=out,
-        )
-        if ok:
-            print(
-                f"fetched the page through C -> B -> A in {elapsed:.2f} s after start: OK", file=out
-            )
-        else:
-            print("could not fetch the page through the chain: FAILED", file=out)
+        _report(sys.stdout, folder, configs, web_port, ports, ok, elapsed)
         if check or not ok:
-            return code
-        print("\nTry it by hand:", file=out)
-        print(f"  curl --socks5-hostname {LOCAL}:{socks_port} http://{LOCAL}:{web_port}/", file=out)
-        print(f"  curl -x http://{LOCAL}:{http_port} http://{LOCAL}:{web_port}/", file=out)
-        print(
-            "Anything A can reach is reachable this way (TCP and UDP). The configs also run "
-            "on V2Ray 4.34: v2ray -config a.json ...",
-            file=out,
-        )
-        print("Ctrl-C stops.", file=out, flush=True)
-        stop = asyncio.Event()
-        import signal
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            return 0 if ok else 1
+        _print_hints(sys.stdout, web_port, ports)
+        await _until_stopped(loop)
         return 0
     finally:
         for node in reversed(nodes):
             await node.close()
         web.close()
+
+
+def _write_configs(configs: dict[str, dict[str, Any]], directory: str | None) -> Path:
+    """The configs as files in ``directory`` (default: a new temporary folder)."""
+    folder = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="raybridge-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, config in configs.items():
+        # 0600, never through a symlink: the configs hold the users' UUIDs.
+        write_private(folder / name, json.dumps(config, indent=2) + "\n", replace=True)
+    return folder
+
+
+async def _fetch_page(socks_port: int, web_port: int, timeout: float) -> bytes:
+    """The page through C's SOCKS port, tried again until ``timeout`` passes (the bridge
+    may not have its tunnel yet); ``b""`` if it never came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await asyncio.wait_for(fetch_via_socks(socks_port, LOCAL, web_port), 5)
+        except (TimeoutError, OSError):
+            if time.monotonic() > deadline:
+                return b""
+            await asyncio.sleep(0.02)
+
+
+def _report(
+    out: TextIO,
+    folder: Path,
+    configs: dict[str, dict[str, Any]],
+    web_port: int,
+    ports: _Ports,
+    ok: bool,
+    elapsed: float,
+) -> None:
+    tunnel_port, client_port, socks_port, http_port = ports
+    domain = configs["a.json"]["reverse"]["bridges"][0]["domain"]
+    print(f"raybridge demo: the reverse chain on loopback, configs in {folder}/", file=out)
+    print(f"  web page inside A's network  http://{LOCAL}:{web_port}/", file=out)
+    print(f"  A (bridge)   a.json: dials B at {LOCAL}:{tunnel_port}, domain {domain}", file=out)
+    print(
+        f"  B (portal)   b.json: tunnels on {LOCAL}:{tunnel_port}, clients on "
+        f"{LOCAL}:{client_port} (VMess)",
+        file=out,
+    )
+    print(
+        f"  C (client)   c.json: SOCKS5 {LOCAL}:{socks_port}, HTTP proxy {LOCAL}:{http_port}",
+        file=out,
+    )
+    if ok:
+        print(f"fetched the page through C -> B -> A in {elapsed:.2f} s after start: OK", file=out)
+    else:
+        print("could not fetch the page through the chain: FAILED", file=out)
+
+
+def _print_hints(out: TextIO, web_port: int, ports: _Ports) -> None:
+    _, _, socks_port, http_port = ports
+    page = f"http://{LOCAL}:{web_port}/"
+    print("\nTry it by hand:", file=out)
+    print(f"  curl --socks5-hostname {LOCAL}:{socks_port} {page}", file=out)
+    print(f"  curl -x http://{LOCAL}:{http_port} {page}", file=out)
+    print(
+        "Anything A can reach is reachable this way (TCP and UDP). The configs also run "
+        "on V2Ray 4.34: v2ray -config a.json ...",
+        file=out,
+    )
+    print("Ctrl-C stops.", file=out, flush=True)
+
+
+async def _until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """Wait for SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -44,8 +44,13 @@ class ConfigError(RaybridgeError):
         self.file = file
         self.line = line
         self.path = path
+        #: Further problems found in the same place (all of them are reported together).
+        self.also: list[ConfigError] = []
 
     def __str__(self) -> str:
+        return "\n".join([self._one(), *(str(more) for more in self.also)])
+
+    def _one(self) -> str:
         where = ""
         if self.file is not None:
             where = self.file + (f":{self.line}" if self.line is not None else "") + ": "

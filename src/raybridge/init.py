@@ -7,41 +7,57 @@ VMess AEAD, the portal locked down as docs/RELIABILITY.md ("Who may be a bridge"
 terminal, it asks for what the flags leave out. It then prints how to run each node, and
 C's share link with its QR code.
 
+``--transport tcp|tls|ws|wss|h2`` (default tcp) chooses how A and C reach B, for both links:
+``tls`` TCP+TLS, ``wss`` WebSocket+TLS, ``h2`` HTTP/2 over TLS, ``ws`` WebSocket behind
+nginx, which ends TLS (init also writes ``nginx.conf``; B listens on 127.0.0.1 and A and C
+speak WebSocket+TLS to nginx). TLS needs ``--cert FILE --key FILE`` (a certificate for the
+portal's name: B's config refers to the files by absolute path, so a renewal is picked up,
+and A and C check it against the system roots) or ``--self-signed``: a private CA and a
+certificate for the portal address (``ca.pem``, ``portal.pem``, ``portal-key.pem``, 0600);
+B's config holds the certificate and key inline and A's and C's the CA (``usage: verify``,
+system roots off), so every file is self-contained and nobody needs ``allowInsecure``. The
+CA's key is not kept: nothing else can ever be signed with it. WebSocket and HTTP/2 paths are
+random (16 URL-safe characters) per link unless ``--path`` (C's link) or ``--bridge-path``
+(A's) is given.
+
 ``raybridge link -c c.json`` prints the share link (and QR code) of any V2Ray client
 config's first VMess server; ``raybridge link --decode vmess://...`` shows what a link holds.
 
-The share link is v2rayN's (``github.com/2dust/v2rayN/wiki``, "分享链接格式说明(ver-2)"),
-which v2rayNG and most other clients import too: ``vmess://`` followed by the standard,
-padded base64 of a JSON object whose values are all strings.
+This module is the command: its options, the questions, the files it writes. The link
+itself is :mod:`raybridge.share_link` (imported when a command runs: it reads configs
+with :mod:`raybridge.config`), its QR code :mod:`raybridge.qr`.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import contextlib
-import errno
 import ipaddress
 import json
 import os
 import re
 import secrets
 import shlex
-import stat
-import struct
 import sys
 import uuid
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from raybridge.errors import ConfigError
+from raybridge.qr import print_link, write_qr_png
 from raybridge.templates import (
     HTTP_PORT,
+    LOCAL,
+    NGINX_PORT,
     SOCKS_PORT,
+    TLS_TRANSPORTS,
+    TRANSPORT_NAMES,
+    TRANSPORTS,
+    PortalCert,
     Setup,
+    nginx_config,
     random_domain,
     safe_bridge_config,
     safe_client_config,
@@ -54,13 +70,15 @@ T = TypeVar("T")
 PORTAL_PORT = 16823
 OUT_DIR = "raybridge-config"
 FILES = ("a.json", "b.json", "c.json")
+#: What ``--self-signed`` writes next to them: the private CA (A and C trust it; phones need
+#: it installed), B's certificate and its key. Inline in the configs too.
+CERT_FILES = ("ca.pem", "portal.pem", "portal-key.pem")
+NGINX_FILE = "nginx.conf"
+#: The answer to the wizard's certificate question that makes a self-signed set.
+SELF_SIGNED = "self-signed"
 
 #: Exit status for a refused or failed ``init`` / ``link`` (argparse uses 2 for usage errors).
 EXIT_FAILED = 1
-
-
-class ShareLinkError(ValueError):
-    """A ``vmess://`` link that is not a v2rayN share link."""
 
 
 # --------------------------------------------------------------------------- input values
@@ -121,6 +139,46 @@ def parse_listen(text: str) -> str:
         raise ValueError(f"--listen takes an IP address, not {text.strip()!r}") from None
 
 
+_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
+
+
+def parse_path(text: str) -> str:
+    """A WebSocket or HTTP/2 path: a leading ``/`` is added (as V2Ray does); only characters
+    that need no escaping in a URL, a JSON string or an nginx ``location``."""
+    value = text.strip()
+    if not value.startswith("/"):
+        value = "/" + value
+    if not _PATH.fullmatch(value):
+        raise ValueError(
+            f"{text.strip()!r} is not a usable path: letters, digits and . _ ~ - / only "
+            "(no query, no spaces, at most 200 characters)"
+        )
+    return value
+
+
+def random_path(urandom: Callable[[int], bytes]) -> str:
+    """An unguessable path: ``/`` and 16 URL-safe characters (96 random bits)."""
+    return "/" + base64.urlsafe_b64encode(urandom(12)).decode("ascii")
+
+
+def parse_transport(text: str) -> str:
+    value = text.strip().lower()
+    if value not in TRANSPORTS:
+        raise ValueError(f"unknown transport {text.strip()!r}: choose {', '.join(TRANSPORTS)}")
+    return value
+
+
+def parse_readable_file(text: str) -> str:
+    """A file that can be read now (the wizard asks again if not)."""
+    path = os.path.expanduser(text.strip())
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def _argtype(parse: Callable[[str], T]) -> Callable[[str], T]:
     """An argparse ``type=`` that shows our message instead of argparse's generic one."""
 
@@ -164,318 +222,46 @@ def ask(
             out.write(f"  {exc}\n")
 
 
-# --------------------------------------------------------------------------- share link
-
-#: The keys of a v2rayN link, in v2rayN's order; every value is a string. (v2rayN also writes
-#: "alpn" and "fp", empty unless TLS is tuned; readers default them, and leaving them out
-#: keeps the QR code smaller.)
-LINK_KEYS = (
-    "v",
-    "ps",
-    "add",
-    "port",
-    "id",
-    "aid",
-    "scy",
-    "net",
-    "type",
-    "host",
-    "path",
-    "tls",
-    "sni",
-)
-
-
-def vmess_link(
-    address: str,
-    port: int,
-    user_id: str,
-    *,
-    name: str = "",
-    alter_id: int = 0,
-    security: str = "auto",
-    net: str = "tcp",
-    header_type: str = "none",
-    host: str = "",
-    path: str = "",
-    tls: str = "",
-    sni: str = "",
-) -> str:
-    """v2rayN's ``vmess://`` share link (version 2). Numbers are strings, as v2rayN and
-    v2rayNG write them; the base64 is standard and padded, as both emit it."""
-    fields = {
-        "v": "2",
-        "ps": name or address,
-        "add": address,
-        "port": str(port),
-        "id": user_id,
-        "aid": str(alter_id),
-        "scy": security,
-        "net": net,
-        "type": header_type,
-        "host": host,
-        "path": path,
-        "tls": tls,
-        "sni": sni,
-    }
-    data = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-    return "vmess://" + base64.b64encode(data).decode("ascii")
-
-
-def decode_vmess_link(link: str) -> dict[str, Any]:
-    """The JSON object of a v2rayN link. Like the clients that read them, accepts URL-safe
-    base64 and missing padding."""
-    text = "".join(link.split())
-    if text[:8].lower() != "vmess://":
-        raise ShareLinkError("not a vmess:// link")
-    body = text[8:]
-    if "@" in body or "?" in body:
-        raise ShareLinkError(
-            "this is a vmess://uuid@host:port?... link; only v2rayN's vmess://<base64> form "
-            "is supported"
-        )
-    body = body.split("#", 1)[0].rstrip("=")
-    try:
-        # altchars maps "-_" onto "+/", so both alphabets (even mixed) decode.
-        raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise ShareLinkError("the text after vmess:// is not base64") from None
-    try:
-        fields = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ShareLinkError("the link's base64 does not hold JSON") from None
-    if not isinstance(fields, dict):
-        raise ShareLinkError("the link's JSON is not an object")
-    for key in ("add", "port", "id"):
-        if fields.get(key) in (None, ""):
-            raise ShareLinkError(f'the link has no "{key}"')
-    return fields
-
-
-def _text(node: Any, what: str, file: str) -> str:
-    from raybridge.config.jsonc import JString
-
-    if not isinstance(node, JString):
-        raise ConfigError(f"{what} must be a string", file=file, line=getattr(node, "line", None))
-    return node.value
-
-
-def link_from_config(text: str, file: str, *, name: str | None = None) -> str:
-    """The share link of the first VMess outbound's first server and user in a client
-    config (V2Ray 4.x JSON, comments allowed)."""
-    from raybridge.config.jsonc import JArray, JNumber, JObject, JString, parse
-
-    root = parse(text, file)
-    if not isinstance(root, JObject):
-        raise ConfigError("the config is not a JSON object", file=file, line=root.line)
-    outbounds: list[Any] = []
-    node = root.get("outbounds")
-    if isinstance(node, JArray):
-        outbounds += node.items
-    for legacy in ("outbound", "outboundDetour"):  # V2Ray 4.x still reads the old names
-        node = root.get(legacy)
-        if isinstance(node, JObject):
-            outbounds.append(node)
-        elif isinstance(node, JArray):
-            outbounds += node.items
-    for i, outbound in enumerate(outbounds):
-        if not isinstance(outbound, JObject):
-            continue
-        protocol = outbound.get("protocol")
-        if not (isinstance(protocol, JString) and protocol.value.lower() == "vmess"):
-            continue
-        where = f"outbounds[{i}]"
-        settings = outbound.get("settings")
-        vnext = settings.get("vnext") if isinstance(settings, JObject) else None
-        if not isinstance(vnext, JArray) or not vnext.items:
-            raise ConfigError(
-                "the VMess outbound has no server (settings.vnext)",
-                file=file,
-                line=outbound.line,
-                path=where,
-            )
-        server = vnext.items[0]
-        users = server.get("users") if isinstance(server, JObject) else None
-        if not isinstance(server, JObject) or not isinstance(users, JArray) or not users.items:
-            raise ConfigError(
-                "the VMess server has no users",
-                file=file,
-                line=server.line,
-                path=f"{where}.settings.vnext[0]",
-            )
-        user = users.items[0]
-        if not isinstance(user, JObject):
-            raise ConfigError("a user must be an object", file=file, line=user.line)
-        address = _text(server.get("address"), f"{where}: the server address", file)
-        port_node = server.get("port")
-        raw_port = ""
-        if isinstance(port_node, JNumber) and port_node.is_integer:
-            raw_port = port_node.raw
-        elif isinstance(port_node, JString):
-            raw_port = port_node.value
-        try:
-            port = parse_port(raw_port)
-        except ValueError:
-            raise ConfigError(
-                "the server port is missing or not a port number",
-                file=file,
-                line=server.line,
-                path=f"{where}.settings.vnext[0].port",
-            ) from None
-        user_id = _text(user.get("id"), f"{where}: the user id", file)
-        alter = user.get("alterId")
-        alter_id = int(alter.value) if isinstance(alter, JNumber) else 0
-        security = user.get("security")
-        stream = _stream_fields(outbound.get("streamSettings"), file, where)
-        return vmess_link(
-            address,
-            port,
-            user_id,
-            name=name or address,
-            alter_id=alter_id,
-            security=security.value if isinstance(security, JString) else "auto",
-            **stream,
-        )
-    raise ConfigError("no VMess outbound: this is not a VMess client config", file=file)
-
-
-def _stream_fields(stream: Any, file: str, where: str) -> dict[str, str]:
-    """The link fields for an outbound's ``streamSettings`` (TCP, WebSocket, HTTP/2, TLS)."""
-    from raybridge.config.jsonc import JArray, JObject, JString
-
-    fields = {"net": "tcp", "header_type": "none", "host": "", "path": "", "tls": "", "sni": ""}
-    if not isinstance(stream, JObject):
-        return fields
-
-    def string(obj: Any, key: str) -> str:
-        node = obj.get(key) if isinstance(obj, JObject) else None
-        return node.value if isinstance(node, JString) else ""
-
-    network = (string(stream, "network") or "tcp").lower()
-    security = string(stream, "security").lower()
-    if security not in ("", "none", "tls"):
-        raise ConfigError(
-            f'streamSettings.security "{security}" cannot be put in a v2rayN link',
-            file=file,
-            line=stream.line,
-            path=where,
-        )
-    if security == "tls":
-        fields["tls"] = "tls"
-        fields["sni"] = string(stream.get("tlsSettings"), "serverName")
-    if network == "tcp":
-        header = stream.get("tcpSettings")
-        header = header.get("header") if isinstance(header, JObject) else None
-        fields["header_type"] = string(header, "type") or "none"
-    elif network == "ws":
-        ws = stream.get("wsSettings")
-        fields["net"] = "ws"
-        fields["path"] = string(ws, "path")
-        headers = ws.get("headers") if isinstance(ws, JObject) else None
-        fields["host"] = string(headers, "Host")
-    elif network in ("http", "h2"):
-        h2 = stream.get("httpSettings")
-        fields["net"] = "h2"
-        fields["path"] = string(h2, "path")
-        hosts = h2.get("host") if isinstance(h2, JObject) else None
-        if isinstance(hosts, JArray):
-            fields["host"] = ",".join(h.value for h in hosts.items if isinstance(h, JString))
-    else:
-        raise ConfigError(
-            f'streamSettings.network "{network}": only tcp, ws and h2 links are supported',
-            file=file,
-            line=stream.line,
-            path=where,
-        )
-    return fields
-
-
-# --------------------------------------------------------------------------- QR code
-
-
-def qr_matrix(data: str, border: int = 2) -> list[list[bool]]:
-    """The QR code of ``data`` (True: a dark module), with a light border."""
-    import qrcode  # type: ignore[import-untyped]  # no type information shipped
-
-    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=border)
-    qr.add_data(data.encode("utf-8"))
-    qr.make(fit=True)
-    return [list(row) for row in qr.get_matrix()]
-
-
-def qr_text(data: str, *, unicode: bool = True, color: bool = False) -> str:
-    """The QR code for a terminal. With ``unicode``, two module rows per text line in
-    half-block characters (light modules drawn, for dark terminals; ``color`` forces white on
-    black so it scans on light themes too); else two ``#`` per light module."""
-    matrix = qr_matrix(data)
-    lines: list[str] = []
-    if not unicode:
-        for row in matrix:
-            lines.append("".join("  " if dark else "##" for dark in row))
-        return "\n".join(lines) + "\n"
-    glyphs = {(True, True): "\u2588", (True, False): "\u2580", (False, True): "\u2584"}
-    for r in range(0, len(matrix), 2):
-        top = matrix[r]
-        bottom = matrix[r + 1] if r + 1 < len(matrix) else None
-        line = "".join(
-            glyphs.get((not top[c], bottom is not None and not bottom[c]), " ")
-            for c in range(len(top))
-        )
-        if color:
-            line = f"\x1b[38;5;255m\x1b[48;5;232m{line}\x1b[0m"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def write_qr_png(data: str, path: str, *, scale: int = 8) -> None:
-    """The QR code as a PNG (8-bit grey, 4-module quiet zone), written with zlib alone."""
-    matrix = qr_matrix(data, border=4)
-    size = len(matrix) * scale
-    rows = bytearray()
-    for row in matrix:
-        line = b"\x00" + b"".join((b"\x00" if dark else b"\xff") * scale for dark in row)
-        rows += line * scale
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(bytes(rows), 9))
-        + chunk(b"IEND", b"")
-    )
-    # 0600 (the link holds the client's id), and never through a symlink.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "it is a symlink: not following it", path) from None
-        raise
-    with os.fdopen(fd, "wb") as f:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.fchmod(fd, 0o600)  # also when it replaces a file that others could read
-        f.write(png)
-
-
-def print_link(link: str, out: TextIO, *, qr: bool = True) -> None:
-    print(link, file=out)
-    if not qr:
-        return
-    encoding = getattr(out, "encoding", None) or "ascii"
-    try:
-        "\u2588\u2580\u2584".encode(encoding)
-        unicode = True
-    except (UnicodeEncodeError, LookupError):
-        unicode = False
-    tty = out.isatty() and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
-    print(file=out)
-    out.write(qr_text(link, unicode=unicode, color=tty))
-    out.flush()
-
-
 # --------------------------------------------------------------------------- commands
+
+
+def parse_http_port(text: str) -> int:
+    """C's HTTP proxy port, or 0 for none."""
+    return 0 if text.strip() == "0" else parse_port(text)
+
+
+#: The options of ``raybridge init`` that take a value, in the order ``--help`` shows them:
+#: flag, metavar, how the value is read (None: as given), default, help.
+_INIT_VALUES: tuple[tuple[str, str, Callable[[str], object] | None, object, str], ...] = (
+    ("--portal-address", "HOST", parse_portal_address, None,
+     "B's public IP address or host name (A and C dial it)"),
+    ("--portal-port", "N", parse_port, None, f"B's port for bridges (suggested: {PORTAL_PORT})"),
+    ("--client-port", "N", parse_port, None,
+     "B's port for clients (default: the portal port + 1)"),
+    ("--out", "DIR", None, None, "where to write a.json, b.json and c.json"),
+    ("--domain", "D", parse_domain, None,
+     "the tunnel domain (default: a random tunnel-<hex>.internal)"),
+    ("--socks-port", "N", parse_port, SOCKS_PORT,
+     f"C's SOCKS5 port on 127.0.0.1 (default {SOCKS_PORT})"),
+    ("--http-port", "N", parse_http_port, HTTP_PORT,
+     f"C's HTTP proxy port on 127.0.0.1 (default {HTTP_PORT}; 0: none)"),
+    ("--listen", "IP", parse_listen, None,
+     "the address B's inbounds listen on (default 0.0.0.0: all; 127.0.0.1 with "
+     "--transport ws, behind nginx)"),
+    ("--transport", "T", parse_transport, None,
+     "how A and C reach B: tcp (default), tls (TCP+TLS), ws (WebSocket behind nginx, "
+     "which ends TLS; also writes nginx.conf), wss (WebSocket+TLS), h2 (HTTP/2 over TLS)"),
+    ("--cert", "FILE", None, None,
+     "B's TLS certificate (PEM, for the portal address; A and C check it against the "
+     "system roots); B's config refers to it by absolute path"),
+    ("--key", "FILE", None, None, "the private key of --cert (PEM, unencrypted)"),
+    ("--path", "PATH", parse_path, None,
+     "the WebSocket or HTTP/2 path of C's link (default: random)"),
+    ("--bridge-path", "PATH", parse_path, None,
+     "the WebSocket or HTTP/2 path of A's link (default: random)"),
+    ("--nginx-port", "N", parse_port, None,
+     f"with --transport ws: nginx's TLS port, which A and C dial (default {NGINX_PORT})"),
+)  # fmt: skip
 
 
 def add_parsers(sub: Any) -> None:
@@ -489,51 +275,14 @@ def add_parsers(sub: Any) -> None:
             "for what the options leave out."
         ),
     )
+    for flag, metavar, parse, default, text in _INIT_VALUES:
+        kind = None if parse is None else _argtype(parse)
+        init.add_argument(flag, metavar=metavar, type=kind, default=default, help=text)
     init.add_argument(
-        "--portal-address",
-        metavar="HOST",
-        type=_argtype(parse_portal_address),
-        help="B's public IP address or host name (A and C dial it)",
-    )
-    init.add_argument(
-        "--portal-port",
-        metavar="N",
-        type=_argtype(parse_port),
-        help=f"B's port for bridges (suggested: {PORTAL_PORT})",
-    )
-    init.add_argument(
-        "--client-port",
-        metavar="N",
-        type=_argtype(parse_port),
-        help="B's port for clients (default: the portal port + 1)",
-    )
-    init.add_argument("--out", metavar="DIR", help="where to write a.json, b.json and c.json")
-    init.add_argument(
-        "--domain",
-        metavar="D",
-        type=_argtype(parse_domain),
-        help="the tunnel domain (default: a random tunnel-<hex>.internal)",
-    )
-    init.add_argument(
-        "--socks-port",
-        metavar="N",
-        type=_argtype(parse_port),
-        default=SOCKS_PORT,
-        help=f"C's SOCKS5 port on 127.0.0.1 (default {SOCKS_PORT})",
-    )
-    init.add_argument(
-        "--http-port",
-        metavar="N",
-        type=_argtype(lambda text: 0 if text.strip() == "0" else parse_port(text)),
-        default=HTTP_PORT,
-        help=f"C's HTTP proxy port on 127.0.0.1 (default {HTTP_PORT}; 0: none)",
-    )
-    init.add_argument(
-        "--listen",
-        metavar="IP",
-        type=_argtype(parse_listen),
-        default="0.0.0.0",
-        help="the address B's inbounds listen on (default 0.0.0.0: all)",
+        "--self-signed",
+        action="store_true",
+        help="make a private CA and a certificate for the portal address (ca.pem, portal.pem, "
+        "portal-key.pem in DIR); A and C trust that CA only",
     )
     init.add_argument("--name", help="the share link's name (default: the portal address)")
     init.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -558,6 +307,11 @@ def add_parsers(sub: Any) -> None:
         help="a V2Ray client config with a VMess outbound (e.g. c.json)",
     )
     link.add_argument("--decode", metavar="LINK", help="print the JSON inside a vmess:// link")
+    link.add_argument(
+        "--outbound",
+        action="store_true",
+        help="with --decode: print a V2Ray 4.34 VMess outbound for the link instead",
+    )
     link.add_argument("--name", help="the link's name (default: the server address)")
     link.add_argument("--no-qr", action="store_true", help="print the link only")
     link.add_argument("--qr-png", metavar="FILE", help="also write the QR code as a PNG")
@@ -588,8 +342,45 @@ def _interactive(args: argparse.Namespace, inp: TextIO, out: TextIO) -> None:
         args.client_port = ask(
             "Port on B for clients", parse_port, str(args.portal_port + 1), inp=inp, out=out
         )
+    if args.transport is None:
+        args.transport = ask(
+            "Transport: tcp, tls, ws (behind nginx), wss or h2",
+            parse_transport,
+            "tcp",
+            inp=inp,
+            out=out,
+        )
+    if args.transport != "tcp" and not (args.cert or args.key or args.self_signed):
+        _ask_certificate(args, inp, out)
     if args.out is None:
         args.out = ask("Write the configs to", str, OUT_DIR, inp=inp, out=out)
+
+
+def _ask_certificate(args: argparse.Namespace, inp: TextIO, out: TextIO) -> None:
+    """B's (or, for ws, nginx's) certificate: a file and its key, or a self-signed set."""
+    ws = args.transport == "ws"
+
+    def answer(text: str) -> str:
+        value = text.strip()
+        if value.lower() == SELF_SIGNED or (ws and value.lower() == "none"):
+            return value.lower()
+        return parse_readable_file(value)
+
+    question = (
+        "nginx's TLS certificate file (PEM), self-signed, or none (fill in nginx.conf later)"
+        if ws
+        else "B's TLS certificate file (PEM), or self-signed"
+    )
+    choice = ask(question, answer, SELF_SIGNED, inp=inp, out=out)
+    if choice == SELF_SIGNED:
+        args.self_signed = True
+    elif choice != "none":
+        args.cert = choice
+        args.key = ask("Its private key file", parse_readable_file, None, inp=inp, out=out)
+
+
+class _Refused(Exception):
+    """A reason ``init`` writes nothing (exit status 1)."""
 
 
 def cmd_init(
@@ -601,9 +392,252 @@ def cmd_init(
 ) -> int:
     """Streams default to the process's; questions go to ``prompts`` (stderr), so that
     stdout can be redirected and the questions still show."""
+    from raybridge.share_link import link_from_config
+
     parser: argparse.ArgumentParser = args.subparser
-    inp = stdin or sys.stdin
     out = stdout or sys.stdout
+    cancelled = _ask_missing(args, parser, stdin or sys.stdin, prompts or sys.stderr)
+    if cancelled is not None:
+        return cancelled
+    client_port, http_port = _ports(args, parser)
+    transport: str = args.transport or "tcp"
+    _check_transport_options(args, parser, transport, client_port)
+    directory = Path(args.out)
+    names = list(FILES)
+    if args.self_signed:
+        names += CERT_FILES
+    if transport == "ws":
+        names.append(NGINX_FILE)
+    paths = {name: directory / name for name in names}
+    refusal = _refusal(directory, list(paths.values()), force=args.force)
+    if refusal:
+        return _fail("init", refusal)
+    try:
+        cert = _portal_cert(args)
+    except _Refused as exc:
+        return _fail("init", str(exc))
+    bridge_path, client_path = _paths(args, transport)
+    setup = Setup(
+        portal_address=args.portal_address,
+        portal_port=args.portal_port,
+        client_port=client_port,
+        bridge_id=str(uuid.uuid4()),
+        client_id=str(uuid.uuid4()),
+        domain=args.domain or random_domain(os.urandom),
+        socks_port=args.socks_port,
+        http_port=http_port,
+        listen=args.listen or (LOCAL if transport == "ws" else "0.0.0.0"),
+        transport=transport,
+        cert=cert,
+        bridge_path=bridge_path,
+        client_path=client_path,
+        nginx_port=args.nginx_port or NGINX_PORT,
+    )
+    files = _render(setup, directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            write_private(paths[name], data, replace=args.force)
+    except OSError as exc:
+        return _fail("init", f"cannot write the configs: {exc}")
+
+    link = link_from_config(str(files["c.json"]), str(paths["c.json"]), name=args.name or None)
+    _summary(setup, paths, out)
+    print(
+        "\nC's share link (v2rayN, v2rayNG and most VMess clients import it; it holds the", file=out
+    )
+    print(
+        "client's id: share it privately). Print it again: raybridge link -c "
+        f"{shlex.quote(str(paths['c.json']))}",
+        file=out,
+    )
+    if setup.cert is not None and setup.cert.ca_pem:
+        print(
+            "A link cannot carry the private CA: a phone or desktop client that imports it "
+            f"must\ntrust {shlex.quote(str(paths['ca.pem']))} (install it as a CA "
+            "certificate), or set allowInsecure, which turns the\ncertificate check off "
+            "(not done here).",
+            file=out,
+        )
+    return _show_link("init", link, args, out)
+
+
+def _check_transport_options(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, transport: str, client_port: int
+) -> None:
+    """Usage errors in ``--transport`` and the options that go with it."""
+    if transport == "tcp":
+        given = [
+            flag
+            for flag, value in (
+                ("--cert", args.cert),
+                ("--key", args.key),
+                ("--self-signed", args.self_signed),
+                ("--path", args.path),
+                ("--bridge-path", args.bridge_path),
+                ("--nginx-port", args.nginx_port),
+            )
+            if value
+        ]
+        if given:
+            parser.error(
+                f"{', '.join(given)}: not with --transport tcp (bare TCP has no TLS and no "
+                "path); choose --transport tls, ws, wss or h2"
+            )
+        return
+    if (args.cert is None) != (args.key is None):
+        parser.error(
+            "--cert and --key go together: give the certificate and its private key "
+            f"(only {'--cert' if args.cert is not None else '--key'} was given)"
+        )
+    if args.cert is not None and args.self_signed:
+        parser.error("give either --cert/--key or --self-signed, not both")
+    if transport in TLS_TRANSPORTS and args.cert is None and not args.self_signed:
+        parser.error(
+            f"--transport {transport} needs TLS: give --cert FILE --key FILE (a certificate "
+            f"for {args.portal_address}) or --self-signed (a private CA that A and C trust)"
+        )
+    if transport == "tls" and (args.path or args.bridge_path):
+        parser.error("--path and --bridge-path are for ws, wss and h2 (TCP+TLS has no path)")
+    if transport != "ws":
+        if args.nginx_port is not None:
+            parser.error("--nginx-port goes with --transport ws (nginx in front of B)")
+        return
+    nginx_port = args.nginx_port or NGINX_PORT
+    if nginx_port in (args.portal_port, client_port):
+        parser.error(
+            f"nginx and B would both listen on port {nginx_port}: choose another "
+            "--portal-port, --client-port or --nginx-port"
+        )
+    if args.path is not None and args.path == args.bridge_path:
+        parser.error(
+            f"--path and --bridge-path are both {args.path}: behind one nginx the two links "
+            "need different paths"
+        )
+
+
+def _paths(args: argparse.Namespace, transport: str) -> tuple[str, str]:
+    """The A-B and C-B paths: as given, else random (and different)."""
+    if transport in ("tcp", "tls"):
+        return "/", "/"
+    bridge: str = args.bridge_path or random_path(os.urandom)
+    client: str = args.path or random_path(os.urandom)
+    while client == bridge:  # only when one was given and the other drawn: never, in practice
+        client = random_path(os.urandom)
+    return bridge, client
+
+
+def _portal_cert(args: argparse.Namespace) -> PortalCert | None:
+    """B's certificate: ``--cert/--key`` checked, or a fresh self-signed set, or none."""
+    if args.self_signed:
+        from raybridge.certs import make_ca, make_leaf
+
+        ca = make_ca(f"raybridge private CA for {args.portal_address}")
+        leaf = make_leaf(ca, [args.portal_address])
+        # The CA's key goes no further than this function: nothing else can be signed with it.
+        return PortalCert(
+            cert_pem=leaf.cert.decode("ascii"),
+            key_pem=leaf.key.decode("ascii"),
+            ca_pem=ca.cert.decode("ascii"),
+        )
+    if args.cert is None:
+        return None
+    _check_pair(args.cert, args.key, args.portal_address)
+    # Absolute, symlinks kept: certbot's live/ names are links that move on each renewal.
+    return PortalCert(cert_file=os.path.abspath(args.cert), key_file=os.path.abspath(args.key))
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _Refused(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+
+
+def _check_pair(cert_path: str, key_path: str, address: str) -> None:
+    """The certificate and key can be read, are PEM and belong together; a certificate
+    that does not name ``address`` is only warned about (A and C would refuse it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert_data, key_data = _read("--cert", cert_path), _read("--key", key_path)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_data)
+    except ValueError:
+        raise _Refused(f"--cert {cert_path} is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except (ValueError, TypeError):
+        raise _Refused(
+            f"--key {key_path} is not an unencrypted PEM private key (V2Ray and raybridge "
+            "read it without a passphrase)"
+        ) from None
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
+        raise _Refused(f"--key {key_path} is not the private key of --cert {cert_path}")
+    if not _names_address(cert, address):
+        print(
+            f"raybridge init: warning: {cert_path} does not name {address}: A and C check "
+            "B's certificate for that name and will refuse it",
+            file=sys.stderr,
+        )
+
+
+def _names_address(cert: Any, address: str) -> bool:
+    """Whether ``cert`` (an ``x509.Certificate``) is valid for ``address`` (its subject
+    alternative names; one-label wildcards, as TLS clients match them)."""
+    from cryptography import x509
+
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        name = address.lower().rstrip(".")
+        for pattern in alt.get_values_for_type(x509.DNSName):
+            pattern = pattern.lower().rstrip(".")
+            if pattern == name:
+                return True
+            if pattern.startswith("*.") and "." in name and name.split(".", 1)[1] == pattern[2:]:
+                return True
+        return False
+    return ip in alt.get_values_for_type(x509.IPAddress)
+
+
+def _render(s: Setup, directory: Path) -> dict[str, str]:
+    """The text of each file ``init`` writes, by name."""
+    files = {
+        "a.json": safe_bridge_config(s).render(),
+        "b.json": safe_portal_config(s).render(),
+        "c.json": safe_client_config(s).render(),
+    }
+    if s.cert is not None and s.cert.ca_pem:
+        files["ca.pem"] = s.cert.ca_pem
+        files["portal.pem"] = s.cert.cert_pem
+        files["portal-key.pem"] = s.cert.key_pem
+    if s.behind_nginx:
+        if s.cert is None:
+            live = f"/etc/letsencrypt/live/{s.portal_address}"
+            cert_file, key_file = f"{live}/fullchain.pem", f"{live}/privkey.pem"
+        elif s.cert.cert_file:
+            cert_file, key_file = s.cert.cert_file, s.cert.key_file
+        else:
+            folder = os.path.abspath(directory)
+            cert_file = os.path.join(folder, "portal.pem")
+            key_file = os.path.join(folder, "portal-key.pem")
+        files[NGINX_FILE] = nginx_config(s, cert_file, key_file, placeholder=s.cert is None)
+    return files
+
+
+def _ask_missing(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, inp: TextIO, prompts: TextIO
+) -> int | None:
+    """Ask for the options ``init`` needs that the command line left out (a usage error
+    when ``inp`` is not a terminal). Returns the exit status when the user gives up."""
     missing = [
         flag
         for flag, value in (
@@ -613,19 +647,24 @@ def cmd_init(
         )
         if value is None
     ]
-    if missing:
-        if not inp.isatty():
-            parser.error(
-                f"missing {', '.join(missing)} (or run it in a terminal to be asked for them)"
-            )
-        try:
-            _interactive(args, inp, prompts or sys.stderr)
-        except EOFError:
-            return _fail("init", "cancelled (input ended)")
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            return 130
-    client_port = args.client_port
+    if not missing:
+        return None
+    if not inp.isatty():
+        parser.error(f"missing {', '.join(missing)} (or run it in a terminal to be asked for them)")
+    try:
+        _interactive(args, inp, prompts)
+    except EOFError:
+        return _fail("init", "cancelled (input ended)")
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return None
+
+
+def _ports(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[int, int | None]:
+    """B's port for clients (by default the one after the portal port) and C's HTTP port
+    (None: no HTTP proxy); two services on one port are a usage error."""
+    client_port: int | None = args.client_port
     if client_port is None:
         if args.portal_port == 65535:
             parser.error(
@@ -637,68 +676,38 @@ def cmd_init(
     http_port = args.http_port or None
     if http_port == args.socks_port:
         parser.error(f"C's SOCKS and HTTP ports are both {http_port}")
+    return client_port, http_port
 
-    directory = Path(args.out)
-    paths = [directory / name for name in FILES]
+
+def _refusal(directory: Path, paths: Sequence[Path], *, force: bool) -> str | None:
+    """Why ``init`` does not write ``paths`` into ``directory``, if it does not."""
     if directory.exists() and not directory.is_dir():
-        return _fail("init", f"{directory} exists and is not a directory")
+        return f"{directory} exists and is not a directory"
     # A symlink counts as existing, dangling or not: init never writes through one.
     links = [str(p) for p in paths if p.is_symlink()]
     existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
-    if existing and not args.force:
-        return _fail(
-            "init",
-            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
-            "not overwriting (use --force to replace)"
-            + (
-                f"; {', '.join(links)} {'is a symlink' if len(links) == 1 else 'are symlinks'}: "
-                "not following, --force replaces the link itself, never its target"
-                if links
-                else ""
-            ),
+    if not existing or force:
+        return None
+    return (
+        f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+        "not overwriting (use --force to replace)"
+        + (
+            f"; {', '.join(links)} {'is a symlink' if len(links) == 1 else 'are symlinks'}: "
+            "not following, --force replaces the link itself, never its target"
+            if links
+            else ""
         )
+    )
 
-    setup = Setup(
-        portal_address=args.portal_address,
-        portal_port=args.portal_port,
-        client_port=client_port,
-        bridge_id=str(uuid.uuid4()),
-        client_id=str(uuid.uuid4()),
-        domain=args.domain or random_domain(os.urandom),
-        socks_port=args.socks_port,
-        http_port=http_port,
-        listen=args.listen,
-    )
-    texts = [
-        safe_bridge_config(setup).render(),
-        safe_portal_config(setup).render(),
-        safe_client_config(setup).render(),
-    ]
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for path, text in zip(paths, texts, strict=True):
-            write_private(path, text, replace=args.force)
-    except OSError as exc:
-        return _fail("init", f"cannot write the configs: {exc}")
 
-    link = vmess_link(
-        setup.portal_address, setup.client_port, setup.client_id, name=args.name or ""
-    )
-    _summary(setup, paths, out)
-    print(
-        "\nC's share link (v2rayN, v2rayNG and most VMess clients import it; it holds the", file=out
-    )
-    print(
-        "client's id: share it privately). Print it again: raybridge link -c "
-        f"{shlex.quote(str(paths[2]))}",
-        file=out,
-    )
+def _show_link(command: str, link: str, args: argparse.Namespace, out: TextIO) -> int:
+    """Print ``link`` with its QR code (unless ``--no-qr``) and write ``--qr-png``."""
     print_link(link, out, qr=not args.no_qr)
     if args.qr_png:
         try:
             write_qr_png(link, args.qr_png)
         except OSError as exc:
-            return _fail("init", f"cannot write {args.qr_png}: {exc}")
+            return _fail(command, f"cannot write {args.qr_png}: {exc}")
         print(f"QR code written to {args.qr_png}", file=out)
     return 0
 
@@ -725,26 +734,51 @@ def write_private(path: Path, data: str | bytes, *, replace: bool = False) -> No
         raise
 
 
-def _summary(s: Setup, paths: Sequence[Path], out: TextIO) -> None:
-    a, b, c = (shlex.quote(str(p)) for p in paths)
-    folder = paths[0].parent
+def _summary(s: Setup, paths: dict[str, Path], out: TextIO) -> None:
+    q = {name: shlex.quote(str(path)) for name, path in paths.items()}
+    a, b, c = q["a.json"], q["b.json"], q["c.json"]
+    folder = paths["a.json"].parent
     runs = [(f"on B ({s.portal_address}):", b), ("on A (inside):", a), ("on C (a client):", c)]
     width = max(len(where) for where, _ in runs)
     lines = [
-        f"raybridge init: wrote three configs to {folder}/ (tunnel domain {s.domain})",
+        f"raybridge init: wrote {len(paths)} files to {folder}/ (tunnel domain {s.domain})",
         f"  {a}  A, the bridge: inside the private network; dials B at "
-        f"{s.portal_address}:{s.portal_port}",
+        f"{s.host_header}:{s.bridge_dial_port}",
         f"  {b}  B, the portal: the public machine {s.portal_address}; listens on "
         f"{s.listen}:{s.portal_port} (bridges) and {s.listen}:{s.client_port} (clients)",
         f"  {c}  C, the client: SOCKS5 127.0.0.1:{s.socks_port} (TCP and UDP)"
         + (f", HTTP proxy 127.0.0.1:{s.http_port}" if s.http_port else ""),
-        "The files hold the UUIDs (secrets) and are readable only by you. Open ports "
-        f"{s.portal_port} and {s.client_port} to B in its firewall"
+    ]
+    if "ca.pem" in q:
+        lines += [
+            f"  {q['ca.pem']}  the private CA that A and C trust (inline in their configs; its "
+            "key was not kept)",
+            f"  {q['portal.pem']} {q['portal-key.pem']}  B's certificate for "
+            f"{s.portal_address} and its key"
+            + (" (for nginx)" if s.behind_nginx else " (inline in b.json)"),
+        ]
+    if NGINX_FILE in q:
+        lines.append(
+            f"  {q[NGINX_FILE]}  nginx in front of B: TLS on port {s.nginx_port}, the two "
+            "WebSocket paths to B"
+        )
+    lines += _transport_lines(s, q)
+    ports = " and ".join(str(p) for p in s.open_ports)
+    lines.append(
+        "The files hold the UUIDs (secrets) and are readable only by you. Open TCP "
+        f"port{'s' if len(s.open_ports) > 1 else ''} {ports} to B in its firewall"
         + (
             "; ports below 1024 need root on B."
-            if min(s.portal_port, s.client_port) < 1024
+            if not s.behind_nginx and min(s.open_ports) < 1024
             else "."
-        ),
+        )
+        + (
+            f" Ports {s.portal_port} and {s.client_port} stay closed: nginx reaches them."
+            if s.behind_nginx
+            else ""
+        )
+    )
+    lines += [
         "",
         "Copy each file to its machine and run it there (raybridge or V2Ray 4.34, any mix):",
         *(
@@ -757,7 +791,66 @@ def _summary(s: Setup, paths: Sequence[Path], out: TextIO) -> None:
     print("\n".join(lines), file=out)
 
 
+def _transport_lines(s: Setup, q: dict[str, str]) -> list[str]:
+    """What the summary says about the transport, the certificate and nginx."""
+    if s.transport == "tcp":
+        return [
+            "Transport: bare TCP (VMess AEAD) for both links; --transport tls, wss, h2 or ws "
+            "(behind nginx) adds TLS."
+        ]
+    paths = f"paths {s.bridge_path} (A) and {s.client_path} (C)"
+    if s.behind_nginx:
+        backend = LOCAL if s.listen in ("0.0.0.0", "::") else s.listen
+        lines = [
+            f"Transport: WebSocket+TLS from A and C to nginx on {s.host_header}:"
+            f"{s.nginx_port}; nginx passes",
+            f"  {s.bridge_path} (A) to {backend}:{s.portal_port} and {s.client_path} (C) to "
+            f"{backend}:{s.client_port}, as plain WebSocket.",
+            f"On B, put {q[NGINX_FILE]} inside nginx's http {{}} (e.g. as "
+            "/etc/nginx/conf.d/raybridge.conf),",
+            "  then: nginx -t && systemctl reload nginx",
+        ]
+    else:
+        detail = "" if s.transport == "tls" else f", {paths}"
+        lines = [f"Transport: {TRANSPORT_NAMES[s.transport]} for both links{detail}."]
+    cert = s.cert
+    if cert is None:
+        lines.append(
+            f"nginx.conf's certificate lines are placeholders: point them at a certificate for "
+            f"{s.portal_address}"
+        )
+        lines.append("(e.g. from certbot); A and C check it against the system's roots.")
+    elif cert.ca_pem:
+        lines.append(
+            f"A and C trust only the private CA, and check B's certificate for the name "
+            f"{s.portal_address}: no allowInsecure."
+        )
+        if s.behind_nginx:
+            lines.append(
+                "nginx.conf refers to portal.pem and portal-key.pem by absolute path: copy them "
+                "to B, and fix the paths if they differ there."
+            )
+    else:
+        target = "nginx.conf refers" if s.behind_nginx else "b.json refers"
+        lines.append(
+            f"{target} to {shlex.quote(cert.cert_file)} and {shlex.quote(cert.key_file)} by "
+            "absolute path: they must be there on B."
+        )
+        lines.append(
+            f"A and C check B's certificate for the name {s.portal_address} against the "
+            "system's roots."
+        )
+    return lines
+
+
 def cmd_link(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
+    from raybridge.share_link import (
+        ShareLinkError,
+        decode_vmess_link,
+        link_from_config,
+        outbound_from_link,
+    )
+
     parser: argparse.ArgumentParser = args.subparser
     out = stdout or sys.stdout
     if args.decode is not None:
@@ -765,10 +858,13 @@ def cmd_link(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
             parser.error("give either -c FILE or --decode LINK, not both")
         try:
             fields = decode_vmess_link(args.decode)
+            shown = outbound_from_link(fields) if args.outbound else fields
         except ShareLinkError as exc:
             return _fail("link", f"bad link: {exc}")
-        print(json.dumps(fields, indent=2, ensure_ascii=False), file=out)
+        print(json.dumps(shown, indent=2, ensure_ascii=False), file=out)
         return 0
+    if args.outbound:
+        parser.error("--outbound goes with --decode LINK")
     if not args.config:
         parser.error("give -c FILE (a client config such as c.json) or --decode LINK")
     try:
@@ -779,11 +875,4 @@ def cmd_link(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
         return _fail("link", f"cannot read {args.config}: {exc.strerror or exc}")
     except ConfigError as exc:
         return _fail("link", str(exc))
-    print_link(link, out, qr=not args.no_qr)
-    if args.qr_png:
-        try:
-            write_qr_png(link, args.qr_png)
-        except OSError as exc:
-            return _fail("link", f"cannot write {args.qr_png}: {exc}")
-        print(f"QR code written to {args.qr_png}", file=out)
-    return 0
+    return _show_link("link", link, args, out)

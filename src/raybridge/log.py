@@ -1,4 +1,4 @@
-"""Access and error logs in V2Ray's style (PROTOCOLS.md 4.9 and 6).
+"""Access and error logs in V2Ray's style (docs/protocols.md 4.9 and 6).
 
 Error log: ``2026/11/24 20:52:26 [Warning] proxy/vmess: message``, levels debug, info,
 warning, error, none. Access log: ``2026/11/24 20:52:26 from 127.0.0.1:5555 accepted

@@ -1,4 +1,4 @@
-"""V2Ray's field-rule router (``app/router``; PROTOCOLS.md 4.5).
+"""V2Ray's field-rule router (``app/router``; docs/protocols.md 4.5).
 
 Rules are checked in order and the first match wins; within a rule every given condition
 must match, within a condition any listed value may match. No match (or a rule naming an
@@ -18,6 +18,7 @@ import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from raybridge.address import Destination, IPAddress, Network
 from raybridge.errors import ConfigError
@@ -154,6 +155,71 @@ class Rule:
         return all(cond(session, dest) for cond in self.conditions)
 
 
+_Where = Callable[[str], ConfigError]
+
+
+def _inbound_tags(values: Sequence[str], where: _Where) -> Predicate:
+    tags = frozenset(values)
+    return lambda s, d: s.inbound_tag in tags
+
+
+def _networks(values: Sequence[str], where: _Where) -> Predicate:
+    nets = frozenset(Network.TCP if n == "tcp" else Network.UDP for n in values)
+    return lambda s, d: d.network in nets
+
+
+def _domains(values: Sequence[str], where: _Where) -> Predicate:
+    dm = DomainMatcher(values, where)
+    return lambda s, d: isinstance(d.host, str) and dm(d.host)
+
+
+def _ips(values: Sequence[str], where: _Where) -> Predicate:
+    im = IPMatcher(values, where)
+    return lambda s, d: not isinstance(d.host, str) and im(d.host)
+
+
+def _ports(values: Sequence[tuple[int, int]], where: _Where) -> Predicate:
+    pm = _port_matcher(values)
+    return lambda s, d: pm(d.port)
+
+
+def _source_ports(values: Sequence[tuple[int, int]], where: _Where) -> Predicate:
+    spm = _port_matcher(values)
+    return lambda s, d: s.source is not None and spm(s.source.port)
+
+
+def _sources(values: Sequence[str], where: _Where) -> Predicate:
+    sm = IPMatcher(values, where)
+    return lambda s, d: (
+        s.source is not None and not isinstance(s.source.host, str) and sm(s.source.host)
+    )
+
+
+def _users(values: Sequence[str], where: _Where) -> Predicate:
+    user_set = frozenset(values)
+    return lambda s, d: s.user is not None and s.user in user_set
+
+
+def _protocols(values: Sequence[str], where: _Where) -> Predicate:
+    prefixes = tuple(values)
+    return lambda s, d: bool(s.protocol) and s.protocol.startswith(prefixes)
+
+
+#: A rule's conditions by the ``RuleConfig`` field that holds them (``None``: no such
+#: condition), in the order they are checked.
+_CONDITIONS: tuple[tuple[str, Callable[[Any, _Where], Predicate]], ...] = (
+    ("inbound_tags", _inbound_tags),
+    ("networks", _networks),
+    ("domains", _domains),
+    ("ips", _ips),
+    ("ports", _ports),
+    ("source_ports", _source_ports),
+    ("sources", _sources),
+    ("users", _users),
+    ("protocols", _protocols),
+)
+
+
 def compile_rule(rule: object) -> Rule:
     """Build a :class:`Rule` from a config rule (``raybridge.config.model.RuleConfig``)."""
     file = getattr(rule, "file", None)
@@ -164,48 +230,10 @@ def compile_rule(rule: object) -> Rule:
         return ConfigError(message, file=file, line=line, path=f"routing.rules[{index}]")
 
     conds: list[Predicate] = []
-    needs_ip = False
-    inbound_tags = getattr(rule, "inbound_tags", None)
-    if inbound_tags is not None:
-        tags = frozenset(inbound_tags)
-        conds.append(lambda s, d: s.inbound_tag in tags)
-    networks = getattr(rule, "networks", None)
-    if networks is not None:
-        nets = frozenset(Network.TCP if n == "tcp" else Network.UDP for n in networks)
-        conds.append(lambda s, d: d.network in nets)
-    domains = getattr(rule, "domains", None)
-    if domains is not None:
-        dm = DomainMatcher(domains, where)
-        conds.append(lambda s, d: isinstance(d.host, str) and dm(d.host))
-    ips = getattr(rule, "ips", None)
-    if ips is not None:
-        im = IPMatcher(ips, where)
-        needs_ip = True
-        conds.append(lambda s, d: not isinstance(d.host, str) and im(d.host))
-    ports = getattr(rule, "ports", None)
-    if ports is not None:
-        pm = _port_matcher(ports)
-        conds.append(lambda s, d: pm(d.port))
-    source_ports = getattr(rule, "source_ports", None)
-    if source_ports is not None:
-        spm = _port_matcher(source_ports)
-        conds.append(lambda s, d: s.source is not None and spm(s.source.port))
-    sources = getattr(rule, "sources", None)
-    if sources is not None:
-        sm = IPMatcher(sources, where)
-        conds.append(
-            lambda s, d: (
-                s.source is not None and not isinstance(s.source.host, str) and sm(s.source.host)
-            )
-        )
-    users = getattr(rule, "users", None)
-    if users is not None:
-        user_set = frozenset(users)
-        conds.append(lambda s, d: s.user is not None and s.user in user_set)
-    protocols = getattr(rule, "protocols", None)
-    if protocols is not None:
-        prefixes = tuple(protocols)
-        conds.append(lambda s, d: bool(s.protocol) and s.protocol.startswith(prefixes))
+    for name, condition in _CONDITIONS:
+        values = getattr(rule, name, None)
+        if values is not None:
+            conds.append(condition(values, where))
     if getattr(rule, "attrs", None):
         raise where('"attrs" (Starlark expressions) is not supported by raybridge')
     if not conds:
@@ -218,6 +246,7 @@ def compile_rule(rule: object) -> Rule:
         target, balancer = balancer_tag, True
     else:
         raise where('a rule needs "outboundTag" or "balancerTag"')
+    needs_ip = getattr(rule, "ips", None) is not None
     return Rule(target, balancer, conds, needs_ip, f"rule {index}")
 
 

@@ -46,6 +46,7 @@ from raybridge import __version__
 
 if TYPE_CHECKING:
     from raybridge.node import Node
+    from raybridge.stats import Stats
 
 logger = logging.getLogger("raybridge.status")
 
@@ -111,46 +112,76 @@ def host_name(value: str) -> str:
 def status(node: Node) -> dict[str, Any]:
     """Everything the dashboard shows, as plain JSON-able data."""
     stats = node.dispatcher.stats
-    now = time.monotonic()
-    loop_now = asyncio.get_running_loop().time()
+    portals, bridges = _reverse(node)
+    traffic = _traffic(stats)
+    _add_transports(node, traffic)
+    return {
+        "version": __version__,
+        "time": time.time(),
+        "uptime": round(time.time() - stats.started, 1),
+        "portals": portals,
+        "bridges": bridges,
+        **traffic,
+        **_events(stats),
+    }
+
+
+def _add_transports(node: Node, traffic: dict[str, Any]) -> None:
+    """Each inbound's and outbound's transport ("tcp", "ws+tls", "h2"...), also for those
+    that have carried nothing yet."""
+    for kind, configs in (("inbounds", node.config.inbounds), ("outbounds", node.config.outbounds)):
+        entries = {e["tag"]: e for e in traffic[kind]}
+        for cfg in configs:
+            entry = entries.get(cfg.tag)
+            if entry is None:
+                entry = entries[cfg.tag] = {
+                    "tag": cfg.tag,
+                    "connections": 0,
+                    "bytes_up": 0,
+                    "bytes_down": 0,
+                }
+                if kind == "inbounds":
+                    entry["open"] = 0
+                traffic[kind].append(entry)
+            entry["transport"] = cfg.stream.describe()
+
+
+def _reverse(node: Node) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The portals and the bridges, with their tunnels (from their public snapshots)."""
+    stats = node.dispatcher.stats
     portals = []
     for portal in node.portals:
-        tunnels = []
-        for tunnel in portal.tunnels:
-            worker = tunnel.worker
-            carrier = worker.peer
-            source = getattr(getattr(carrier, "session", None), "source", None)
-            tunnels.append(
-                {
-                    "uptime": round(now - tunnel.opened, 1),
-                    "sessions": max(0, worker.session_count - 1),  # without the control one
-                    "sessions_total": max(0, worker.codec.allocated_total - 1),
-                    "draining": tunnel.draining,
-                    "source": str(source.host) + f":{source.port}" if source else "",
-                    "silent": round(max(0.0, loop_now - worker.last_received), 1),
-                    "keepalives": tunnel.keepalives,
-                }
-            )
+        tunnels = [
+            {
+                "uptime": round(t.uptime, 1),
+                "sessions": t.sessions,  # without the control one
+                "sessions_total": t.sessions_total,
+                "draining": t.draining,
+                "source": t.source,
+                "silent": round(t.silent, 1),
+                "keepalives": t.keepalives,
+            }
+            for t in portal.tunnel_status()
+        ]
         portals.append(
             {
                 "tag": portal.tag,
                 "domain": portal.domain,
                 "online": any(not t["draining"] for t in tunnels),
                 "tunnels": tunnels,
-                "waiting": len(portal._waiting),
+                "waiting": portal.waiting,
             }
         )
     bridges = []
     for bridge in node.bridges:
         tunnels = [
             {
-                "uptime": round(now - t.opened, 1),
-                "sessions": max(0, t.worker.session_count - 1),
-                "state": t.state.name.lower(),
-                "connected": t.heard,
+                "uptime": round(t.uptime, 1),
+                "sessions": t.sessions,
+                "state": t.state,
+                "connected": t.connected,
             }
-            for t in [*bridge.tunnels, *bridge.retired]
-            if not t.worker.closed
+            for t in bridge.tunnel_status()
         ]
         bridges.append(
             {
@@ -162,6 +193,11 @@ def status(node: Node) -> dict[str, Any]:
                 "failures": bridge.failures,
             }
         )
+    return portals, bridges
+
+
+def _traffic(stats: Stats) -> dict[str, Any]:
+    """Connections and bytes by inbound and by outbound, and the bytes of all inbounds."""
     open_by_inbound = stats.open_connections()
     inbound_bytes = stats.bytes_by("inbound_tag")
     outbound_bytes = stats.bytes_by("outbound_tag")
@@ -185,15 +221,16 @@ def status(node: Node) -> dict[str, Any]:
         for tag, totals in sorted(stats.outbound.items())
     ]
     return {
-        "version": __version__,
-        "time": time.time(),
-        "uptime": round(time.time() - stats.started, 1),
-        "portals": portals,
-        "bridges": bridges,
         "inbounds": inbounds,
         "outbounds": outbounds,
         "bytes_up": sum(v[0] for v in inbound_bytes.values()),
         "bytes_down": sum(v[1] for v in inbound_bytes.values()),
+    }
+
+
+def _events(stats: Stats) -> dict[str, Any]:
+    """Refused handshakes and dropped tunnels by reason, and the last 20 errors."""
+    return {
         "handshake_failures": [
             {"inbound": inbound, "reason": reason, "count": count}
             for (inbound, reason), count in sorted(stats.handshake_failures.items())
@@ -217,89 +254,97 @@ class NodeCollector:
 
     def collect(self) -> Iterator[Metric]:
         data = status(self.node)
-        tunnels = GaugeMetricFamily(
-            "raybridge_tunnels", "Tunnels up, per portal or bridge", labels=["role", "tag"]
-        )
-        sessions = GaugeMetricFamily(
-            "raybridge_tunnel_sessions",
-            "Open sessions on the tunnels of a portal or bridge",
-            labels=["role", "tag"],
-        )
-        online = GaugeMetricFamily(
-            "raybridge_online", "1 if a portal has a bridge or a bridge has a portal",
-            labels=["role", "tag"],
-        )  # fmt: skip
-        for role, items in (("portal", data["portals"]), ("bridge", data["bridges"])):
-            for item in items:
-                tunnels.add_metric([role, item["tag"]], len(item["tunnels"]))
-                sessions.add_metric(
-                    [role, item["tag"]], sum(t["sessions"] for t in item["tunnels"])
-                )
-                online.add_metric([role, item["tag"]], 1 if item["online"] else 0)
-        yield tunnels
-        yield sessions
-        yield online
-
-        conns = CounterMetricFamily(
-            "raybridge_connections", "Connections accepted, per inbound", labels=["inbound"]
-        )
-        open_ = GaugeMetricFamily(
-            "raybridge_connections_open", "Connections open now, per inbound", labels=["inbound"]
-        )
-        data_bytes = CounterMetricFamily(
-            "raybridge_bytes", "Bytes relayed, per inbound and direction",
-            labels=["inbound", "direction"],
-        )  # fmt: skip
-        for item in data["inbounds"]:
-            conns.add_metric([item["tag"]], item["connections"])
-            open_.add_metric([item["tag"]], item["open"])
-            data_bytes.add_metric([item["tag"], "up"], item["bytes_up"])
-            data_bytes.add_metric([item["tag"], "down"], item["bytes_down"])
-        yield conns
-        yield open_
-        yield data_bytes
-
-        out_conns = CounterMetricFamily(
-            "raybridge_outbound_connections", "Connections sent, per outbound",
-            labels=["outbound"],
-        )  # fmt: skip
-        out_bytes = CounterMetricFamily(
-            "raybridge_outbound_bytes", "Bytes relayed, per outbound and direction",
-            labels=["outbound", "direction"],
-        )  # fmt: skip
-        for item in data["outbounds"]:
-            out_conns.add_metric([item["tag"]], item["connections"])
-            out_bytes.add_metric([item["tag"], "up"], item["bytes_up"])
-            out_bytes.add_metric([item["tag"], "down"], item["bytes_down"])
-        yield out_conns
-        yield out_bytes
-
-        failures = CounterMetricFamily(
-            "raybridge_handshake_failures", "Connections refused during their handshake",
-            labels=["inbound", "reason"],
-        )  # fmt: skip
-        for item in data["handshake_failures"]:
-            failures.add_metric([item["inbound"], item["reason"]], item["count"])
-        yield failures
-
-        reconnects = CounterMetricFamily(
-            "raybridge_reconnects", "Tunnels a bridge dialled after its first", labels=["bridge"]
-        )
-        for item in data["bridges"]:
-            reconnects.add_metric([item["tag"]], item["reconnects"])
-        yield reconnects
-
-        drops = CounterMetricFamily(
-            "raybridge_tunnel_drops", "Tunnels dropped for missing heartbeats or silence",
-            labels=["role", "tag", "reason"],
-        )  # fmt: skip
-        for item in data["tunnel_drops"]:
-            drops.add_metric([item["role"], item["tag"], item["reason"]], item["count"])
-        yield drops
-
+        yield from _reverse_metrics(data)
+        yield from _traffic_metrics(data)
+        yield from _event_metrics(data)
         uptime = GaugeMetricFamily("raybridge_uptime_seconds", "Seconds since the node started")
         uptime.add_metric([], data["uptime"])
         yield uptime
+
+
+def _reverse_metrics(data: dict[str, Any]) -> Iterator[Metric]:
+    """Tunnels, their sessions and whether each portal and bridge is online."""
+    tunnels = GaugeMetricFamily(
+        "raybridge_tunnels", "Tunnels up, per portal or bridge", labels=["role", "tag"]
+    )
+    sessions = GaugeMetricFamily(
+        "raybridge_tunnel_sessions",
+        "Open sessions on the tunnels of a portal or bridge",
+        labels=["role", "tag"],
+    )
+    online = GaugeMetricFamily(
+        "raybridge_online", "1 if a portal has a bridge or a bridge has a portal",
+        labels=["role", "tag"],
+    )  # fmt: skip
+    for role, items in (("portal", data["portals"]), ("bridge", data["bridges"])):
+        for item in items:
+            tunnels.add_metric([role, item["tag"]], len(item["tunnels"]))
+            sessions.add_metric([role, item["tag"]], sum(t["sessions"] for t in item["tunnels"]))
+            online.add_metric([role, item["tag"]], 1 if item["online"] else 0)
+    yield tunnels
+    yield sessions
+    yield online
+
+
+def _traffic_metrics(data: dict[str, Any]) -> Iterator[Metric]:
+    """Connections and bytes per inbound (and open connections), then per outbound."""
+    conns, relayed = _relayed(
+        data["inbounds"], "inbound", "raybridge_", "Connections accepted, per inbound"
+    )
+    open_ = GaugeMetricFamily(
+        "raybridge_connections_open", "Connections open now, per inbound", labels=["inbound"]
+    )
+    for item in data["inbounds"]:
+        open_.add_metric([item["tag"]], item["open"])
+    yield conns
+    yield open_
+    yield relayed
+    yield from _relayed(
+        data["outbounds"], "outbound", "raybridge_outbound_", "Connections sent, per outbound"
+    )
+
+
+def _relayed(
+    items: list[dict[str, Any]], label: str, prefix: str, connections: str
+) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    """``<prefix>connections`` and ``<prefix>bytes`` (by direction) per ``label``."""
+    conns = CounterMetricFamily(f"{prefix}connections", connections, labels=[label])
+    relayed = CounterMetricFamily(
+        f"{prefix}bytes",
+        f"Bytes relayed, per {label} and direction",
+        labels=[label, "direction"],
+    )
+    for item in items:
+        conns.add_metric([item["tag"]], item["connections"])
+        relayed.add_metric([item["tag"], "up"], item["bytes_up"])
+        relayed.add_metric([item["tag"], "down"], item["bytes_down"])
+    return conns, relayed
+
+
+def _event_metrics(data: dict[str, Any]) -> Iterator[Metric]:
+    """Refused handshakes, bridges' reconnects and dropped tunnels."""
+    failures = CounterMetricFamily(
+        "raybridge_handshake_failures", "Connections refused during their handshake",
+        labels=["inbound", "reason"],
+    )  # fmt: skip
+    for item in data["handshake_failures"]:
+        failures.add_metric([item["inbound"], item["reason"]], item["count"])
+    yield failures
+
+    reconnects = CounterMetricFamily(
+        "raybridge_reconnects", "Tunnels a bridge dialled after its first", labels=["bridge"]
+    )
+    for item in data["bridges"]:
+        reconnects.add_metric([item["tag"]], item["reconnects"])
+    yield reconnects
+
+    drops = CounterMetricFamily(
+        "raybridge_tunnel_drops", "Tunnels dropped for missing heartbeats or silence",
+        labels=["role", "tag", "reason"],
+    )  # fmt: skip
+    for item in data["tunnel_drops"]:
+        drops.add_metric([item["role"], item["tag"], item["reason"]], item["count"])
+    yield drops
 
 
 class _ProcessCollector(ProcessCollector):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -564,79 +565,122 @@ def test_allocate() -> None:
         '{"network": "TCP", "security": "none"}',
         '{"security": ""}',
         '{"tcpSettings": {"header": {"type": "none"}}}',
-        '{"tlsSettings": {"serverName": "x"}}',
+        '{"tlsSettings": {"serverName": "x"}}',  # read only with security "tls", as in V2Ray
         '{"sockopt": {"tproxy": "off", "mark": 0}}',
+        '{"network": "ws", "wsSettings": {"path": "/ray", "headers": {"Host": "h"}}}',
+        '{"network": "websocket", "wsSettings": {"Path": "ray"}}',
+        '{"network": "h2", "httpSettings": {"host": "a,b", "path": "/h2"}}',
+        '{"tcpSettings": {"header": {"type": "HTTP", "request": {"path": ["/a"]}}}}',
+        '{"WSSETTINGS": {"PATH": "/up"}, "network": "ws"}',
     ],
 )
-def test_plain_tcp_stream_settings_are_accepted(stream: str) -> None:
+def test_stream_settings_are_accepted(stream: str) -> None:
     cfg = load(inbound('"streamSettings": %s' % stream))
     assert cfg.warnings == []
+
+
+def test_stream_settings_values() -> None:
+    cfg = load(
+        inbound(
+            '"streamSettings": {"network": "ws", "wsSettings": {"Path": "ray",'
+            ' "headers": {"Host": "example.test"}, "acceptProxyProtocol": true},'
+            ' "httpSettings": {"host": "a, b"}}'
+        )
+    )
+    stream = cfg.inbounds[0].stream
+    assert stream.network == "ws" and stream.tls is None
+    assert stream.ws.path == "/ray" and stream.ws.headers == {"Host": "example.test"}
+    assert stream.ws.accept_proxy_protocol
+    assert stream.http.hosts == ("a", " b")  # split on "," without trimming, as V2Ray
+    assert stream.describe() == "ws"
+    cfg = load(
+        inbound(
+            '"streamSettings": {"tcpSettings": {"header": {"type": "http", "request":'
+            ' {"method": "POST", "path": "/a", "headers": {"Host": ["h1", "h2"]}}}}}'
+        )
+    )
+    tcp = cfg.inbounds[0].stream.tcp
+    assert (tcp.header, tcp.request.method, tcp.request.paths) == ("http", "POST", ("/a",))
+    assert tcp.request.headers == {"Host": ("h1", "h2")}
 
 
 @pytest.mark.parametrize(
     ("stream", "path", "message"),
     [
+        ('{"network": "kcp"}', "network", 'mKCP ("kcp") is not supported by raybridge'),
+        ('{"network": "quic"}', "network", 'QUIC ("quic") is not supported by raybridge'),
         (
-            '{"network": "ws"}',
+            '{"network": "grpc"}',
             "network",
-            'transport "ws" is not supported by raybridge (only plain TCP)',
+            'gRPC (not in V2Ray 4.34 either) ("grpc") is not supported by raybridge',
+        ),
+        ('{"network": "carrier-pigeon"}', "network", 'unknown network "carrier-pigeon"'),
+        (
+            '{"security": "xtls"}',
+            "security",
+            'unknown security "xtls" ("tls" or "none"; V2Ray would send it in the clear)',
         ),
         (
-            '{"network": "kcp"}',
-            "network",
-            'transport "kcp" is not supported by raybridge (only plain TCP)',
-        ),
-        (
-            '{"network": "quic"}',
-            "network",
-            'transport "quic" is not supported by raybridge (only plain TCP)',
-        ),
-        ('{"network": "carrier-pigeon"}', "network", 'unknown transport "carrier-pigeon"'),
-        ('{"security": "TLS"}', "security", "TLS is not supported by raybridge"),
-        (
-            '{"tcpSettings": {"header": {"type": "http"}}}',
+            '{"tcpSettings": {"header": {"type": "srtp"}}}',
             "tcpSettings.header.type",
-            'TCP header obfuscation "http" is not supported by raybridge',
-        ),
-        (
-            '{"tcpSettings": {"acceptProxyProtocol": true}}',
-            "tcpSettings.acceptProxyProtocol",
-            "the PROXY protocol is not supported by raybridge",
-        ),
-        (
-            '{"sockopt": {"mark": 255}}',
-            "sockopt.mark",
-            "SO_MARK (sockopt.mark) is not supported by raybridge",
+            'unknown header "srtp"',
         ),
         (
             '{"sockopt": {"tproxy": "tproxy"}}',
             "sockopt.tproxy",
             "TPROXY is not supported by raybridge",
         ),
+        (
+            '{"security": "tls", "tlsSettings": {"certificates": [{"usage": "verify"}]}}',
+            "tlsSettings.certificates[0]",
+            'a certificate needs "certificateFile" or "certificate"',
+        ),
     ],
 )
-def test_other_stream_settings_are_rejected(stream: str, path: str, message: str) -> None:
+def test_bad_stream_settings_are_rejected(stream: str, path: str, message: str) -> None:
     err = error(outbound('"protocol": "freedom", "streamSettings": %s' % stream))
     assert (err.path, err.message) == (f"outbounds[0].streamSettings.{path}", message)
 
 
-def test_stream_settings_warnings() -> None:
-    cfg = load(
-        inbound(
-            '"streamSettings": {"security": "xtls", "wsSettings": {},'
-            ' "sockopt": {"tcpFastOpen": true}}'
+def test_every_problem_of_one_stream_settings_is_reported() -> None:
+    err = error(
+        outbound(
+            '"protocol": "freedom", "streamSettings": {"network": "kcp", "security": "xtls",'
+            ' "sockopt": {"tproxy": "tproxy"}}'
         )
     )
-    assert messages(cfg) == [
-        'unknown security "xtls" means no security (as in V2Ray)',
-        "ignored: the network is tcp",
-        "TCP Fast Open settings are ignored",
+    paths = [err.path, *(more.path for more in err.also)]
+    assert paths == [
+        "outbounds[0].streamSettings.network",
+        "outbounds[0].streamSettings.security",
+        "outbounds[0].streamSettings.sockopt.tproxy",
     ]
+    assert str(err).count("\n") == 2  # one line each, every one with its file and line
+
+
+def test_missing_certificate_file_names_the_field(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    err = error(
+        inbound(
+            '"streamSettings": {"security": "tls", "tlsSettings": {"certificates":'
+            ' [{"certificateFile": "%s", "keyFile": "%s"}]}}' % (missing, missing)
+        )
+    )
+    assert err.path == "inbounds[0].streamSettings.tlsSettings.certificates[0].certificateFile"
+    assert str(missing) in err.message and err.line is not None
 
 
 def test_global_transport_section() -> None:
     assert load('{"transport": {"tcpSettings": {"header": {"type": "none"}}}}').warnings == []
-    err = error('{"transport": {"tcpSettings": {"header": {"type": "http"}}}}')
+    cfg = load(
+        '{"transport": {"tcpSettings": {"header": {"type": "http"}}, "wsSettings": {"path": "/w"}},'
+        ' "inbounds": [{"protocol": "socks", "port": 1},'
+        ' {"protocol": "socks", "port": 2, "streamSettings": {"network": "ws"}}]}'
+    )
+    plain, ws = cfg.inbounds
+    assert plain.stream.tcp.header == "http" and plain.stream.network == "tcp"
+    assert ws.stream.ws.path == "/w"  # filled from the transport section
+    err = error('{"transport": {"tcpSettings": {"header": {"type": "srtp"}}}}')
     assert err.path == "transport.tcpSettings.header.type"
 
 

@@ -717,3 +717,21 @@ def test_suggest_fix_guesses_protocols() -> None:
     result = inspect_config([str(AS_WRITTEN)])
     assert "VMess inbound" in suggest_fix(result.errors[0], result.skipped)
     assert suggest_fix(ConfigError("other"), result.skipped) == ""
+
+
+def test_allow_insecure_is_flagged_with_the_way_out(tmp_path: Path) -> None:
+    text = """{
+  "outbounds": [
+    {"protocol": "vmess",
+     "settings": {"vnext": [{"address": "b.example", "port": 443,
+                             "users": [{"id": "b831381d-6324-4d53-ad4f-8cda48b30811"}]}]},
+     "streamSettings": {"security": "tls",
+                        "tlsSettings": {"serverName": "b.example",
+                                        "allowInsecure": true}}}
+  ]
+}"""
+    _, found = check(tmp_path, text)
+    finding = one([f for f in found if f.path.endswith("allowInsecure")])
+    assert finding.path == "outbounds[0].streamSettings.tlsSettings.allowInsecure"
+    assert finding.line == line_of(text, '"allowInsecure"')
+    assert "not checked" in finding.message and '"usage": "verify"' in finding.fix

@@ -1,4 +1,4 @@
-"""HTTP proxy codec: V2Ray's reply bytes (PROTOCOLS.md 5.2), three-way decoding, fuzzing."""
+"""HTTP proxy codec: V2Ray's reply bytes (docs/protocols.md 5.2), three-way decoding, fuzzing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mux.Cool frame codec and session table (PROTOCOLS.md sections 2 and 7)."""
+"""Mux.Cool frame codec and session table (docs/protocols.md sections 2 and 7)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def h(text: str) -> bytes:
     return bytes.fromhex(text.replace(" ", ""))
 
 
-# --- PROTOCOLS.md section 7 vectors ----------------------------------------------------------
+# --- docs/protocols.md section 7 vectors ----------------------------------------------------------
 
 EXAMPLE_80 = tcp("example.com", 80)
 DNS = udp("8.8.8.8", 53)
@@ -601,7 +601,7 @@ def test_end_session_is_idempotent_and_sends_fail_after_end() -> None:
 
 def test_half_close_keeps_receiving_until_the_peers_end() -> None:
     """What a 4.34 server does after our End: it closes the uplink, sends the rest of the
-    response, then its own End (PROTOCOLS.md 2.3)."""
+    response, then its own End (docs/protocols.md 2.3)."""
     client = MuxConnection(Role.CLIENT)
     client.open_session(EXAMPLE_80, b"GET / HTTP/1.0\r\n\r\n")
     client.data_to_send()
@@ -690,7 +690,7 @@ def test_constructor_and_encoder_argument_checks() -> None:
 
 def test_peer_end_ends_only_the_peers_direction() -> None:
     """End without Error is the peer's FIN: EOF for us, no reply, and our sends go on, as a
-    4.34 server keeps sending the response after the client's End (PROTOCOLS.md 2.3)."""
+    4.34 server keeps sending the response after the client's End (docs/protocols.md 2.3)."""
     for role in Role:
         conn = MuxConnection(role)
         if role is Role.CLIENT:

@@ -1,4 +1,4 @@
-"""The reverse proxy's Control message (PROTOCOLS.md 3.3 and 7)."""
+"""The reverse proxy's Control message (docs/protocols.md 3.3 and 7)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def h(text: str) -> bytes:
     return bytes.fromhex(text.replace(" ", ""))
 
 
-# --- PROTOCOLS.md section 7 vectors ----------------------------------------------------------
+# --- docs/protocols.md section 7 vectors ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_control_target() -> None:
 
 
 def test_portal_control_session_on_the_wire() -> None:
-    """The portal's first frame (PROTOCOLS.md 3.3): New UDP to the control domain, port 0,
+    """The portal's first frame (docs/protocols.md 3.3): New UDP to the control domain, port 0,
     carrying the first heartbeat; the bridge (mux server) reads it as one datagram."""
     portal = MuxConnection(Role.CLIENT)
     beat = encode_control(ControlState.ACTIVE, h("010203"))

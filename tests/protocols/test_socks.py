@@ -1,4 +1,4 @@
-"""SOCKS 4/4a/5 codec: V2Ray's reply bytes (PROTOCOLS.md 5.1), three-way decoding, fuzzing."""
+"""SOCKS 4/4a/5 codec: V2Ray's reply bytes (docs/protocols.md 5.1), three-way decoding, fuzzing."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_noauth_connect_replies_like_v2ray() -> None:
             command=SocksCommand.CONNECT, target=tcp("1.2.3.4", 80), user=None, version=5
         )
         assert server.data_to_send() == b"\x05\x00"
-        # PROTOCOLS.md 5.1 [interop]: 05 00 00 01 7f 00 00 01 <port>
+        # docs/protocols.md 5.1 [interop]: 05 00 00 01 7f 00 00 01 <port>
         assert server.accept(LISTEN) == bytes.fromhex("050000017f0000010438")
 
 

@@ -1,5 +1,5 @@
 """Chunk sizes, big and V2Ray-sized chunks, authentication failures, helper implementations
-(PROTOCOLS.md 1.9), and the Go ``math/rand`` port behind the drain size (1.6)."""
+(docs/protocols.md 1.9), and the Go ``math/rand`` port behind the drain size (1.6)."""
 
 from __future__ import annotations
 

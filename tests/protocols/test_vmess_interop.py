@@ -1,4 +1,4 @@
-"""The drain size checked against the real V2Ray 4.34 (PROTOCOLS.md 1.6 marks it [source]).
+"""The drain size checked against the real V2Ray 4.34 (docs/protocols.md 1.6 marks it [source]).
 
 A V2Ray VMess inbound that gets 16 unknown bytes keeps reading until ``DrainSize`` bytes in
 total have arrived, then hangs up. ``DrainSize`` lies in ``[base + 54, base + 54 + max - 1]``

@@ -1,5 +1,5 @@
 """Server-side authentication, replay protection, drain sizes and request validation
-(PROTOCOLS.md 1.2 to 1.6)."""
+(docs/protocols.md 1.2 to 1.6)."""
 
 from __future__ import annotations
 

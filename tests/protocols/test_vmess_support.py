@@ -1,6 +1,6 @@
 """Helpers shared by the VMess tests, plus a few tests of the helpers themselves.
 
-``ref_decode_chunks`` is an independent, deliberately simple reading of PROTOCOLS.md 1.9
+``ref_decode_chunks`` is an independent, deliberately simple reading of docs/protocols.md 1.9
 (hashlib SHAKE, one AEAD object per call, no buffering tricks) used to check what the codec
 writes, chunk by chunk.
 """
@@ -174,7 +174,7 @@ def ends(events: Iterable[object]) -> int:
     return sum(isinstance(e, EndOfStream) for e in events)
 
 
-# -- independent reference decoder (PROTOCOLS.md 1.9) ------------------------------------------
+# -- independent reference decoder (docs/protocols.md 1.9) -------------------------------------
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Every VMess vector of PROTOCOLS.md section 7, produced through the public API where the
+"""Every VMess vector of docs/protocols.md section 7, produced through the public API where the
 API can produce it (deterministic ``now`` and scripted ``urandom``)."""
 
 from __future__ import annotations

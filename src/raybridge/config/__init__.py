@@ -13,60 +13,15 @@ settings, streamSettings), :mod:`.rules` (routing), :mod:`.build` (one file),
 
 from __future__ import annotations
 
+from raybridge.config import model
 from raybridge.config.build import register_section
 from raybridge.config.loader import list_conf_dir, load_config, load_config_text
-from raybridge.config.model import (
-    DEFAULT_LEVEL_POLICY,
-    BalancerConfig,
-    BlackholeSettings,
-    Config,
-    ConfigWarning,
-    DokodemoSettings,
-    FreedomSettings,
-    HttpInboundSettings,
-    InboundConfig,
-    LevelPolicy,
-    LogConfig,
-    MuxConfig,
-    OutboundConfig,
-    PolicyConfig,
-    ReverseConfig,
-    ReverseEndpoint,
-    RoutingConfig,
-    RuleConfig,
-    SocksInboundSettings,
-    VMessInboundSettings,
-    VMessOutboundSettings,
-    VMessServerConfig,
-    VMessUserConfig,
-)
+from raybridge.config.model import *  # noqa: F403 - the model's names are the package's
 from raybridge.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_LEVEL_POLICY",
-    "BalancerConfig",
-    "BlackholeSettings",
-    "Config",
+    *model.__all__,
     "ConfigError",
-    "ConfigWarning",
-    "DokodemoSettings",
-    "FreedomSettings",
-    "HttpInboundSettings",
-    "InboundConfig",
-    "LevelPolicy",
-    "LogConfig",
-    "MuxConfig",
-    "OutboundConfig",
-    "PolicyConfig",
-    "ReverseConfig",
-    "ReverseEndpoint",
-    "RoutingConfig",
-    "RuleConfig",
-    "SocksInboundSettings",
-    "VMessInboundSettings",
-    "VMessOutboundSettings",
-    "VMessServerConfig",
-    "VMessUserConfig",
     "list_conf_dir",
     "load_config",
     "load_config_text",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from raybridge.config.fields import (
     INT32_MAX,
@@ -48,9 +48,8 @@ from raybridge.config.rules import build_routing
 from raybridge.config.settings import (
     INBOUND_SETTINGS,
     OUTBOUND_SETTINGS,
-    check_stream_settings,
-    check_tcp_settings,
 )
+from raybridge.config.stream import parse_transport, stream_for
 
 #: Protocols V2Ray 4.34 knows but raybridge does not implement.
 KNOWN_V2RAY_INBOUNDS = frozenset({"shadowsocks", "vless", "trojan", "mtproto"})
@@ -187,6 +186,58 @@ def _listen(obj: Obj) -> str:
     raise obj.ctx.error(node, path, f"cannot listen on {describe(node)}: not an IP address")
 
 
+def _check_allocate(alloc: Obj) -> None:
+    """``allocate``: validated; raybridge always listens on every port."""
+    ctx = alloc.ctx
+    strategy_node = alloc.get("strategy")
+    strategy = (
+        ""
+        if strategy_node is None
+        else ctx.expect_string(strategy_node, alloc.sub("strategy")).lower()
+    )
+    if strategy not in ("always", "random", "external"):
+        raise ctx.error(
+            strategy_node or alloc.node,
+            alloc.sub("strategy"),
+            f"unknown allocation strategy {describe(strategy_node) if strategy_node else ''}",
+        )
+    alloc.integer("concurrency", 0, UINT32)
+    alloc.integer("refresh", 0, UINT32)
+    if strategy != "always":
+        ctx.warn(
+            strategy_node,
+            alloc.sub("strategy"),
+            f'strategy "{strategy}" is not supported: raybridge listens on every port',
+        )
+    alloc.finish()
+
+
+def _sniffing(obj: Obj) -> tuple[bool, frozenset[str]]:
+    """``sniffing`` (or the legacy ``domainOverride``): (enabled, destOverride)."""
+    legacy = _sniff_list(obj, "domainOverride")  # validated even when "sniffing" wins
+    sniff = obj.object("sniffing")
+    if sniff is not None:
+        enabled = sniff.boolean("enabled")
+        dest_override = _sniff_list(sniff, "destOverride") or frozenset()
+        sniff.finish()
+        return enabled, dest_override
+    if legacy:
+        # V2Ray: a non-empty domainOverride means sniffing on, overriding these.
+        return True, legacy
+    return False, frozenset()
+
+
+class _Where(TypedDict):
+    file: str
+    line: int
+    path: str
+
+
+def _where(obj: Obj) -> _Where:
+    """Where an inbound or outbound object was written (see ``model.Located``)."""
+    return {"file": obj.ctx.file, "line": obj.line, "path": obj.path}
+
+
 def build_inbound(obj: Obj) -> PendingInbound:
     ctx = obj.ctx
     protocol = _protocol(obj, SUPPORTED_INBOUNDS, KNOWN_V2RAY_INBOUNDS, "inbound")
@@ -194,47 +245,11 @@ def build_inbound(obj: Obj) -> PendingInbound:
     listen = _listen(obj)
     port_node = obj.get("port")
     ports = [] if port_node is None else inbound_ports(ctx, port_node, obj.sub("port"))
-
     alloc = obj.object("allocate")
     if alloc is not None:
-        strategy_node = alloc.get("strategy")
-        strategy = (
-            ""
-            if strategy_node is None
-            else ctx.expect_string(strategy_node, alloc.sub("strategy")).lower()
-        )
-        if strategy not in ("always", "random", "external"):
-            raise ctx.error(
-                strategy_node or alloc.node,
-                alloc.sub("strategy"),
-                f"unknown allocation strategy {describe(strategy_node) if strategy_node else ''}",
-            )
-        alloc.integer("concurrency", 0, UINT32)
-        alloc.integer("refresh", 0, UINT32)
-        if strategy != "always":
-            ctx.warn(
-                strategy_node,
-                alloc.sub("strategy"),
-                f'strategy "{strategy}" is not supported: raybridge listens on every port',
-            )
-        alloc.finish()
-
-    stream = obj.object("streamSettings")
-    if stream is not None:
-        check_stream_settings(stream)
-
-    sniffing_enabled = False
-    dest_override: frozenset[str] = frozenset()
-    legacy = _sniff_list(obj, "domainOverride")  # validated even when "sniffing" wins
-    sniff = obj.object("sniffing")
-    if sniff is not None:
-        sniffing_enabled = sniff.boolean("enabled")
-        dest_override = _sniff_list(sniff, "destOverride") or frozenset()
-        sniff.finish()
-    elif legacy:
-        # V2Ray: a non-empty domainOverride means sniffing on, overriding these.
-        sniffing_enabled, dest_override = True, legacy
-
+        _check_allocate(alloc)
+    stream = stream_for(obj)
+    sniffing_enabled, dest_override = _sniffing(obj)
     settings = INBOUND_SETTINGS[protocol](_settings(obj))
     obj.finish()
     return PendingInbound(
@@ -244,11 +259,10 @@ def build_inbound(obj: Obj) -> PendingInbound:
             listen=listen,
             ports=ports,
             settings=settings,
+            stream=stream,
             sniffing_enabled=sniffing_enabled,
             sniffing_dest_override=dest_override,
-            file=ctx.file,
-            line=obj.line,
-            path=obj.path,
+            **_where(obj),
         ),
         has_port=port_node is not None,
     )
@@ -273,31 +287,34 @@ def _mux(obj: Obj) -> MuxConfig:
     return MuxConfig(enabled=enabled, concurrency=concurrency or 8)
 
 
+def _send_through(obj: Obj) -> str | None:
+    node = obj.get("sendThrough")
+    if node is None:
+        return None
+    address = normalize_ip(obj.ctx.expect_string(node, obj.sub("sendThrough")))
+    if address is None:
+        message = f"unable to send through {describe(node)}: not an IP address"
+        raise obj.ctx.error(node, obj.sub("sendThrough"), message)
+    return address
+
+
+def _proxy_tag(obj: Obj) -> str | None:
+    proxy = obj.object("proxySettings")
+    if proxy is None:
+        return None
+    tag = proxy.string("tag")
+    if not tag:
+        raise proxy.error("proxy tag is not set")
+    proxy.finish()
+    return tag
+
+
 def build_outbound(obj: Obj) -> OutboundConfig:
-    ctx = obj.ctx
     protocol = _protocol(obj, SUPPORTED_OUTBOUNDS, KNOWN_V2RAY_OUTBOUNDS, "outbound")
     tag = obj.string("tag")
-    send_through = None
-    st_node = obj.get("sendThrough")
-    if st_node is not None:
-        raw = ctx.expect_string(st_node, obj.sub("sendThrough"))
-        send_through = normalize_ip(raw)
-        if send_through is None:
-            raise ctx.error(
-                st_node,
-                obj.sub("sendThrough"),
-                f"unable to send through {describe(st_node)}: not an IP address",
-            )
-    stream = obj.object("streamSettings")
-    if stream is not None:
-        check_stream_settings(stream)
-    proxy_tag = None
-    proxy = obj.object("proxySettings")
-    if proxy is not None:
-        proxy_tag = proxy.string("tag")
-        if not proxy_tag:
-            raise proxy.error("proxy tag is not set")
-        proxy.finish()
+    send_through = _send_through(obj)
+    stream = stream_for(obj)
+    proxy_tag = _proxy_tag(obj)
     mux_obj = obj.object("mux")
     mux = MuxConfig() if mux_obj is None else _mux(mux_obj)
     settings = OUTBOUND_SETTINGS[protocol](_settings(obj))
@@ -309,9 +326,8 @@ def build_outbound(obj: Obj) -> OutboundConfig:
         send_through=send_through,
         mux=mux,
         proxy_tag=proxy_tag,
-        file=ctx.file,
-        line=obj.line,
-        path=obj.path,
+        stream=stream,
+        **_where(obj),
     )
 
 
@@ -423,18 +439,6 @@ def build_reverse(obj: Obj) -> ReverseConfig:
     return config
 
 
-def check_transport(obj: Obj) -> None:
-    """The global ``transport`` section: defaults for every streamSettings."""
-    tcp = obj.object("tcpSettings")
-    if tcp is not None:
-        check_tcp_settings(tcp)
-    for name in ("kcpSettings", "wsSettings", "httpSettings", "dsSettings", "quicSettings"):
-        node = obj.get(name)
-        if node is not None:
-            obj.ctx.warn(node, obj.sub(name), "ignored: raybridge only does plain TCP")
-    obj.finish()
-
-
 # --------------------------------------------------------------------------- a whole file
 
 
@@ -485,7 +489,7 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.routing = _section(top, "routing", build_routing)
     fc.policy = _section(top, "policy", build_policy)
     fc.reverse = _section(top, "reverse", build_reverse)
-    _section(top, "transport", check_transport)
+    ctx.transport = _section(top, "transport", parse_transport)
 
     fc.inbound = _section(top, "inbound", build_inbound)
     fc.inbound_detours = _entries(top, "inboundDetour", "inbound", build_inbound)

@@ -6,7 +6,7 @@ paste). ``raybridge test`` prints them; ``raybridge run`` logs them. None of the
 node: V2Ray would run these configs too (and then misroute, or open a proxy to anyone).
 
 Routing questions are answered by simulating the router (:mod:`raybridge.config.simulate`)
-for the connections the reverse proxy makes (PROTOCOLS.md 3.4): a bridge's tunnel request
+for the connections the reverse proxy makes (docs/protocols.md 3.4): a bridge's tunnel request
 is TCP ``domain:0`` with the bridge's tag as inbound tag; at the portal it arrives with the
 tag of the VMess inbound the bridge dialled.
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from raybridge.address import Destination, Network
 from raybridge.config.fields import Skipped
@@ -50,6 +51,7 @@ from raybridge.config.simulate import (
     Checker,
     Finding,
     Route,
+    Target,
     closest,
     describe_target,
     guess_protocol,
@@ -62,6 +64,9 @@ from raybridge.config.simulate import (
     users_of,
 )
 from raybridge.link import Session
+
+if TYPE_CHECKING:
+    from raybridge.config.model import InboundConfig
 
 __all__ = [
     "Finding",
@@ -112,20 +117,13 @@ def _unknown_inbound_tag(
             f" ({quote(tag)} is an outbound tag; inboundTag takes the tag of the inbound a "
             "connection arrived on, or of a bridge)"
         )
-    close = closest(tag, known)
-    if close is not None:
-        fix = f"did you mean {quote(close)}? write it instead of {quote(tag)}"
-    elif known:
-        fix = f"use the tag of an inbound or bridge of this config: {tag_list(sorted(known))}"
-    else:
-        fix = f'give the inbound this rule is for "tag": {quote(tag)}'
-    return Finding(
-        file=rule.file,
-        line=ck.line(rule.file, rule.path, rule.line, "inboundTag", tag),
-        path=rule.path + ".inboundTag",
-        message=message,
-        fix=fix,
+    fix = _tag_fix(
+        tag,
+        known,
+        "use the tag of an inbound or bridge of this config",
+        f'give the inbound this rule is for "tag": {quote(tag)}',
     )
+    return ck.at(rule, "inboundTag", message, fix, tag)
 
 
 def _unknown_target(ck: Checker, rule: RuleConfig, key: str, tag: str, known: set[str]) -> Finding:
@@ -140,25 +138,23 @@ def _unknown_target(ck: Checker, rule: RuleConfig, key: str, tag: str, known: se
             f' ({quote(tag)} is an inbound or bridge tag; "outboundTag" takes an outbound '
             "or portal tag)"
         )
+    if key == "balancerTag":
+        add = f'add {{"tag": {quote(tag)}, "selector": ["<outbound tag prefix>"]}} to '
+        add += "routing.balancers"
+    else:
+        add = f'add an outbound with "tag": {quote(tag)}'
+    return ck.at(rule, key, message, _tag_fix(tag, known, "use one of", add))
+
+
+def _tag_fix(tag: str, known: set[str], use: str, otherwise: str) -> str:
+    """The fix for a tag that names nothing: the closest known tag if one is close, else
+    ``use: <the known tags>``, else (no tags at all) ``otherwise``."""
     close = closest(tag, known)
     if close is not None:
-        fix = f"did you mean {quote(close)}? write it instead of {quote(tag)}"
-    elif known:
-        fix = f"use one of: {tag_list(sorted(known))}"
-    elif key == "balancerTag":
-        fix = (
-            f'add {{"tag": {quote(tag)}, "selector": ["<outbound tag prefix>"]}} to '
-            "routing.balancers"
-        )
-    else:
-        fix = f'add an outbound with "tag": {quote(tag)}'
-    return Finding(
-        file=rule.file,
-        line=ck.line(rule.file, rule.path, rule.line, key),
-        path=f"{rule.path}.{key}",
-        message=message,
-        fix=fix,
-    )
+        return f"did you mean {quote(close)}? write it instead of {quote(tag)}"
+    if known:
+        return f"{use}: {tag_list(sorted(known))}"
+    return otherwise
 
 
 def _tunnel_rule_tags(
@@ -174,30 +170,13 @@ def _tunnel_rule_tags(
     candidates = ck.vmess_inbounds()
     tags = [tag for tag, _, _ in candidates]
     ports = {tag: port for tag, port, _ in candidates}
-    named = {t for r, _ in ck.rules for t in r.inbound_tags or ()}
-    unnamed = [t for t in tags if t not in named]
-    client_rules = [
-        (i, r)
-        for i, (r, _) in enumerate(ck.rules)
-        if i != index
-        and r.outbound_tag == portal.tag
-        and r.domains is None
-        and len(set(r.inbound_tags or ()) & set(tags)) == 1
-    ]
-    chosen: str | None = tags[0] if len(tags) == 1 else None
-    swap: tuple[int, RuleConfig, str] | None = None
-    if chosen is None and len(client_rules) == 1 and len(unnamed) == 1:
-        c_index, c_rule = client_rules[0]
-        chosen = next(t for t in c_rule.inbound_tags or () if t in tags)
-        swap = (c_index, c_rule, unnamed[0])
-
-    shown = tag_list(unknown)
+    chosen, swap = _tunnel_inbound(ck, index, portal, tags)
     message = (
-        f"{shown} names no inbound or bridge of this config, so this rule, meant for the "
-        f'tunnels of portal "{portal.tag}" (requests for {portal.domain}), never matches. '
-        "A bridge's tunnel arrives on the VMess inbound its outbound dials, and routing "
-        "here sees that inbound's tag; tags of the bridge's own config (such as the tag "
-        "of its VMess outbound) are never seen on this node"
+        f"{tag_list(unknown)} names no inbound or bridge of this config, so this rule, meant "
+        f'for the tunnels of portal "{portal.tag}" (requests for {portal.domain}), never '
+        "matches. A bridge's tunnel arrives on the VMess inbound its outbound dials, and "
+        "routing here sees that inbound's tag; tags of the bridge's own config (such as the "
+        "tag of its VMess outbound) are never seen on this node"
     )
     if chosen is not None:
         fix = f'"inboundTag": [{quote(chosen)}] (the VMess inbound on port {ports[chosen]})'
@@ -209,14 +188,51 @@ def _tunnel_rule_tags(
             "add a VMess inbound for the bridge (its outbound's port and user id) and "
             "name its tag here"
         )
-    t_line = ck.line(rule.file, rule.path, rule.line, "inboundTag", unknown[0])
-    yield Finding(
-        file=rule.file, line=t_line, path=rule.path + ".inboundTag", message=message, fix=fix
-    )
-    if swap is None or chosen is None:
-        return
-    c_index, c_rule, client_tag = swap
-    ck.explained_rules.add(c_rule.path)
+    finding = ck.at(rule, "inboundTag", message, fix, unknown[0])
+    yield finding
+    if swap is not None and chosen is not None:
+        client_rule, client_tag = swap
+        yield _swapped_tags(ck, rule, finding.line, portal, chosen, client_rule, client_tag)
+
+
+def _tunnel_inbound(
+    ck: Checker, index: int, portal: ReverseEndpoint, tags: list[str]
+) -> tuple[str | None, tuple[RuleConfig, str] | None]:
+    """The VMess inbound the tunnel rule (``index``) should name, when it can be told: the
+    only one; or, when the portal's one client rule names one of them and exactly one is
+    named by no rule, the client rule's (the two rules' tags look swapped: then also that
+    client rule and the inbound nobody names)."""
+    if len(tags) == 1:
+        return tags[0], None
+    named = {t for r, _ in ck.rules for t in r.inbound_tags or ()}
+    unnamed = [t for t in tags if t not in named]
+    client_rules = [
+        r
+        for i, (r, _) in enumerate(ck.rules)
+        if i != index
+        and r.outbound_tag == portal.tag
+        and r.domains is None
+        and len(set(r.inbound_tags or ()) & set(tags)) == 1
+    ]
+    if len(client_rules) != 1 or len(unnamed) != 1:
+        return None, None
+    client_rule = client_rules[0]
+    chosen = next(t for t in client_rule.inbound_tags or () if t in tags)
+    return chosen, (client_rule, unnamed[0])
+
+
+def _swapped_tags(
+    ck: Checker,
+    rule: RuleConfig,
+    rule_line: int | None,
+    portal: ReverseEndpoint,
+    chosen: str,
+    client_rule: RuleConfig,
+    client_tag: str,
+) -> Finding:
+    """The client rule names ``chosen``, the inbound the tunnel ``rule`` needs, while the
+    clients' inbound ``client_tag`` is named by no rule."""
+    ck.explained_rules.add(client_rule.path)
     client_line = ck.inbound_line(client_tag)
     # Where the client inbound's traffic goes now: a plain request from it.
     now = ck.route(Session(inbound_tag=client_tag), Destination(Network.TCP, "example.com", 443))
@@ -230,19 +246,14 @@ def _tunnel_rule_tags(
     message = (
         f'this rule sends everything that arrives on "{chosen}" to portal "{portal.tag}", '
         f'but "{chosen}" is the inbound the bridge\'s tunnels arrive on ({rule.path}, line '
-        f'{t_line}, needs it), and inbound "{client_tag}" (line {client_line}) is named '
+        f'{rule_line}, needs it), and inbound "{client_tag}" (line {client_line}) is named '
         f"by no rule ({fate}). The inbound tags of the two rules look swapped"
     )
-    yield Finding(
-        file=c_rule.file,
-        line=ck.line(c_rule.file, c_rule.path, c_rule.line, "inboundTag", chosen),
-        path=c_rule.path + ".inboundTag",
-        message=message,
-        fix=(
-            f'"inboundTag": [{quote(client_tag)}] here (the clients\' inbound), and '
-            f'"inboundTag": [{quote(chosen)}] in {rule.path}'
-        ),
+    fix = (
+        f'"inboundTag": [{quote(client_tag)}] here (the clients\' inbound), and '
+        f'"inboundTag": [{quote(chosen)}] in {rule.path}'
     )
+    return ck.at(client_rule, "inboundTag", message, fix, chosen)
 
 
 # --------------------------------------------------------------------------- portals
@@ -258,79 +269,91 @@ def portal_checks(ck: Checker) -> Iterator[Finding]:
         dest = Destination(Network.TCP, portal.domain, 0)
         tunnel_rules = [i for i, (r, _) in enumerate(ck.rules) if ck.tunnel_rule_for(r) is portal]
         yield from _shadowed_tunnel_rules(ck, portal, dest, tunnel_rules)
-        if portal.tag in ck.explained_portals:
-            continue
-        routes = [
-            (inbound, ck.route(s, dest)) for inbound in inbounds for s in sessions_of(inbound)
-        ]
-        if any(portal in route.targets for _, route in routes):
-            continue
-        if not inbounds:
-            if ck.broken_inbounds:
-                continue  # its inbound failed to load: that error says enough
-            yield Finding(
-                file=portal.file,
-                line=portal.line,
-                path=ck.endpoint_path("portals", portal, k),
-                message=(
-                    f'portal "{portal.tag}" has no inbound for bridges to dial, so no tunnel '
-                    "can ever reach it"
-                ),
-                fix=(
-                    "add a VMess inbound for the bridge and the rule "
-                    + rule_json("<its tag>", portal.domain, portal.tag)
-                ),
+        if portal.tag not in ck.explained_portals:
+            yield from _unreached_portal(ck, k, portal, inbounds, tunnel_rules)
+
+
+def _unreached_portal(
+    ck: Checker,
+    k: int,
+    portal: ReverseEndpoint,
+    inbounds: list[InboundConfig],
+    tunnel_rules: list[int],
+) -> Iterator[Finding]:
+    """No tunnel request arriving on any of ``inbounds`` (those bridges may dial) reaches
+    the portal: it has no such inbound, its tunnel rule names none of them, or it has no
+    tunnel rule."""
+    dest = Destination(Network.TCP, portal.domain, 0)
+    routes = [(inbound, ck.route(s, dest)) for inbound in inbounds for s in sessions_of(inbound)]
+    if any(portal in route.targets for _, route in routes):
+        return
+    if not inbounds:
+        if not ck.broken_inbounds:  # else its inbound failed to load: that error says enough
+            message = (
+                f'portal "{portal.tag}" has no inbound for bridges to dial, so no tunnel can '
+                "ever reach it"
             )
-            continue
-        # Which inbound do bridges dial? Not one whose requests for the domain a rule with
-        # a domain condition sends elsewhere on purpose (a refusal, as in init's portal).
-        open_routes = [
-            (i, r) for i, r in routes if r.index is None or ck.rules[r.index][0].domains is None
-        ] or routes
-        inbound, route = open_routes[0]
-        tags = list(dict.fromkeys(i.tag or "<its tag>" for i, _ in open_routes))
-        source = (
-            tags[0] if len(tags) == 1 else f"<the inbound the bridge dials: {' or '.join(tags)}>"
-        )
-        fate = (
-            f"{ck.describe(route)}, so bridges never connect and the portal's clients get no tunnel"
-        )
-        unmatched = [i for i in tunnel_rules if ck.rules[i][0].path not in ck.explained_rules]
-        if unmatched:
-            # A tunnel rule exists but matches none of the VMess inbounds.
-            rule = ck.rules[unmatched[0]][0]
-            ck.explained_rules.add(rule.path)  # its fix also ends who it lets register
-            named = [
-                f"{quote(t)} is a {ck.inbounds[t].protocol} inbound"
-                if t in ck.inbounds
-                else f"{quote(t)} is a bridge of this node"
-                for t in rule.inbound_tags or ()
-                if t in ck.inbounds or t in ck.bridges
-            ]
-            yield Finding(
-                file=rule.file,
-                line=ck.line(rule.file, rule.path, rule.line, "inboundTag"),
-                path=rule.path + ".inboundTag",
-                message=(
-                    f'this rule is meant for the tunnels of portal "{portal.tag}", but they '
-                    f"arrive on a VMess inbound ({tag_list(i.tag for i in inbounds)}) and this "
-                    f"rule names none{' (' + '; '.join(named) + ')' if named else ''}. A "
-                    f'tunnel request arriving on "{inbound.tag}": {fate}'
-                ),
-                fix=f'"inboundTag": [{quote(source)}] (the VMess inbound the bridge dials)',
+            fix = "add a VMess inbound for the bridge and the rule " + rule_json(
+                "<its tag>", portal.domain, portal.tag
             )
-            continue
-        where = "as the first rule" if route.index is None else f"before {ck.where(route.index)}"
-        yield Finding(
-            file=portal.file,
-            line=portal.line,
-            path=ck.endpoint_path("portals", portal, k),
-            message=(
-                f'no rule sends the tunnels of portal "{portal.tag}" to it. A bridge\'s '
-                f'tunnel request (TCP {portal.domain}:0) arriving on "{inbound.tag}": {fate}'
-            ),
-            fix=f"add {where}: {rule_json(source, portal.domain, portal.tag)}",
+            yield _at_portal(ck, k, portal, message, fix)
+        return
+    # Which inbound do bridges dial? Not one whose requests for the domain a rule with
+    # a domain condition sends elsewhere on purpose (a refusal, as in init's portal).
+    open_routes = [
+        (i, r) for i, r in routes if r.index is None or ck.rules[r.index][0].domains is None
+    ] or routes
+    inbound, route = open_routes[0]
+    tags = list(dict.fromkeys(i.tag or "<its tag>" for i, _ in open_routes))
+    source = tags[0] if len(tags) == 1 else f"<the inbound the bridge dials: {' or '.join(tags)}>"
+    fate = f"{ck.describe(route)}, so bridges never connect and the portal's clients get no tunnel"
+    arrival = f'A tunnel request arriving on "{inbound.tag}": {fate}'
+    unmatched = [i for i in tunnel_rules if ck.rules[i][0].path not in ck.explained_rules]
+    if unmatched:
+        yield _unmatched_tunnel_rule(
+            ck, ck.rules[unmatched[0]][0], portal, inbounds, arrival, source
         )
+        return
+    where = "as the first rule" if route.index is None else f"before {ck.where(route.index)}"
+    message = (
+        f'no rule sends the tunnels of portal "{portal.tag}" to it. A bridge\'s tunnel '
+        f'request (TCP {portal.domain}:0) arriving on "{inbound.tag}": {fate}'
+    )
+    yield _at_portal(
+        ck, k, portal, message, f"add {where}: {rule_json(source, portal.domain, portal.tag)}"
+    )
+
+
+def _at_portal(ck: Checker, k: int, portal: ReverseEndpoint, message: str, fix: str) -> Finding:
+    """A finding about portal ``k`` of ``reverse.portals``."""
+    path = ck.endpoint_path("portals", portal, k)
+    return Finding(file=portal.file, line=portal.line, path=path, message=message, fix=fix)
+
+
+def _unmatched_tunnel_rule(
+    ck: Checker,
+    rule: RuleConfig,
+    portal: ReverseEndpoint,
+    inbounds: list[InboundConfig],
+    arrival: str,
+    source: str,
+) -> Finding:
+    """A tunnel rule exists but names none of the VMess inbounds."""
+    ck.explained_rules.add(rule.path)  # its fix also ends who it lets register
+    named = [
+        f"{quote(t)} is a {ck.inbounds[t].protocol} inbound"
+        if t in ck.inbounds
+        else f"{quote(t)} is a bridge of this node"
+        for t in rule.inbound_tags or ()
+        if t in ck.inbounds or t in ck.bridges
+    ]
+    message = (
+        f'this rule is meant for the tunnels of portal "{portal.tag}", but they '
+        f"arrive on a VMess inbound ({tag_list(i.tag for i in inbounds)}) and this "
+        f"rule names none{' (' + '; '.join(named) + ')' if named else ''}. {arrival}"
+    )
+    fix = f'"inboundTag": [{quote(source)}] (the VMess inbound the bridge dials)'
+    return ck.at(rule, "inboundTag", message, fix)
 
 
 def _shadowed_tunnel_rules(
@@ -398,7 +421,7 @@ def bridge_checks(ck: Checker) -> Iterator[Finding]:
         session = Session(inbound_tag=bridge.tag)
         dest = Destination(Network.TCP, bridge.domain, 0)
         route = ck.route(session, dest)
-        if any(isinstance(t, OutboundConfig) and t.protocol == "vmess" for t in route.targets):
+        if _any_vmess(route.targets):
             continue
         if route.index is not None and ck.rules[route.index][0].outbound_tag in (
             ck.broken_outbounds
@@ -409,11 +432,7 @@ def bridge_checks(ck: Checker) -> Iterator[Finding]:
             (
                 i
                 for i in range(len(ck.rules))
-                if ck.matches(i, session, dest)
-                and any(
-                    isinstance(t, OutboundConfig) and t.protocol == "vmess"
-                    for t in ck.resolve(ck.rules[i][0])[0]
-                )
+                if ck.matches(i, session, dest) and _any_vmess(ck.resolve(ck.rules[i][0])[0])
             ),
             None,
         )
@@ -433,38 +452,38 @@ def bridge_checks(ck: Checker) -> Iterator[Finding]:
                 fix=f"move this rule above {ck.rules[route.index][0].path}",
             )
             continue
-        if vmess_outs:
-            out = vmess_outs[0]
-            named = quote(out) + (
-                f" (or {tag_list(vmess_outs[1:])}: the one that dials the portal)"
-                if len(vmess_outs) > 1
-                else ""
-            )
-            place = (
-                "as the first rule" if route.index is None else f"before {ck.where(route.index)}"
-            )
-            fix = f"add {place}: {rule_json(bridge.tag, bridge.domain, out)}"
-            if len(vmess_outs) > 1:
-                fix += f" (the VMess outbound to the portal: {named})"
-        else:
-            fix = (
-                "add a VMess outbound to the portal (its address, port and the user id of the "
-                "portal's inbound for bridges) and the rule "
-                + rule_json(bridge.tag, bridge.domain, "<its tag>")
-            )
+        message = f"{what} never reach the portal: {ck.describe(route, 'them')}: {fate}"
+        fix = _bridge_rule_fix(ck, bridge, route, vmess_outs)
         if route.index is not None:
             rule = ck.rules[route.index][0]
-            file, line, path = rule.file, rule.line, rule.path
+            yield Finding(file=rule.file, line=rule.line, path=rule.path, message=message, fix=fix)
         else:
-            file, line = bridge.file, bridge.line
             path = ck.endpoint_path("bridges", bridge, k)
-        yield Finding(
-            file=file,
-            line=line,
-            path=path,
-            message=f"{what} never reach the portal: {ck.describe(route, 'them')}: {fate}",
-            fix=fix,
+            yield Finding(file=bridge.file, line=bridge.line, path=path, message=message, fix=fix)
+
+
+def _any_vmess(targets: Iterable[Target]) -> bool:
+    return any(isinstance(t, OutboundConfig) and t.protocol == "vmess" for t in targets)
+
+
+def _bridge_rule_fix(
+    ck: Checker, bridge: ReverseEndpoint, route: Route, vmess_outs: list[str]
+) -> str:
+    """The rule that sends the bridge's tunnels to a VMess outbound (``vmess_outs``: the
+    config's), and the outbound too if there is none."""
+    if not vmess_outs:
+        return (
+            "add a VMess outbound to the portal (its address, port and the user id of the "
+            "portal's inbound for bridges) and the rule "
+            + rule_json(bridge.tag, bridge.domain, "<its tag>")
         )
+    out = vmess_outs[0]
+    place = "as the first rule" if route.index is None else f"before {ck.where(route.index)}"
+    fix = f"add {place}: {rule_json(bridge.tag, bridge.domain, out)}"
+    if len(vmess_outs) > 1:
+        named = f"{quote(out)} (or {tag_list(vmess_outs[1:])}: the one that dials the portal)"
+        fix += f" (the VMess outbound to the portal: {named})"
+    return fix
 
 
 def _bridge_fate(route: Route, domain: str) -> str:
@@ -549,62 +568,92 @@ def bridge_exposure(config: Config, ck: Checker | None = None) -> Iterator[Findi
     machine) are as able to register as anyone's."""
     ck = ck or Checker(config)
     for portal in config.reverse.portals:
-        dest = Destination(Network.TCP, portal.domain, 0)
         for inbound in config.inbounds:
-            users = users_of(inbound)
-            who: list[str] = []
-            matched_rules: list[RuleConfig | None] = []
-            for i, session in enumerate(sessions_of(inbound)):
-                route = ck.route(session, dest)
-                if portal in route.targets:
-                    who.append(session.user or f"clients[{i}]")
-                    matched_rules.append(None if route.index is None else ck.rules[route.index][0])
-            if not who:
-                continue
-            rule = next((r for r in matched_rules if r is not None), None)
-            if rule is not None and rule.path in ck.explained_rules:
-                continue
-            where = f'inbound "{inbound.tag or inbound.path}" ({inbound.protocol} on '
-            where += f"{inbound.listen}:{','.join(map(str, inbound.ports))})"
-            deliberate = rule is not None and rule.domains is not None
-            block = (
-                f'add before it {{"type": "field", "inboundTag": [{quote(inbound.tag)}], '
-                f'"domain": [{quote("full:" + portal.domain)}], '
-                '"outboundTag": "<a blackhole outbound>"}'
-            )
-            if users is None:
-                message = (
-                    f"anyone who can reach {where} can register as a bridge of portal "
-                    f'"{portal.tag}" (a request for {portal.domain} is taken as a tunnel) and '
-                    "then receives other clients' traffic"
-                )
-                fix = "route the tunnel domain to the portal only from a dedicated VMess inbound"
-                if not deliberate:
-                    fix += f"; for this inbound, {block}"
-            elif not deliberate:
-                message = (
-                    f'the clients of {where} are routed to portal "{portal.tag}" whatever '
-                    f"they ask for, so a request for {portal.domain} registers them as a "
-                    "bridge, and they then receive other clients' traffic"
-                )
-                fix = block
-            elif len(who) > 1:
-                message = (
-                    f"{len(who)} users of {where} can register as a bridge of portal "
-                    f'"{portal.tag}" ({", ".join(who)}), so a client could receive other '
-                    "clients' traffic"
-                )
-                fix = (
-                    "give the bridge an inbound and a user of its own, or add "
-                    '"user": ["<the bridge\'s email>"] to the rule for '
-                    f"full:{portal.domain}"
-                )
-            else:
-                continue
-            line = rule.line if rule is not None else inbound.line
-            file = (rule.file if rule is not None else inbound.file) or ""
-            path = rule.path if rule is not None else inbound.path
-            yield Finding(file=file, line=line, path=path, message=message, fix=fix)
+            finding = _exposure(ck, portal, inbound)
+            if finding is not None:
+                yield finding
+
+
+def _exposure(ck: Checker, portal: ReverseEndpoint, inbound: InboundConfig) -> Finding | None:
+    """Clients of ``inbound`` that routing lets register as bridges of ``portal``, unless
+    that is what the config means (one user, on an inbound routed by the tunnel domain)."""
+    dest = Destination(Network.TCP, portal.domain, 0)
+    who: list[str] = []
+    matched_rules: list[RuleConfig | None] = []
+    for i, session in enumerate(sessions_of(inbound)):
+        route = ck.route(session, dest)
+        if portal in route.targets:
+            who.append(session.user or f"clients[{i}]")
+            matched_rules.append(None if route.index is None else ck.rules[route.index][0])
+    if not who:
+        return None
+    rule = next((r for r in matched_rules if r is not None), None)
+    if rule is not None and rule.path in ck.explained_rules:
+        return None
+    said = _exposure_text(
+        portal,
+        inbound,
+        who,
+        anyone=users_of(inbound) is None,
+        deliberate=rule is not None and rule.domains is not None,
+    )
+    if said is None:
+        return None
+    message, fix = said
+    if rule is not None:
+        return Finding(
+            file=rule.file or "", line=rule.line, path=rule.path, message=message, fix=fix
+        )
+    return Finding(
+        file=inbound.file or "", line=inbound.line, path=inbound.path, message=message, fix=fix
+    )
+
+
+def _exposure_text(
+    portal: ReverseEndpoint,
+    inbound: InboundConfig,
+    who: list[str],
+    *,
+    anyone: bool,
+    deliberate: bool,
+) -> tuple[str, str] | None:
+    """What is wrong and the fix, when ``who`` (clients of ``inbound``; ``anyone``: it has
+    no users) may register as bridges; ``deliberate``: by a rule for the tunnel domain."""
+    where = f'inbound "{inbound.tag or inbound.path}" ({inbound.protocol} on '
+    where += f"{inbound.listen}:{','.join(map(str, inbound.ports))})"
+    block = (
+        f'add before it {{"type": "field", "inboundTag": [{quote(inbound.tag)}], '
+        f'"domain": [{quote("full:" + portal.domain)}], '
+        '"outboundTag": "<a blackhole outbound>"}'
+    )
+    if anyone:
+        message = (
+            f"anyone who can reach {where} can register as a bridge of portal "
+            f'"{portal.tag}" (a request for {portal.domain} is taken as a tunnel) and '
+            "then receives other clients' traffic"
+        )
+        fix = "route the tunnel domain to the portal only from a dedicated VMess inbound"
+        return message, fix if deliberate else f"{fix}; for this inbound, {block}"
+    if not deliberate:
+        message = (
+            f'the clients of {where} are routed to portal "{portal.tag}" whatever '
+            f"they ask for, so a request for {portal.domain} registers them as a "
+            "bridge, and they then receive other clients' traffic"
+        )
+        return message, block
+    if len(who) > 1:
+        message = (
+            f"{len(who)} users of {where} can register as a bridge of portal "
+            f'"{portal.tag}" ({", ".join(who)}), so a client could receive other '
+            "clients' traffic"
+        )
+        fix = (
+            "give the bridge an inbound and a user of its own, or add "
+            '"user": ["<the bridge\'s email>"] to the rule for '
+            f"full:{portal.domain}"
+        )
+        return message, fix
+    return None
 
 
 # --------------------------------------------------------------------------- status server
@@ -653,6 +702,36 @@ def status_exposure(ck: Checker) -> Iterator[Finding]:
         )
 
 
+# --------------------------------------------------------------------------- TLS
+
+
+def tls_checks(ck: Checker) -> Iterator[Finding]:
+    """``allowInsecure`` turns certificate checks off: say so, with the way out."""
+    streams = [(c.file, c.path, c.stream) for c in ck.config.inbounds]
+    streams += [(c.file, c.path, c.stream) for c in ck.config.outbounds]
+    for file, where, stream in streams:
+        tls = stream.tls
+        if tls is None or not tls.allow_insecure:
+            continue
+        path = f"{where}.streamSettings.tlsSettings"
+        at = tls.where.partition(": ")[0].rpartition(":")[2]  # "file:line: path"
+        line = int(at) if at.isdigit() else None
+        yield Finding(
+            file=file or "",
+            line=ck.line(file or "", path, line, "allowInsecure"),
+            path=f"{path}.allowInsecure",
+            message=(
+                "allowInsecure: the server's certificate is not checked, so anyone on the "
+                "path can read and change this traffic"
+            ),
+            fix=(
+                'trust the certificate instead: "certificates": [{"certificateFile": '
+                '"<the CA or the server certificate>", "usage": "verify"}] (raybridge init '
+                "--self-signed writes such a CA)"
+            ),
+        )
+
+
 # --------------------------------------------------------------------------- entry points
 
 #: Checks run in this order: earlier ones mark what they explain so later ones stay quiet.
@@ -663,6 +742,7 @@ _CHECKS: tuple[Callable[[Checker], Iterable[Finding]], ...] = (
     open_proxies,
     lambda ck: bridge_exposure(ck.config, ck),
     status_exposure,
+    tls_checks,
 )
 
 

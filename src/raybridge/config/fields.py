@@ -1,6 +1,6 @@
 """Typed access to parsed JSON with V2Ray's (Go ``encoding/json``) decoding rules.
 
-Rules shared by every section (PROTOCOLS.md 4.1):
+Rules shared by every section (docs/protocols.md 4.1):
 
 * keys match case-insensitively; for duplicate keys the last wins (with a warning);
 * ``null`` means "absent" (Go leaves the field at its zero value);
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from raybridge.config.jsonc import JArray, JBool, JNumber, JObject, JString, JValue, fold_key
-from raybridge.config.model import ConfigWarning
+from raybridge.config.model import ConfigWarning, TransportDefaults
 from raybridge.errors import ConfigError
 
 UINT16 = 0xFFFF
@@ -94,6 +94,8 @@ class Ctx:
     environ: Mapping[str, str]
     warnings: list[ConfigWarning] = field(default_factory=list)
     skipped: list[Skipped] | None = None
+    #: This file's top-level ``transport`` section (defaults for its streamSettings).
+    transport: TransportDefaults | None = None
 
     def attempt(
         self, kind: str, path: str, node: JValue | None, build: Callable[[], T]

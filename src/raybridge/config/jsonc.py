@@ -1,7 +1,7 @@
 """V2Ray's JSON dialect, parsed into a tree that remembers where every value came from.
 
 V2Ray 4.34 (``infra/conf/json/reader.go``) runs the file through a comment filter and then
-hands it to Go's ``encoding/json`` (PROTOCOLS.md section 4.1). We do the same in two steps:
+hands it to Go's ``encoding/json`` (docs/protocols.md section 4.1). We do the same in two steps:
 
 1. :func:`strip_comments` mirrors the Go filter's state machine: ``// ...`` and ``# ...``
    to the end of the line and ``/* ... */`` are removed outside double- and single-quoted
@@ -27,8 +27,11 @@ import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from raybridge.errors import ConfigError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "MAX_DEPTH",
@@ -95,19 +98,25 @@ class JNull(JValue):
         return f"JNull@{self.line}:{self.col}"
 
 
-class JBool(JValue):
-    __slots__ = ("value",)
-    kind = "boolean"
+class _JScalar(JValue, Generic[_T]):
+    """A value held as one Python scalar: :class:`JBool`, :class:`JString`."""
 
-    def __init__(self, value: bool, line: int, col: int) -> None:
+    __slots__ = ("value",)
+
+    def __init__(self, value: _T, line: int, col: int) -> None:
         super().__init__(line, col)
         self.value = value
 
-    def to_python(self) -> bool:
+    def to_python(self) -> _T:
         return self.value
 
     def __repr__(self) -> str:
-        return f"JBool({self.value})@{self.line}:{self.col}"
+        return f"{type(self).__name__}({self.value!r})@{self.line}:{self.col}"
+
+
+class JBool(_JScalar[bool]):
+    __slots__ = ()
+    kind = "boolean"
 
 
 class JNumber(JValue):
@@ -140,19 +149,9 @@ class JNumber(JValue):
         return f"JNumber({self.raw})@{self.line}:{self.col}"
 
 
-class JString(JValue):
-    __slots__ = ("value",)
+class JString(_JScalar[str]):
+    __slots__ = ()
     kind = "string"
-
-    def __init__(self, value: str, line: int, col: int) -> None:
-        super().__init__(line, col)
-        self.value = value
-
-    def to_python(self) -> str:
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"JString({self.value!r})@{self.line}:{self.col}"
 
 
 class JArray(JValue):

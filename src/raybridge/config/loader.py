@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from raybridge.config.build import FileConfig, PendingInbound, build_file
 from raybridge.config.fields import Ctx, Skipped
@@ -46,8 +47,11 @@ from raybridge.config.model import (
     PolicyConfig,
     ReverseConfig,
     RoutingConfig,
+    RuleConfig,
 )
 from raybridge.errors import ConfigError
+
+T = TypeVar("T")
 
 __all__ = [
     "STDIN_NAMES",
@@ -232,78 +236,69 @@ def merge_files(
 ) -> Config:
     """Merge per-file sections in order (``Override``) and finish the config.
     ``skipped``: lenient loading (an inbound without a port is left out and recorded)."""
-    first = files[0]
-    port = first.port
-    log: LogConfig | None = first.log
-    routing: RoutingConfig | None = first.routing
-    policy: PolicyConfig | None = first.policy
-    reverse: ReverseConfig | None = first.reverse
-    sections = dict(first.sections)
-    inbound, inbound_detours, inbounds = first.inbound, first.inbound_detours, list(first.inbounds)
-    outbound, outbound_detours = first.outbound, first.outbound_detours
-    outbounds = list(first.outbounds)
-
-    for fc in files[1:]:
-        log = fc.log or log
-        routing = fc.routing or routing
-        policy = fc.policy or policy
-        reverse = fc.reverse or reverse
+    sections: dict[str, object] = {}
+    inbounds: list[PendingInbound] = []
+    outbounds: list[OutboundConfig] = []
+    for fc in files:
         sections.update(fc.sections)
-        inbound = fc.inbound or inbound
-        outbound = fc.outbound or outbound
-        if fc.inbound_detours is not None:
-            inbound_detours = fc.inbound_detours
-        if fc.outbound_detours is not None:
-            outbound_detours = fc.outbound_detours
-
-        if len(fc.inbounds) == 1 and inbounds:
-            new_in = fc.inbounds[0]
-            idx = _tag_index([p.config.tag for p in inbounds], new_in.config.tag)
-            if idx >= 0:
-                inbounds[idx] = new_in
-            else:
-                inbounds.append(new_in)
-        elif fc.inbounds:
-            inbounds = list(fc.inbounds)
-
-        if len(fc.outbounds) == 1 and outbounds:
-            new_out = fc.outbounds[0]
-            idx = _tag_index([o.tag for o in outbounds], new_out.tag)
-            if idx >= 0:
-                outbounds[idx] = new_out
-            elif "tail" in fc.file.lower():
-                outbounds.append(new_out)
-            else:
-                outbounds.insert(0, new_out)
-        elif fc.outbounds:
-            outbounds = list(fc.outbounds)
-
-    all_in: list[PendingInbound] = []
-    if inbound is not None:
-        all_in.append(inbound)
-    all_in.extend(inbound_detours or ())
-    all_in.extend(inbounds)
-    all_out: list[OutboundConfig] = []
-    if outbound is not None:
-        all_out.append(outbound)
-    all_out.extend(outbound_detours or ())
-    all_out.extend(outbounds)
-
-    final_in = _finish_inbounds(all_in, port, warnings, skipped)
-    final_out = _finish_outbounds(all_out, warnings)
+        inbounds = _merge_entries(inbounds, fc.inbounds, lambda p: p.config.tag, at_end=True)
+        # A single outbound goes first (it becomes the default) unless the file's name
+        # says "tail".
+        at_end = "tail" in fc.file.lower()
+        outbounds = _merge_entries(outbounds, fc.outbounds, lambda o: o.tag, at_end=at_end)
+    inbound = _last(fc.inbound for fc in files)
+    outbound = _last(fc.outbound for fc in files)
+    all_in = [*_present(inbound), *(_last(fc.inbound_detours for fc in files) or ()), *inbounds]
+    all_out = [
+        *_present(outbound),
+        *(_last(fc.outbound_detours for fc in files) or ()),
+        *outbounds,
+    ]
     config = Config(
-        log=log or LogConfig(),
-        inbounds=final_in,
-        outbounds=final_out,
-        routing=routing or RoutingConfig(),
-        reverse=reverse or ReverseConfig(),
-        policy=policy or PolicyConfig(),
+        log=_last(fc.log for fc in files) or LogConfig(),
+        inbounds=_finish_inbounds(all_in, files[0].port, warnings, skipped),
+        outbounds=_finish_outbounds(all_out, warnings),
+        routing=_last(fc.routing for fc in files) or RoutingConfig(),
+        reverse=_last(fc.reverse for fc in files) or ReverseConfig(),
+        policy=_last(fc.policy for fc in files) or PolicyConfig(),
         sections=sections,
         warnings=warnings,
         files=[fc.file for fc in files],
     )
     _check_references(config, warnings, skipped or ())
     return config
+
+
+def _last(values: Iterable[T | None]) -> T | None:
+    """The last value that is there: a later file's section replaces an earlier one's."""
+    found: T | None = None
+    for value in values:
+        if value is not None:
+            found = value
+    return found
+
+
+def _present(value: T | None) -> list[T]:
+    return [] if value is None else [value]
+
+
+def _merge_entries(
+    current: list[T], new: Sequence[T], tag: Callable[[T], str], *, at_end: bool
+) -> list[T]:
+    """A later file's ``inbounds`` or ``outbounds`` merged into ``current`` as V2Ray does:
+    a single entry replaces the one with its tag (or is added, at the end with ``at_end``,
+    else first); several replace the whole list."""
+    if len(new) == 1 and current:
+        entry = new[0]
+        index = _tag_index([tag(e) for e in current], tag(entry))
+        if index >= 0:
+            current[index] = entry
+        elif at_end:
+            current.append(entry)
+        else:
+            current.insert(0, entry)
+        return current
+    return list(new) if new else current
 
 
 def _finish_inbounds(
@@ -347,11 +342,9 @@ def _finish_inbounds(
         if cfg.tag and last[cfg.tag] != i:
             later = configs[last[cfg.tag]]
             warnings.append(
-                ConfigWarning(
-                    file=cfg.file,
-                    line=cfg.line,
-                    path=cfg.path,
-                    message=f'tag "{cfg.tag}" is used again at {later.file}:{later.line}; '
+                _warning(
+                    cfg,
+                    f'tag "{cfg.tag}" is used again at {later.file}:{later.line}; '
                     "this inbound is dropped (V2Ray never starts it either)",
                 )
             )
@@ -368,13 +361,12 @@ def _finish_outbounds(
     for i, cfg in enumerate(configs):
         if cfg.tag:
             if cfg.tag in seen:
+                earlier = seen[cfg.tag]
                 warnings.append(
-                    ConfigWarning(
-                        file=cfg.file,
-                        line=cfg.line,
-                        path=cfg.path,
-                        message=f'tag "{cfg.tag}" is already used by '
-                        f"{seen[cfg.tag].file}:{seen[cfg.tag].line}; routing uses this one",
+                    _warning(
+                        cfg,
+                        f'tag "{cfg.tag}" is already used by {earlier.file}:{earlier.line}; '
+                        "routing uses this one",
                     )
                 )
             seen[cfg.tag] = cfg
@@ -400,31 +392,24 @@ def _check_references(
     balancers = {b.tag for b in config.routing.balancers}
     for rule in config.routing.rules:
         if rule.outbound_tag is not None and rule.outbound_tag not in outbound_tags:
-            warnings.append(
-                ConfigWarning(
-                    file=rule.file,
-                    line=rule.line,
-                    path=rule.path + ".outboundTag",
-                    message=f'"{rule.outbound_tag}" names no outbound or portal: matching '
-                    "traffic goes to the default outbound",
-                )
+            message = (
+                f'"{rule.outbound_tag}" names no outbound or portal: matching traffic goes '
+                "to the default outbound"
             )
+            warnings.append(_warning(rule, message, "outboundTag"))
         if rule.balancer_tag is not None and rule.balancer_tag not in balancers:
-            warnings.append(
-                ConfigWarning(
-                    file=rule.file,
-                    line=rule.line,
-                    path=rule.path + ".balancerTag",
-                    message=f'"{rule.balancer_tag}" names no balancer',
-                )
-            )
+            message = f'"{rule.balancer_tag}" names no balancer'
+            warnings.append(_warning(rule, message, "balancerTag"))
         for tag in rule.inbound_tags or ():
             if tag not in inbound_tags:
-                warnings.append(
-                    ConfigWarning(
-                        file=rule.file,
-                        line=rule.line,
-                        path=rule.path + ".inboundTag",
-                        message=f'"{tag}" names no inbound or bridge: this never matches',
-                    )
-                )
+                message = f'"{tag}" names no inbound or bridge: this never matches'
+                warnings.append(_warning(rule, message, "inboundTag"))
+
+
+def _warning(
+    entry: InboundConfig | OutboundConfig | RuleConfig, message: str, key: str = ""
+) -> ConfigWarning:
+    """A warning about an inbound, outbound or rule, or about its field ``key`` (on the
+    entry's line)."""
+    path = f"{entry.path}.{key}" if key else entry.path
+    return ConfigWarning(file=entry.file, line=entry.line, path=path, message=message)

@@ -8,7 +8,7 @@ whose CIDR fails to compile::
 
     raise ConfigError("invalid CIDR", file=rule.file, line=rule.line, path=rule.path + ".ip")
 
-Sources for the defaults: ``../shared/spec/PROTOCOLS.md`` sections 4.3-4.9 and 6, and
+Sources for the defaults: ``docs/protocols.md`` sections 4.3-4.9 and 6, and
 ``infra/conf/*.go`` of V2Ray 4.34.
 """
 
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+from raybridge.errors import ConfigError
 
 __all__ = [
     "DEFAULT_LEVEL_POLICY",
+    "PLAIN",
     "SUPPORTED_INBOUNDS",
     "SUPPORTED_OUTBOUNDS",
     "BalancerConfig",
@@ -29,9 +32,13 @@ __all__ = [
     "DokodemoSettings",
     "FreedomSettings",
     "HttpInboundSettings",
+    "HttpRequestHeader",
+    "HttpResponseHeader",
+    "HttpSettings",
     "InboundConfig",
     "InboundSettings",
     "LevelPolicy",
+    "Located",
     "LogConfig",
     "MuxConfig",
     "OutboundConfig",
@@ -41,11 +48,18 @@ __all__ = [
     "ReverseEndpoint",
     "RoutingConfig",
     "RuleConfig",
+    "Section",
+    "SockOpt",
     "SocksInboundSettings",
+    "StreamSettings",
+    "TcpSettings",
+    "TlsCertificate",
+    "TlsSettings",
     "VMessInboundSettings",
     "VMessOutboundSettings",
     "VMessServerConfig",
     "VMessUserConfig",
+    "WsSettings",
 ]
 
 Network = Literal["tcp", "udp"]
@@ -79,12 +93,43 @@ class ConfigWarning:
         return f"{where}:{field_} {self.message}"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Located:
+    """Where an entry of a config list (an inbound, an outbound, a routing rule) was
+    written: ``file``, the ``line`` of its opening brace and its JSON ``path``
+    (``inbounds[1]``); ``index`` is its position in the merged list."""
+
+    #: The merged list the entry is in, as messages about the running node name it.
+    section: ClassVar[str] = ""
+
+    file: str = ""
+    line: int = 0
+    index: int = 0
+    path: str = ""
+
+    def error(self, message: str) -> ConfigError:
+        """A problem with this entry found after loading (building the node):
+        ``file:line: inbounds[index]: message``."""
+        return ConfigError(
+            message, file=self.file, line=self.line, path=f"{self.section}[{self.index}]"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Section:
+    """A top-level section: ``file`` and ``line`` of its object (``None`` when no file has
+    it and it holds the defaults)."""
+
+    file: str | None = None
+    line: int | None = None
+
+
 # --------------------------------------------------------------------------- log
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LogConfig:
-    """The ``log`` section (PROTOCOLS.md 4.9).
+class LogConfig(Section):
+    """The ``log`` section (docs/protocols.md 4.9).
 
     ``access`` / ``error``: ``None`` = off, ``""`` = console, anything else = a file path.
     raybridge's console is **stderr**; V2Ray 4.34 writes its console logs to stdout. We use
@@ -98,8 +143,6 @@ class LogConfig:
     access: str | None = None
     error: str | None = ""
     level: LogLevel = "warning"
-    file: str | None = None
-    line: int | None = None
 
 
 # --------------------------------------------------------------------------- users
@@ -109,7 +152,7 @@ class LogConfig:
 class VMessUserConfig:
     """A VMess user (inbound ``clients[]`` or outbound ``vnext[].users[]``).
 
-    ``alter_id`` 0 selects the AEAD header (PROTOCOLS.md 1.2). ``security`` is one of
+    ``alter_id`` 0 selects the AEAD header (docs/protocols.md 1.2). ``security`` is one of
     ``auto``, ``aes-128-gcm``, ``chacha20-poly1305``, ``none``, ``zero`` (v5 and sing-box;
     anything else in the JSON means ``auto``, as in V2Ray); a server ignores it.
     ``experiments``: a client's ``"AuthenticatedLength"`` and ``"NoTerminationSignal"``.
@@ -130,7 +173,7 @@ class VMessUserConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SocksInboundSettings:
-    """``socks`` inbound settings (PROTOCOLS.md 4.3, 5.1).
+    """``socks`` inbound settings (docs/protocols.md 4.3, 5.1).
 
     ``accounts`` maps user name to password. ``ip`` is the address put in the UDP ASSOCIATE
     reply (``None``: use the rule of 5.1). ``timeout`` is V2Ray's deprecated idle timeout
@@ -147,7 +190,7 @@ class SocksInboundSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpInboundSettings:
-    """``http`` inbound settings (PROTOCOLS.md 4.3, 5.2). Non-empty ``accounts`` turns on
+    """``http`` inbound settings (docs/protocols.md 4.3, 5.2). Non-empty ``accounts`` turns on
     Basic proxy authentication. ``timeout``: deprecated idle seconds (0 = unset)."""
 
     accounts: dict[str, str] = field(default_factory=dict)
@@ -159,7 +202,7 @@ class HttpInboundSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VMessInboundSettings:
     """``vmess`` inbound settings. ``disable_insecure_encryption``: reject security NONE,
-    LEGACY and unknown (PROTOCOLS.md 4.3). The ``default`` block only matters for detour
+    LEGACY and unknown (docs/protocols.md 4.3). The ``default`` block only matters for detour
     users, which raybridge does not support, so it is validated and dropped."""
 
     clients: list[VMessUserConfig] = field(default_factory=list)
@@ -187,8 +230,133 @@ InboundSettings = (
 )
 
 
+# --------------------------------------------------------------------------- streamSettings
+# (parsed by config/stream.py; docs/transports.md 1)
+
+StreamNetwork = Literal["tcp", "ws", "http"]
+CertUsage = Literal["encipherment", "verify", "issue"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class InboundConfig:
+class TlsCertificate:
+    """One ``tlsSettings.certificates`` entry: PEM text (from a file or inline lines)."""
+
+    certificate: bytes
+    key: bytes | None
+    usage: CertUsage
+    where: str  # "file:line: path", for errors found when the context is built
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    server_name: str = ""
+    alpn: tuple[str, ...] = ()
+    allow_insecure: bool = False
+    disable_system_root: bool = False
+    session_resumption: bool = False
+    certificates: tuple[TlsCertificate, ...] = ()
+    where: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRequestHeader:
+    """``tcpSettings.header.request`` (V2Ray's defaults when a field is absent: ``None``)."""
+
+    version: str = "1.1"
+    method: str = "GET"
+    paths: tuple[str, ...] = ("/",)
+    headers: dict[str, tuple[str, ...]] | None = None  # None: V2Ray's default headers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpResponseHeader:
+    version: str = "1.1"
+    status: str = "200"
+    reason: str = "OK"
+    headers: dict[str, tuple[str, ...]] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpSettings:
+    header: Literal["none", "http"] = "none"
+    request: HttpRequestHeader = field(default_factory=HttpRequestHeader)
+    response: HttpResponseHeader = field(default_factory=HttpResponseHeader)
+    accept_proxy_protocol: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WsSettings:
+    path: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
+    accept_proxy_protocol: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    hosts: tuple[str, ...] = ()  # empty: V2Ray's "www.example.com", on both sides
+    path: str = "/"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SockOpt:
+    mark: int = 0
+    tcp_fast_open: bool | None = None
+    accept_proxy_protocol: bool = False  # counts for h2 only, as in V2Ray (docs/transports.md 6)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamSettings:
+    network: StreamNetwork = "tcp"
+    tls: TlsSettings | None = None
+    tcp: TcpSettings = field(default_factory=TcpSettings)
+    ws: WsSettings = field(default_factory=WsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    sockopt: SockOpt = field(default_factory=SockOpt)
+
+    @property
+    def plain(self) -> bool:
+        """Bare TCP: nothing between the socket and the proxy protocol."""
+        return (
+            self.network == "tcp"
+            and self.tls is None
+            and self.tcp.header == "none"
+            and not self.tcp.accept_proxy_protocol
+        )
+
+    def describe(self) -> str:
+        """``tcp``, ``tls``, ``ws``, ``ws+tls``, ``h2``, ``tcp+http``... for status pages."""
+        base = {"tcp": "tcp", "ws": "ws", "http": "h2"}[self.network]
+        if self.network == "tcp" and self.tcp.header == "http":
+            base = "tcp+http"
+        if self.tls is None:
+            return base
+        return "tls" if base == "tcp" else f"{base}+tls"
+
+
+PLAIN = StreamSettings()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportDefaults:
+    """The top-level ``transport`` section: the tcp/ws/http settings of every
+    ``streamSettings`` of the same file that does not set its own (V2Ray's
+    ``applyTransportConfig``)."""
+
+    tcp: TcpSettings | None = None
+    ws: WsSettings | None = None
+    http: HttpSettings | None = None
+
+    def stream(self) -> StreamSettings:
+        """What an inbound or outbound without ``streamSettings`` gets."""
+        return StreamSettings(
+            tcp=self.tcp or TcpSettings(),
+            ws=self.ws or WsSettings(),
+            http=self.http or HttpSettings(),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundConfig(Located):
     """One inbound. ``ports`` is the expanded port list (``"1000-1002"`` -> three ports);
     the inbound listens on every one of them at ``listen`` (an IP address or
     ``localhost``). ``index`` is the position in the merged inbound list; ``path`` names the
@@ -198,13 +366,12 @@ class InboundConfig:
     tag: str = ""
     listen: str = "0.0.0.0"
     ports: list[int] = field(default_factory=list)
+    section: ClassVar[str] = "inbounds"
+
     settings: InboundSettings
+    stream: StreamSettings = PLAIN
     sniffing_enabled: bool = False
     sniffing_dest_override: frozenset[str] = frozenset()
-    file: str = ""
-    line: int = 0
-    index: int = 0
-    path: str = ""
 
 
 # --------------------------------------------------------------------------- outbound settings
@@ -214,7 +381,7 @@ class InboundConfig:
 class FreedomSettings:
     """``freedom`` settings. ``redirect``: ``(host, port)`` replacing the destination:
     ``host`` ``None`` keeps the requested address (V2Ray also keeps it for ``0.0.0.0``,
-    which we map to ``None``); ``port`` 0 keeps the requested port (PROTOCOLS.md 4.4).
+    which we map to ``None``); ``port`` 0 keeps the requested port (docs/protocols.md 4.4).
     ``timeout``: deprecated idle seconds (0 = unset)."""
 
     domain_strategy: FreedomDomainStrategy = "AsIs"
@@ -246,7 +413,7 @@ class VMessServerConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VMessOutboundSettings:
-    """``vmess`` outbound: servers used round-robin (PROTOCOLS.md 4.4)."""
+    """``vmess`` outbound: servers used round-robin (docs/protocols.md 4.4)."""
 
     servers: list[VMessServerConfig]
     packet_encoding: PacketEncoding = "none"
@@ -257,7 +424,7 @@ OutboundSettings = FreedomSettings | BlackholeSettings | VMessOutboundSettings
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MuxConfig:
-    """Mux.Cool (PROTOCOLS.md 2.4). ``concurrency``: max active sessions per connection,
+    """Mux.Cool (docs/protocols.md 2.4). ``concurrency``: max active sessions per connection,
     1..1024 (JSON 0 -> 8; a negative value disables mux entirely -> ``enabled`` False)."""
 
     enabled: bool = False
@@ -265,9 +432,11 @@ class MuxConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OutboundConfig:
+class OutboundConfig(Located):
     """One outbound. The first outbound of the merged list is the default one.
     ``send_through``: local IP to bind; ``proxy_tag``: dial through that outbound."""
+
+    section: ClassVar[str] = "outbounds"
 
     protocol: str
     tag: str = ""
@@ -275,18 +444,15 @@ class OutboundConfig:
     send_through: str | None = None
     mux: MuxConfig = field(default_factory=MuxConfig)
     proxy_tag: str | None = None
-    file: str = ""
-    line: int = 0
-    index: int = 0
-    path: str = ""
+    stream: StreamSettings = PLAIN
 
 
 # --------------------------------------------------------------------------- routing
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RuleConfig:
-    """One ``"type": "field"`` routing rule (PROTOCOLS.md 4.5), kept close to the JSON.
+class RuleConfig(Located):
+    """One ``"type": "field"`` routing rule (docs/protocols.md 4.5), kept close to the JSON.
 
     Condition fields are ``None`` when absent; all present ones must match (AND), any value
     within one may match (OR). The string lists are exactly as written (the router compiles
@@ -301,6 +467,8 @@ class RuleConfig:
     ``attrs`` is V2Ray's Starlark expression over sniffed attributes.
     """
 
+    section: ClassVar[str] = "routing.rules"
+
     outbound_tag: str | None = None
     balancer_tag: str | None = None
     inbound_tags: list[str] | None = None
@@ -313,10 +481,6 @@ class RuleConfig:
     users: list[str] | None = None
     protocols: list[str] | None = None
     attrs: str | None = None
-    file: str = ""
-    line: int = 0
-    index: int = 0
-    path: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -330,15 +494,13 @@ class BalancerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RoutingConfig:
+class RoutingConfig(Section):
     """``routing``. ``domain_strategy`` (router): ``AsIs`` | ``IPIfNonMatch`` |
     ``IPOnDemand`` (V2Ray's ``AlwaysIP`` behaves as ``AsIs`` in 4.34 and is mapped to it)."""
 
     domain_strategy: RouterDomainStrategy = "AsIs"
     rules: list[RuleConfig] = field(default_factory=list)
     balancers: list[BalancerConfig] = field(default_factory=list)
-    file: str | None = None
-    line: int | None = None
 
 
 # --------------------------------------------------------------------------- reverse
@@ -347,7 +509,7 @@ class RoutingConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReverseEndpoint:
     """A bridge or portal: ``tag`` (bridge: an inbound tag for routing; portal: an
-    outbound tag) and the tunnel ``domain`` shared by both ends (PROTOCOLS.md 4.6)."""
+    outbound tag) and the tunnel ``domain`` shared by both ends (docs/protocols.md 4.6)."""
 
     tag: str
     domain: str
@@ -356,11 +518,9 @@ class ReverseEndpoint:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ReverseConfig:
+class ReverseConfig(Section):
     bridges: list[ReverseEndpoint] = field(default_factory=list)
     portals: list[ReverseEndpoint] = field(default_factory=list)
-    file: str | None = None
-    line: int | None = None
 
 
 # --------------------------------------------------------------------------- policy
@@ -368,7 +528,7 @@ class ReverseConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LevelPolicy:
-    """Per-level policy; defaults are 4.34's ``SessionDefault`` (PROTOCOLS.md section 6).
+    """Per-level policy; defaults are 4.34's ``SessionDefault`` (docs/protocols.md section 6).
 
     Timeouts in seconds. ``buffer_size`` in bytes per connection (JSON gives KiB);
     ``-1`` = unlimited, ``0`` = no buffering.
@@ -391,13 +551,11 @@ DEFAULT_LEVEL_POLICY = LevelPolicy()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PolicyConfig:
+class PolicyConfig(Section):
     """``policy.levels``; a level's unset fields take the defaults. ``policy.system``
     (stats counters) is accepted and ignored: raybridge has no stats API."""
 
     levels: dict[int, LevelPolicy] = field(default_factory=dict)
-    file: str | None = None
-    line: int | None = None
 
     def level(self, n: int) -> LevelPolicy:
         """The policy for user level ``n`` (the defaults for levels not configured)."""
@@ -428,7 +586,7 @@ class Config:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RaybridgeOptions:
+class RaybridgeOptions(Section):
     """The top-level ``"raybridge"`` section: settings V2Ray has no key for (V2Ray ignores
     unknown top-level keys, so a config that has it still runs on V2Ray).
 
@@ -453,5 +611,3 @@ class RaybridgeOptions:
     #: :mod:`raybridge.replay`). ``None`` (unset): ``$STATE_DIRECTORY`` if set (systemd's
     #: ``StateDirectory=``), else nothing is kept; ``""``: nothing is kept.
     state_dir: str | None = None
-    file: str | None = None
-    line: int | None = None

@@ -1,4 +1,4 @@
-"""The ``routing`` section (``infra/conf/router.go``, PROTOCOLS.md 4.5).
+"""The ``routing`` section (``infra/conf/router.go``, docs/protocols.md 4.5).
 
 Rule conditions are kept as written; the router compiles domains, CIDRs and ``geoip:``
 entries itself and reports problems with the rule's ``file``/``line``/``path``. What is
@@ -55,53 +55,14 @@ def _non_empty(values: list[str] | None) -> list[str] | None:
 
 def build_rule(obj: Obj, index: int) -> RuleConfig:
     ctx = obj.ctx
-    type_node = obj.get("type")
-    if type_node is None:
-        ctx.warn(
-            obj.node,
-            obj.path,
-            'rule has no "type": assuming "field" (V2Ray 4.34 refuses such a rule)',
-        )
-    else:
-        kind = ctx.expect_string(type_node, obj.sub("type"))
-        if kind.lower() != "field":
-            raise ctx.error(
-                type_node,
-                obj.sub("type"),
-                f'unknown routing rule type {describe(type_node)} (only "field" exists)',
-            )
-    outbound_tag = obj.string("outboundTag") or None
-    balancer_tag = obj.string("balancerTag") or None
-    if outbound_tag is None and balancer_tag is None:
-        raise obj.error("neither outboundTag nor balancerTag is specified in routing rule")
-    if outbound_tag is not None and balancer_tag is not None:
-        ctx.warn(
-            obj.key_node("balancerTag"),
-            obj.sub("balancerTag"),
-            "ignored: outboundTag takes precedence",
-        )
-        balancer_tag = None
-
+    _check_type(obj)
+    outbound_tag, balancer_tag = _target(obj)
     domains: list[str] = []
     for name in ("domain", "domains"):
         domains.extend(obj.string_list(name) or ())
-
-    ports = None
-    port_node = obj.get("port")
-    if port_node is not None:
-        ports = port_list(ctx, port_node, obj.sub("port"))
-    source_ports = None
-    sport_node = obj.get("sourcePort")
-    if sport_node is not None:
-        source_ports = port_list(ctx, sport_node, obj.sub("sourcePort"))
-
-    networks: frozenset[Network] | None = None
-    net_node = obj.get("network")
-    if net_node is not None and ctx.string_list(net_node, obj.sub("network")):
-        networks = network_set(ctx, net_node, obj.sub("network"))
-        if not networks:
-            ctx.warn(net_node, obj.sub("network"), "no known network: the rule never matches")
-
+    ports = _ports(obj, "port")
+    source_ports = _ports(obj, "sourcePort")
+    networks = _networks(obj)
     rule = RuleConfig(
         outbound_tag=outbound_tag,
         balancer_tag=balancer_tag,
@@ -120,21 +81,74 @@ def build_rule(obj: Obj, index: int) -> RuleConfig:
         index=index,
         path=obj.path,
     )
-    if (
-        rule.inbound_tags is None
-        and rule.domains is None
-        and rule.ips is None
-        and rule.ports is None
-        and rule.source_ports is None
-        and rule.networks is None
-        and rule.sources is None
-        and rule.users is None
-        and rule.protocols is None
-        and rule.attrs is None
-    ):
+    conditions = (
+        rule.inbound_tags,
+        rule.domains,
+        rule.ips,
+        rule.ports,
+        rule.source_ports,
+        rule.networks,
+        rule.sources,
+        rule.users,
+        rule.protocols,
+        rule.attrs,
+    )
+    if all(condition is None for condition in conditions):
         raise obj.error("this rule has no effective fields")
     obj.finish()
     return rule
+
+
+def _check_type(obj: Obj) -> None:
+    """``"type": "field"``, the only kind of rule; V2Ray 4.34 refuses a rule without it."""
+    ctx = obj.ctx
+    type_node = obj.get("type")
+    if type_node is None:
+        ctx.warn(
+            obj.node,
+            obj.path,
+            'rule has no "type": assuming "field" (V2Ray 4.34 refuses such a rule)',
+        )
+        return
+    kind = ctx.expect_string(type_node, obj.sub("type"))
+    if kind.lower() != "field":
+        raise ctx.error(
+            type_node,
+            obj.sub("type"),
+            f'unknown routing rule type {describe(type_node)} (only "field" exists)',
+        )
+
+
+def _target(obj: Obj) -> tuple[str | None, str | None]:
+    """``(outboundTag, balancerTag)``: one of them, the outbound if both are given."""
+    outbound_tag = obj.string("outboundTag") or None
+    balancer_tag = obj.string("balancerTag") or None
+    if outbound_tag is None and balancer_tag is None:
+        raise obj.error("neither outboundTag nor balancerTag is specified in routing rule")
+    if outbound_tag is not None and balancer_tag is not None:
+        obj.ctx.warn(
+            obj.key_node("balancerTag"),
+            obj.sub("balancerTag"),
+            "ignored: outboundTag takes precedence",
+        )
+        balancer_tag = None
+    return outbound_tag, balancer_tag
+
+
+def _ports(obj: Obj, name: str) -> list[tuple[int, int]] | None:
+    node = obj.get(name)
+    return None if node is None else port_list(obj.ctx, node, obj.sub(name))
+
+
+def _networks(obj: Obj) -> frozenset[Network] | None:
+    """``network``: None (any) when absent or an empty list."""
+    node = obj.get("network")
+    if node is None or not obj.ctx.string_list(node, obj.sub("network")):
+        return None
+    networks = network_set(obj.ctx, node, obj.sub("network"))
+    if not networks:
+        obj.ctx.warn(node, obj.sub("network"), "no known network: the rule never matches")
+    return networks
 
 
 def build_balancer(obj: Obj) -> BalancerConfig:

@@ -1,7 +1,7 @@
 """Protocol ``settings`` objects, VMess users and ``streamSettings``.
 
 Mirrors ``infra/conf/{socks,http,vmess,dokodemo,freedom,blackhole,transport_internet}.go``
-of V2Ray 4.34 (PROTOCOLS.md 4.3, 4.4), with these deliberate differences:
+of V2Ray 4.34 (docs/protocols.md 4.3, 4.4), with these deliberate differences:
 
 * SOCKS ``auth`` must be ``noauth`` or ``password`` (any case); V2Ray silently treats every
   other value, even ``"Password"``, as noauth, which would open a proxy that was meant to
@@ -18,7 +18,8 @@ from __future__ import annotations
 import difflib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Literal, TypeVar
 
 from raybridge.config.fields import UINT16, UINT32, Ctx, Obj, describe, parse_address
 from raybridge.config.jsonc import JValue
@@ -41,6 +42,8 @@ from raybridge.config.model import (
     VMessUserConfig,
 )
 from raybridge.errors import ConfigError
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------- VMess users
 
@@ -88,56 +91,57 @@ def vmess_user(obj: Obj, *, server: bool) -> VMessUserConfig:
     id_node = obj.get("id")
     if id_node is None:
         raise obj.missing("id")
-    user_id = parse_vmess_id(obj.ctx, id_node, obj.sub("id"))
-    alter_id = obj.integer("alterId", 0, UINT16)
-    level = obj.integer("level", 0, UINT32)
-    email = obj.string("email")
-    security: VMessSecurity = "auto"
-    sec_node = obj.get("security")
-    if sec_node is not None:
-        raw = obj.ctx.expect_string(sec_node, obj.sub("security"))
-        known = _SECURITIES.get(raw.lower())
-        if known is not None:
-            security = known
-        elif not server:
-            obj.ctx.warn(
-                sec_node,
-                obj.sub("security"),
-                f'unknown security {describe(sec_node)}: V2Ray 4.34 uses "auto"',
-            )
-    experiments: frozenset[str] = frozenset()
-    exp_node = obj.get("experiments")
-    if exp_node is not None:
-        raw = obj.ctx.expect_string(exp_node, obj.sub("experiments"))
-        names = frozenset(part.strip() for part in raw.split("|") if part.strip())
-        unknown = sorted(names - VMESS_EXPERIMENTS)
-        if unknown:
-            raise obj.ctx.error(
-                exp_node,
-                obj.sub("experiments"),
-                f"unknown experiment {unknown[0]!r} (known: "
-                + ", ".join(sorted(VMESS_EXPERIMENTS))
-                + ")",
-            )
-        if server:
-            obj.ctx.warn(
-                exp_node,
-                obj.sub("experiments"),
-                "experiments are a client's choice: a raybridge server accepts them all",
-            )
-        else:
-            experiments = names
-    obj.finish()
-    return VMessUserConfig(
-        id=user_id,
-        alter_id=alter_id,
-        level=level,
-        email=email,
-        security=security,
-        experiments=experiments,
+    user = VMessUserConfig(
+        id=parse_vmess_id(obj.ctx, id_node, obj.sub("id")),
+        alter_id=obj.integer("alterId", 0, UINT16),
+        level=obj.integer("level", 0, UINT32),
+        email=obj.string("email"),
+        security=_security(obj, server=server),
+        experiments=_experiments(obj, server=server),
         file=obj.ctx.file,
         line=obj.line,
     )
+    obj.finish()
+    return user
+
+
+def _security(obj: Obj, *, server: bool) -> VMessSecurity:
+    node = obj.get("security")
+    if node is None:
+        return "auto"
+    known = _SECURITIES.get(obj.ctx.expect_string(node, obj.sub("security")).lower())
+    if known is not None:
+        return known
+    if not server:
+        obj.ctx.warn(
+            node, obj.sub("security"), f'unknown security {describe(node)}: V2Ray 4.34 uses "auto"'
+        )
+    return "auto"
+
+
+def _experiments(obj: Obj, *, server: bool) -> frozenset[str]:
+    node = obj.get("experiments")
+    if node is None:
+        return frozenset()
+    raw = obj.ctx.expect_string(node, obj.sub("experiments"))
+    names = frozenset(part.strip() for part in raw.split("|") if part.strip())
+    unknown = sorted(names - VMESS_EXPERIMENTS)
+    if unknown:
+        raise obj.ctx.error(
+            node,
+            obj.sub("experiments"),
+            f"unknown experiment {unknown[0]!r} (known: "
+            + ", ".join(sorted(VMESS_EXPERIMENTS))
+            + ")",
+        )
+    if server:
+        obj.ctx.warn(
+            node,
+            obj.sub("experiments"),
+            "experiments are a client's choice: a raybridge server accepts them all",
+        )
+        return frozenset()
+    return names
 
 
 def _accounts(obj: Obj, *, named: bool = False) -> dict[str, str]:
@@ -401,24 +405,33 @@ def freedom(obj: Obj) -> FreedomSettings:
     return settings
 
 
+def _one_of(obj: Obj, name: str, choices: Mapping[str, T], what: str) -> T | None:
+    """Key ``name`` (a string, any case) as one of ``choices``; ``None`` when absent. An
+    unknown value is an error: ``unknown <what> "x" (<the choices>)``."""
+    node = obj.get(name)
+    if node is None:
+        return None
+    value = choices.get(obj.ctx.expect_string(node, obj.sub(name)).lower())
+    if value is None:
+        names = [f'"{choice}"' for choice in dict.fromkeys(choices.values())]
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}"
+        raise obj.ctx.error(node, obj.sub(name), f"unknown {what} {describe(node)} ({listed})")
+    return value
+
+
+_BLACKHOLE_RESPONSES: dict[str, Literal["none", "http"]] = {"none": "none", "http": "http"}
+
+
 def blackhole(obj: Obj) -> BlackholeSettings:
-    response = "none"
+    response: Literal["none", "http"] = "none"
     resp = obj.object("response")
     if resp is not None:
-        type_node = resp.get("type")
-        if type_node is None:
+        if resp.get("type") is None:
             raise resp.missing("type")
-        raw = resp.ctx.expect_string(type_node, resp.sub("type")).lower()
-        if raw not in ("none", "http"):
-            raise resp.ctx.error(
-                type_node,
-                resp.sub("type"),
-                f'unknown blackhole response type {describe(type_node)} ("none" or "http")',
-            )
-        response = raw
+        response = _one_of(resp, "type", _BLACKHOLE_RESPONSES, "blackhole response type") or "none"
         resp.finish()
     obj.finish()
-    return BlackholeSettings(response="http" if response == "http" else "none")
+    return BlackholeSettings(response=response)
 
 
 def vmess_outbound(obj: Obj) -> VMessOutboundSettings:
@@ -449,20 +462,9 @@ def vmess_outbound(obj: Obj) -> VMessOutboundSettings:
                 address=address, port=port, users=users, file=srv.ctx.file, line=srv.line
             )
         )
-    packet_encoding: PacketEncoding = "none"
-    enc_node = obj.get("packetEncoding")
-    if enc_node is not None:
-        raw = obj.ctx.expect_string(enc_node, obj.sub("packetEncoding"))
-        known = _PACKET_ENCODINGS.get(raw.lower())
-        if known is None:
-            raise obj.ctx.error(
-                enc_node,
-                obj.sub("packetEncoding"),
-                f'unknown packetEncoding {describe(enc_node)} ("none", "packet" or "xudp")',
-            )
-        packet_encoding = known
+    packet_encoding = _one_of(obj, "packetEncoding", _PACKET_ENCODINGS, "packetEncoding")
     obj.finish()
-    return VMessOutboundSettings(servers=servers, packet_encoding=packet_encoding)
+    return VMessOutboundSettings(servers=servers, packet_encoding=packet_encoding or "none")
 
 
 OUTBOUND_SETTINGS: dict[str, Callable[[Obj], OutboundSettings]] = {
@@ -472,117 +474,3 @@ OUTBOUND_SETTINGS: dict[str, Callable[[Obj], OutboundSettings]] = {
 }
 
 # --------------------------------------------------------------------------- streamSettings
-
-_TRANSPORTS = {
-    "tcp": "tcp",
-    "kcp": "mkcp",
-    "mkcp": "mkcp",
-    "ws": "websocket",
-    "websocket": "websocket",
-    "h2": "http",
-    "http": "http",
-    "ds": "domainsocket",
-    "domainsocket": "domainsocket",
-    "quic": "quic",
-}
-_OTHER_TRANSPORT_SETTINGS = (
-    "kcpSettings",
-    "wsSettings",
-    "httpSettings",
-    "dsSettings",
-    "quicSettings",
-)
-
-
-def check_tcp_settings(obj: Obj) -> None:
-    """``tcpSettings``: only ``header.type`` ``none`` and no PROXY protocol."""
-    header = obj.object("header")
-    if header is not None:
-        type_node = header.get("type")
-        if type_node is None:
-            raise header.missing("type")
-        kind = header.ctx.expect_string(type_node, header.sub("type")).lower()
-        if kind == "http":
-            raise header.ctx.error(
-                type_node,
-                header.sub("type"),
-                'TCP header obfuscation "http" is not supported by raybridge',
-            )
-        if kind != "none":
-            raise header.ctx.error(
-                type_node, header.sub("type"), f"unknown TCP header type {describe(type_node)}"
-            )
-        header.ignore("request", "response")
-        header.finish()
-    if obj.boolean("acceptProxyProtocol"):
-        raise obj.ctx.error(
-            obj.get("acceptProxyProtocol"),
-            obj.sub("acceptProxyProtocol"),
-            "the PROXY protocol is not supported by raybridge",
-        )
-    obj.finish()
-
-
-def check_stream_settings(obj: Obj) -> None:
-    """Accept only what plain TCP without TLS means; anything else is a ConfigError."""
-    ctx = obj.ctx
-    net_node = obj.get("network")
-    if net_node is not None:
-        raw = ctx.expect_string(net_node, obj.sub("network"))
-        transport = _TRANSPORTS.get(raw.lower())
-        if transport is None:
-            raise ctx.error(net_node, obj.sub("network"), f"unknown transport {describe(net_node)}")
-        if transport != "tcp":
-            raise ctx.error(
-                net_node,
-                obj.sub("network"),
-                f"transport {describe(net_node)} is not supported by raybridge (only plain TCP)",
-            )
-    sec_node = obj.get("security")
-    if sec_node is not None:
-        raw = ctx.expect_string(sec_node, obj.sub("security"))
-        if raw.lower() == "tls":
-            raise ctx.error(sec_node, obj.sub("security"), "TLS is not supported by raybridge")
-        if raw.lower() not in ("", "none"):
-            ctx.warn(
-                sec_node,
-                obj.sub("security"),
-                f"unknown security {describe(sec_node)} means no security (as in V2Ray)",
-            )
-    obj.ignore("tlsSettings")  # only read by V2Ray when security is "tls"
-    tcp = obj.object("tcpSettings")
-    if tcp is not None:
-        check_tcp_settings(tcp)
-    for name in _OTHER_TRANSPORT_SETTINGS:
-        node = obj.get(name)
-        if node is not None:
-            ctx.warn(node, obj.sub(name), "ignored: the network is tcp")
-    sock = obj.object("sockopt")
-    if sock is not None:
-        mark_node = sock.get("mark")
-        if mark_node is not None and ctx.expect_int(
-            mark_node, sock.sub("mark"), -(2**31), 2**31 - 1
-        ):
-            raise ctx.error(
-                mark_node, sock.sub("mark"), "SO_MARK (sockopt.mark) is not supported by raybridge"
-            )
-        tproxy_node = sock.get("tproxy")
-        if tproxy_node is not None:
-            mode = ctx.expect_string(tproxy_node, sock.sub("tproxy")).lower()
-            if mode == "tproxy":
-                raise ctx.error(
-                    tproxy_node, sock.sub("tproxy"), "TPROXY is not supported by raybridge"
-                )
-            # "redirect" is what followRedirect implies anyway; other values mean off.
-        tfo = sock.get("tcpFastOpen")
-        if tfo is not None:
-            ctx.expect_bool(tfo, sock.sub("tcpFastOpen"))
-            ctx.warn(tfo, sock.sub("tcpFastOpen"), "TCP Fast Open settings are ignored")
-        if sock.boolean("acceptProxyProtocol"):
-            raise ctx.error(
-                sock.get("acceptProxyProtocol"),
-                sock.sub("acceptProxyProtocol"),
-                "the PROXY protocol is not supported by raybridge",
-            )
-        sock.finish()
-    obj.finish()

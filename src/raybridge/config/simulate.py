@@ -4,7 +4,7 @@
 (:func:`raybridge.router.compile_rule`) and answers "where does this connection go?" the
 way the dispatcher would: the first matching rule wins; no match, or a rule whose target
 names nothing, means the default outbound: the first outbound, or the first portal when
-there is no outbound (PROTOCOLS.md 3.2, 4.4). It also finds the line of any value in the
+there is no outbound (docs/protocols.md 3.2, 4.4). It also finds the line of any value in the
 parsed files, and records what a finding already explains so that later checks stay quiet.
 """
 
@@ -224,6 +224,24 @@ class Checker:
                 if isinstance(item, JString) and item.value == value:
                     return item.line
         return node.line
+
+    def at(
+        self,
+        entry: RuleConfig | InboundConfig,
+        key: str,
+        message: str,
+        fix: str,
+        value: str = "",
+    ) -> Finding:
+        """A finding about field ``key`` of a rule or an inbound, on that field's line (of
+        its item ``value``, in a list)."""
+        return Finding(
+            file=entry.file,
+            line=self.line(entry.file, entry.path, entry.line, key, value),
+            path=f"{entry.path}.{key}",
+            message=message,
+            fix=fix,
+        )
 
     def endpoint_path(self, kind: str, endpoint: ReverseEndpoint, index: int) -> str:
         """``reverse.portals[i]`` of an endpoint, as written in its file."""

@@ -1,6 +1,6 @@
 """HTTP proxy inbound: request heads in, upstream heads out (sans-IO, heads parsed by h11).
 
-Wire shapes (RFC 7230/7231; PROTOCOLS.md 5.2)::
+Wire shapes (RFC 7230/7231; docs/protocols.md 5.2)::
 
     CONNECT host:port HTTP/1.1 CRLF headers CRLF
         -> "HTTP/1.1 200 Connection established" CRLF CRLF, then a raw relay
@@ -44,7 +44,7 @@ class HttpProxyError(RemoteProtocolError):
     """The HTTP client (or the upstream server's response head) broke the protocol."""
 
 
-# Replies, byte for byte as V2Ray 4.34 writes them (PROTOCOLS.md 5.2). The 400 and 503 bodies
+# Replies, byte for byte as V2Ray 4.34 writes them (docs/protocols.md 5.2). The 400 and 503 bodies
 # come from Go's Response.Write: sorted headers, then an explicit zero Content-Length.
 _CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _PROXY_AUTH_REQUIRED = (

@@ -1,6 +1,6 @@
-"""Mux.Cool: the frame codec and a sans-IO session table for both ends (PROTOCOLS.md section 2).
+"""Mux.Cool: the frame codec and a sans-IO session table for both ends (docs/protocols.md 2).
 
-Byte layout (PROTOCOLS.md 2.2; big-endian)::
+Byte layout (docs/protocols.md 2.2; big-endian)::
 
     frame = META_LEN(2) | META(META_LEN) | [ DATA_LEN(2) | DATA(DATA_LEN) ]   iff OPTION & 0x01
     META  = SESSION_ID(2) | STATUS(1) | OPTION(1) | [ New extras ]
@@ -36,13 +36,13 @@ Two layers:
   bridge). User sends and the protocol's own replies (End for an unknown session, End+Error
   for a refused one) go to one outgoing queue, drained by :meth:`MuxConnection.data_to_send`.
 
-Behaviour taken from V2Ray 4.34 (``common/mux/{client,server,session}.go``), PROTOCOLS.md 2.3:
+Behaviour taken from V2Ray 4.34 (``common/mux/{client,server,session}.go``), docs/protocols.md 2.3:
 
 * Keep+Data for an unknown session: queue End (OPTION 0) for that ID, discard the data.
   End, KeepAlive and Keep without data for unknown sessions: ignored.
 * A New frame received by the client role is ignored (its data discarded).
 * End without the Error bit ends the *peer's direction* only, so that TCP half-close
-  crosses a mux connection. 4.34 does the same (PROTOCOLS.md 2.3: only End+Error "aborts
+  crosses a mux connection. 4.34 does the same (docs/protocols.md 2.3: only End+Error "aborts
   both directions"): on End its server and client close the writer towards their local side
   (EOF) and drop the session from their map, while the goroutine copying the local side's
   data back goes on sending Keep frames for it until that side ends, then sends its own End.
@@ -111,7 +111,7 @@ __all__ = [
     "encode_frame",
 ]
 
-#: Receivers reject a longer META (PROTOCOLS.md 2.2).
+#: Receivers reject a longer META (docs/protocols.md 2.2).
 MAX_META_LEN = 512
 #: Largest DATA we send in a UDP (packet) session's frame: more tears down a 4.34 peer's
 #: connection (2.2). We read up to MAX_FRAME_DATA, and send that much on XUDP sessions.
@@ -137,7 +137,7 @@ class SessionClosedError(LocalProtocolError):
 
 
 class Status(IntEnum):
-    """STATUS byte of a frame (PROTOCOLS.md 2.2)."""
+    """STATUS byte of a frame (docs/protocols.md 2.2)."""
 
     NEW = 1
     KEEP = 2
@@ -146,7 +146,7 @@ class Status(IntEnum):
 
 
 class FrameOption(IntFlag):
-    """OPTION bits of a frame (PROTOCOLS.md 2.2); unknown bits are kept and ignored."""
+    """OPTION bits of a frame (docs/protocols.md 2.2); unknown bits are kept and ignored."""
 
     DATA = 1
     ERROR = 2
@@ -210,7 +210,7 @@ class SessionEnded:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeepAliveReceived:
-    """A KeepAlive frame arrived (V2Ray 4.34 never sends one; PROTOCOLS.md 2.4).
+    """A KeepAlive frame arrived (V2Ray 4.34 never sends one; docs/protocols.md 2.4).
 
     ``session_id`` and ``data`` (at most :data:`MAX_KEEPALIVE_DATA` bytes; longer data is
     dropped) carry raybridge's per-session flow control (see the module docstring):
@@ -514,7 +514,7 @@ class MuxConnection:
     @property
     def allocated_total(self) -> int:
         """Sessions ever opened on this connection (V2Ray's ``TotalConnections``: its client
-        stops at 128, the portal drains a tunnel above 256; PROTOCOLS.md 2.4, 3.2)."""
+        stops at 128, the portal drains a tunnel above 256; docs/protocols.md 2.4, 3.2)."""
         return self._allocated
 
     def is_open(self, session_id: int) -> bool:
@@ -675,7 +675,7 @@ class MuxConnection:
 
     def send_keepalive(self, session_id: int = 0, data: bytes = b"") -> None:
         """Queue a KeepAlive frame (session 0 and no data unless given). V2Ray ignores them
-        and their data (PROTOCOLS.md 2.4); raybridge's flow control rides in them."""
+        and their data (docs/protocols.md 2.4); raybridge's flow control rides in them."""
         if not data:
             self._out.append(_META.pack(4, session_id, _KEEPALIVE, 0))
             return
@@ -801,7 +801,7 @@ class MuxConnection:
                 return
             network = sessions.get(session_id)
             if network is None:
-                # V2Ray's answer to data for a session it doesn't know (PROTOCOLS.md 2.3).
+                # V2Ray's answer to data for a session it doesn't know (docs/protocols.md 2.3).
                 self._out.append(_META.pack(4, session_id, _END, 0))
             elif network is Network.TCP:
                 mode = _STREAM

@@ -1,4 +1,4 @@
-"""The reverse proxy's control channel: the ``Control`` message (PROTOCOLS.md 3.3).
+"""The reverse proxy's control channel: the ``Control`` message (docs/protocols.md 3.3).
 
 The portal (mux client) opens session 1 of every tunnel as a UDP session to
 ``reverse.internal.v2ray.com:0`` and sends one ``Control`` message per frame every 2 s; the
@@ -41,7 +41,7 @@ __all__ = [
     "is_control_target",
 ]
 
-#: The control session's domain as V2Ray 4.34 writes it (PROTOCOLS.md 3.3).
+#: The control session's domain as V2Ray 4.34 writes it (docs/protocols.md 3.3).
 CONTROL_DOMAIN = "reverse.internal.v2ray.com"
 #: What a bridge accepts: 4.34's domain and the one of v2fly 4.35+ and Xray.
 CONTROL_DOMAINS = frozenset({CONTROL_DOMAIN, "reverse.internal.v2fly.org"})
@@ -56,7 +56,7 @@ _MAX_VARINT = 10
 
 
 class ControlState(IntEnum):
-    """``Control.State`` (PROTOCOLS.md 3.3): a bridge opens no new work on a DRAIN tunnel."""
+    """``Control.State`` (docs/protocols.md 3.3): a bridge opens no new work on a DRAIN tunnel."""
 
     ACTIVE = 0
     DRAIN = 1

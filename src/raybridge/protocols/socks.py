@@ -1,6 +1,6 @@
 """SOCKS 4/4a/5 handshakes (server and a small client) and SOCKS5 UDP datagrams, sans-IO.
 
-Byte layouts (RFC 1928, RFC 1929, SOCKS4/4a; PROTOCOLS.md 5.1)::
+Byte layouts (RFC 1928, RFC 1929, SOCKS4/4a; docs/protocols.md 5.1)::
 
     greeting        05 NMETHODS METHODS...                -> 05 METHOD     (05 FF: none acceptable)
     password        VER ULEN UNAME PLEN PASSWD            -> 01 00 | 01 FF (VER is not checked)
@@ -11,7 +11,7 @@ Byte layouts (RFC 1928, RFC 1929, SOCKS4/4a; PROTOCOLS.md 5.1)::
 ATYP is 01 IPv4, 03 domain, 04 IPv6 (:data:`raybridge.address.SOCKS_ADDRESS`). SOCKS4a is
 signalled, as V2Ray checks it, by a first IP byte of zero.
 
-Like V2Ray, the server answers success *before* anything is dialled (PROTOCOLS.md 5.1, quirk
+Like V2Ray, the server answers success *before* anything is dialled (docs/protocols.md 5.1, quirk
 19); upstream failures are reported by closing the connection, not with a SOCKS code.
 """
 
@@ -46,7 +46,7 @@ class SocksError(RemoteProtocolError):
 
 
 class SocksCommand(IntEnum):
-    """SOCKS request commands (RFC 1928 section 4; PROTOCOLS.md 5.1)."""
+    """SOCKS request commands (RFC 1928 section 4; docs/protocols.md 5.1)."""
 
     CONNECT = 1
     BIND = 2
@@ -54,7 +54,7 @@ class SocksCommand(IntEnum):
 
 
 class AuthMethod(IntEnum):
-    """SOCKS5 authentication methods (RFC 1928 section 3; PROTOCOLS.md 5.1)."""
+    """SOCKS5 authentication methods (RFC 1928 section 3; docs/protocols.md 5.1)."""
 
     NO_AUTH = 0x00
     PASSWORD = 0x02
@@ -62,7 +62,7 @@ class AuthMethod(IntEnum):
 
 
 class Reply(IntEnum):
-    """SOCKS5 reply codes, REP (RFC 1928 section 6; PROTOCOLS.md 5.1)."""
+    """SOCKS5 reply codes, REP (RFC 1928 section 6; docs/protocols.md 5.1)."""
 
     SUCCEEDED = 0
     GENERAL_FAILURE = 1
@@ -76,13 +76,13 @@ class Reply(IntEnum):
 
 
 class Socks4Reply(IntEnum):
-    """SOCKS4 reply codes, CD (SOCKS4 protocol; PROTOCOLS.md 5.1)."""
+    """SOCKS4 reply codes, CD (SOCKS4 protocol; docs/protocols.md 5.1)."""
 
     GRANTED = 0x5A
     REJECTED = 0x5B
 
 
-#: Tor's RESOLVE and RESOLVE_PTR extensions; V2Ray treats both as CONNECT (PROTOCOLS.md 5.1).
+#: Tor's RESOLVE and RESOLVE_PTR extensions; V2Ray treats both as CONNECT (docs/protocols.md 5.1).
 _TOR_RESOLVE = 0xF0
 _TOR_RESOLVE_PTR = 0xF1
 _CONNECT_LIKE = frozenset((SocksCommand.CONNECT, _TOR_RESOLVE, _TOR_RESOLVE_PTR))

@@ -10,16 +10,26 @@ from dataclasses import dataclass
 
 from raybridge import log as logs
 from raybridge.address import Destination, Network, parse_host
+from raybridge.config.model import (
+    PLAIN,
+    InboundConfig,
+    LevelPolicy,
+    PolicyConfig,
+    RaybridgeOptions,
+    StreamSettings,
+)
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import End, IdleTimer, Inbound, Session
+from raybridge.transport.dial import ServerTransport
 from raybridge.transport.tcp import StreamEnd, describe_peer, start_tcp_server
+from raybridge.transport.udp import UdpClientFlow, UdpServer
 
 logger = logging.getLogger("raybridge.proxy")
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Per-level timeouts in seconds (V2Ray's ``policy.levels``; PROTOCOLS.md 6).
+    """Per-level timeouts in seconds (V2Ray's ``policy.levels``; docs/protocols.md 6).
 
     ``uplink_only``/``downlink_only``: once one direction has ended, the link is closed if
     the other stays idle this long. V2Ray 4.34 defaults both to 1 s and, because it does not
@@ -33,6 +43,56 @@ class Policy:
     uplink_only: float | None = None
     downlink_only: float | None = None
     buffer_size: int = 512 * 1024
+
+    @classmethod
+    def of(cls, level: LevelPolicy) -> Policy:
+        """The timeouts of a configured ``policy.levels`` entry."""
+        return cls(
+            handshake=level.handshake,
+            conn_idle=level.conn_idle,
+            uplink_only=level.uplink_only,
+            downlink_only=level.downlink_only,
+            buffer_size=level.buffer_size,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundCommon:
+    """What every stream inbound needs, whatever its protocol: its tag, where it listens,
+    where its connections go, and the user level they get with its policy (V2Ray's
+    ``userLevel``; VMess users carry their own levels, and the inbound takes level 0's)."""
+
+    tag: str
+    listen: str
+    port: int
+    dispatcher: Dispatcher
+    policy: Policy = Policy()
+    user_level: int = 0
+    stream: StreamSettings = PLAIN  # the transport under it (docs/transports.md)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundContext:
+    """One port of one configured inbound, as its protocol's ``build_inbound`` sees it
+    (the table of builders is :mod:`raybridge.registry`)."""
+
+    config: InboundConfig
+    port: int
+    dispatcher: Dispatcher
+    policies: PolicyConfig
+    options: RaybridgeOptions
+
+    def common(self, user_level: int = 0) -> InboundCommon:
+        """The inbound's :class:`InboundCommon` on this port, serving ``user_level``."""
+        return InboundCommon(
+            tag=self.config.tag,
+            listen=self.config.listen,
+            port=self.port,
+            dispatcher=self.dispatcher,
+            policy=Policy.of(self.policies.level(user_level)),
+            user_level=user_level,
+            stream=self.config.stream,
+        )
 
 
 class Tracker:
@@ -73,10 +133,25 @@ class InboundEnd(StreamEnd):
     def handshake_started(self) -> None:
         """Hook: the connection is up (dokodemo-door dispatches right here)."""
 
+    def data_received(self, data: bytes) -> None:
+        if self.relaying:
+            super().data_received(data)
+        else:
+            self.handshake_received(data)
+
+    def handshake_received(self, data: bytes) -> None:
+        """Hook: bytes from the client before the relay started (its handshake)."""
+        super().data_received(data)
+
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
         if not self.relaying:
             self.reject("handshake timed out")
+
+    def _cancel_handshake_deadline(self) -> None:
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def new_session(self, user: str | None = None, level: int = 0) -> Session:
         self.session = Session(
@@ -86,9 +161,7 @@ class InboundEnd(StreamEnd):
 
     def start_relay(self, dest: Destination, first: bytes = b"") -> End:
         """The handshake is done: dispatch ``dest`` and relay from now on."""
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+        self._cancel_handshake_deadline()
         session = self.session or self.new_session()
         self.relaying = True
         peer = self.inbound.dispatcher.dispatch(session, dest, self)
@@ -145,12 +218,10 @@ class InboundEnd(StreamEnd):
     def on_closed(self, exc: Exception | None) -> None:
         if self.session is not None:
             self.inbound.dispatcher.stats.closed(self.session)
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._cancel_handshake_deadline()
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle.cancel()
         self.inbound.tracker.ends.discard(self)
 
 
@@ -168,21 +239,25 @@ class StreamInbound(Inbound):
     protocol_name = "?"
     end_class: Callable[[StreamInbound], InboundEnd]
 
-    def __init__(
-        self,
-        tag: str,
-        listen: str,
-        port: int,
-        dispatcher: Dispatcher,
-        policy: Policy | None = None,
-    ) -> None:
-        self.tag = tag
-        self.listen = listen
-        self.port = port
-        self.dispatcher = dispatcher
-        self.policy = policy or Policy()
+    def __init__(self, common: InboundCommon) -> None:
+        self.tag = common.tag
+        self.listen = common.listen
+        self.port = common.port
+        self.dispatcher = common.dispatcher
+        self.policy = common.policy
+        self.user_level = common.user_level
+        self.stream = common.stream
+        # Built now, so a bad certificate is a config error before anything listens.
+        self.transport = ServerTransport(
+            common.stream,
+            handshake_timeout=common.policy.handshake,
+            on_failure=self._transport_failed,
+            describe=f"{self.protocol_name} inbound [{common.tag}]: " if common.tag else "",
+        )
         self.tracker = Tracker()
         self.server: asyncio.Server | None = None
+        #: UDP on the same port (socks with ``udp``, dokodemo-door with ``network`` udp).
+        self.udp_server: UdpServer | None = None
 
     def describe(self) -> str:
         tag = f" [{self.tag}]" if self.tag else ""
@@ -195,16 +270,40 @@ class StreamInbound(Inbound):
         return self.port
 
     async def start(self) -> None:
-        self.server = await start_tcp_server(lambda: self.end_class(self), self.listen, self.port)
-        logger.info("%s listening", self.describe())
+        self.server = await start_tcp_server(
+            self.transport.factory(lambda: self.end_class(self)),
+            self.listen,
+            self.port,
+            sockopt=self.stream.sockopt,
+        )
+        logger.info("%s listening (%s)", self.describe(), self.stream.describe())
+
+    def _transport_failed(self, layer: str, reason: str) -> None:
+        """A transport layer refused a client or broke: counted by layer and reason."""
+        self.dispatcher.stats.handshake_failed(
+            self.tag or self.protocol_name, short_reason(f"{layer}: {reason}")
+        )
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        udp_server, self.udp_server = self.udp_server, None
+        server, self.server = self.server, None
+        if udp_server is not None:
+            udp_server.close()
+        if server is not None:
+            server.close()
+        self.transport.close()  # HTTP/2 connections outlive the listener
         for end in list(self.tracker.ends):
             peer = end.peer
             end.abort()
             if peer is not None:
                 peer.abort()
         self.tracker.ends.clear()
+
+    # -- the UDP server's callbacks ---------------------------------------------------------
+    def udp_session(self, addr: tuple[str, int]) -> Session:
+        """The session of a new UDP client flow from ``addr``."""
+        source = Destination(Network.UDP, parse_host(addr[0]), addr[1])
+        return Session(inbound_tag=self.tag, source=source, level=self.user_level)
+
+    def open_flow(self, flow: UdpClientFlow) -> None:
+        self.dispatcher.dispatch(flow.session, flow.dest, flow)

@@ -1,7 +1,7 @@
 """The ``blackhole`` outbound: refuse the connection.
 
 ``response: {"type": "none"}`` closes at once; ``{"type": "http"}`` first answers with
-V2Ray's exact 403 bytes and closes a second later (PROTOCOLS.md 4.4).
+V2Ray's exact 403 bytes and closes a second later (docs/protocols.md 4.4).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from raybridge.address import Destination
+from raybridge.config.model import BlackholeSettings, OutboundConfig
 from raybridge.link import End, Outbound, Session, join
 
 HTTP_RESPONSE = (
@@ -68,3 +69,7 @@ class BlackholeOutbound(Outbound):
         join(peer, end)
         end.start()
         return end
+
+
+def build_outbound(config: OutboundConfig, settings: BlackholeSettings) -> BlackholeOutbound:
+    return BlackholeOutbound(config.tag, response=settings.response)

@@ -9,10 +9,9 @@ the config loader.
 from __future__ import annotations
 
 from raybridge.address import Destination, Host, Network, parse_host
-from raybridge.dispatcher import Dispatcher
-from raybridge.link import Session
-from raybridge.proxy.base import InboundEnd, Policy, StreamInbound
-from raybridge.transport.udp import UDP_IDLE, UdpClientFlow, UdpServer
+from raybridge.config.model import DokodemoSettings
+from raybridge.proxy.base import InboundCommon, InboundContext, InboundEnd, StreamInbound
+from raybridge.transport.udp import UDP_IDLE, UdpServer
 
 
 class DokodemoInboundEnd(InboundEnd):
@@ -29,25 +28,18 @@ class DokodemoInbound(StreamInbound):
 
     def __init__(
         self,
-        tag: str,
-        listen: str,
-        port: int,
-        dispatcher: Dispatcher,
-        policy: Policy | None = None,
+        common: InboundCommon,
         *,
         address: Host,
         target_port: int,
         networks: frozenset[str] = frozenset({"tcp"}),
-        user_level: int = 0,
         udp_idle: float | None = None,
     ) -> None:
-        super().__init__(tag, listen, port, dispatcher, policy)
+        super().__init__(common)
         self.address = address if not isinstance(address, str) else parse_host(address)
         self.target_port = target_port
         self.networks = networks
-        self.user_level = user_level
         self.udp_idle = udp_idle
-        self.udp_server: UdpServer | None = None
 
     async def start(self) -> None:
         if "tcp" in self.networks:
@@ -56,8 +48,8 @@ class DokodemoInbound(StreamInbound):
             dest = Destination(Network.UDP, self.address, self.target_port)
             self.udp_server = UdpServer(
                 lambda data, addr: (dest, data, b""),
-                self._open_flow,
-                self._session,
+                self.open_flow,
+                self.udp_session,
                 idle=self.udp_idle or UDP_IDLE,
                 closed=self.dispatcher.stats.closed,
                 name=self.describe(),  # flow caps and drop logging: transport.udp
@@ -70,15 +62,16 @@ class DokodemoInbound(StreamInbound):
             return self.udp_server.port
         return super().bound_port
 
-    async def close(self) -> None:
-        if self.udp_server is not None:
-            self.udp_server.close()
-            self.udp_server = None
-        await super().close()
 
-    def _session(self, addr: tuple[str, int]) -> Session:
-        source = Destination(Network.UDP, parse_host(addr[0]), addr[1])
-        return Session(inbound_tag=self.tag, source=source, level=self.user_level)
-
-    def _open_flow(self, flow: UdpClientFlow) -> None:
-        self.dispatcher.dispatch(flow.session, flow.dest, flow)
+def build_inbound(ctx: InboundContext, settings: DokodemoSettings) -> DokodemoInbound:
+    if not settings.address or not settings.port:
+        raise ctx.config.error(
+            'dokodemo-door needs "address" and "port" (followRedirect is not supported)'
+        )
+    return DokodemoInbound(
+        ctx.common(settings.user_level),
+        address=parse_host(settings.address),
+        target_port=settings.port,
+        networks=frozenset(settings.networks),
+        udp_idle=float(settings.timeout) if settings.timeout else None,
+    )

@@ -1,6 +1,6 @@
 """The ``freedom`` outbound: connect to the destination directly (TCP or UDP).
 
-``domainStrategy`` (PROTOCOLS.md 4.4): ``AsIs`` leaves resolution to the dialer; ``UseIP``,
+``domainStrategy`` (docs/protocols.md 4.4): ``AsIs`` leaves resolution to the dialer; ``UseIP``,
 ``UseIPv4`` and ``UseIPv6`` resolve the domain first and dial an address of that family.
 ``redirect: "host:port"`` replaces the destination's host (when non-empty and not
 ``0.0.0.0``) and port (when non-zero): the port-mapping mode of the reverse chapter.
@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import socket
 
-from raybridge.address import Destination, Host, Network, format_host
+from raybridge.address import Destination, Host, Network, format_host, parse_host
+from raybridge.config.model import PLAIN, FreedomSettings, OutboundConfig
 from raybridge.dispatcher import resolve
 from raybridge.link import End, Outbound, Session, join
 from raybridge.router import is_private
-from raybridge.transport.tcp import StreamEnd, open_tcp
+from raybridge.transport.dial import ClientTransport
+from raybridge.transport.tcp import StreamEnd
 from raybridge.transport.udp import DatagramFlowEnd
 
 logger = logging.getLogger("raybridge.proxy.freedom")
@@ -32,8 +34,12 @@ class FreedomOutbound(Outbound):
         redirect: tuple[Host | None, int] | None = None,
         send_through: str | None = None,
         block_private: bool = False,
+        transport: ClientTransport | None = None,
     ) -> None:
+        """``transport``: streamSettings under each TCP connection (V2Ray applies them to
+        any outbound: TLS to the destination, for one)."""
         self.tag = tag
+        self.transport = transport or ClientTransport(PLAIN)
         self.block_private = block_private
         self.domain_strategy = domain_strategy
         self.redirect = redirect
@@ -82,7 +88,28 @@ class FreedomOutbound(Outbound):
         try:
             address = await self._address(dest)
             local = (self.send_through, 0) if self.send_through else None
-            await open_tcp(end, address, dest.port, local_addr=local)
+            await self.transport.connect(
+                end,
+                format_host(dest.host),  # what TLS checks: the name asked for
+                dest.port,
+                dial_address=address,
+                local_addr=local,
+            )
         except OSError as exc:
             logger.info("failed to open connection to %s: %s", dest, exc)
             raise
+
+
+def build_outbound(config: OutboundConfig, settings: FreedomSettings) -> FreedomOutbound:
+    redirect = None
+    if settings.redirect is not None:
+        host, port = settings.redirect
+        redirect = (parse_host(host) if host else None, port)
+    return FreedomOutbound(
+        config.tag,
+        domain_strategy=settings.domain_strategy,
+        redirect=redirect,
+        send_through=config.send_through,
+        block_private=settings.block_private,
+        transport=ClientTransport(config.stream),
+    )

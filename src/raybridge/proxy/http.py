@@ -1,7 +1,7 @@
 """The ``http`` inbound: an HTTP/1.1 proxy (CONNECT and absolute-URI requests).
 
 CONNECT is answered ``200 Connection established`` before dialling, then relayed raw
-(PROTOCOLS.md 5.2). A plain request (``GET http://host/...``) is forwarded in origin form
+(docs/protocols.md 5.2). A plain request (``GET http://host/...``) is forwarded in origin form
 with ``Connection: close``; the response head is rewritten (hop-by-hop headers removed,
 ``Connection: close``) and the body passed through unchanged, one request per connection.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 
-from raybridge.dispatcher import Dispatcher
+from raybridge.config.model import HttpInboundSettings
 from raybridge.protocols.http import (
     ConnectRequest,
     HttpProxyError,
     HttpProxyServer,
     ResponseRewriter,
 )
-from raybridge.proxy.base import InboundEnd, Policy, StreamInbound
+from raybridge.proxy.base import InboundCommon, InboundContext, InboundEnd, StreamInbound
 
 logger = logging.getLogger("raybridge.proxy.http")
 
@@ -31,10 +31,7 @@ class HttpInboundEnd(InboundEnd):
         )
         self.rewriter: ResponseRewriter | None = None
 
-    def data_received(self, data: bytes) -> None:
-        if self.relaying:
-            super().data_received(data)
-            return
+    def handshake_received(self, data: bytes) -> None:
         codec = self.codec
         try:
             request = codec.receive_data(data)
@@ -83,17 +80,19 @@ class HttpInbound(StreamInbound):
 
     def __init__(
         self,
-        tag: str,
-        listen: str,
-        port: int,
-        dispatcher: Dispatcher,
-        policy: Policy | None = None,
+        common: InboundCommon,
         *,
         accounts: dict[str, str] | None = None,
         allow_transparent: bool = False,
-        user_level: int = 0,
     ) -> None:
-        super().__init__(tag, listen, port, dispatcher, policy)
+        super().__init__(common)
         self.accounts = accounts or {}
         self.allow_transparent = allow_transparent
-        self.user_level = user_level
+
+
+def build_inbound(ctx: InboundContext, settings: HttpInboundSettings) -> HttpInbound:
+    return HttpInbound(
+        ctx.common(settings.user_level),
+        accounts=dict(settings.accounts),
+        allow_transparent=settings.allow_transparent,
+    )

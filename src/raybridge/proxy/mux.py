@@ -1,4 +1,4 @@
-"""Mux.Cool as V2Ray uses it outside the reverse proxy (PROTOCOLS.md 2.1, 2.4).
+"""Mux.Cool as V2Ray uses it outside the reverse proxy (docs/protocols.md 2.1, 2.4).
 
 * :func:`install_mux_server`: every inbound's destination ``v1.mux.cool`` (VMess command
   0x03, or anything else that asks for it) becomes a mux server whose sessions are
@@ -18,8 +18,8 @@ from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import ClosedEnd, End, Outbound, PacketEnd, Session, join
 from raybridge.protocols.mux import Role, SessionOpened
+from raybridge.proxy.packetaddr import FanoutEnd
 from raybridge.transport.mux import MuxSessionEnd, MuxWorker
-from raybridge.transport.packet import PacketFanout
 
 logger = logging.getLogger("raybridge.mux")
 
@@ -29,33 +29,20 @@ MAX_CONNECTIONS = 128  # sessions a client worker opens in total (V2Ray's hard l
 IDLE_CLOSE = 16.0
 
 
-class XudpServerEnd(PacketEnd):
+class XudpServerEnd(FanoutEnd, PacketEnd):
     """The peer of a UDP mux session on a mux server: each datagram goes to its own
     destination (XUDP) or the session's target, through a :class:`PacketFanout`; replies
     go back on the session, naming their source (only XUDP frames carry it)."""
 
     def __init__(self, dispatcher: Dispatcher, end: MuxSessionEnd, target: Destination) -> None:
-        self.peer: End | None = None
+        super().__init__(dispatcher, end.session, end.write_to)
         self.target = target
-        self.fanout = PacketFanout(dispatcher, end.session, end.write_to)
 
     def write(self, data: bytes) -> None:
         self.fanout.send(data, self.target)
 
     def write_to(self, data: bytes, address: Destination) -> None:
         self.fanout.send(data, address)
-
-    def write_eof(self) -> None:
-        pass  # replies may still come: the flows' idle timers end them
-
-    def abort(self, exc: BaseException | None = None) -> None:
-        self.fanout.close()
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def install_mux_server(dispatcher: Dispatcher, *, max_sessions: int = 0) -> None:

@@ -17,17 +17,38 @@ from raybridge.protocols.packetaddr import (
     decode_packet,
     encode_packet,
 )
-from raybridge.transport.packet import PacketFanout
+from raybridge.transport.packet import PacketFanout, Reply
 
 logger = logging.getLogger("raybridge.proxy.packetaddr")
 
 
-class PacketAddrEnd(End):
+class FanoutEnd(End):
+    """The outbound end of a link whose datagrams each go to their own destination,
+    through a :class:`PacketFanout` (packetaddr here, XUDP in ``proxy/mux.py``)."""
+
+    def __init__(self, dispatcher: Dispatcher, session: Session, reply: Reply) -> None:
+        """``reply``: called with each datagram back and its source."""
+        self.peer: End | None = None
+        self.fanout = PacketFanout(dispatcher, session, reply)
+
+    def write_eof(self) -> None:
+        pass  # replies may still come; the flows' idle timers end them
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self.fanout.close()
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class PacketAddrEnd(FanoutEnd):
     """The outbound end of a packetaddr request: unwraps datagrams, fans them out."""
 
     def __init__(self, dispatcher: Dispatcher, session: Session) -> None:
-        self.peer: End | None = None
-        self.fanout = PacketFanout(dispatcher, session, self._reply)
+        super().__init__(dispatcher, session, self._reply)
         self.bad = 0
 
     def write(self, data: bytes) -> None:
@@ -47,18 +68,6 @@ class PacketAddrEnd(End):
             self.peer.write(encode_packet(source, data))
         except LocalProtocolError as exc:  # a reply too big for one VMess chunk
             logger.debug("packetaddr reply dropped: %s", exc)
-
-    def write_eof(self) -> None:
-        pass  # replies may still come; the flows' idle timers end them
-
-    def abort(self, exc: BaseException | None = None) -> None:
-        self.fanout.close()
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def install_packetaddr_server(dispatcher: Dispatcher) -> None:

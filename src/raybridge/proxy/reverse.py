@@ -1,4 +1,4 @@
-"""V2Ray's reverse proxy: bridges and portals (``app/reverse``; PROTOCOLS.md section 3).
+"""V2Ray's reverse proxy: bridges and portals (``app/reverse``; docs/protocols.md section 3).
 
 A **bridge** (node A, inside) dials tunnels out: each is a link to ``domain:0`` dispatched
 with the bridge's tag as inbound tag, so routing sends it (over VMess) to the portal. On a
@@ -24,7 +24,7 @@ or portal, reading one clock (``loop.time()``)::
 Where raybridge differs from V2Ray 4.34, on purpose:
 
 * a tunnel that closes is dropped from the portal's list at once (V2Ray keeps choosing a
-  closed tunnel for up to 30 s, PROTOCOLS.md 3.2 and 8.12);
+  closed tunnel for up to 30 s, docs/protocols.md 3.2 and 8.12);
 * a bridge redials as soon as a tunnel closes, with capped, jittered backoff (V2Ray waits
   for its next 2-s tick, and ~2-4 s per attempt while the portal is down);
 * a bridge that hears no heartbeat for ``heartbeat_timeout`` seconds drops the tunnel and

@@ -1,6 +1,6 @@
 """The ``socks`` inbound: SOCKS5 (CONNECT, UDP ASSOCIATE), SOCKS4/4a (CONNECT).
 
-As in V2Ray (PROTOCOLS.md 5.1) the success reply goes out before anything is dialled, and
+As in V2Ray (docs/protocols.md 5.1) the success reply goes out before anything is dialled, and
 UDP is served on the same port number as TCP.
 
 UDP associations (RFC 1928 section 7). Beyond V2Ray:
@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 
 from raybridge.address import Destination, Host, Network, parse_host
-from raybridge.dispatcher import Dispatcher
-from raybridge.link import IdleTimer, Session
+from raybridge.config.model import SocksInboundSettings
+from raybridge.link import IdleTimer
 from raybridge.protocols.socks import (
     SocksCommand,
     SocksError,
@@ -30,9 +30,9 @@ from raybridge.protocols.socks import (
     decode_udp_datagram,
     encode_udp_datagram,
 )
-from raybridge.proxy.base import InboundEnd, Policy, StreamInbound
+from raybridge.proxy.base import InboundCommon, InboundContext, InboundEnd, StreamInbound
 from raybridge.transport.tcp import sockname
-from raybridge.transport.udp import FlowGroup, UdpClientFlow, UdpServer
+from raybridge.transport.udp import FlowGroup, UdpServer
 
 logger = logging.getLogger("raybridge.proxy.socks")
 
@@ -47,10 +47,7 @@ class SocksInboundEnd(InboundEnd):
         self.udp_control = False
         self.association: FlowGroup | None = None
 
-    def data_received(self, data: bytes) -> None:
-        if self.relaying:
-            super().data_received(data)
-            return
+    def handshake_received(self, data: bytes) -> None:
         if self.udp_control:
             # The control connection of a UDP association: read and discard (it counts as
             # activity of the association).
@@ -75,9 +72,7 @@ class SocksInboundEnd(InboundEnd):
             self.transport.write(codec.accept(self._udp_reply_address(local)))
             self.udp_control = True
             self.relaying = True  # no handshake deadline for the control connection
-            if self._handshake_timer is not None:
-                self._handshake_timer.cancel()
-                self._handshake_timer = None
+            self._cancel_handshake_deadline()
             assert self.session is not None
             self.association = self.inbound.associate(self)
             self._idle = IdleTimer(self.session, self.policy.conn_idle, self._on_idle)
@@ -117,26 +112,19 @@ class SocksInbound(StreamInbound):
 
     def __init__(
         self,
-        tag: str,
-        listen: str,
-        port: int,
-        dispatcher: Dispatcher,
-        policy: Policy | None = None,
+        common: InboundCommon,
         *,
         accounts: dict[str, str] | None = None,
         udp: bool = False,
         ip: str | None = None,
-        user_level: int = 0,
     ) -> None:
         """``accounts``: ``None`` for ``"auth": "noauth"``; a dict for ``"password"`` (an
         empty one lets nobody in, as V2Ray does)."""
-        super().__init__(tag, listen, port, dispatcher, policy)
+        super().__init__(common)
         self.password = accounts is not None
         self.accounts = accounts or {}
         self.udp = udp
         self.ip = ip
-        self.user_level = user_level
-        self.udp_server: UdpServer | None = None
         #: Live UDP associations by client IP address, oldest first.
         self.associations: dict[Host, list[FlowGroup]] = {}
 
@@ -149,8 +137,8 @@ class SocksInbound(StreamInbound):
         if self.udp:
             self.udp_server = UdpServer(
                 self._classify,
-                self._open_flow,
-                self._udp_session,
+                self.open_flow,
+                self.udp_session,
                 closed=self.dispatcher.stats.closed,
                 encode_reply=encode_udp_datagram,
                 group_for=self._association_of,
@@ -182,12 +170,6 @@ class SocksInbound(StreamInbound):
         groups = self.associations.get(parse_host(addr[0]))
         return groups[-1] if groups else None
 
-    async def close(self) -> None:
-        if self.udp_server is not None:
-            self.udp_server.close()
-            self.udp_server = None
-        await super().close()
-
     @staticmethod
     def _classify(data: bytes, addr: tuple[str, int]) -> tuple[Destination, bytes, bytes]:
         dest, payload = decode_udp_datagram(data)
@@ -195,9 +177,11 @@ class SocksInbound(StreamInbound):
         header_len = len(data) - len(payload)
         return dest, bytes(payload), bytes(data[:header_len])
 
-    def _udp_session(self, addr: tuple[str, int]) -> Session:
-        source = Destination(Network.UDP, parse_host(addr[0]), addr[1])
-        return Session(inbound_tag=self.tag, source=source, level=self.user_level)
 
-    def _open_flow(self, flow: UdpClientFlow) -> None:
-        self.dispatcher.dispatch(flow.session, flow.dest, flow)
+def build_inbound(ctx: InboundContext, settings: SocksInboundSettings) -> SocksInbound:
+    return SocksInbound(
+        ctx.common(settings.user_level),
+        accounts=dict(settings.accounts) if settings.auth == "password" else None,
+        udp=settings.udp,
+        ip=settings.ip,
+    )

@@ -4,7 +4,7 @@ Inbound: authenticates the request header (AEAD or legacy, for every user), disp
 its destination (command 0x03, Mux, goes to ``v1.mux.cool`` like in V2Ray), and relays the
 body. An authentication failure is *drained*: the server keeps reading and discarding up to
 a per-server pseudo-random byte count before it closes, like V2Ray, so a prober cannot tell
-where the check failed (PROTOCOLS.md 1.6).
+where the check failed (docs/protocols.md 1.6).
 
 Outbound: dials the server (round robin over ``vnext``, a random user of the server, 5
 attempts), sends the request header together with the first payload, and never waits for
@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 from raybridge import replay
 from raybridge.address import Destination, Network
-from raybridge.dispatcher import Dispatcher
+from raybridge.config.model import (
+    PLAIN,
+    OutboundConfig,
+    VMessInboundSettings,
+    VMessOutboundSettings,
+    VMessUserConfig,
+)
 from raybridge.errors import LocalProtocolError
 from raybridge.link import End, Outbound, PacketEnd, Session, join
 from raybridge.log import user_label
@@ -57,14 +63,21 @@ from raybridge.protocols.vmess import (
     client_profile,
     security_from_config,
 )
-from raybridge.proxy.base import InboundEnd, Policy, StreamInbound, short_reason
-from raybridge.transport.tcp import StreamEnd, open_tcp
+from raybridge.proxy.base import (
+    InboundCommon,
+    InboundContext,
+    InboundEnd,
+    StreamInbound,
+    short_reason,
+)
+from raybridge.proxy.mux import MUX_DOMAIN, MuxOutbound
+from raybridge.transport.dial import ClientTransport
+from raybridge.transport.tcp import StreamEnd
 
 logger = logging.getLogger("raybridge.proxy.vmess")
 
-MUX_DOMAIN = "v1.mux.cool"
 #: Dial retries. V2Ray's VMess outbound makes 5 attempts 200, 400, 600, 800 ms apart
-#: (PROTOCOLS.md 3.1, 8.21); we start sooner (a node started a moment before its server is
+#: (docs/protocols.md 3.1, 8.21); we start sooner (a node started a moment before its server is
 #: connected 50 ms later, not 200) and give up at about the same time.
 DIAL_ATTEMPTS = 6
 DIAL_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
@@ -334,11 +347,7 @@ class VMessInbound(StreamInbound):
 
     def __init__(
         self,
-        tag: str,
-        listen: str,
-        port: int,
-        dispatcher: Dispatcher,
-        policy: Policy | None = None,
+        common: InboundCommon,
         *,
         users: Sequence[User],
         disable_insecure_encryption: bool = False,
@@ -348,7 +357,7 @@ class VMessInbound(StreamInbound):
     ) -> None:
         """``state_dir``: where the AEAD replay filter outlives a restart (None: the
         ``$STATE_DIRECTORY`` of systemd, if set; ``""``: nowhere), see raybridge.replay."""
-        super().__init__(tag, listen, port, dispatcher, policy)
+        super().__init__(common)
         self.validator = validator or UserValidator(users, clock=time.time)
         self.disable_insecure_encryption = disable_insecure_encryption
         self.aead_only = aead_only
@@ -534,10 +543,12 @@ class VMessOutbound(Outbound):
         send_through: str | None = None,
         rng: random.Random | None = None,
         packet_encoding: str = "none",
+        transport: ClientTransport | None = None,
     ) -> None:
         """``packet_encoding``: how UDP goes: "none" (4.34's UDP request), "packet"
         (packetaddr; domain destinations still use a plain UDP request, since packetaddr
-        carries IP addresses only) or "xudp"."""
+        carries IP addresses only) or "xudp". ``transport``: the streamSettings under
+        each connection (TLS, WebSocket, ...; plain TCP when None)."""
         if not servers or not all(s.users for s in servers):
             raise ValueError("a VMess outbound needs at least one server with a user")
         self.tag = tag
@@ -546,6 +557,7 @@ class VMessOutbound(Outbound):
         self._next = itertools.cycle(range(len(self.servers)))
         self._rng = rng or random.SystemRandom()
         self.packet_encoding = packet_encoding
+        self.transport = transport or ClientTransport(PLAIN)
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         server = self.servers[next(self._next)]
@@ -586,8 +598,9 @@ class VMessOutbound(Outbound):
             end = VMessOutboundEnd(session, codec, command is Command.UDP)
         join(peer, end)
         local = (self.send_through, 0) if self.send_through else None
+        transport = self.transport
         end.start_connect(
-            lambda e: open_tcp(
+            lambda e: transport.connect(
                 e,
                 server.address,
                 server.port,
@@ -597,3 +610,42 @@ class VMessOutbound(Outbound):
             )
         )
         return end
+
+
+# -- building from the config ---------------------------------------------------------------
+def _user(config: VMessUserConfig) -> User:
+    return User(id=config.id, alter_id=config.alter_id, level=config.level, email=config.email)
+
+
+def build_inbound(ctx: InboundContext, settings: VMessInboundSettings) -> VMessInbound:
+    return VMessInbound(
+        ctx.common(),  # each user has its own level
+        users=[_user(c) for c in settings.clients],
+        disable_insecure_encryption=settings.disable_insecure_encryption,
+        aead_only=settings.aead_forced,
+        state_dir=ctx.options.state_dir,
+    )
+
+
+def build_outbound(config: OutboundConfig, settings: VMessOutboundSettings) -> Outbound:
+    """A VMess outbound, riding Mux.Cool sessions when the config's ``mux`` says so."""
+    servers = [
+        VMessServer(
+            address=server.address,
+            port=server.port,
+            users=tuple(ClientUser(_user(u), u.security, u.experiments) for u in server.users),
+        )
+        for server in settings.servers
+    ]
+    if not servers or not all(server.users for server in servers):
+        raise config.error("a VMess outbound needs a server with at least one user")
+    outbound: Outbound = VMessOutbound(
+        config.tag,
+        servers,
+        send_through=config.send_through,
+        packet_encoding=settings.packet_encoding,
+        transport=ClientTransport(config.stream),
+    )
+    if config.mux.enabled and config.mux.concurrency > 0:
+        outbound = MuxOutbound(outbound, config.mux.concurrency)
+    return outbound

@@ -10,7 +10,7 @@ multiplexed (aioquic's ``QuicStreamAdapter`` idea)::
                                                MuxSessionEnd <--> peer end
                                                ...
 
-Flow control. Mux.Cool has none per session (PROTOCOLS.md 2.4): V2Ray stops reading the
+Flow control. Mux.Cool has none per session (docs/protocols.md 2.4): V2Ray stops reading the
 whole carrier when one session's reader is slow, which stalls every other session on it.
 raybridge never does. A session whose peer cannot take more buffers what arrives, and:
 
@@ -566,7 +566,7 @@ class MuxWorker(End):
         self.flush()
 
     def send_keepalive(self) -> None:
-        """A KeepAlive frame (V2Ray accepts and ignores them, PROTOCOLS.md 2.4)."""
+        """A KeepAlive frame (V2Ray accepts and ignores them, docs/protocols.md 2.4)."""
         if not self.closed:
             self.codec.send_keepalive()
             self.flush()

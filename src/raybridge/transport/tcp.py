@@ -7,7 +7,7 @@ speak a protocol on the socket (SOCKS, VMess, ...) override ``data_received`` an
 
 Half-close is propagated: EOF from the socket becomes ``peer.write_eof()``, and the peer's
 ``write_eof()`` becomes a TCP FIN (``transport.write_eof()``). The socket is closed once
-both directions are done. (V2Ray 4.34 does not propagate half-close; see PROTOCOLS.md 6.)
+both directions are done. (V2Ray 4.34 does not propagate half-close; see docs/protocols.md 6.)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
+from raybridge.config.model import SockOpt
 from raybridge.link import HIGH_WATER, LOW_WATER, Backlog, End, Session
 
 log = logging.getLogger("raybridge.transport")
@@ -256,6 +257,60 @@ class StreamEnd(asyncio.Protocol, End):
         self._notify_closed(exc if isinstance(exc, Exception) else None)
 
 
+#: Linux socket options (``socket`` has TCP_FASTOPEN; SO_MARK and the client side of TFO are
+#: numbers from <linux/socket.h> and <linux/tcp.h>).
+SO_MARK = getattr(socket, "SO_MARK", 36)
+TCP_FASTOPEN_CONNECT = getattr(socket, "TCP_FASTOPEN_CONNECT", 30)
+
+
+async def connect_tcp(
+    protocol: asyncio.Protocol,
+    host: str,
+    port: int,
+    *,
+    local_addr: tuple[str, int] | None = None,
+    family: int = 0,
+    sockopt: SockOpt | None = None,
+) -> None:
+    """One TCP connection with ``protocol``; ``sockopt`` ``mark`` and ``tcpFastOpen`` are
+    set on the socket before it connects (they need a socket of our own)."""
+    loop = asyncio.get_running_loop()
+    if sockopt is None or (not sockopt.mark and sockopt.tcp_fast_open is None):
+        await loop.create_connection(
+            lambda: protocol, host, port, local_addr=local_addr, family=family
+        )
+        return
+    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for fam, kind, proto, _, address in infos:
+        sock = socket.socket(fam, kind, proto)
+        try:
+            apply_sockopt(sock, sockopt, listening=False)
+            sock.setblocking(False)
+            if local_addr is not None:
+                sock.bind(local_addr)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        await loop.create_connection(lambda: protocol, sock=sock)
+        return
+    raise last or OSError(f"cannot resolve {host}")
+
+
+def apply_sockopt(sock: socket.socket, sockopt: SockOpt, *, listening: bool) -> None:
+    """``sockopt.mark`` (SO_MARK, needs CAP_NET_ADMIN) and ``tcpFastOpen`` on a socket."""
+    if sockopt.mark:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, sockopt.mark)
+    if sockopt.tcp_fast_open is not None:
+        if listening:
+            queue = 4096 if sockopt.tcp_fast_open else 0
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, queue)
+        else:
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, int(sockopt.tcp_fast_open))
+
+
 async def open_tcp(
     protocol: asyncio.Protocol,
     host: str,
@@ -265,20 +320,20 @@ async def open_tcp(
     delays: Sequence[float] = (),
     local_addr: tuple[str, int] | None = None,
     family: int = 0,
+    sockopt: SockOpt | None = None,
 ) -> None:
     """Dial ``host:port`` with ``protocol``, retrying like V2Ray's ``retry.ExponentialBackoff``.
 
     ``delays[i]`` is the wait before attempt ``i + 1`` (V2Ray's VMess outbound: 5 attempts,
-    0, 200, 400, 600, 800 ms, PROTOCOLS.md 3.1).
+    0, 200, 400, 600, 800 ms, docs/protocols.md 3.1).
     """
-    loop = asyncio.get_running_loop()
     last: Exception | None = None
     for attempt in range(max(1, attempts)):
         if attempt and attempt - 1 < len(delays) and delays[attempt - 1] > 0:
             await asyncio.sleep(delays[attempt - 1])
         try:
-            await loop.create_connection(
-                lambda: protocol, host, port, local_addr=local_addr, family=family
+            await connect_tcp(
+                protocol, host, port, local_addr=local_addr, family=family, sockopt=sockopt
             )
             return
         except OSError as exc:
@@ -302,12 +357,24 @@ def sockname(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
 
 
 async def start_tcp_server(
-    factory: Callable[[], asyncio.Protocol], host: str, port: int
+    factory: Callable[[], asyncio.Protocol],
+    host: str,
+    port: int,
+    *,
+    sockopt: SockOpt | None = None,
 ) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
+    server = await loop.create_server(
         factory, host, port, reuse_address=True, backlog=4096, family=_family(host)
     )
+    if sockopt is not None:
+        try:
+            for sock in server.sockets:
+                apply_sockopt(sock, sockopt, listening=True)
+        except OSError:
+            server.close()
+            raise
+    return server
 
 
 def _family(host: str) -> int:

@@ -2,7 +2,7 @@
 
 A UDP link carries datagrams to one destination (each ``End.write`` is one datagram), as in
 V2Ray, where a SOCKS or dokodemo-door UDP client talking to N destinations makes N flows
-(PROTOCOLS.md 5.1). Two kinds of end:
+(docs/protocols.md 5.1). Two kinds of end:
 
 * :class:`DatagramFlowEnd`: the outbound side, a connected UDP socket to the destination;
 * :class:`UdpServer` + :class:`UdpClientFlow`: the inbound side, one listening socket

@@ -1,4 +1,4 @@
-"""VMess as spoken by V2Ray 4.34 (PROTOCOLS.md section 1), sans-IO.
+"""VMess as spoken by V2Ray 4.34 (docs/protocols.md section 1), sans-IO.
 
 Public API: :class:`ClientConnection`, :class:`ServerConnection`, :class:`UserValidator`,
 :class:`User`, the wire enums, the events and the errors. See ``connection.py`` for the

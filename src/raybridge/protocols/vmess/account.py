@@ -1,4 +1,4 @@
-"""VMess identities: UUID, cmdKey and alter IDs (PROTOCOLS.md 1.1).
+"""VMess identities: UUID, cmdKey and alter IDs (docs/protocols.md 1.1).
 
 Derived values are computed once per :class:`User` and cached on the instance (the AuthID
 AES key alone costs two nested HMACs, and a legacy user with alter IDs has a chain of MD5s).

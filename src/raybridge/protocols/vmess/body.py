@@ -1,4 +1,4 @@
-"""VMess body framing, one direction at a time (PROTOCOLS.md 1.9).
+"""VMess body framing, one direction at a time (docs/protocols.md 1.9).
 
 Generic chunk (1.9.1), used by AES-128-GCM and ChaCha20-Poly1305 always, by LEGACY with
 option S (inside one AES-CFB stream) and by NONE over UDP with S::

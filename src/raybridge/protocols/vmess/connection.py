@@ -1,4 +1,4 @@
-"""The VMess client and server state machines (PROTOCOLS.md 1.2 to 1.9), sans-IO.
+"""The VMess client and server state machines (docs/protocols.md 1.2 to 1.9), sans-IO.
 
 Client::   send/send_eof  -> [request header] ‖ request body chunks
            receive_data   <- response header (AEAD or legacy) ‖ response body chunks
@@ -13,7 +13,7 @@ Server handshake states and what each needs (bytes from the start of the connect
     LEGACY_HEADER 16+...      AES-CFB-decrypt exactly as many header bytes as parsing needs
     BODY                      everything else goes to the request body reader
 
-Which failures drain (V2Ray 4.34 ``DecodeRequestHeader``, PROTOCOLS.md 1.6): no matching
+Which failures drain (V2Ray 4.34 ``DecodeRequestHeader``, docs/protocols.md 1.6): no matching
 user, replayed AuthID, AEAD length or header that does not open, and for legacy requests
 only a replayed key/IV or a bad checksum (those two also taint the legacy AUTH). Everything
 after a successful AEAD open closes at once.

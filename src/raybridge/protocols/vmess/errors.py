@@ -1,4 +1,4 @@
-"""VMess errors (PROTOCOLS.md 1.6 for when a server drains instead of closing at once)."""
+"""VMess errors (docs/protocols.md 1.6 for when a server drains instead of closing at once)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ __all__ = ["Data", "EndOfStream", "Event", "RequestReceived", "ResponseReceived"
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
-    """Server side: a complete, authenticated and valid request header (PROTOCOLS.md 1.3)."""
+    """Server side: a complete, authenticated and valid request header (docs/protocols.md 1.3)."""
 
     header: RequestHeader
     user: User

@@ -1,7 +1,7 @@
 """Go's ``math/rand`` (pre-1.20 ``rngSource``) and ``hash/crc64``, just enough for VMess drains.
 
 V2Ray 4.34 decides how many bytes a VMess server reads and discards after a failed handshake
-with a ``math/rand`` generator seeded from the configured user IDs (PROTOCOLS.md 1.6; see
+with a ``math/rand`` generator seeded from the configured user IDs (docs/protocols.md 1.6; see
 :mod:`raybridge.protocols.vmess.validator`). Reproducing that number exactly needs Go's
 additive lagged Fibonacci generator, whose seeding XORs a fixed table into the state.
 

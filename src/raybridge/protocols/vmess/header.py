@@ -1,4 +1,4 @@
-"""VMess request and response headers (PROTOCOLS.md 1.3 to 1.8).
+"""VMess request and response headers (docs/protocols.md 1.3 to 1.8).
 
 Request header plaintext (1.3), identical for both variants::
 
@@ -76,7 +76,7 @@ TAG = 16
 
 
 class Security(IntEnum):
-    """Low nibble of request byte 35: body security (PROTOCOLS.md 1.3)."""
+    """Low nibble of request byte 35: body security (docs/protocols.md 1.3)."""
 
     UNKNOWN = 0
     LEGACY = 1
@@ -87,7 +87,7 @@ class Security(IntEnum):
 
 
 class Command(IntEnum):
-    """Request byte 37 (PROTOCOLS.md 1.3)."""
+    """Request byte 37 (docs/protocols.md 1.3)."""
 
     TCP = 1
     UDP = 2
@@ -95,7 +95,7 @@ class Command(IntEnum):
 
 
 class Option(IntFlag):
-    """Request byte 34 (PROTOCOLS.md 1.3). Unknown bits are kept and ignored."""
+    """Request byte 34 (docs/protocols.md 1.3). Unknown bits are kept and ignored."""
 
     CHUNK_STREAM = 0x01
     CONNECTION_REUSE = 0x02

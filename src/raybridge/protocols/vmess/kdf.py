@@ -1,4 +1,4 @@
-"""The VMess AEAD key derivation: nested HMAC-SHA256 (PROTOCOLS.md 1.5.1).
+"""The VMess AEAD key derivation: nested HMAC-SHA256 (docs/protocols.md 1.5.1).
 
 ``KDF(key, p1, ..., pn)`` is HMAC with key ``pn`` whose hash function is HMAC with key
 ``p(n-1)`` ... whose innermost hash is ``HMAC-SHA256(b"VMess AEAD KDF", ·)``, applied to
@@ -102,7 +102,7 @@ def _f0(state: _Sha, tail: bytes) -> bytes:
 
 
 def kdf(key: bytes, *path: bytes) -> bytes:
-    """``KDF(key, *path)``: 32 bytes (PROTOCOLS.md 1.5.1)."""
+    """``KDF(key, *path)``: 32 bytes (docs/protocols.md 1.5.1)."""
     if not path:
         return _f0(_ROOT_INNER, key)
     if any(len(p) > _BLOCK for p in path):

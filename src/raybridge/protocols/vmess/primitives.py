@@ -1,4 +1,4 @@
-"""Small cryptographic building blocks of VMess (PROTOCOLS.md 1.3, 1.4, 1.7, 1.9).
+"""Small cryptographic building blocks of VMess (docs/protocols.md 1.3, 1.4, 1.7, 1.9).
 
 * FNV-1a 32 (header checksum, LEGACY chunk authenticator);
 * AES-128-CFB with a full 128-bit feedback segment (Go's ``cipher.NewCFBEncrypter``);
@@ -74,7 +74,7 @@ _FAST_FNV = _load_fast_fnv()
 
 
 def fnv1a32(data: BytesLike) -> int:
-    """FNV-1a 32-bit (PROTOCOLS.md 1.3)."""
+    """FNV-1a 32-bit (docs/protocols.md 1.3)."""
     if _FAST_FNV is not None:
         return _FAST_FNV(data if type(data) is bytes else bytes(data))
     return fnv1a32_pure(data)
@@ -108,7 +108,7 @@ def randbelow(urandom: Urandom, n: int) -> int:
     return int.from_bytes(urandom(4), "big") % n
 
 
-# -- SHAKE128 size-mask / padding stream (PROTOCOLS.md 1.9.6) ---------------------------------
+# -- SHAKE128 size-mask / padding stream (docs/protocols.md 1.9.6) ---------------------------------
 
 _SQUEEZE = 4096  # even, so 2-byte draws never straddle two squeezes
 #: The first squeeze is small: a short connection draws a handful of words, a long one

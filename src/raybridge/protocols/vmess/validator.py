@@ -1,4 +1,4 @@
-"""Server-side user lookup and replay protection (PROTOCOLS.md 1.2, 1.4, 1.5.2, 1.6).
+"""Server-side user lookup and replay protection (docs/protocols.md 1.2, 1.4, 1.5.2, 1.6).
 
 One :class:`UserValidator` is shared by all connections of an inbound, like V2Ray's
 ``TimedUserValidator`` plus ``SessionHistory``. Time comes only from the injected clock.

@@ -1,0 +1,122 @@
+"""What each configured protocol builds: one table per direction, keyed by protocol name.
+
+Each protocol's module builds its own inbound or outbound from its settings dataclass
+(``proxy/socks.py`` ``build_inbound``, ``proxy/freedom.py`` ``build_outbound``, ...). An
+entry here pairs a protocol name with the settings type its builder takes; mypy checks
+the two against each other where the table is written, and :func:`build_inbounds` /
+:func:`build_outbound` check a config's settings against them before calling. The node
+has no switch on protocol names.
+
+The config layer (``raybridge.config``) already refuses unknown protocols; a config made
+some other way (by hand, in a test) gets the same :class:`~raybridge.errors.ConfigError`
+here, naming the file, line and entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from raybridge.config.model import (
+    BlackholeSettings,
+    DokodemoSettings,
+    FreedomSettings,
+    HttpInboundSettings,
+    InboundConfig,
+    OutboundConfig,
+    PolicyConfig,
+    RaybridgeOptions,
+    SocksInboundSettings,
+    VMessInboundSettings,
+    VMessOutboundSettings,
+)
+from raybridge.dispatcher import Dispatcher
+from raybridge.link import Outbound
+from raybridge.proxy import blackhole, dokodemo, freedom, http, socks, vmess
+from raybridge.proxy.base import InboundContext, StreamInbound
+
+C = TypeVar("C")  # what a builder gets besides its settings
+S = TypeVar("S")  # its settings dataclass
+R = TypeVar("R")  # what it builds
+
+
+class Builder(Generic[C, R]):
+    """One protocol's builder, with the settings type it takes."""
+
+    __slots__ = ("_build", "protocol", "settings")
+
+    def __init__(self, protocol: str, settings: type[S], build: Callable[[C, S], R]) -> None:
+        self.protocol = protocol
+        self.settings: type = settings
+        # ``S`` is checked here, against ``settings``; the call checks the instance.
+        self._build: Callable[[C, Any], R] = build
+
+    def __call__(self, context: C, settings: object) -> R | None:
+        """What the builder makes of ``settings``; ``None`` if they are not its type."""
+        if not isinstance(settings, self.settings):
+            return None
+        return self._build(context, settings)
+
+
+def _table(*builders: Builder[C, R]) -> dict[str, Builder[C, R]]:
+    return {b.protocol: b for b in builders}
+
+
+INBOUNDS: dict[str, Builder[InboundContext, StreamInbound]] = _table(
+    Builder("socks", SocksInboundSettings, socks.build_inbound),
+    Builder("http", HttpInboundSettings, http.build_inbound),
+    Builder("vmess", VMessInboundSettings, vmess.build_inbound),
+    Builder("dokodemo-door", DokodemoSettings, dokodemo.build_inbound),
+)
+
+OUTBOUNDS: dict[str, Builder[OutboundConfig, Outbound]] = _table(
+    Builder("freedom", FreedomSettings, freedom.build_outbound),
+    Builder("blackhole", BlackholeSettings, blackhole.build_outbound),
+    Builder("vmess", VMessOutboundSettings, vmess.build_outbound),
+)
+
+
+def _build(
+    table: dict[str, Builder[C, R]],
+    config: InboundConfig | OutboundConfig,
+    context: C,
+) -> R:
+    kind = "inbound" if isinstance(config, InboundConfig) else "outbound"
+    builder = table.get(config.protocol)
+    if builder is None:
+        raise config.error(f"unknown {kind} protocol {config.protocol!r}")
+    built = builder(context, config.settings)
+    if built is None:
+        settings = type(config.settings).__name__
+        raise config.error(f"{kind} protocol {config.protocol!r} cannot take {settings}")
+    return built
+
+
+def build_outbound(config: OutboundConfig) -> Outbound:
+    """The outbound ``config`` describes (a :class:`~raybridge.errors.ConfigError` if it
+    cannot be built)."""
+    return _build(OUTBOUNDS, config, config)
+
+
+def build_inbounds(
+    config: InboundConfig,
+    *,
+    dispatcher: Dispatcher,
+    policies: PolicyConfig,
+    options: RaybridgeOptions,
+) -> list[StreamInbound]:
+    """One inbound per port of ``config``, dispatching to ``dispatcher``."""
+    return [
+        _build(
+            INBOUNDS,
+            config,
+            InboundContext(
+                config=config,
+                port=port,
+                dispatcher=dispatcher,
+                policies=policies,
+                options=options,
+            ),
+        )
+        for port in config.ports
+    ]
