@@ -3,6 +3,7 @@
     python bench/chain.py                  # the reverse chain C -> B -> A (the default)
     python bench/chain.py --topology cb    # a plain C+B pair (SOCKS -> VMess -> freedom)
     python bench/chain.py --size 512 --rounds 3
+    python bench/chain.py --transport wss  # the VMess links (C->B, A->B) over WebSocket+TLS
 
 Each system runs its nodes as separate processes on loopback with the same configs; a
 separate target process (bench/target.py) is the destination. Figures: one TCP stream
@@ -356,6 +357,82 @@ def reverse_chain(system: str, workdir: Path, alter_id: int = 0) -> Chain:
 
 TOPOLOGIES: dict[str, Callable[[str, Path], Chain]] = {"cb": pair_chain, "abc": reverse_chain}
 
+# -- stream transports on the VMess links ----------------------------------------------------
+
+#: ``--transport`` name -> (streamSettings network, TLS?)
+TRANSPORTS = {
+    "tcp": ("tcp", False),
+    "tls": ("tcp", True),
+    "ws": ("ws", False),
+    "wss": ("ws", True),
+    "h2": ("http", True),
+}
+BENCH_PATH = "/bench"
+BENCH_HOST = "localhost"  # the certificate's name; never resolved (the links dial 127.0.0.1)
+
+
+def write_certificates(workdir: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a leaf for ``localhost`` and 127.0.0.1: (ca, cert, key) files."""
+    from raybridge.certs import make_ca, make_leaf
+
+    ca = make_ca("raybridge bench CA")
+    leaf = make_leaf(ca, [BENCH_HOST, LOCAL])
+    files = (workdir / "ca.pem", workdir / "leaf.pem", workdir / "leaf-key.pem")
+    for path, data in zip(files, (ca.cert, leaf.cert, leaf.key), strict=True):
+        path.write_bytes(data)
+    return files
+
+
+def server_stream(transport: str, certs: tuple[Path, Path, Path]) -> dict[str, Any]:
+    network, tls = TRANSPORTS[transport]
+    stream: dict[str, Any] = {"network": network}
+    if tls:
+        settings: dict[str, Any] = {
+            "certificates": [{"certificateFile": str(certs[1]), "keyFile": str(certs[2])}]
+        }
+        if network == "ws":
+            settings["alpn"] = ["http/1.1"]  # a 4.34 server would offer h2 to ws clients
+        stream["security"] = "tls"
+        stream["tlsSettings"] = settings
+    if network == "ws":
+        stream["wsSettings"] = {"path": BENCH_PATH}
+    elif network == "http":
+        stream["httpSettings"] = {"host": [BENCH_HOST], "path": BENCH_PATH}
+    return stream
+
+
+def client_stream(transport: str, certs: tuple[Path, Path, Path]) -> dict[str, Any]:
+    network, tls = TRANSPORTS[transport]
+    stream: dict[str, Any] = {"network": network}
+    if tls:
+        stream["security"] = "tls"
+        stream["tlsSettings"] = {
+            "serverName": BENCH_HOST,
+            "disableSystemRoot": True,
+            "certificates": [{"usage": "verify", "certificateFile": str(certs[0])}],
+        }
+    if network == "ws":
+        stream["wsSettings"] = {"path": BENCH_PATH, "headers": {"Host": BENCH_HOST}}
+    elif network == "http":
+        stream["httpSettings"] = {"host": [BENCH_HOST], "path": BENCH_PATH}
+    return stream
+
+
+def apply_transport(chain: Chain, transport: str) -> Chain:
+    """Put every VMess link of the chain (the inbounds of B, the VMess outbounds of A and
+    C) on ``transport``."""
+    if transport == "tcp":
+        return chain
+    certs = write_certificates(chain.workdir)
+    for node in chain.nodes:
+        for inbound in node.config.get("inbounds", []):
+            if inbound["protocol"] == "vmess":
+                inbound["streamSettings"] = server_stream(transport, certs)
+        for outbound in node.config.get("outbounds", []):
+            if outbound["protocol"] == "vmess":
+                outbound["streamSettings"] = client_stream(transport, certs)
+    return chain
+
 
 def failure_window(chain: Chain, target: int, name: str, settle: int = 10) -> tuple[float, float]:
     """Restart node ``name`` while a client keeps opening connections (open + echo, one at a
@@ -486,6 +563,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--echoes", type=int, default=50)
     parser.add_argument("--systems", default="raybridge,v2ray")
+    parser.add_argument(
+        "--transport",
+        choices=sorted(TRANSPORTS),
+        default="tcp",
+        help="stream transport of the VMess links (TLS ones use a private CA made here)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     systems = args.systems.split(",")
@@ -504,7 +587,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(args.rounds):
                 for system in systems:
-                    chain = TOPOLOGIES[args.topology](system, Path(tmp))
+                    chain = apply_transport(
+                        TOPOLOGIES[args.topology](system, Path(tmp)), args.transport
+                    )
                     res = measure(
                         chain,
                         target_port,
@@ -524,7 +609,8 @@ def main() -> int:
         target.wait()
 
     med = print_table(
-        f"{args.topology}: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+        f"{args.topology} over {args.transport}: {platform.node()} {platform.machine()} "
+        f"{os.cpu_count()} cpus, "
         f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
         f"{args.rounds} rounds, {args.size} MB per stream",
         results,
