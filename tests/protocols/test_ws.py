@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol
 
+import raybridge.protocols.ws as ws_module
 from raybridge.errors import ConfigError
 from raybridge.protocols.stream import EndReceived, Established, LayerEvent, Received, Refused
 from raybridge.protocols.ws import (
@@ -872,3 +873,22 @@ def test_fast_path_decodes_as_wsproto_does(parts: list[bytes], cuts: list[int]) 
         got = b"".join(e.data for e in events if isinstance(e, Received))
         assert got == data
         assert (EndReceived() in events) == closed
+
+
+# -- the XOR ----------------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=4096), st.binary(min_size=4, max_size=4), st.integers(0, 3))
+def test_mask_paths_agree(data: bytes, mask: bytes, start: int) -> None:
+    # websockets' C apply_mask (the `fast` extra) and the translate fallback give the same
+    # bytes, on bytes and on a view into a larger buffer, and masking twice is the identity.
+    view = memoryview(b"x" * start + data)[start:]
+    expected = bytes(a ^ mask[i % 4] for i, a in enumerate(data))
+    assert bytes(ws_module._xor_translate(view, mask)) == expected
+    assert bytes(ws_module._xor(view, mask)) == expected
+    assert bytes(ws_module._xor(ws_module._xor(data, mask), mask)) == data
+
+
+def test_the_c_mask_is_used_when_installed() -> None:
+    pytest.importorskip("websockets.speedups")
+    assert ws_module._apply_mask is not None

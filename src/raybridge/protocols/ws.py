@@ -219,6 +219,11 @@ def _frame(opcode: Opcode, payload: bytes, mask: bytes | None) -> bytes:
     return b"".join((head, mask, _xor(payload, mask)))
 
 
+try:  # a C extension of the websockets package, nothing else of it is used
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover - without the `fast` extra
+    _apply_mask = None  # type: ignore[assignment]
+
 _IDENTITY = int.from_bytes(bytes(range(256)), "big")
 #: _XOR[k] maps each byte b to b ^ k (for bytes.translate).
 _XOR = [
@@ -226,9 +231,16 @@ _XOR = [
 ]
 
 
-def _xor(data: bytes, mask: bytes) -> bytearray:
-    """``data`` XORed with the repeated 4-byte ``mask``: four strided ``translate`` calls
-    (wsproto's idea), the fastest pure-Python XOR we measured on 2 KiB frames."""
+def _xor(data: bytes | memoryview, mask: bytes) -> bytes | bytearray:
+    """``data`` XORed with the repeated 4-byte ``mask``: websockets' C ``apply_mask`` when
+    installed (the ``fast`` extra; ~27 GB/s here), else four strided ``translate`` calls
+    (wsproto's idea), the fastest pure-Python XOR we measured (~0.6 GB/s)."""
+    if _apply_mask is not None:
+        return _apply_mask(data, mask)
+    return _xor_translate(data, mask)
+
+
+def _xor_translate(data: bytes | memoryview, mask: bytes) -> bytearray:
     out = bytearray(data)
     for i in range(4):
         out[i::4] = out[i::4].translate(_XOR[mask[i]])
@@ -569,17 +581,18 @@ class WebSocketLayer(StreamLayer):
         buf = self._rx + data if self._rx else data
         self._rx = b""
         events: list[LayerEvent] = []
-        pieces: list[bytes | bytearray] = []
+        pieces: list[bytes | bytearray | memoryview] = []
         pos, end = 0, len(buf)
+        view = memoryview(buf)  # payload slices without copies
         want_mask = self.role is Role.SERVER
         while pos < end:
             if self._left:  # inside a frame
                 take = min(self._left, end - pos)
-                chunk = buf[pos : pos + take]
+                chunk = view[pos : pos + take]
                 pos += take
                 self._left -= take
                 if self._rx_slow:
-                    if self._by_wsproto(chunk, events, pieces):
+                    if self._by_wsproto(bytes(chunk), events, pieces):
                         break  # a close: nothing after it counts
                     continue
                 key = self._rx_mask
@@ -610,7 +623,10 @@ class WebSocketLayer(StreamLayer):
         return events
 
     def _by_wsproto(
-        self, chunk: bytes, events: list[LayerEvent], pieces: list[bytes | bytearray]
+        self,
+        chunk: bytes,
+        events: list[LayerEvent],
+        pieces: list[bytes | bytearray | memoryview],
     ) -> bool:
         """Part of a frame for wsproto; True once a close has come."""
         proto = self._proto
