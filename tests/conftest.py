@@ -79,25 +79,29 @@ def _loop() -> Iterator[asyncio.Runner]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
-    test = pyfuncitem.obj
+    # A hypothesis test (``@given``) is a plain function around the async one: each example
+    # then runs on a loop of its own, as ``asyncio.run`` in the example would.
+    holder = getattr(pyfuncitem.obj, "hypothesis", None)
+    owner, attr = (holder, "inner_test") if holder is not None else (pyfuncitem, "obj")
+    test = getattr(owner, attr)
     if not inspect.iscoroutinefunction(test):
         return (yield)
     seconds = _deadline(pyfuncitem)
     shared: asyncio.Runner | None = pyfuncitem.funcargs.get(LOOP)  # type: ignore[assignment]
 
-    def run_on_loop(**kwargs: Any) -> None:
-        coro = _bounded(test(**kwargs), seconds, pyfuncitem.name)
+    def run_on_loop(*args: Any, **kwargs: Any) -> None:
+        coro = _bounded(test(*args, **kwargs), seconds, pyfuncitem.name)
         if shared is not None:
             shared.run(coro)
         else:
             with asyncio.Runner() as runner:
                 runner.run(coro)
 
-    pyfuncitem.obj = run_on_loop  # pytest's own hook calls it with the test's arguments
+    setattr(owner, attr, run_on_loop)  # pytest's own hook (or hypothesis) calls it
     try:
         return (yield)
     finally:
-        pyfuncitem.obj = test
+        setattr(owner, attr, test)
 
 
 def async_fixture(func: Callable[..., AsyncIterator[T]]) -> Any:

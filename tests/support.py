@@ -59,7 +59,7 @@ def new_uuid() -> str:
 
 async def until(
     predicate: Callable[[], object],
-    timeout: float = 30.0,
+    timeout: float = 60.0,
     *,
     what: str = "the condition",
     step: float = 0.01,

@@ -84,8 +84,9 @@ async def stalled_download(socks_port: int, source_port: int) -> int:
     while got < 5_000_000:
         got += len(await reader.read(1 << 20))
     writer.transport.pause_reading()
-    # Wait for the source to stall: no progress for half a second. (The limit only stops a
-    # broken relay from running forever: without backpressure it never stalls.)
+    # Wait for the source to stall: no progress for half a second (kept: a stall is an
+    # absence of progress, seen only over time). The limit only stops a broken relay from
+    # running forever: without backpressure it never stalls.
     last = -1
     for _ in range(120):
         if Firehose.sent == last:

@@ -22,7 +22,7 @@ from raybridge.link import PENDING_LIMIT, DeferredEnd, End, Session, join
 from raybridge.protocols.mux import MuxConnection, Role, SessionEnded, SessionOpened
 from raybridge.protocols.vmess import ClientConnection, Command, Data, Security, User
 from raybridge.proxy.reverse import Portal
-from tests.support import LOCAL, free_port, node, server_config
+from tests.support import LOCAL, free_port, node, server_config, until
 
 MUX = Destination(Network.TCP, "v1.mux.cool", 0)
 
@@ -127,7 +127,7 @@ async def test_an_exception_in_a_callback_is_one_log_line(
                 raise RuntimeError("a bug met a packet")
 
             loop.call_soon(boom)
-            await asyncio.sleep(0.01)
+            await until(lambda: any("a bug met" in r.getMessage() for r in caplog.records))
     lines = [r for r in caplog.records if "a bug met a packet" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None
     assert "Traceback" not in capsys.readouterr().err

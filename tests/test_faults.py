@@ -31,19 +31,12 @@ from tests.support import (
     socks_connect,
     socks_echo,
     socks_udp_echo,
+    until,
     wait_chain,
 )
 
 #: Restart cycles: a bounded run by default, 20 under ``-m slow`` (the long run).
 CYCLE_COUNTS = [3, pytest.param(20, marks=pytest.mark.slow)]
-
-
-async def until(predicate: Any, limit: float = 60.0, step: float = 0.05) -> None:
-    """Wait until ``predicate()`` holds (``limit`` only stops a broken build from hanging)."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(step)
 
 
 async def works(s_port: int, echo_port: int, size: int = 20_000) -> bool:
@@ -88,7 +81,8 @@ async def test_bridge_starts_before_the_portal() -> None:
     ua, uc = new_uuid(), new_uuid()
     t_port, c_port, s_port = free_port(), free_port(), free_port()
     async with EchoServer() as echo, node(bridge_config(t_port, ua)) as a:
-        await asyncio.sleep(3)  # dials fail (each after its own retries), with backoff
+        # Dials fail (each after its own retries), with backoff, before the portal is up.
+        await until(lambda: a.bridges[0].failures >= 3)
         async with (
             node(portal_config(t_port, c_port, ua, uc)),
             node(client_config(s_port, c_port, uc)),
@@ -298,7 +292,7 @@ async def test_client_disconnect_stops_the_traffic_behind_it() -> None:
                 writer.close()  # the client goes away mid-download
                 await until(lambda: log.get("open") is False)
                 sent = log["sent"]
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # kept: nothing may be produced (an absence)
                 assert log["sent"] == sent  # nothing more is produced for nobody
     finally:
         server.close()
@@ -355,9 +349,13 @@ async def test_restart_each_node_in_a_loop_without_leaks(cycles: int) -> None:
                     results["ok"] += 1
                 except (TimeoutError, OSError, asyncio.IncompleteReadError):
                     results["failed"] += 1  # a clean failure: closed or refused
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.02)  # kept: the client's pause before it retries
 
-        await asyncio.sleep(0.2)
+        # Everything idle again: no connections, sessions or tasks left behind.
+        def idle() -> bool:
+            return all(live_state(n) == (0, 0) for _, n in nodes.values()) and not echo.live
+
+        await until(idle, 10)  # wait_chain's connections are gone: the baseline
         base_tasks = len(asyncio.all_tasks())
         clients = [asyncio.ensure_future(client()) for _ in range(3)]
         for _ in range(cycles):
@@ -370,14 +368,10 @@ async def test_restart_each_node_in_a_loop_without_leaks(cycles: int) -> None:
         stop.set()
         await asyncio.gather(*clients)
 
-        # Everything idle again: no connections, sessions or tasks left behind.
-        def idle() -> bool:
-            return all(live_state(n) == (0, 0) for _, n in nodes.values()) and not echo.live
-
         try:
-            await until(idle, limit=10)
+            await until(idle, 10)
             gc.collect()
-            await until(lambda: len(asyncio.all_tasks()) <= base_tasks, limit=10)
+            await until(lambda: len(asyncio.all_tasks()) <= base_tasks, 10)
         except AssertionError:
             for name, (_, n) in nodes.items():
                 print(name, live_state(n), [
@@ -446,7 +440,7 @@ async def test_kill9_restart_loop(tmp_path: Any, cycles: int) -> None:
                         results["ok"] += 1
                     except (TimeoutError, OSError, asyncio.IncompleteReadError):
                         results["failed"] += 1
-                        await asyncio.sleep(0.02)
+                        await asyncio.sleep(0.02)  # kept: the client's pause before it retries
 
             clients = [asyncio.ensure_future(client()) for _ in range(3)]
             recoveries = []
@@ -461,7 +455,8 @@ async def test_kill9_restart_loop(tmp_path: Any, cycles: int) -> None:
                     baseline[name] = (_fds(procs[name].pid), _rss(procs[name].pid))
             stop.set()
             await asyncio.gather(*clients)
-            await asyncio.sleep(0.5)
+            # The survivors' connections of the last cycle close (fds back near the baseline).
+            await until(lambda: all(_fds(p.pid) <= baseline[n][0] + 2 for n, p in procs.items()))
             for name, proc in procs.items():
                 fds, rss = _fds(proc.pid), _rss(proc.pid)
                 base_fds, base_rss = baseline[name]

@@ -25,7 +25,7 @@ from raybridge.transport.h2 import (
     H2StreamTransport,
 )
 from raybridge.transport.tcp import StreamEnd
-from tests.support import HAVE_V2RAY, EchoServer, free_port, new_uuid, v2ray
+from tests.support import HAVE_V2RAY, EchoServer, free_port, new_uuid, until, v2ray
 
 #: Each async test here is bounded at 120 s (a hang fails the test, it is not a timing assert).
 pytestmark = pytest.mark.timeout(120)
@@ -524,8 +524,7 @@ async def test_vmess_streams_through_v2rays_h2c_server() -> None:
         end.start_connect(lambda e: pool.connect(e, key, dial, path=path, hosts=["a.test"]))
         payload = random.Random(size).randbytes(size)
         end.write(payload)
-        while len(collector.data) < size and not collector.eof.done():
-            await asyncio.sleep(0.01)
+        await until(lambda: len(collector.data) >= size or collector.eof.done())
         if collector.eof.done():
             collector.eof.result()  # raises what ended it
         assert hashlib.sha256(collector.data).digest() == hashlib.sha256(payload).digest()

@@ -28,6 +28,7 @@ from tests.support import (
     run,
     socks_echo,
     socks_udp_echo,
+    until,
     wait_chain,
 )
 
@@ -114,8 +115,7 @@ async def test_two_bridges_share_a_portal() -> None:
             node(client_config(s_port, c_port, uc)),
         ):
             await wait_chain(s_port, echo.port)
-            while len(b.portals[0].tunnels) < 2:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(b.portals[0].tunnels) >= 2, what="both bridges registered")
             await asyncio.gather(*(socks_echo(s_port, echo.port, 50_000) for _ in range(40)))
 
             def carried(a: Any) -> int:
@@ -157,15 +157,16 @@ async def test_bridge_restart_while_client_connects() -> None:
                         outcomes.append((started, True))
                     except Exception:
                         outcomes.append((started, False))
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.02)  # kept: the client's pace
 
             task = asyncio.ensure_future(client())
-            await asyncio.sleep(0.3)
+            await until(lambda: len(outcomes) >= 3, what="C connects through A")
             await a.__aexit__(None, None, None)  # A goes away
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # kept: A stays away for a while (the scenario)
             a = node(bridge_config(t_port, ua))  # and comes back
             await a.__aenter__()
-            await asyncio.sleep(0.5)
+            back = len(outcomes)
+            await until(lambda: len(outcomes) >= back + 3, what="C connects through the new A")
             stop.set()
             await task
             await socks_echo(s_port, echo.port, 1_000_000)

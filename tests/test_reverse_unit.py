@@ -15,9 +15,9 @@ tested without an event loop in ``test_reverse_policy.py`` and ``test_reverse_st
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
@@ -52,6 +52,7 @@ from raybridge.protocols.reverse_policy import Timings
 from raybridge.proxy.reverse import Bridge, BridgeTunnel, Portal, PortalTunnel
 from raybridge.stats import Stats
 from raybridge.transport.mux import FlowLimits, MuxSessionEnd, MuxWorker, buffered_total
+from tests.support import until
 
 DOMAIN = "tunnel.example"
 TAG = "bridge"
@@ -91,13 +92,8 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def wait_until(cond: Callable[[], object], timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.002)
+#: Polls often: some conditions (``bridge.dials == n + 1``) hold only for a few milliseconds.
+wait_until = functools.partial(until, timeout=3.0, step=0.002)
 
 
 # -- ends and the scripted peer ------------------------------------------------------------
@@ -592,7 +588,8 @@ async def test_portal_close_leaves_nothing_behind() -> None:
     assert carrier_a.eof and carrier_b.eof
     assert client.aborted
     sent = (carrier_a.total, carrier_b.total)
-    await asyncio.sleep(0.05)  # several heartbeat intervals
+    # Kept: nothing may be sent, and an absence shows only over time (several intervals).
+    await asyncio.sleep(0.05)
     assert (carrier_a.total, carrier_b.total) == sent
 
 
@@ -837,6 +834,7 @@ async def test_bridge_drops_a_tunnel_without_heartbeats() -> None:
     echo = dispatcher.echoes[0]
 
     # A heartbeat refreshes the tunnel: one heard long ago, then a fresh one, is kept.
+    # Kept, the sleeps here: time passing (past the heartbeat timeout) is the scenario.
     await asyncio.sleep(0.3)
     peer.codec.send_data(1, encode_control(ControlState.ACTIVE, b"beat"))
     peer.flush()
@@ -925,7 +923,8 @@ async def test_a_raybridge_portal_is_asked_to_pause_a_slow_session_only() -> Non
     assert tunnel.worker.peer_flow_control and not carrier.paused
     events = peer.pump()
     assert KeepAliveReceived(session_id=slow, data=FC_PAUSE) in events
-    await asyncio.sleep(0.03)  # longer than the grace: FC_PAUSE was asked, no timer
+    # Kept: longer than the grace, and no timer may end the session (an absence).
+    await asyncio.sleep(0.03)  # FC_PAUSE was asked, no timer
     assert slow not in peer.ended and peer.data[fast] == b"fast"
     echo = dispatcher.echoes[0]
     assert echo.peer is not None
@@ -1042,7 +1041,7 @@ async def test_bridge_close_leaves_nothing_behind() -> None:
     assert dispatcher.echoes[0].aborted
     dials = bridge.dials
     bridge.wake()
-    await asyncio.sleep(0.05)  # several monitor intervals
+    await asyncio.sleep(0.05)  # kept: several monitor intervals in which no dial may happen
     assert bridge.dials == dials and bridge._driver.handle is None
 
 
@@ -1089,7 +1088,7 @@ async def test_portal_waiting_client_served_when_a_suspect_tunnel_recovers() -> 
     _, _, peer = adopt(portal)
     peer.codec.send_keepalive()  # a raybridge bridge: its silence counts
     peer.flush()
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # kept: the silence, longer than suspect_after, is the scenario
     assert portal.pick() is None
     client, end = client_link(portal)
     assert isinstance(end, DeferredEnd) and portal.waiting == 1  # waits for a tunnel

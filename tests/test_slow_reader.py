@@ -104,7 +104,9 @@ async def test_one_slow_reader_does_not_stall_the_portal(bridge: str) -> None:
                 first = await reader.readexactly(65536)  # the download is flowing
                 assert first == _BLOCK
                 writer.transport.pause_reading()  # ... and now nobody reads it
-                await asyncio.sleep(0.5)  # let every buffer on the way fill up
+                # Kept: the reader stays stalled for a while (the scenario), long enough for
+                # every buffer on the way to fill up.
+                await asyncio.sleep(0.5)
                 await good_clients(s_port, echo.port, http_port)
                 writer.transport.resume_reading()
                 got = len(first)

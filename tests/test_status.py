@@ -26,6 +26,7 @@ from tests.support import (
     portal_config,
     server_config,
     socks_echo,
+    until,
     wait_chain,
 )
 
@@ -69,7 +70,7 @@ def chain_configs(status_port: int) -> tuple[dict[str, Any], dict[str, Any], dic
 async def test_metrics_and_status_follow_traffic() -> None:
     status_port = free_port()
     b, a, c, s_port = chain_configs(status_port)
-    async with EchoServer() as echo, node(b), node(c):
+    async with EchoServer() as echo, node(b) as portal_node, node(c):
         assert json.loads(await get(status_port, "/api/status"))["portals"][0]["online"] is False
         async with node(a):
             await wait_chain(s_port, echo.port)
@@ -88,7 +89,7 @@ async def test_metrics_and_status_follow_traffic() -> None:
             assert status["portals"][0]["online"] is True
             assert status["portals"][0]["tunnels"][0]["keepalives"] is True
         # the bridge is gone
-        await asyncio.sleep(0.2)
+        await until(lambda: not portal_node.portals[0].tunnels, 10, what="tunnel closed")
         after_stop = samples((await get(status_port, "/metrics")).decode())
         assert after_stop[online] == 0
         assert (await get(status_port, "/")).startswith(b"<!doctype html>")
@@ -253,14 +254,6 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
     return True
 
 
-async def until(predicate: Any, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not predicate():
-        assert loop.time() < deadline, what
-        await asyncio.sleep(0.01)
-
-
 async def test_host_allow_list_refuses_other_names() -> None:
     """DNS rebinding: a page of attacker.example re-points its name at 127.0.0.1; the
     browser then sends ``Host: attacker.example``. Only the server's own names get in."""
@@ -365,7 +358,7 @@ async def test_silent_slow_and_idle_connections_are_closed() -> None:
             code, headers, _ = await read_response(reader)
             assert code == 200 and headers.get("connection") != "close"
         assert await closed_by_peer(reader)
-        await until(lambda: not server.connections, "connections left open")
+        await until(lambda: not server.connections, 10, what="connections left open")
         writer.close()
 
 
@@ -392,7 +385,7 @@ async def test_connection_cap_closes_new_connections_and_logs_once() -> None:
             assert server is not None
             server.max_connections, server.read_timeout = 3, 60.0
             held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-            await until(lambda: len(server.connections) == 3, "3 connections")
+            await until(lambda: len(server.connections) == 3, 10, what="3 connections")
             for _ in range(20):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 assert await closed_by_peer(reader)
@@ -406,7 +399,7 @@ async def test_connection_cap_closes_new_connections_and_logs_once() -> None:
             assert (await read_response(reader))[0] == 200
             for _, writer in held:
                 writer.close()
-            await until(lambda: not server.connections, "held connections gone")
+            await until(lambda: not server.connections, 10, what="held connections gone")
             assert (await ask(port, http_request(f"127.0.0.1:{port}")))[0] == 200
     finally:
         log.removeHandler(records)

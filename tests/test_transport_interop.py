@@ -33,6 +33,7 @@ from tests.support import (
     new_uuid,
     server_config,
     socks_echo,
+    until,
 )
 from tests.transports import (
     HAVE_NGINX,
@@ -205,9 +206,7 @@ async def test_plain_client_on_tls_port(
         async with c_node(RB, c_port, tap.port, uid, "tcp", None):
             with pytest.raises(REFUSED):
                 await asyncio.wait_for(socks_echo(c_port, echo.port, 1000), 15)
-            async with asyncio.timeout(10):
-                while not (tap.target_closed and all(tap.target_closed)):
-                    await asyncio.sleep(0.05)
+            await until(lambda: tap.target_closed and all(tap.target_closed), 10)
         assert tap.up and all(n > 0 for n in tap.up), tap.up
         assert tap.down == [0] * len(tap.down), f"B answered plain TCP: {tap.down}"
         assert echo.connections == 0
