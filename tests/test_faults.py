@@ -22,6 +22,7 @@ from tests.support import (
     LOCAL,
     EchoServer,
     Relay,
+    StartNode,
     bridge_config,
     client_config,
     free_port,
@@ -77,37 +78,34 @@ async def test_silent_loss_of_the_tunnel_link() -> None:
             print(f"bridge noticed after {bridge_noticed:.1f}s, portal {portal_noticed:.1f}s")
 
 
-async def test_bridge_starts_before_the_portal() -> None:
+async def test_bridge_starts_before_the_portal(echo: EchoServer, start_node: StartNode) -> None:
     ua, uc = new_uuid(), new_uuid()
     t_port, c_port, s_port = free_port(), free_port(), free_port()
-    async with EchoServer() as echo, node(bridge_config(t_port, ua)) as a:
-        # Dials fail (each after its own retries), with backoff, before the portal is up.
-        await until(lambda: a.bridges[0].failures >= 3)
-        async with (
-            node(portal_config(t_port, c_port, ua, uc)),
-            node(client_config(s_port, c_port, uc)),
-        ):
-            await wait_chain(s_port, echo.port)
-            await socks_echo(s_port, echo.port, 1_000_000)
-            assert a.bridges[0].failures == 0  # reset by the first heartbeat
+    a = await start_node(bridge_config(t_port, ua))
+    # Dials fail (each after its own retries), with backoff, before the portal is up.
+    await until(lambda: a.bridges[0].failures >= 3)
+    async with (
+        node(portal_config(t_port, c_port, ua, uc)),
+        node(client_config(s_port, c_port, uc)),
+    ):
+        await wait_chain(s_port, echo.port)
+        await socks_echo(s_port, echo.port, 1_000_000)
+        assert a.bridges[0].failures == 0  # reset by the first heartbeat
 
 
-async def test_portal_restart_bridge_reregisters() -> None:
+async def test_portal_restart_bridge_reregisters(echo: EchoServer, start_node: StartNode) -> None:
     ua, uc = new_uuid(), new_uuid()
     t_port, c_port, s_port = free_port(), free_port(), free_port()
     b_conf = portal_config(t_port, c_port, ua, uc)
-    async with EchoServer() as echo:
-        async with (
-            node(bridge_config(t_port, ua)) as a,
-            node(client_config(s_port, c_port, uc)),
-        ):
-            for _ in range(3):
-                async with node(b_conf) as b:
-                    await wait_chain(s_port, echo.port)
-                    await socks_echo(s_port, echo.port, 500_000)
-                    assert len(b.portals[0].tunnels) >= 1
-                # B is gone: the bridge's tunnel closed with it.
-                await until(lambda: not a.bridges[0].tunnels or a.bridges[0].failures)
+    a = await start_node(bridge_config(t_port, ua))
+    await start_node(client_config(s_port, c_port, uc))
+    for _ in range(3):
+        async with node(b_conf) as b:
+            await wait_chain(s_port, echo.port)
+            await socks_echo(s_port, echo.port, 500_000)
+            assert len(b.portals[0].tunnels) >= 1
+        # B is gone: the bridge's tunnel closed with it.
+        await until(lambda: not a.bridges[0].tunnels or a.bridges[0].failures)
 
 
 @pytest.mark.parametrize("where", ["tunnel", "client", "both"])
@@ -219,26 +217,23 @@ async def test_netem_impaired_bridge_network(tmp_path: Any) -> None:
             echo.wait()
 
 
-async def test_drain_every_256_sessions() -> None:
+async def test_drain_every_256_sessions(echo: EchoServer, start_node: StartNode) -> None:
     """4096 sequential short connections: the portal drains each tunnel after 256 sessions
     and the bridge replaces it; every connection succeeds (V2Ray's long-run scenario)."""
     ua, uc = new_uuid(), new_uuid()
     t_port, c_port, s_port = free_port(), free_port(), free_port()
-    async with EchoServer() as echo:
-        async with (
-            node(portal_config(t_port, c_port, ua, uc)) as b,
-            node(bridge_config(t_port, ua)) as a,
-            node(client_config(s_port, c_port, uc)),
-        ):
-            await wait_chain(s_port, echo.port)
-            start = echo.connections
-            for _ in range(4096):
-                await socks_echo(s_port, echo.port, 100)
-            assert echo.connections - start == 4096
-            # The portal checks at each 2-s heartbeat and drains a tunnel that has
-            # opened more than 256 sessions; each drain made the bridge dial anew.
-            assert a.bridges[0].dials >= 2
-            assert len(b.portals[0].tunnels) <= 3  # drained ones were closed
+    b = await start_node(portal_config(t_port, c_port, ua, uc))
+    a = await start_node(bridge_config(t_port, ua))
+    await start_node(client_config(s_port, c_port, uc))
+    await wait_chain(s_port, echo.port)
+    start = echo.connections
+    for _ in range(4096):
+        await socks_echo(s_port, echo.port, 100)
+    assert echo.connections - start == 4096
+    # The portal checks at each 2-s heartbeat and drains a tunnel that has
+    # opened more than 256 sessions; each drain made the bridge dial anew.
+    assert a.bridges[0].dials >= 2
+    assert len(b.portals[0].tunnels) <= 3  # drained ones were closed
 
 
 class Firehose(asyncio.Protocol):

@@ -37,6 +37,7 @@ from raybridge.runtime import raise_fd_limit
 from tests.support import (
     LOCAL,
     EchoServer,
+    StartNode,
     client_config,
     free_port,
     new_uuid,
@@ -47,7 +48,9 @@ from tests.support import (
 )
 
 
-async def test_stalled_half_handshakes_do_not_block_service() -> None:
+async def test_stalled_half_handshakes_do_not_block_service(
+    echo: EchoServer, start_node: StartNode
+) -> None:
     """2000 connections each send half a VMess request and stall; a real client is still
     served at once (each stalled one costs a socket and a small object until the
     handshake timeout, nothing more)."""
@@ -56,28 +59,28 @@ async def test_stalled_half_handshakes_do_not_block_service() -> None:
     count = min(2000, max(100, (soft - 300) // 2))
     uid = new_uuid()
     b_port, c_port = free_port(), free_port()
-    async with EchoServer() as echo, node(server_config(b_port, uid)) as b:
-        async with node(client_config(c_port, b_port, uid)):
-            request = ClientConnection(
-                User(id=uuid.UUID(uid)),
-                Command.TCP,
-                tcp(LOCAL, echo.port),
-                Security.AES_128_GCM,
-                now=time.time(),
-                urandom=os.urandom,
-            ).send(b"x")
-            stalled = []
-            for i in range(count):
-                _, writer = await asyncio.open_connection(LOCAL, b_port)
-                writer.write(request[: 20 + i % 30])  # AuthID, then part of the rest
-                stalled.append(writer)
-            vmess_in = b.inbounds[0]
-            await until(lambda: len(vmess_in.tracker.ends) >= count)
-            assert len(vmess_in.tracker.ends) >= count  # all held, none served
-            for _ in range(5):
-                await socks_echo(c_port, echo.port, 500_000)
-            for writer in stalled:
-                writer.close()
+    b = await start_node(server_config(b_port, uid))
+    async with node(client_config(c_port, b_port, uid)):
+        request = ClientConnection(
+            User(id=uuid.UUID(uid)),
+            Command.TCP,
+            tcp(LOCAL, echo.port),
+            Security.AES_128_GCM,
+            now=time.time(),
+            urandom=os.urandom,
+        ).send(b"x")
+        stalled = []
+        for i in range(count):
+            _, writer = await asyncio.open_connection(LOCAL, b_port)
+            writer.write(request[: 20 + i % 30])  # AuthID, then part of the rest
+            stalled.append(writer)
+        vmess_in = b.inbounds[0]
+        await until(lambda: len(vmess_in.tracker.ends) >= count)
+        assert len(vmess_in.tracker.ends) >= count  # all held, none served
+        for _ in range(5):
+            await socks_echo(c_port, echo.port, 500_000)
+        for writer in stalled:
+            writer.close()
 
 
 async def mux_over_vmess(port: int, uid: str) -> tuple[asyncio.StreamReader, Any, Any]:
@@ -95,7 +98,7 @@ async def mux_over_vmess(port: int, uid: str) -> tuple[asyncio.StreamReader, Any
     return reader, writer, codec
 
 
-async def test_mux_session_flood_is_capped() -> None:
+async def test_mux_session_flood_is_capped(echo: EchoServer, start_node: StartNode) -> None:
     """With "raybridge": {"muxMaxSessions": 8}, a peer that opens 50 sessions on one mux
     connection gets 8 and End+Error for the rest; a repeated session ID replaces the old
     session instead of leaking it."""
@@ -103,65 +106,69 @@ async def test_mux_session_flood_is_capped() -> None:
     b_port = free_port()
     conf = server_config(b_port, uid)
     conf["raybridge"] = {"muxMaxSessions": 8}
-    async with EchoServer() as echo, node(conf):
-        reader, writer, codec = await mux_over_vmess(b_port, uid)
-        mux = MuxConnection(Role.CLIENT)
-        sids = [
-            mux.open_session(Destination(Network.TCP, echo.port and LOCAL, echo.port), b"hi")
-            for _ in range(50)
-        ]
-        writer.write(codec.send(mux.data_to_send()))
-        refused: set[int] = set()
-        echoed: dict[int, bytes] = {}
-        deadline = time.monotonic() + 20
-        while len(refused) + len(echoed) < 50 and time.monotonic() < deadline:
-            data = await asyncio.wait_for(reader.read(65536), 10)
-            assert data
-            for event in codec.receive_data(data):
-                if isinstance(event, Data):
-                    for mux_event in mux.receive_data(event.data):
-                        if isinstance(mux_event, SessionEnded) and mux_event.error:
-                            refused.add(mux_event.session_id)
-                        elif isinstance(mux_event, SessionData):
-                            echoed[mux_event.session_id] = bytes(mux_event.data)
-        assert len(echoed) == 8 and all(v == b"hi" for v in echoed.values())
-        assert len(refused) == 42
-        assert set(echoed) | refused == set(sids)
+    await start_node(conf)
+    reader, writer, codec = await mux_over_vmess(b_port, uid)
+    mux = MuxConnection(Role.CLIENT)
+    sids = [
+        mux.open_session(Destination(Network.TCP, echo.port and LOCAL, echo.port), b"hi")
+        for _ in range(50)
+    ]
+    writer.write(codec.send(mux.data_to_send()))
+    refused: set[int] = set()
+    echoed: dict[int, bytes] = {}
+    deadline = time.monotonic() + 20
+    while len(refused) + len(echoed) < 50 and time.monotonic() < deadline:
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        assert data
+        for event in codec.receive_data(data):
+            if isinstance(event, Data):
+                for mux_event in mux.receive_data(event.data):
+                    if isinstance(mux_event, SessionEnded) and mux_event.error:
+                        refused.add(mux_event.session_id)
+                    elif isinstance(mux_event, SessionData):
+                        echoed[mux_event.session_id] = bytes(mux_event.data)
+    assert len(echoed) == 8 and all(v == b"hi" for v in echoed.values())
+    assert len(refused) == 42
+    assert set(echoed) | refused == set(sids)
 
-        # A duplicate New for an open session: the old one is ended, not leaked.
-        dup = encode_frame(sids[0], Status.NEW, target=tcp(LOCAL, echo.port), data=b"again")
-        writer.write(codec.send(dup))
-        frames: list[Any] = []
-        decoder = FrameDecoder()
-        while not any(f.data == b"again" for f in frames):
-            data = await asyncio.wait_for(reader.read(65536), 10)
-            for event in codec.receive_data(data):
-                if isinstance(event, Data):
-                    frames += decoder.feed(event.data)
-        writer.close()
+    # A duplicate New for an open session: the old one is ended, not leaked.
+    dup = encode_frame(sids[0], Status.NEW, target=tcp(LOCAL, echo.port), data=b"again")
+    writer.write(codec.send(dup))
+    frames: list[Any] = []
+    decoder = FrameDecoder()
+    while not any(f.data == b"again" for f in frames):
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        for event in codec.receive_data(data):
+            if isinstance(event, Data):
+                frames += decoder.feed(event.data)
+    writer.close()
 
 
 @pytest.mark.parametrize("forced", [False, True])
-async def test_aead_forced_refuses_legacy_headers(forced: bool) -> None:
+async def test_aead_forced_refuses_legacy_headers(
+    forced: bool, echo: EchoServer, start_node: StartNode
+) -> None:
     uid = new_uuid()
     b_port, legacy_port, aead_port = free_port(), free_port(), free_port()
     b = server_config(b_port, uid, alter_id=4)
     b["inbounds"][0]["settings"]["aeadForced"] = forced
-    async with EchoServer() as echo, node(b):
-        async with (
-            node(client_config(legacy_port, b_port, uid, alter_id=4)),
-            node(client_config(aead_port, b_port, uid, alter_id=0)),
-        ):
-            await socks_echo(aead_port, echo.port, 100_000)
-            if forced:
-                with pytest.raises((OSError, AssertionError, asyncio.IncompleteReadError)):
-                    await asyncio.wait_for(socks_echo(legacy_port, echo.port, 1000), 10)
-            else:
-                await socks_echo(legacy_port, echo.port, 100_000)
+    await start_node(b)
+    async with (
+        node(client_config(legacy_port, b_port, uid, alter_id=4)),
+        node(client_config(aead_port, b_port, uid, alter_id=0)),
+    ):
+        await socks_echo(aead_port, echo.port, 100_000)
+        if forced:
+            with pytest.raises((OSError, AssertionError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(socks_echo(legacy_port, echo.port, 1000), 10)
+        else:
+            await socks_echo(legacy_port, echo.port, 100_000)
 
 
 @pytest.mark.parametrize("block", [False, True])
-async def test_block_private_destinations(block: bool) -> None:
+async def test_block_private_destinations(
+    block: bool, echo: EchoServer, start_node: StartNode
+) -> None:
     """A public portal's freedom can refuse private and loopback destinations (Xray does
     by default), so a client cannot reach the portal host's own services."""
     s_port = free_port()
@@ -169,14 +176,14 @@ async def test_block_private_destinations(block: bool) -> None:
         "inbounds": [{"protocol": "socks", "listen": LOCAL, "port": s_port}],
         "outbounds": [{"protocol": "freedom", "settings": {"blockPrivate": block}}],
     }
-    async with EchoServer() as echo, node(conf):
-        if block:
-            for host in (LOCAL, "localhost"):
-                with pytest.raises((OSError, AssertionError, asyncio.IncompleteReadError)):
-                    await asyncio.wait_for(socks_echo(s_port, echo.port, 1000, host), 10)
-        else:
-            await socks_echo(s_port, echo.port, 1000)
-            await socks_echo(s_port, echo.port, 1000, "localhost")
+    await start_node(conf)
+    if block:
+        for host in (LOCAL, "localhost"):
+            with pytest.raises((OSError, AssertionError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(socks_echo(s_port, echo.port, 1000, host), 10)
+    else:
+        await socks_echo(s_port, echo.port, 1000)
+        await socks_echo(s_port, echo.port, 1000, "localhost")
 
 
 def test_fd_limit_is_raised() -> None:
@@ -412,50 +419,52 @@ def test_replay_file_round_trip_and_corruption(tmp_path: Any) -> None:
 
 
 async def test_replayed_header_is_refused_after_a_restart(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    echo: EchoServer,
+    start_node: StartNode,
 ) -> None:
     """The AEAD replay filter outlives a restart of the node when there is a state
     directory (here systemd's $STATE_DIRECTORY); it used to live only in memory."""
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
     uid = new_uuid()
     b_port = free_port()
-    async with EchoServer() as echo:
-        codec = ClientConnection(
-            User(id=uuid.UUID(uid)),
-            Command.TCP,
-            tcp(LOCAL, echo.port),
-            Security.AES_128_GCM,
-            now=time.time(),
-            urandom=os.urandom,
-        )
-        wire = codec.send(b"ping")
-        async with node(server_config(b_port, uid)):
-            reader, writer = await asyncio.open_connection(LOCAL, b_port)
-            writer.write(wire)
-            got = b""
-            while b"ping" not in got:
-                data = await asyncio.wait_for(reader.read(65536), 10)
-                assert data
-                got += b"".join(
-                    bytes(e.data) for e in codec.receive_data(data) if isinstance(e, Data)
-                )
-            writer.close()
-        saved = list(tmp_path.glob("vmess-replay-*.bin"))
-        assert len(saved) == 1 and stat.S_IMODE(saved[0].stat().st_mode) == 0o600
-        served = echo.connections
-        async with node(server_config(b_port, uid)) as b:
-            failures = b.dispatcher.stats.handshake_failures
-            reader, writer = await asyncio.open_connection(LOCAL, b_port)
-            writer.write(wire)  # the captured header, replayed after the restart
-            await until(lambda: any("replayed" in why for _, why in failures), 10, what="refused")
-            assert echo.connections == served
-            writer.close()
+    codec = ClientConnection(
+        User(id=uuid.UUID(uid)),
+        Command.TCP,
+        tcp(LOCAL, echo.port),
+        Security.AES_128_GCM,
+        now=time.time(),
+        urandom=os.urandom,
+    )
+    wire = codec.send(b"ping")
+    async with node(server_config(b_port, uid)):
+        reader, writer = await asyncio.open_connection(LOCAL, b_port)
+        writer.write(wire)
+        got = b""
+        while b"ping" not in got:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            assert data
+            got += b"".join(bytes(e.data) for e in codec.receive_data(data) if isinstance(e, Data))
+        writer.close()
+    saved = list(tmp_path.glob("vmess-replay-*.bin"))
+    assert len(saved) == 1 and stat.S_IMODE(saved[0].stat().st_mode) == 0o600
+    served = echo.connections
+    b = await start_node(server_config(b_port, uid))
+    failures = b.dispatcher.stats.handshake_failures
+    reader, writer = await asyncio.open_connection(LOCAL, b_port)
+    writer.write(wire)  # the captured header, replayed after the restart
+    await until(lambda: any("replayed" in why for _, why in failures), 10, what="refused")
+    assert echo.connections == served
+    writer.close()
 
 
 NON_CANONICAL_IPV4 = ["127.1", "0x7f.1", "0177.0.0.1", "2130706433", "0x7f000001", "127.0.0.1."]
 
 
-async def test_non_canonical_ipv4_destinations_are_refused() -> None:
+async def test_non_canonical_ipv4_destinations_are_refused(
+    echo: EchoServer, start_node: StartNode
+) -> None:
     """``127.1`` and friends reach 127.0.0.1 through the system resolver, past IP rules
     (here: 127.0.0.0/8 is blocked). SOCKS, HTTP and VMess refuse them as invalid
     addresses; the canonical form still meets the rule."""
@@ -479,28 +488,28 @@ async def test_non_canonical_ipv4_destinations_are_refused() -> None:
         ],
         "routing": {"rules": [{"type": "field", "ip": ["127.0.0.0/8"], "outboundTag": "block"}]},
     }
-    async with EchoServer() as echo, node(conf) as n:
-        failures = n.dispatcher.stats.handshake_failures
-        for host in NON_CANONICAL_IPV4:
-            with pytest.raises((OSError, AssertionError, asyncio.IncompleteReadError)):
-                await asyncio.wait_for(socks_echo(s_port, echo.port, 100, host), 10)
-        reader, writer = await asyncio.open_connection(LOCAL, h_port)
-        writer.write(f"CONNECT 127.1:{echo.port} HTTP/1.1\r\n\r\n".encode())
-        head = await asyncio.wait_for(reader.read(1024), 10)
-        assert head.startswith(b"HTTP/1.1 400"), head
-        writer.close()
-        codec = ClientConnection(
-            User(id=uuid.UUID(uid)),
-            Command.TCP,
-            tcp("0x7f.1", echo.port),
-            Security.AES_128_GCM,
-            now=time.time(),
-            urandom=os.urandom,
-        )
-        _, writer = await asyncio.open_connection(LOCAL, v_port)
-        writer.write(codec.send(b"ping"))
-        await until(lambda: any(tag == "vmess" and "address" in r for tag, r in failures), 10)
-        writer.close()
-        assert echo.connections == 0
-        socks = [r for (tag, r), count in failures.items() if tag == "socks" for _ in range(count)]
-        assert len(socks) == len(NON_CANONICAL_IPV4)
+    n = await start_node(conf)
+    failures = n.dispatcher.stats.handshake_failures
+    for host in NON_CANONICAL_IPV4:
+        with pytest.raises((OSError, AssertionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(socks_echo(s_port, echo.port, 100, host), 10)
+    reader, writer = await asyncio.open_connection(LOCAL, h_port)
+    writer.write(f"CONNECT 127.1:{echo.port} HTTP/1.1\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.read(1024), 10)
+    assert head.startswith(b"HTTP/1.1 400"), head
+    writer.close()
+    codec = ClientConnection(
+        User(id=uuid.UUID(uid)),
+        Command.TCP,
+        tcp("0x7f.1", echo.port),
+        Security.AES_128_GCM,
+        now=time.time(),
+        urandom=os.urandom,
+    )
+    _, writer = await asyncio.open_connection(LOCAL, v_port)
+    writer.write(codec.send(b"ping"))
+    await until(lambda: any(tag == "vmess" and "address" in r for tag, r in failures), 10)
+    writer.close()
+    assert echo.connections == 0
+    socks = [r for (tag, r), count in failures.items() if tag == "socks" for _ in range(count)]
+    assert len(socks) == len(NON_CANONICAL_IPV4)

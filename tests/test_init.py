@@ -233,7 +233,10 @@ MIXES = [(RB, RB, RB), (RB, V2, RB), (V2, RB, V2)]
     ids=["-".join(f"{r}={k[:2]}" for r, k in zip("ABC", m, strict=True)) for m in MIXES],
 )
 async def test_init_configs_run_as_a_chain(
-    mix: tuple[str, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    mix: tuple[str, str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    echo: EchoServer,
 ) -> None:
     if V2 in mix and not HAVE_V2RAY:
         pytest.skip("needs /usr/bin/v2ray")
@@ -241,18 +244,17 @@ async def test_init_configs_run_as_a_chain(
     ports, folder = made["ports"], made["dir"]
     assert all(i["listen"] == LOCAL for i in load(folder / "b.json")["inbounds"])
     kind_a, kind_b, kind_c = mix
-    async with EchoServer() as echo:
-        async with (
-            run_file(kind_b, folder / "b.json", ports["portal"]),
-            run_file(kind_a, folder / "a.json", None),
-            run_file(kind_c, folder / "c.json", ports["socks"]),
-        ):
-            await wait_chain(ports["socks"], echo.port)
-            await socks_echo(ports["socks"], echo.port, 1_000_000)
-            datagrams = [os.urandom(n) for n in (1, 1200)]
-            assert await socks_udp_echo(ports["socks"], echo.port, datagrams) == datagrams
-            payload = os.urandom(50_000)
-            assert await http_connect_echo(ports["http"], echo.port, payload) == payload
+    async with (
+        run_file(kind_b, folder / "b.json", ports["portal"]),
+        run_file(kind_a, folder / "a.json", None),
+        run_file(kind_c, folder / "c.json", ports["socks"]),
+    ):
+        await wait_chain(ports["socks"], echo.port)
+        await socks_echo(ports["socks"], echo.port, 1_000_000)
+        datagrams = [os.urandom(n) for n in (1, 1200)]
+        assert await socks_udp_echo(ports["socks"], echo.port, datagrams) == datagrams
+        payload = os.urandom(50_000)
+        assert await http_connect_echo(ports["http"], echo.port, payload) == payload
 
 
 # -- the share link ------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from tests.support import (
     HAVE_V2RAY,
     LOCAL,
     EchoServer,
+    StartNode,
     _socks_replies,
     bridge_config,
     client_config,
@@ -265,23 +266,25 @@ def _singbox_client_cases() -> list[Any]:
 
 
 @pytest.mark.parametrize("options", _singbox_client_cases())
-async def test_singbox_client(options: dict[str, Any]) -> None:
+async def test_singbox_client(
+    options: dict[str, Any], echo: EchoServer, start_node: StartNode
+) -> None:
     uid = new_uuid()
     b_port, c_port = free_port(), free_port()
     alter_id = options.get("alter_id", 0)
-    async with EchoServer() as echo, node(raybridge_server(b_port, uid, alter_id=alter_id)):
-        with sing_box(singbox.client_config(c_port, b_port, uid, **options), [c_port]):
-            await exercise(c_port, echo.port)
+    await start_node(raybridge_server(b_port, uid, alter_id=alter_id))
+    with sing_box(singbox.client_config(c_port, b_port, uid, **options), [c_port]):
+        await exercise(c_port, echo.port)
 
 
 @pytest.mark.parametrize("encoding", ["xudp", "packetaddr"])
-async def test_singbox_client_full_cone(encoding: str) -> None:
+async def test_singbox_client_full_cone(encoding: str, start_node: StartNode) -> None:
     uid = new_uuid()
     b_port, c_port = free_port(), free_port()
-    async with node(raybridge_server(b_port, uid)):
-        config = singbox.client_config(c_port, b_port, uid, packet_encoding=encoding)
-        with sing_box(config, [c_port]):
-            await check_full_cone(c_port)
+    await start_node(raybridge_server(b_port, uid))
+    config = singbox.client_config(c_port, b_port, uid, packet_encoding=encoding)
+    with sing_box(config, [c_port]):
+        await check_full_cone(c_port)
 
 
 # -- b: raybridge C, sing-box B ---------------------------------------------------------------
@@ -372,17 +375,16 @@ def check_wire(requests: list[ParsedRequest], options: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("options", _raybridge_client_cases())
-async def test_raybridge_client(options: dict[str, Any]) -> None:
+async def test_raybridge_client(options: dict[str, Any], echo: EchoServer) -> None:
     uid = new_uuid()
     b_port, c_port = free_port(), free_port()
     alter_id = options.get("alter_id", 0)
-    async with EchoServer() as echo:
-        with sing_box(singbox.server_config(b_port, uid, alter_id=alter_id), [b_port]):
-            async with Tap(b_port) as tap:
-                async with node(_raybridge_client(c_port, tap.port, uid, options)):
-                    await exercise(c_port, echo.port)
-                if alter_id == 0:  # the legacy header is not decoded here
-                    check_wire(tap.requests(uid), options)
+    with sing_box(singbox.server_config(b_port, uid, alter_id=alter_id), [b_port]):
+        async with Tap(b_port) as tap:
+            async with node(_raybridge_client(c_port, tap.port, uid, options)):
+                await exercise(c_port, echo.port)
+            if alter_id == 0:  # the legacy header is not decoded here
+                check_wire(tap.requests(uid), options)
 
 
 @pytest.mark.parametrize("encoding", ["xudp", "packet"])

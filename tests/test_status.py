@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from raybridge.status import parse_address
 from tests.support import (
     EchoServer,
+    StartNode,
     bridge_config,
     client_config,
     free_port,
@@ -67,45 +68,48 @@ def chain_configs(status_port: int) -> tuple[dict[str, Any], dict[str, Any], dic
     return b, bridge_config(t_port, ua), client_config(s_port, c_port, uc), s_port
 
 
-async def test_metrics_and_status_follow_traffic() -> None:
+async def test_metrics_and_status_follow_traffic(echo: EchoServer, start_node: StartNode) -> None:
     status_port = free_port()
     b, a, c, s_port = chain_configs(status_port)
-    async with EchoServer() as echo, node(b) as portal_node, node(c):
-        assert json.loads(await get(status_port, "/api/status"))["portals"][0]["online"] is False
-        async with node(a):
-            await wait_chain(s_port, echo.port)
-            before = samples((await get(status_port, "/metrics")).decode())
-            await socks_echo(s_port, echo.port, 2_000_000)
-            after = samples((await get(status_port, "/metrics")).decode())
-            key = ("raybridge_connections_total", (("inbound", "external"),))
-            assert after[key] == before[key] + 1
-            down = ("raybridge_bytes_total", (("direction", "down"), ("inbound", "external")))
-            assert after[down] - before[down] >= 2_000_000
-            online = ("raybridge_online", (("role", "portal"), ("tag", "portal")))
-            assert after[online] == 1
-            assert after[("raybridge_tunnels", (("role", "portal"), ("tag", "portal")))] == 1
-            assert ("raybridge_process_resident_memory_bytes", ()) in after
-            status = json.loads(await get(status_port, "/api/status"))
-            assert status["portals"][0]["online"] is True
-            assert status["portals"][0]["tunnels"][0]["keepalives"] is True
-        # the bridge is gone
-        await until(lambda: not portal_node.portals[0].tunnels, 10, what="tunnel closed")
-        after_stop = samples((await get(status_port, "/metrics")).decode())
-        assert after_stop[online] == 0
-        assert (await get(status_port, "/")).startswith(b"<!doctype html>")
+    portal_node = await start_node(b)
+    await start_node(c)
+    assert json.loads(await get(status_port, "/api/status"))["portals"][0]["online"] is False
+    async with node(a):
+        await wait_chain(s_port, echo.port)
+        before = samples((await get(status_port, "/metrics")).decode())
+        await socks_echo(s_port, echo.port, 2_000_000)
+        after = samples((await get(status_port, "/metrics")).decode())
+        key = ("raybridge_connections_total", (("inbound", "external"),))
+        assert after[key] == before[key] + 1
+        down = ("raybridge_bytes_total", (("direction", "down"), ("inbound", "external")))
+        assert after[down] - before[down] >= 2_000_000
+        online = ("raybridge_online", (("role", "portal"), ("tag", "portal")))
+        assert after[online] == 1
+        assert after[("raybridge_tunnels", (("role", "portal"), ("tag", "portal")))] == 1
+        assert ("raybridge_process_resident_memory_bytes", ()) in after
+        status = json.loads(await get(status_port, "/api/status"))
+        assert status["portals"][0]["online"] is True
+        assert status["portals"][0]["tunnels"][0]["keepalives"] is True
+    # the bridge is gone
+    await until(lambda: not portal_node.portals[0].tunnels, 10, what="tunnel closed")
+    after_stop = samples((await get(status_port, "/metrics")).decode())
+    assert after_stop[online] == 0
+    assert (await get(status_port, "/")).startswith(b"<!doctype html>")
 
 
-async def test_status_server_is_off_by_default_and_refuses_other_methods() -> None:
+async def test_status_server_is_off_by_default_and_refuses_other_methods(
+    start_node: StartNode,
+) -> None:
     status_port = free_port()
     b, _, _, _ = chain_configs(status_port)
     del b["raybridge"]
     async with node(b) as n:
         assert n.status_server is None
     b["raybridge"] = {"status": f"127.0.0.1:{status_port}"}
-    async with node(b) as n:
-        assert n.status_server is not None
-        assert n.status_server.handle("POST", "/metrics")[0] == 405
-        assert n.status_server.handle("GET", "/nope")[0] == 404
+    n = await start_node(b)
+    assert n.status_server is not None
+    assert n.status_server.handle("POST", "/metrics")[0] == 405
+    assert n.status_server.handle("GET", "/nope")[0] == 404
 
 
 @pytest.mark.skipif(
@@ -254,74 +258,74 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
     return True
 
 
-async def test_host_allow_list_refuses_other_names() -> None:
+async def test_host_allow_list_refuses_other_names(start_node: StartNode) -> None:
     """DNS rebinding: a page of attacker.example re-points its name at 127.0.0.1; the
     browser then sends ``Host: attacker.example``. Only the server's own names get in."""
     port = free_port()
     b = status_config({"listen": f"127.0.0.1:{port}", "hosts": ["status.example.com"]})
-    async with node(b):
-        good = [
-            f"127.0.0.1:{port}",
-            "127.0.0.1",
-            "localhost",
-            f"LocalHost.:{port}",
-            f"[::1]:{port}",
-            "status.example.com",
-            "Status.Example.COM:443",
-        ]
-        for host in good:
-            code, _, body = await ask(port, http_request(host))
-            assert code == 200, host
-            assert b"private.cloud.com" in body
-        bad = [
-            "attacker.example",
-            f"attacker.example:{port}",
-            "127.0.0.1.attacker.example",
-            "localhost.attacker.example",
-            "status.example.com.attacker.example",
-            "",
-            "[::1",
-            f"127.0.0.1:{port}x",
-        ]
-        for host in bad:
-            for path in ("/", "/api/status", "/metrics"):
-                code, headers, body = await ask(port, http_request(host, path))
-                assert code == 421, (host, path)
-                assert b"private.cloud.com" not in body and b"raybridge_" not in body
-                assert headers["content-type"].startswith("text/plain")
-        # No Host at all: 421 for HTTP/1.0; HTTP/1.1 requires one (400), and one only.
-        assert (await ask(port, http_request(None, version="1.0")))[0] == 421
-        assert (await ask(port, http_request(None)))[0] == 400
-        two = http_request("127.0.0.1").replace(b"\r\n\r\n", b"\r\nHost: a.example\r\n\r\n")
-        assert (await ask(port, two))[0] == 400
+    await start_node(b)
+    good = [
+        f"127.0.0.1:{port}",
+        "127.0.0.1",
+        "localhost",
+        f"LocalHost.:{port}",
+        f"[::1]:{port}",
+        "status.example.com",
+        "Status.Example.COM:443",
+    ]
+    for host in good:
+        code, _, body = await ask(port, http_request(host))
+        assert code == 200, host
+        assert b"private.cloud.com" in body
+    bad = [
+        "attacker.example",
+        f"attacker.example:{port}",
+        "127.0.0.1.attacker.example",
+        "localhost.attacker.example",
+        "status.example.com.attacker.example",
+        "",
+        "[::1",
+        f"127.0.0.1:{port}x",
+    ]
+    for host in bad:
+        for path in ("/", "/api/status", "/metrics"):
+            code, headers, body = await ask(port, http_request(host, path))
+            assert code == 421, (host, path)
+            assert b"private.cloud.com" not in body and b"raybridge_" not in body
+            assert headers["content-type"].startswith("text/plain")
+    # No Host at all: 421 for HTTP/1.0; HTTP/1.1 requires one (400), and one only.
+    assert (await ask(port, http_request(None, version="1.0")))[0] == 421
+    assert (await ask(port, http_request(None)))[0] == 400
+    two = http_request("127.0.0.1").replace(b"\r\n\r\n", b"\r\nHost: a.example\r\n\r\n")
+    assert (await ask(port, two))[0] == 400
 
 
-async def test_token_guards_every_path_but_the_static_page() -> None:
+async def test_token_guards_every_path_but_the_static_page(start_node: StartNode) -> None:
     port = free_port()
     b = status_config({"listen": f"127.0.0.1:{port}", "token": TOKEN})
-    async with node(b):
-        host = f"127.0.0.1:{port}"
-        wrong = [None, "Bearer nope", "Bearer " + TOKEN[:-1] + "Y", "Basic " + TOKEN, TOKEN]
-        for path in ("/api/status", "/metrics", "/nope", "/index.html?x"):
-            for auth in wrong:
-                if path == "/index.html?x":
-                    continue
-                code, headers, body = await ask(port, http_request(host, path, auth=auth))
-                assert code == 401, (path, auth)
-                assert headers["www-authenticate"].startswith("Bearer")
-                assert b"private.cloud.com" not in body and b"raybridge_" not in body
-        code, _, body = await ask(port, http_request(host, auth="Bearer " + TOKEN))
-        assert code == 200 and json.loads(body)["portals"][0]["domain"] == "private.cloud.com"
-        code, _, body = await ask(port, http_request(host, "/metrics", auth="bearer " + TOKEN))
-        assert code == 200 and b"raybridge_online" in body
-        # The page holds no data: it loads without the token, then sends it (taken from
-        # its URL fragment, which browsers never send) to /api/status as a header.
-        for path in ("/", "/index.html?x"):
-            code, _, page = await ask(port, http_request(host, path))
-            assert code == 200 and page.startswith(b"<!doctype html>")
-            assert b"#token=" in page and b'Authorization: "Bearer "' in page
-        # The Host check comes first, token or not.
-        assert (await ask(port, http_request("a.example", auth="Bearer " + TOKEN)))[0] == 421
+    await start_node(b)
+    host = f"127.0.0.1:{port}"
+    wrong = [None, "Bearer nope", "Bearer " + TOKEN[:-1] + "Y", "Basic " + TOKEN, TOKEN]
+    for path in ("/api/status", "/metrics", "/nope", "/index.html?x"):
+        for auth in wrong:
+            if path == "/index.html?x":
+                continue
+            code, headers, body = await ask(port, http_request(host, path, auth=auth))
+            assert code == 401, (path, auth)
+            assert headers["www-authenticate"].startswith("Bearer")
+            assert b"private.cloud.com" not in body and b"raybridge_" not in body
+    code, _, body = await ask(port, http_request(host, auth="Bearer " + TOKEN))
+    assert code == 200 and json.loads(body)["portals"][0]["domain"] == "private.cloud.com"
+    code, _, body = await ask(port, http_request(host, "/metrics", auth="bearer " + TOKEN))
+    assert code == 200 and b"raybridge_online" in body
+    # The page holds no data: it loads without the token, then sends it (taken from
+    # its URL fragment, which browsers never send) to /api/status as a header.
+    for path in ("/", "/index.html?x"):
+        code, _, page = await ask(port, http_request(host, path))
+        assert code == 200 and page.startswith(b"<!doctype html>")
+        assert b"#token=" in page and b'Authorization: "Bearer "' in page
+    # The Host check comes first, token or not.
+    assert (await ask(port, http_request("a.example", auth="Bearer " + TOKEN)))[0] == 421
 
 
 async def test_cli_status_flag_keeps_the_configs_token() -> None:
@@ -340,26 +344,26 @@ async def test_cli_status_flag_keeps_the_configs_token() -> None:
         await n.close()
 
 
-async def test_silent_slow_and_idle_connections_are_closed() -> None:
+async def test_silent_slow_and_idle_connections_are_closed(start_node: StartNode) -> None:
     port = free_port()
-    async with node(status_config(f"127.0.0.1:{port}")) as n:
-        server = n.status_server
-        assert server is not None
-        server.read_timeout, server.idle_timeout = 0.2, 0.4
-        silent, _ = await asyncio.open_connection("127.0.0.1", port)
-        slow, slow_w = await asyncio.open_connection("127.0.0.1", port)
-        slow_w.write(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never ends
-        assert await closed_by_peer(silent)
-        assert await closed_by_peer(slow)
-        # Keep-alive: two requests on one connection, then closed once idle.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for path in ("/api/status", "/metrics"):
-            writer.write(http_request(f"127.0.0.1:{port}", path, close=False))
-            code, headers, _ = await read_response(reader)
-            assert code == 200 and headers.get("connection") != "close"
-        assert await closed_by_peer(reader)
-        await until(lambda: not server.connections, 10, what="connections left open")
-        writer.close()
+    n = await start_node(status_config(f"127.0.0.1:{port}"))
+    server = n.status_server
+    assert server is not None
+    server.read_timeout, server.idle_timeout = 0.2, 0.4
+    silent, _ = await asyncio.open_connection("127.0.0.1", port)
+    slow, slow_w = await asyncio.open_connection("127.0.0.1", port)
+    slow_w.write(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never ends
+    assert await closed_by_peer(silent)
+    assert await closed_by_peer(slow)
+    # Keep-alive: two requests on one connection, then closed once idle.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for path in ("/api/status", "/metrics"):
+        writer.write(http_request(f"127.0.0.1:{port}", path, close=False))
+        code, headers, _ = await read_response(reader)
+        assert code == 200 and headers.get("connection") != "close"
+    assert await closed_by_peer(reader)
+    await until(lambda: not server.connections, 10, what="connections left open")
+    writer.close()
 
 
 async def test_connection_cap_closes_new_connections_and_logs_once() -> None:
