@@ -159,7 +159,7 @@ async def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
                 async def traffic() -> None:
                     for _ in range(12):
                         await socks_echo(s_port, echo.port, 4_000_000)
-                        await asyncio.sleep(0.1)
+                        await asyncio.sleep(0.1)  # kept: the traffic's pace
 
                 await asyncio.gather(traffic(), page.wait_for_timeout(4000))
                 # RAYBRIDGE_UPDATE_DOCS=1 refreshes the screenshot in docs/.
