@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -49,6 +48,7 @@ from tests.support import (
     LOCAL,
     EchoServer,
     StartNode,
+    StartPeer,
     _socks_replies,
     bridge_config,
     client_config,
@@ -59,7 +59,6 @@ from tests.support import (
     server_config,
     socks_echo,
     socks_udp_echo,
-    v2ray,
     wait_chain,
 )
 
@@ -400,32 +399,21 @@ async def test_raybridge_client_full_cone(encoding: str) -> None:
 # -- c: sing-box C through the seed's reverse chain ----------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def bridge(kind: str, config: dict[str, Any]) -> AsyncIterator[None]:
-    if kind == "raybridge":
-        async with node(config):
-            yield
-    else:
-        with v2ray(config, wait=[]):
-            yield
-
-
 @pytest.mark.parametrize(
     "a_kind",
     ["raybridge", pytest.param("v2ray", marks=needs_v2ray)],
     ids=["A=rb", "A=v2"],
 )
-async def test_singbox_client_reverse_chain(a_kind: str) -> None:
+async def test_singbox_client_reverse_chain(
+    a_kind: str, echo: EchoServer, start_node: StartNode, start_peer: StartPeer
+) -> None:
     bridge_id, client_id = new_uuid(), new_uuid()
     t_port, b_port, c_port = free_port(), free_port(), free_port()
-    async with (
-        EchoServer() as echo,
-        node(portal_config(t_port, b_port, bridge_id, client_id)),
-        bridge(a_kind, bridge_config(t_port, bridge_id)),
-    ):
-        with sing_box(singbox.client_config(c_port, b_port, client_id), [c_port]):
-            await wait_chain(c_port, echo.port)
-            await exercise(c_port, echo.port)
+    await start_node(portal_config(t_port, b_port, bridge_id, client_id))
+    await start_peer(a_kind, bridge_config(t_port, bridge_id))
+    with sing_box(singbox.client_config(c_port, b_port, client_id), [c_port]):
+        await wait_chain(c_port, echo.port)
+        await exercise(c_port, echo.port)
 
 
 # -- the configs themselves --------------------------------------------------------------------
