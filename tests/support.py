@@ -17,8 +17,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from raybridge.address import Destination, Network, parse_host
 from raybridge.protocols.socks import SocksClient, SocksCommand, encode_udp_datagram
@@ -29,6 +29,9 @@ from raybridge.templates import (  # noqa: F401 - re-exported for the tests
     portal_config,
     server_config,
 )
+
+if TYPE_CHECKING:
+    from raybridge.node import Node
 
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
 HAVE_V2RAY = os.path.exists(V2RAY)
@@ -52,6 +55,22 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+async def until(
+    predicate: Callable[[], object],
+    timeout: float = 60.0,
+    *,
+    what: str = "the condition",
+    step: float = 0.01,
+) -> None:
+    """Poll ``predicate()`` every ``step`` seconds until it is true. ``timeout`` is only a
+    deadline against hangs (the test fails, naming ``what``), not a timing assert."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"{what}: not true within {timeout:g} s"
+        await asyncio.sleep(step)
 
 
 # -- echo servers ------------------------------------------------------------------------
@@ -528,3 +547,43 @@ async def chain(
         ):
             await wait_chain(s_port, echo.port)
             yield s_port, echo
+
+
+async def exercise(s_port: int, echo: EchoServer) -> None:
+    """The seed's checks on a chain: 20 MB each way, 200 concurrent connections of 100 KB,
+    and UDP datagrams of 1 to 1900 bytes, all through the SOCKS port ``s_port``."""
+    await socks_echo(s_port, echo.port, 20_000_000)
+    before = echo.connections
+    await asyncio.gather(*(socks_echo(s_port, echo.port, 100_000) for _ in range(200)))
+    assert echo.connections - before == 200
+    datagrams = [os.urandom(n) for n in (1, 700, 1400, 1900)]
+    assert await socks_udp_echo(s_port, echo.port, datagrams) == datagrams
+
+
+# -- what the fixtures in conftest.py hand a test -----------------------------------------
+
+
+class StartNode(Protocol):
+    async def __call__(self, config: dict[str, Any] | str, name: str = ...) -> Node: ...
+
+
+class StartV2Ray(Protocol):
+    def __call__(
+        self, config: dict[str, Any], wait: list[int] | None = ...
+    ) -> subprocess.Popen[bytes]: ...
+
+
+class StartPeer(Protocol):
+    async def __call__(self, kind: str, config: dict[str, Any], port: int | None = ...) -> None: ...
+
+
+class StartChain(Protocol):
+    async def __call__(
+        self,
+        a: str = ...,
+        b: str = ...,
+        c: str = ...,
+        *,
+        alter_id: int = ...,
+        single_inbound: bool = ...,
+    ) -> tuple[int, EchoServer]: ...

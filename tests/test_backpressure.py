@@ -84,8 +84,9 @@ async def stalled_download(socks_port: int, source_port: int) -> int:
     while got < 5_000_000:
         got += len(await reader.read(1 << 20))
     writer.transport.pause_reading()
-    # Wait for the source to stall: no progress for half a second. (The limit only stops a
-    # broken relay from running forever: without backpressure it never stalls.)
+    # Wait for the source to stall: no progress for half a second (kept: a stall is an
+    # absence of progress, seen only over time). The limit only stops a broken relay from
+    # running forever: without backpressure it never stalls.
     last = -1
     for _ in range(120):
         if Firehose.sent == last:
@@ -97,41 +98,38 @@ async def stalled_download(socks_port: int, source_port: int) -> int:
 
 
 @pytest.mark.parametrize("chain", ["pair", "reverse"])
-def test_stalled_reader_stops_the_sender(chain: str) -> None:
-    async def main() -> None:
-        Firehose.sent = 0
-        loop = asyncio.get_running_loop()
-        source_port = free_port()
-        server = await loop.create_server(Firehose, LOCAL, source_port)
-        uid, uc = new_uuid(), new_uuid()
-        t_port, c_port, s_port = free_port(), free_port(), free_port()
-        try:
-            if chain == "pair":
-                async with (
-                    node(server_config(t_port, uid)) as b,
-                    node(client_config(s_port, t_port, uid)) as c,
-                ):
-                    in_flight = await stalled_download(s_port, source_port)
-                    buffered = await nodes_buffered(b, c)
-            else:
-                async with (
-                    node(portal_config(t_port, c_port, uid, uc)) as b,
-                    node(bridge_config(t_port, uid)) as a,
-                    node(client_config(s_port, c_port, uc)) as c,
-                ):
-                    async with EchoServer() as echo:
-                        await wait_chain(s_port, echo.port)
-                    in_flight = await stalled_download(s_port, source_port)
-                    buffered = await nodes_buffered(a, b, c)
-        finally:
-            server.close()
-        # In flight: kernel socket buffers (a few MB per hop on loopback) plus each end's
-        # high-water mark. Without backpressure the source would have sent everything it
-        # could (gigabytes) into the nodes' memory.
-        assert in_flight < 64_000_000, in_flight
-        assert buffered <= 8 * HIGH_WATER, buffered
-
-    asyncio.run(main())
+async def test_stalled_reader_stops_the_sender(chain: str) -> None:
+    Firehose.sent = 0
+    loop = asyncio.get_running_loop()
+    source_port = free_port()
+    server = await loop.create_server(Firehose, LOCAL, source_port)
+    uid, uc = new_uuid(), new_uuid()
+    t_port, c_port, s_port = free_port(), free_port(), free_port()
+    try:
+        if chain == "pair":
+            async with (
+                node(server_config(t_port, uid)) as b,
+                node(client_config(s_port, t_port, uid)) as c,
+            ):
+                in_flight = await stalled_download(s_port, source_port)
+                buffered = await nodes_buffered(b, c)
+        else:
+            async with (
+                node(portal_config(t_port, c_port, uid, uc)) as b,
+                node(bridge_config(t_port, uid)) as a,
+                node(client_config(s_port, c_port, uc)) as c,
+            ):
+                async with EchoServer() as echo:
+                    await wait_chain(s_port, echo.port)
+                in_flight = await stalled_download(s_port, source_port)
+                buffered = await nodes_buffered(a, b, c)
+    finally:
+        server.close()
+    # In flight: kernel socket buffers (a few MB per hop on loopback) plus each end's
+    # high-water mark. Without backpressure the source would have sent everything it
+    # could (gigabytes) into the nodes' memory.
+    assert in_flight < 64_000_000, in_flight
+    assert buffered <= 8 * HIGH_WATER, buffered
 
 
 def test_uvloop_is_used_when_installed() -> None:
@@ -204,58 +202,50 @@ class _Source(_Carrier):
 
 
 @pytest.mark.parametrize("many", [False, True])
-def test_mux_payload_never_waits_unseen_for_a_scheduled_flush(many: bool) -> None:
+async def test_mux_payload_never_waits_unseen_for_a_scheduled_flush(many: bool) -> None:
     """A flush is scheduled (another session ended) when a read loop hands the worker
     megabytes in one loop iteration (libuv reads a ready socket up to 32 times): the bytes
     must reach the carrier as they come, so that its backpressure pauses the source, instead
     of piling up in the codec until the flush runs."""
-
-    async def main() -> None:
-        worker = MuxWorker(Role.CLIENT)
-        carrier = _Carrier()
-        join(worker, carrier)
-        source = _Source()
-        end = worker.open_session(
-            Session(inbound_tag="t"), Destination(Network.TCP, "example.com", 80), source
-        )
-        source.peer = end
-        await asyncio.sleep(0)  # the New frame goes out
-        assert end.sid is not None
-        worker.schedule_flush()
-        piece = bytes(256 * 1024)
-        written = 0
-        while not source.paused and written < 64 * len(piece):
-            if many:
-                end.write_many([piece[:1000], piece])
-            else:
-                end.write(piece)
-            written += len(piece)
-        assert source.paused, "the source was never paused"
-        assert written <= HIGH_WATER + FLUSH_AT + 2 * len(piece)
-        worker.close()
-
-    asyncio.run(main())
+    worker = MuxWorker(Role.CLIENT)
+    carrier = _Carrier()
+    join(worker, carrier)
+    source = _Source()
+    end = worker.open_session(
+        Session(inbound_tag="t"), Destination(Network.TCP, "example.com", 80), source
+    )
+    source.peer = end
+    await asyncio.sleep(0)  # the New frame goes out
+    assert end.sid is not None
+    worker.schedule_flush()
+    piece = bytes(256 * 1024)
+    written = 0
+    while not source.paused and written < 64 * len(piece):
+        if many:
+            end.write_many([piece[:1000], piece])
+        else:
+            end.write(piece)
+        written += len(piece)
+    assert source.paused, "the source was never paused"
+    assert written <= HIGH_WATER + FLUSH_AT + 2 * len(piece)
+    worker.close()
 
 
-def test_mux_session_opened_while_the_carrier_is_paused_is_resumed_with_it() -> None:
+async def test_mux_session_opened_while_the_carrier_is_paused_is_resumed_with_it() -> None:
     """A client arrives while the carrier's buffer is full: its reading is paused with the
     others. If the carrier drains before the session's New frame goes out, the session must
     be resumed too (it was once left paused for good: a hung connection)."""
-
-    async def main() -> None:
-        worker = MuxWorker(Role.CLIENT)
-        join(worker, _Carrier())
-        worker.pause_reading()  # the carrier's transport is full
-        source = _Source()
-        end = worker.open_session(
-            Session(inbound_tag="t"), Destination(Network.TCP, "example.com", 80), source
-        )
-        source.peer = end
-        assert source.paused and end.sid is None
-        worker.resume_reading()  # drained, still within this loop iteration
-        assert not source.paused
-        worker.pause_reading()  # and paused again before the New frame is out
-        assert source.paused
-        worker.close()
-
-    asyncio.run(main())
+    worker = MuxWorker(Role.CLIENT)
+    join(worker, _Carrier())
+    worker.pause_reading()  # the carrier's transport is full
+    source = _Source()
+    end = worker.open_session(
+        Session(inbound_tag="t"), Destination(Network.TCP, "example.com", 80), source
+    )
+    source.peer = end
+    assert source.paused and end.sid is None
+    worker.resume_reading()  # drained, still within this loop iteration
+    assert not source.paused
+    worker.pause_reading()  # and paused again before the New frame is out
+    assert source.paused
+    worker.close()

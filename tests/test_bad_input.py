@@ -115,26 +115,23 @@ CASES: dict[str, tuple[str, bytes, bool]] = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_closes_one_connection(name: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_bad_input_closes_one_connection(name: str, caplog: pytest.LogCaptureFixture) -> None:
     inbound, payload, eof = CASES[name]
     caplog.set_level(logging.INFO, logger="raybridge")
 
-    async def main() -> None:
-        s_port, h_port, v_port, c_port = free_port(), free_port(), free_port(), free_port()
-        port = {"socks": s_port, "http": h_port, "vmess": v_port}[inbound]
-        async with EchoServer() as echo, node(server(s_port, h_port, v_port)):
-            async with node(client_config(c_port, v_port, UID)):
-                # A good connection before, the bad one, and a good one after.
-                await socks_echo(c_port, echo.port, 50_000)
-                reply = await closed_after(port, payload, eof=eof)
-                if inbound == "http" and not eof:
-                    assert reply.startswith(b"HTTP/1.1 4"), reply[:100]
-                if inbound == "vmess":
-                    assert reply == b""  # a VMess server never answers a bad request
-                await socks_echo(c_port, echo.port, 50_000)
-                await socks_echo(s_port, echo.port, 50_000)
-
-    asyncio.run(main())
+    s_port, h_port, v_port, c_port = free_port(), free_port(), free_port(), free_port()
+    port = {"socks": s_port, "http": h_port, "vmess": v_port}[inbound]
+    async with EchoServer() as echo, node(server(s_port, h_port, v_port)):
+        async with node(client_config(c_port, v_port, UID)):
+            # A good connection before, the bad one, and a good one after.
+            await socks_echo(c_port, echo.port, 50_000)
+            reply = await closed_after(port, payload, eof=eof)
+            if inbound == "http" and not eof:
+                assert reply.startswith(b"HTTP/1.1 4"), reply[:100]
+            if inbound == "vmess":
+                assert reply == b""  # a VMess server never answers a bad request
+            await socks_echo(c_port, echo.port, 50_000)
+            await socks_echo(s_port, echo.port, 50_000)
     rejected = [r for r in caplog.records if "127.0.0.1" in r.getMessage()]
     assert any(inbound in r.getMessage().lower() for r in rejected), [
         r.getMessage() for r in caplog.records

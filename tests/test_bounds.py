@@ -22,7 +22,7 @@ from raybridge.link import PENDING_LIMIT, DeferredEnd, End, Session, join
 from raybridge.protocols.mux import MuxConnection, Role, SessionEnded, SessionOpened
 from raybridge.protocols.vmess import ClientConnection, Command, Data, Security, User
 from raybridge.proxy.reverse import Portal
-from tests.support import LOCAL, free_port, node, server_config
+from tests.support import LOCAL, free_port, node, server_config, until
 
 MUX = Destination(Network.TCP, "v1.mux.cool", 0)
 
@@ -71,8 +71,8 @@ async def _mux_client(port: int, user: User, mux: MuxConnection) -> list[object]
     return events
 
 
-def test_mux_inside_a_mux_session_is_refused(caplog: pytest.LogCaptureFixture) -> None:
-    async def main() -> None:
+async def test_mux_inside_a_mux_session_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
         uid = str(uuid.uuid4())
         port = free_port()
         async with node(server_config(port, uid)):
@@ -81,53 +81,44 @@ def test_mux_inside_a_mux_session_is_refused(caplog: pytest.LogCaptureFixture) -
             events = await _mux_client(port, User(uuid.UUID(uid)), mux)
             assert SessionEnded(session_id=sid, error=True) in events
             assert not any(isinstance(e, SessionOpened) for e in events)
-
-    with caplog.at_level(logging.WARNING):
-        asyncio.run(main())
     assert "refused a mux connection inside a mux session" in caplog.text
 
 
-def test_portal_waiting_clients_are_bounded() -> None:
-    async def main() -> None:
-        portal = Portal("portal", "tunnel.example", tunnel_wait=30, max_waiting=2)
-        peers = [Peer() for _ in range(3)]
-        ends = [portal.connect(Session(inbound_tag="in"), tcp("10.0.0.1", 80), p) for p in peers]
-        await asyncio.sleep(0)
-        assert peers[0].aborted is None and peers[1].aborted is None
-        assert isinstance(peers[2].aborted, ConnectionRefusedError)  # the third: at once
-        assert portal.refused_waiting == 1
-        # A waiting client holds PENDING_LIMIT bytes, then its own reader is paused.
-        waiting = ends[0]
-        assert isinstance(waiting, DeferredEnd)
-        waiting.write(bytes(PENDING_LIMIT))
-        assert not peers[0].paused
-        waiting.write(b"x")
-        assert peers[0].paused
-        await portal.close()
-
-    asyncio.run(main())
+async def test_portal_waiting_clients_are_bounded() -> None:
+    portal = Portal("portal", "tunnel.example", tunnel_wait=30, max_waiting=2)
+    peers = [Peer() for _ in range(3)]
+    ends = [portal.connect(Session(inbound_tag="in"), tcp("10.0.0.1", 80), p) for p in peers]
+    await asyncio.sleep(0)
+    assert peers[0].aborted is None and peers[1].aborted is None
+    assert isinstance(peers[2].aborted, ConnectionRefusedError)  # the third: at once
+    assert portal.refused_waiting == 1
+    # A waiting client holds PENDING_LIMIT bytes, then its own reader is paused.
+    waiting = ends[0]
+    assert isinstance(waiting, DeferredEnd)
+    waiting.write(bytes(PENDING_LIMIT))
+    assert not peers[0].paused
+    waiting.write(b"x")
+    assert peers[0].paused
+    await portal.close()
 
 
-def test_a_pending_dial_holds_at_most_the_pending_limit() -> None:
-    async def main() -> None:
-        from raybridge.transport.tcp import StreamEnd
+async def test_a_pending_dial_holds_at_most_the_pending_limit() -> None:
+    from raybridge.transport.tcp import StreamEnd
 
-        end = StreamEnd()
-        peer = Peer()
-        join(peer, end)
-        end.write(bytes(PENDING_LIMIT))
-        assert not peer.paused
-        end.write(b"x")  # no transport yet: a dial in progress
-        assert peer.paused
-        end.abort()
-
-    asyncio.run(main())
+    end = StreamEnd()
+    peer = Peer()
+    join(peer, end)
+    end.write(bytes(PENDING_LIMIT))
+    assert not peer.paused
+    end.write(b"x")  # no transport yet: a dial in progress
+    assert peer.paused
+    end.abort()
 
 
-def test_an_exception_in_a_callback_is_one_log_line(
+async def test_an_exception_in_a_callback_is_one_log_line(
     caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def main() -> None:
+    with caplog.at_level(logging.ERROR, logger="raybridge"):
         port = free_port()
         async with node(server_config(port, str(uuid.uuid4()))):
             loop = asyncio.get_running_loop()
@@ -136,10 +127,7 @@ def test_an_exception_in_a_callback_is_one_log_line(
                 raise RuntimeError("a bug met a packet")
 
             loop.call_soon(boom)
-            await asyncio.sleep(0.01)
-
-    with caplog.at_level(logging.ERROR, logger="raybridge"):
-        asyncio.run(main())
+            await until(lambda: any("a bug met" in r.getMessage() for r in caplog.records))
     lines = [r for r in caplog.records if "a bug met a packet" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None
     assert "Traceback" not in capsys.readouterr().err

@@ -135,35 +135,32 @@ _SOURCE_PORT = [0]
 
 
 @pytest.mark.parametrize("security", SECURITIES)
-def test_a_node_as_server_sends_only_chunks_a_strict_client_reads(security: str) -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        source_port = free_port()
-        _SOURCE_PORT[0] = source_port
-        server = await loop.create_server(_Source, LOCAL, source_port)
-        uid = str(uuid.uuid4())
-        b_port = free_port()
-        try:
-            async with node(server_config(b_port, uid)):
-                user = User(uuid.UUID(uid))
-                chunks, body = await _strict_client(
-                    b_port, user, security, Command.TCP, tcp(LOCAL, source_port)
-                )
-                if security == "zero":
-                    assert chunks == [] and body == _payload()  # raw: nothing to cap
-                    return
-                assert b"".join(c.payload for c in chunks) == _payload()
-                assert _largest(chunks) <= STRICT
-                assert _largest(chunks) > STRICT // 2  # big ones, not V2Ray's 2 KiB
-                # Mux.Cool inside VMess: the frames ride the same capped chunks.
-                chunks, body = await _strict_client(b_port, user, security, Command.MUX, None)
-                assert chunks and _largest(chunks) <= STRICT
-                frames = FrameDecoder().feed(b"".join(c.payload for c in chunks))
-                assert sum(len(f.data or b"") for f in frames) >= SIZE // 2
-        finally:
-            server.close()
-
-    asyncio.run(main())
+async def test_a_node_as_server_sends_only_chunks_a_strict_client_reads(security: str) -> None:
+    loop = asyncio.get_running_loop()
+    source_port = free_port()
+    _SOURCE_PORT[0] = source_port
+    server = await loop.create_server(_Source, LOCAL, source_port)
+    uid = str(uuid.uuid4())
+    b_port = free_port()
+    try:
+        async with node(server_config(b_port, uid)):
+            user = User(uuid.UUID(uid))
+            chunks, body = await _strict_client(
+                b_port, user, security, Command.TCP, tcp(LOCAL, source_port)
+            )
+            if security == "zero":
+                assert chunks == [] and body == _payload()  # raw: nothing to cap
+                return
+            assert b"".join(c.payload for c in chunks) == _payload()
+            assert _largest(chunks) <= STRICT
+            assert _largest(chunks) > STRICT // 2  # big ones, not V2Ray's 2 KiB
+            # Mux.Cool inside VMess: the frames ride the same capped chunks.
+            chunks, body = await _strict_client(b_port, user, security, Command.MUX, None)
+            assert chunks and _largest(chunks) <= STRICT
+            frames = FrameDecoder().feed(b"".join(c.payload for c in chunks))
+            assert sum(len(f.data or b"") for f in frames) >= SIZE // 2
+    finally:
+        server.close()
 
 
 @dataclass
@@ -222,26 +219,23 @@ class _StrictServer(asyncio.Protocol):
 
 
 @pytest.mark.parametrize("security", SECURITIES)
-def test_a_node_as_client_sends_only_chunks_a_strict_server_reads(security: str) -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        uid = str(uuid.uuid4())
-        user = User(uuid.UUID(uid))
-        done: asyncio.Future[list[RefChunk]] = loop.create_future()
-        s_port, c_port = free_port(), free_port()
-        server = await loop.create_server(lambda: _StrictServer(user, done), LOCAL, s_port)
-        try:
-            async with node(client_config(c_port, s_port, uid, security=security)):
-                _, writer = await socks_connect(c_port, "10.0.0.1", 80)
-                writer.write(_payload())
-                writer.write_eof()
-                chunks = await asyncio.wait_for(done, 20)
-                writer.close()
-        finally:
-            server.close()
-        assert b"".join(c.payload for c in chunks) == _payload()
-        if security != "zero":
-            assert _largest(chunks) <= STRICT
-            assert _largest(chunks) > STRICT // 2
-
-    asyncio.run(main())
+async def test_a_node_as_client_sends_only_chunks_a_strict_server_reads(security: str) -> None:
+    loop = asyncio.get_running_loop()
+    uid = str(uuid.uuid4())
+    user = User(uuid.UUID(uid))
+    done: asyncio.Future[list[RefChunk]] = loop.create_future()
+    s_port, c_port = free_port(), free_port()
+    server = await loop.create_server(lambda: _StrictServer(user, done), LOCAL, s_port)
+    try:
+        async with node(client_config(c_port, s_port, uid, security=security)):
+            _, writer = await socks_connect(c_port, "10.0.0.1", 80)
+            writer.write(_payload())
+            writer.write_eof()
+            chunks = await asyncio.wait_for(done, 20)
+            writer.close()
+    finally:
+        server.close()
+    assert b"".join(c.payload for c in chunks) == _payload()
+    if security != "zero":
+        assert _largest(chunks) <= STRICT
+        assert _largest(chunks) > STRICT // 2

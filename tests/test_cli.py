@@ -52,7 +52,7 @@ def test_test_reports_syntax_errors_with_line(tmp_path: Path) -> None:
     assert re.search(r"bad\.json:3: .*line 3", out.stderr), out.stderr
 
 
-def test_run_examples_as_subprocesses(tmp_path: Path) -> None:
+async def test_run_examples_as_subprocesses(tmp_path: Path) -> None:
     """The README's first command: B and C from examples/, here on free ports."""
     b_port, s_port, h_port = free_port(), free_port(), free_port()
     files = {}
@@ -62,29 +62,25 @@ def test_run_examples_as_subprocesses(tmp_path: Path) -> None:
         text = text.replace("10801", str(h_port))
         files[name] = tmp_path / name
         files[name].write_text(text)
-
-    async def main() -> None:
-        procs = [
-            await asyncio.create_subprocess_exec(
-                *CMD, "run", "-c", str(files[name]), stderr=asyncio.subprocess.PIPE
-            )
-            for name in ("b.json", "c.json")
-        ]
-        try:
-            await wait_port_async(b_port)
-            await wait_port_async(s_port)
-            async with EchoServer() as echo:
-                await socks_echo(s_port, echo.port, 1_000_000)
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            codes = [await asyncio.wait_for(proc.wait(), 10) for proc in procs]
-            logs = [(await proc.stderr.read()).decode() for proc in procs if proc.stderr]
-        assert codes == [0, 0], logs
-        # B's access log (examples/b.json enables it) names the connection.
-        assert re.search(r"accepted tcp:127\.0\.0\.1:\d+ \[vmess-in -> direct\]", logs[0]), logs[0]
-
-    asyncio.run(main())
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *CMD, "run", "-c", str(files[name]), stderr=asyncio.subprocess.PIPE
+        )
+        for name in ("b.json", "c.json")
+    ]
+    try:
+        await wait_port_async(b_port)
+        await wait_port_async(s_port)
+        async with EchoServer() as echo:
+            await socks_echo(s_port, echo.port, 1_000_000)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(proc.wait(), 10) for proc in procs]
+        logs = [(await proc.stderr.read()).decode() for proc in procs if proc.stderr]
+    assert codes == [0, 0], logs
+    # B's access log (examples/b.json enables it) names the connection.
+    assert re.search(r"accepted tcp:127\.0\.0\.1:\d+ \[vmess-in -> direct\]", logs[0]), logs[0]
 
 
 def test_console_script_is_installed() -> None:
@@ -94,7 +90,7 @@ def test_console_script_is_installed() -> None:
     assert out.returncode == 0
 
 
-def test_json_log_format(tmp_path: Path) -> None:
+async def test_json_log_format(tmp_path: Path) -> None:
     """--log-format json: one JSON object per line, access lines included."""
     import json
 
@@ -112,29 +108,26 @@ def test_json_log_format(tmp_path: Path) -> None:
         )
     )
 
-    async def main() -> list[str]:
-        proc = await asyncio.create_subprocess_exec(
-            *CMD, "run", "-c", str(config), "--log-format", "json",
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            await wait_port_async(port)
-            async with EchoServer() as echo:
-                await socks_echo(port, echo.port, 1000)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 10)
-        assert proc.stderr is not None
-        return (await proc.stderr.read()).decode().splitlines()
-
-    lines = asyncio.run(main())
+    proc = await asyncio.create_subprocess_exec(
+        *CMD, "run", "-c", str(config), "--log-format", "json",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await wait_port_async(port)
+        async with EchoServer() as echo:
+            await socks_echo(port, echo.port, 1000)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 10)
+    assert proc.stderr is not None
+    lines = (await proc.stderr.read()).decode().splitlines()
     entries = [json.loads(line) for line in lines if line.strip()]
     accepted = [e for e in entries if e["type"] == "access" and e["status"] == "accepted"]
     assert accepted and accepted[0]["inbound"] == "in" and accepted[0]["outbound"] == "out"
     assert all({"time", "level", "message"} <= e.keys() for e in entries)
 
 
-def test_logs_to_files_and_several_configs(tmp_path: Path) -> None:
+async def test_logs_to_files_and_several_configs(tmp_path: Path) -> None:
     """Access and error logs go to the files the config names; two -c files merge as in
     V2Ray (here: the second file's log section replaces the first's)."""
     import json
@@ -158,18 +151,15 @@ def test_logs_to_files_and_several_configs(tmp_path: Path) -> None:
         json.dumps({"log": {"access": str(access), "error": str(error), "loglevel": "info"}})
     )
 
-    async def main() -> None:
-        proc = await asyncio.create_subprocess_exec(
-            *CMD, "run", "-c", str(base), "-c", str(logs), stderr=asyncio.subprocess.DEVNULL
-        )
-        try:
-            await wait_port_async(port)
-            async with EchoServer() as echo:
-                await socks_echo(port, echo.port, 1000)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 10)
-
-    asyncio.run(main())
+    proc = await asyncio.create_subprocess_exec(
+        *CMD, "run", "-c", str(base), "-c", str(logs), stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await wait_port_async(port)
+        async with EchoServer() as echo:
+            await socks_echo(port, echo.port, 1000)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 10)
     assert re.search(r"accepted tcp:127\.0\.0\.1:\d+ \[in -> out\]", access.read_text())
     assert "[Warning] core: raybridge" in error.read_text()

@@ -58,32 +58,27 @@ def test_demo_portal_is_not_hijackable(tmp_path: Path) -> None:
     assert refused and all(r["inboundTag"] != ["bridges"] for r in refused)
 
 
-def test_demo_serves_until_interrupted() -> None:
-    async def main() -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "raybridge", "demo",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        lines = []
-        try:
-            while True:
-                line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-                assert line, "demo exited early"
-                lines.append(line)
-                if line.startswith("Ctrl-C"):
-                    break
-            text = "".join(lines)
-            match = re.search(
-                r"--socks5-hostname 127\.0\.0\.1:(\d+) http://127\.0\.0\.1:(\d+)/", text
-            )
-            assert match, text
-            for _ in range(3):  # by hand, as the demo says
-                body = await fetch_via_socks(int(match[1]), "127.0.0.1", int(match[2]))
-                assert b"Hello from inside A's network" in body
-        finally:
-            proc.send_signal(signal.SIGINT)
-            code = await asyncio.wait_for(proc.wait(), 10)
-        assert code == 0
-
-    asyncio.run(main())
+async def test_demo_serves_until_interrupted() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "raybridge", "demo",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = []
+    try:
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "demo exited early"
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(lines)
+        match = re.search(r"--socks5-hostname 127\.0\.0\.1:(\d+) http://127\.0\.0\.1:(\d+)/", text)
+        assert match, text
+        for _ in range(3):  # by hand, as the demo says
+            body = await fetch_via_socks(int(match[1]), "127.0.0.1", int(match[2]))
+            assert b"Hello from inside A's network" in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0

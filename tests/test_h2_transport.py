@@ -25,7 +25,10 @@ from raybridge.transport.h2 import (
     H2StreamTransport,
 )
 from raybridge.transport.tcp import StreamEnd
-from tests.support import HAVE_V2RAY, EchoServer, free_port, new_uuid, v2ray
+from tests.support import HAVE_V2RAY, EchoServer, free_port, new_uuid, until, v2ray
+
+#: Each async test here is bounded at 120 s (a hang fails the test, it is not a timing assert).
+pytestmark = pytest.mark.timeout(120)
 
 HOST = "127.0.0.1"
 MB = 1 << 20
@@ -249,171 +252,143 @@ async def echo(pool: H2ClientPool, port: int, size: int, seed: int) -> Client:
     return client
 
 
-def run(coro: Callable[[], object]) -> None:
-    asyncio.run(asyncio.wait_for(coro(), 120))  # type: ignore[arg-type]
-
-
 # -- tests ---------------------------------------------------------------------------------------
-def test_concurrent_streams_echo_megabytes_on_one_connection() -> None:
-    async def main() -> None:
-        async with h2_server() as server:
-            pool = H2ClientPool()
-            sizes = [1 * MB, 2 * MB + 12345, 3 * MB, 4 * MB + 1, 5 * MB]
-            await asyncio.gather(*(echo(pool, server.port, s, i) for i, s in enumerate(sizes)))
-            assert pool.dials == 1 and len(server.protocols) == 1
-            assert len(server.ends) == 5
-            await pool.close()
-
-    run(main)
-
-
-def test_a_paused_reader_stalls_only_its_own_stream() -> None:
-    async def main() -> None:
-        async with h2_server() as server:
-            pool = H2ClientPool()
-            key, dial = ("h2", server.port), dialer(server.port)
-            # Downstream: a client that does not read while the server sends it 16 MB.
-            slow = Client(read=False)
-            await pool.connect(slow, key, dial, path="/ray/source/16", hosts=["a.test"])
-            # Upstream: a server end that does not read while the client sends it 16 MB.
-            stuck = Client(16 * MB, 99)
-            await pool.connect(stuck, key, dial, path="/ray/hold", hosts=["a.test"])
-            stuck_end = server.ends[-1]
-            assert isinstance(stuck_end, Hold)
-            # Meanwhile the other streams on the same connection go on, both ways.
-            await asyncio.gather(*(echo(pool, server.port, 2 * MB, i) for i in range(4)))
-            assert pool.dials == 1
-            source = server.ends[0]
-            assert isinstance(source, Source)
-            assert source.paused_writing and source.sent < source.size  # stopped by its window
-            assert not slow.done.done() and slow.got == 0
-            assert stuck.sent < stuck.size  # its writer was paused by the stream's window
-            # Reading again, both complete with every byte.
-            assert slow.transport is not None
-            slow.transport.resume_reading()
-            await asyncio.wait_for(slow.done, 60)
-            expected = hashlib.sha256(b"".join(block(7, i) for i in range(16 * MB // BLOCK)))
-            assert slow.got == 16 * MB and slow.got_hash.hexdigest() == expected.hexdigest()
-            assert stuck_end.got == 0
-            stuck_end.transport.resume_reading()
-            await asyncio.wait_for(stuck.done, 60)  # the end echoes the client's EOF
-            assert stuck_end.got == 16 * MB
-            assert stuck_end.hash.hexdigest() == stuck.sent_hash.hexdigest()
-            await pool.close()
-
-    run(main)
-
-
-def test_connection_loss_reaches_every_stream() -> None:
-    async def main() -> None:
-        async with h2_server() as server:
-            pool = H2ClientPool()
-            key, dial = ("h2", server.port), dialer(server.port)
-            clients = [Client(1000, i, eof=False) for i in range(3)]
-            for client in clients:
-                await pool.connect(client, key, dial, path="/ray", hosts=["a.test"])
-            assert len(server.ends) == 3
-            server.protocols[0].abort()
-            for client in clients:
-                exc = await asyncio.wait_for(client.lost, 10)
-                assert isinstance(exc, ConnectionError)
-            for end in server.ends:
-                assert isinstance(await asyncio.wait_for(end.lost, 10), ConnectionError)
-            await pool.close()
-
-    run(main)
-
-
-def test_pool_reuses_one_connection_and_redials_after_it_dies() -> None:
-    async def main() -> None:
-        async with h2_server() as server:
-            pool = H2ClientPool()
-            key = ("h2", server.port)
-            for seed in range(3):
-                await echo(pool, server.port, 100_000, seed)
-            assert pool.dials == 1 and len(pool.connections(key)) == 1
-            waiting = Client(eof=False)
-            await pool.connect(waiting, key, dialer(server.port), path="/ray", hosts=["a.test"])
-            server.protocols[0].abort()
-            await asyncio.wait_for(waiting.lost, 10)
-            assert pool.connections(key) == []
-            await echo(pool, server.port, 100_000, 5)
-            assert pool.dials == 2 and len(server.protocols) == 2
-            await pool.close()
-
-    run(main)
-
-
-def test_wrong_path_and_host_fail_the_stream_not_the_connection() -> None:
-    async def main() -> None:
-        async with h2_server() as server:
-            pool = H2ClientPool()
-            key, dial = ("h2", server.port), dialer(server.port)
-            for path, hosts in [("/nope", ["a.test"]), ("/ray", ["b.test"])]:
-                with pytest.raises(ConnectionResetError, match="HTTP status 404"):
-                    await pool.connect(Client(), key, dial, path=path, hosts=hosts)
-            await echo(pool, server.port, 1000, 1)
-            assert pool.dials == 1
-            assert len(server.failures) == 2
-            assert "does not start with '/ray'" in server.failures[0]
-            assert "host 'b.test'" in server.failures[1]
-            await pool.close()
-
-    run(main)
-
-
-def test_open_callback_form_and_its_failure() -> None:
-    async def main() -> None:
-        async with h2_server() as server:
-            pool = H2ClientPool()
-            key, dial = ("h2", server.port), dialer(server.port)
-            good, bad = Client(10_000, 3), Client()
-            pool.open(good, key, dial, path="/ray", hosts=["a.test"])
-            pool.open(bad, key, dial, path="/x", hosts=["a.test"])
-            await asyncio.wait_for(good.done, 10)
-            assert good.got_hash.hexdigest() == good.sent_hash.hexdigest()
-            exc = await asyncio.wait_for(bad.lost, 10)
-            assert isinstance(exc, ConnectionResetError) and bad.transport is None
-            await pool.close()
-
-    run(main)
-
-
-def test_dial_failure_is_raised_and_not_pooled() -> None:
-    async def main() -> None:
+async def test_concurrent_streams_echo_megabytes_on_one_connection() -> None:
+    async with h2_server() as server:
         pool = H2ClientPool()
-
-        async def refuse(protocol: asyncio.Protocol) -> None:
-            raise ConnectionRefusedError("nobody home")
-
-        for _ in range(2):
-            with pytest.raises(ConnectionRefusedError):
-                await pool.connect(Client(), "k", refuse, path="/ray", hosts=["a.test"])
-        assert pool.dials == 0 and pool.connections("k") == []
+        sizes = [1 * MB, 2 * MB + 12345, 3 * MB, 4 * MB + 1, 5 * MB]
+        await asyncio.gather(*(echo(pool, server.port, s, i) for i, s in enumerate(sizes)))
+        assert pool.dials == 1 and len(server.protocols) == 1
+        assert len(server.ends) == 5
         await pool.close()
 
-    run(main)
+
+async def test_a_paused_reader_stalls_only_its_own_stream() -> None:
+    async with h2_server() as server:
+        pool = H2ClientPool()
+        key, dial = ("h2", server.port), dialer(server.port)
+        # Downstream: a client that does not read while the server sends it 16 MB.
+        slow = Client(read=False)
+        await pool.connect(slow, key, dial, path="/ray/source/16", hosts=["a.test"])
+        # Upstream: a server end that does not read while the client sends it 16 MB.
+        stuck = Client(16 * MB, 99)
+        await pool.connect(stuck, key, dial, path="/ray/hold", hosts=["a.test"])
+        stuck_end = server.ends[-1]
+        assert isinstance(stuck_end, Hold)
+        # Meanwhile the other streams on the same connection go on, both ways.
+        await asyncio.gather(*(echo(pool, server.port, 2 * MB, i) for i in range(4)))
+        assert pool.dials == 1
+        source = server.ends[0]
+        assert isinstance(source, Source)
+        assert source.paused_writing and source.sent < source.size  # stopped by its window
+        assert not slow.done.done() and slow.got == 0
+        assert stuck.sent < stuck.size  # its writer was paused by the stream's window
+        # Reading again, both complete with every byte.
+        assert slow.transport is not None
+        slow.transport.resume_reading()
+        await asyncio.wait_for(slow.done, 60)
+        expected = hashlib.sha256(b"".join(block(7, i) for i in range(16 * MB // BLOCK)))
+        assert slow.got == 16 * MB and slow.got_hash.hexdigest() == expected.hexdigest()
+        assert stuck_end.got == 0
+        stuck_end.transport.resume_reading()
+        await asyncio.wait_for(stuck.done, 60)  # the end echoes the client's EOF
+        assert stuck_end.got == 16 * MB
+        assert stuck_end.hash.hexdigest() == stuck.sent_hash.hexdigest()
+        await pool.close()
 
 
-def test_garbage_and_http1_close_only_that_connection() -> None:
-    async def main() -> None:
-        async with h2_server() as server:
-            reader, writer = await asyncio.open_connection(HOST, server.port)
-            writer.write(b"GET /ray HTTP/1.1\r\nHost: a.test\r\n\r\n")
-            answer = await asyncio.wait_for(reader.read(), 10)
-            assert answer.startswith(b"HTTP/1.1 426")
-            writer.close()
-            reader, writer = await asyncio.open_connection(HOST, server.port)
-            writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64)
-            answer = await asyncio.wait_for(reader.read(), 10)  # SETTINGS, GOAWAY, then EOF
-            assert answer
-            writer.close()
-            pool = H2ClientPool()
-            await echo(pool, server.port, 50_000, 2)
-            assert len(server.failures) == 2
-            await pool.close()
+async def test_connection_loss_reaches_every_stream() -> None:
+    async with h2_server() as server:
+        pool = H2ClientPool()
+        key, dial = ("h2", server.port), dialer(server.port)
+        clients = [Client(1000, i, eof=False) for i in range(3)]
+        for client in clients:
+            await pool.connect(client, key, dial, path="/ray", hosts=["a.test"])
+        assert len(server.ends) == 3
+        server.protocols[0].abort()
+        for client in clients:
+            exc = await asyncio.wait_for(client.lost, 10)
+            assert isinstance(exc, ConnectionError)
+        for end in server.ends:
+            assert isinstance(await asyncio.wait_for(end.lost, 10), ConnectionError)
+        await pool.close()
 
-    run(main)
+
+async def test_pool_reuses_one_connection_and_redials_after_it_dies() -> None:
+    async with h2_server() as server:
+        pool = H2ClientPool()
+        key = ("h2", server.port)
+        for seed in range(3):
+            await echo(pool, server.port, 100_000, seed)
+        assert pool.dials == 1 and len(pool.connections(key)) == 1
+        waiting = Client(eof=False)
+        await pool.connect(waiting, key, dialer(server.port), path="/ray", hosts=["a.test"])
+        server.protocols[0].abort()
+        await asyncio.wait_for(waiting.lost, 10)
+        assert pool.connections(key) == []
+        await echo(pool, server.port, 100_000, 5)
+        assert pool.dials == 2 and len(server.protocols) == 2
+        await pool.close()
+
+
+async def test_wrong_path_and_host_fail_the_stream_not_the_connection() -> None:
+    async with h2_server() as server:
+        pool = H2ClientPool()
+        key, dial = ("h2", server.port), dialer(server.port)
+        for path, hosts in [("/nope", ["a.test"]), ("/ray", ["b.test"])]:
+            with pytest.raises(ConnectionResetError, match="HTTP status 404"):
+                await pool.connect(Client(), key, dial, path=path, hosts=hosts)
+        await echo(pool, server.port, 1000, 1)
+        assert pool.dials == 1
+        assert len(server.failures) == 2
+        assert "does not start with '/ray'" in server.failures[0]
+        assert "host 'b.test'" in server.failures[1]
+        await pool.close()
+
+
+async def test_open_callback_form_and_its_failure() -> None:
+    async with h2_server() as server:
+        pool = H2ClientPool()
+        key, dial = ("h2", server.port), dialer(server.port)
+        good, bad = Client(10_000, 3), Client()
+        pool.open(good, key, dial, path="/ray", hosts=["a.test"])
+        pool.open(bad, key, dial, path="/x", hosts=["a.test"])
+        await asyncio.wait_for(good.done, 10)
+        assert good.got_hash.hexdigest() == good.sent_hash.hexdigest()
+        exc = await asyncio.wait_for(bad.lost, 10)
+        assert isinstance(exc, ConnectionResetError) and bad.transport is None
+        await pool.close()
+
+
+async def test_dial_failure_is_raised_and_not_pooled() -> None:
+    pool = H2ClientPool()
+
+    async def refuse(protocol: asyncio.Protocol) -> None:
+        raise ConnectionRefusedError("nobody home")
+
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            await pool.connect(Client(), "k", refuse, path="/ray", hosts=["a.test"])
+    assert pool.dials == 0 and pool.connections("k") == []
+    await pool.close()
+
+
+async def test_garbage_and_http1_close_only_that_connection() -> None:
+    async with h2_server() as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"GET /ray HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 426")
+        writer.close()
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64)
+        answer = await asyncio.wait_for(reader.read(), 10)  # SETTINGS, GOAWAY, then EOF
+        assert answer
+        writer.close()
+        pool = H2ClientPool()
+        await echo(pool, server.port, 50_000, 2)
+        assert len(server.failures) == 2
+        await pool.close()
 
 
 class Collector(End):
@@ -471,106 +446,97 @@ class EchoEnd(End):
         self.peer.resume_reading()
 
 
-def test_stream_ends_run_on_h2_streams() -> None:
+async def test_stream_ends_run_on_h2_streams() -> None:
     """The link ends VMess subclasses (StreamEnd), on both sides, as the lead will plug them:
     the server's factory makes the inbound end, the client dials through start_connect."""
+    loop = asyncio.get_running_loop()
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
+    def inbound() -> StreamEnd:
+        end = StreamEnd()
+        join(end, EchoEnd())
+        return end
 
-        def inbound() -> StreamEnd:
-            end = StreamEnd()
-            join(end, EchoEnd())
-            return end
-
-        server = await loop.create_server(
-            lambda: H2ServerProtocol(inbound, hosts=["a.test"], path="/ray"), HOST, 0
-        )
-        port = server.sockets[0].getsockname()[1]
-        pool = H2ClientPool()
-        collector = Collector()
-        outbound = StreamEnd()
-        join(collector, outbound)
-        payload = random.Random(4).randbytes(3 * MB)
-        outbound.write(payload[:1000])  # before the stream exists: backlogged, then sent first
-        outbound.start_connect(
-            lambda end: pool.connect(end, ("h2", port), dialer(port), path="/ray", hosts=["a.test"])
-        )
-        outbound.write(payload[1000:])
-        outbound.write_eof()
-        await asyncio.wait_for(collector.eof, 30)
-        assert collector.data == payload
-        await pool.close()
-        server.close()
-        await server.wait_closed()
-
-    run(main)
+    server = await loop.create_server(
+        lambda: H2ServerProtocol(inbound, hosts=["a.test"], path="/ray"), HOST, 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    pool = H2ClientPool()
+    collector = Collector()
+    outbound = StreamEnd()
+    join(collector, outbound)
+    payload = random.Random(4).randbytes(3 * MB)
+    outbound.write(payload[:1000])  # before the stream exists: backlogged, then sent first
+    outbound.start_connect(
+        lambda end: pool.connect(end, ("h2", port), dialer(port), path="/ray", hosts=["a.test"])
+    )
+    outbound.write(payload[1000:])
+    outbound.write_eof()
+    await asyncio.wait_for(collector.eof, 30)
+    assert collector.data == payload
+    await pool.close()
+    server.close()
+    await server.wait_closed()
 
 
 @pytest.mark.interop
 @pytest.mark.skipif(not HAVE_V2RAY, reason="needs /usr/bin/v2ray (apt-get install v2ray)")
-def test_vmess_streams_through_v2rays_h2c_server() -> None:
+async def test_vmess_streams_through_v2rays_h2c_server() -> None:
     """The client pool with raybridge's VMess outbound end on each stream, against V2Ray
     4.34's h2 server without TLS (h2c), freedom to an echo server: several streams on one
     connection, every byte back; a wrong path gets V2Ray's 404 and the connection stays."""
+    uid = new_uuid()
+    port = free_port()
+    config = {
+        "log": {"loglevel": "warning"},
+        "inbounds": [
+            {
+                "port": port,
+                "listen": HOST,
+                "protocol": "vmess",
+                "settings": {"clients": [{"id": uid, "alterId": 0}]},
+                "streamSettings": {
+                    "network": "http",
+                    "httpSettings": {"host": ["a.test"], "path": "/ray"},
+                },
+            }
+        ],
+        "outbounds": [{"protocol": "freedom"}],
+    }
+    pool = H2ClientPool()
+    key, dial = ("v2ray", port), dialer(port)
 
-    async def main() -> None:
-        uid = new_uuid()
-        port = free_port()
-        config = {
-            "log": {"loglevel": "warning"},
-            "inbounds": [
-                {
-                    "port": port,
-                    "listen": HOST,
-                    "protocol": "vmess",
-                    "settings": {"clients": [{"id": uid, "alterId": 0}]},
-                    "streamSettings": {
-                        "network": "http",
-                        "httpSettings": {"host": ["a.test"], "path": "/ray"},
-                    },
-                }
-            ],
-            "outbounds": [{"protocol": "freedom"}],
-        }
-        pool = H2ClientPool()
-        key, dial = ("v2ray", port), dialer(port)
+    async def vmess(echo_port: int, size: int, path: str = "/ray") -> bytes:
+        user = ClientUser(User(uuid.UUID(uid)), "aes-128-gcm")
+        security, options = user.profile(Command.TCP)
+        target = Destination(Network.TCP, HOST, echo_port)
+        codec = ClientConnection(
+            user.user,
+            Command.TCP,
+            target,
+            security,
+            now=time.time(),
+            urandom=os.urandom,
+            options=options,
+        )
+        end = VMessOutboundEnd(Session(inbound_tag="test"), codec, False)
+        collector = Collector()
+        join(collector, end)
+        end.start_connect(lambda e: pool.connect(e, key, dial, path=path, hosts=["a.test"]))
+        payload = random.Random(size).randbytes(size)
+        end.write(payload)
+        await until(lambda: len(collector.data) >= size or collector.eof.done())
+        if collector.eof.done():
+            collector.eof.result()  # raises what ended it
+        assert hashlib.sha256(collector.data).digest() == hashlib.sha256(payload).digest()
+        end.write_eof()
+        return bytes(collector.data)
 
-        async def vmess(echo_port: int, size: int, path: str = "/ray") -> bytes:
-            user = ClientUser(User(uuid.UUID(uid)), "aes-128-gcm")
-            security, options = user.profile(Command.TCP)
-            target = Destination(Network.TCP, HOST, echo_port)
-            codec = ClientConnection(
-                user.user,
-                Command.TCP,
-                target,
-                security,
-                now=time.time(),
-                urandom=os.urandom,
-                options=options,
-            )
-            end = VMessOutboundEnd(Session(inbound_tag="test"), codec, False)
-            collector = Collector()
-            join(collector, end)
-            end.start_connect(lambda e: pool.connect(e, key, dial, path=path, hosts=["a.test"]))
-            payload = random.Random(size).randbytes(size)
-            end.write(payload)
-            while len(collector.data) < size and not collector.eof.done():
-                await asyncio.sleep(0.01)
-            if collector.eof.done():
-                collector.eof.result()  # raises what ended it
-            assert hashlib.sha256(collector.data).digest() == hashlib.sha256(payload).digest()
-            end.write_eof()
-            return bytes(collector.data)
-
-        with v2ray(config, wait=[port]):
-            async with EchoServer() as echo:
-                await asyncio.gather(*(vmess(echo.port, (i + 1) * 700_000) for i in range(3)))
-                assert pool.dials == 1
-                with pytest.raises(ConnectionResetError, match="HTTP status 404"):
-                    await vmess(echo.port, 1000, path="/wrong")
-                await vmess(echo.port, 1000)
-                assert pool.dials == 1
-        await pool.close()
-
-    run(main)
+    with v2ray(config, wait=[port]):
+        async with EchoServer() as echo:
+            await asyncio.gather(*(vmess(echo.port, (i + 1) * 700_000) for i in range(3)))
+            assert pool.dials == 1
+            with pytest.raises(ConnectionResetError, match="HTTP status 404"):
+                await vmess(echo.port, 1000, path="/wrong")
+            await vmess(echo.port, 1000)
+            assert pool.dials == 1
+    await pool.close()

@@ -232,8 +232,11 @@ MIXES = [(RB, RB, RB), (RB, V2, RB), (V2, RB, V2)]
     MIXES,
     ids=["-".join(f"{r}={k[:2]}" for r, k in zip("ABC", m, strict=True)) for m in MIXES],
 )
-def test_init_configs_run_as_a_chain(
-    mix: tuple[str, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+async def test_init_configs_run_as_a_chain(
+    mix: tuple[str, str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    echo: EchoServer,
 ) -> None:
     if V2 in mix and not HAVE_V2RAY:
         pytest.skip("needs /usr/bin/v2ray")
@@ -241,22 +244,17 @@ def test_init_configs_run_as_a_chain(
     ports, folder = made["ports"], made["dir"]
     assert all(i["listen"] == LOCAL for i in load(folder / "b.json")["inbounds"])
     kind_a, kind_b, kind_c = mix
-
-    async def main() -> None:
-        async with EchoServer() as echo:
-            async with (
-                run_file(kind_b, folder / "b.json", ports["portal"]),
-                run_file(kind_a, folder / "a.json", None),
-                run_file(kind_c, folder / "c.json", ports["socks"]),
-            ):
-                await wait_chain(ports["socks"], echo.port)
-                await socks_echo(ports["socks"], echo.port, 1_000_000)
-                datagrams = [os.urandom(n) for n in (1, 1200)]
-                assert await socks_udp_echo(ports["socks"], echo.port, datagrams) == datagrams
-                payload = os.urandom(50_000)
-                assert await http_connect_echo(ports["http"], echo.port, payload) == payload
-
-    asyncio.run(main())
+    async with (
+        run_file(kind_b, folder / "b.json", ports["portal"]),
+        run_file(kind_a, folder / "a.json", None),
+        run_file(kind_c, folder / "c.json", ports["socks"]),
+    ):
+        await wait_chain(ports["socks"], echo.port)
+        await socks_echo(ports["socks"], echo.port, 1_000_000)
+        datagrams = [os.urandom(n) for n in (1, 1200)]
+        assert await socks_udp_echo(ports["socks"], echo.port, datagrams) == datagrams
+        payload = os.urandom(50_000)
+        assert await http_connect_echo(ports["http"], echo.port, payload) == payload
 
 
 # -- the share link ------------------------------------------------------------------------
@@ -765,7 +763,7 @@ CHAINS = [
         f"{c}-" + "-".join(f"{r}={k[:2]}" for r, k in zip("ABC", m, strict=True)) for c, m in CHAINS
     ],
 )
-def test_transport_configs_run_as_a_chain(
+async def test_transport_configs_run_as_a_chain(
     case: str,
     mix: tuple[str, str, str],
     tmp_path: Path,
@@ -782,7 +780,12 @@ def test_transport_configs_run_as_a_chain(
     ports, folder = made["ports"], made["dir"]
     kind_a, kind_b, kind_c = mix
 
-    async def main() -> None:
+    with contextlib.ExitStack() as stack:
+        if case.startswith("ws-"):
+            work = tmp_path / "nginx"
+            work.mkdir()
+            conf = nginx_main_conf(work, loopback_server_block(folder, work))
+            stack.enter_context(running_nginx(conf, work, case_args_port(made, "ws", "client")))
         async with EchoServer() as echo:
             async with (
                 run_file(kind_b, folder / "b.json", ports["portal"]),
@@ -793,14 +796,6 @@ def test_transport_configs_run_as_a_chain(
                 await socks_echo(ports["socks"], echo.port, 2_000_000)
                 datagrams = [os.urandom(n) for n in (1, 1200)]
                 assert await socks_udp_echo(ports["socks"], echo.port, datagrams) == datagrams
-
-    with contextlib.ExitStack() as stack:
-        if case.startswith("ws-"):
-            work = tmp_path / "nginx"
-            work.mkdir()
-            conf = nginx_main_conf(work, loopback_server_block(folder, work))
-            stack.enter_context(running_nginx(conf, work, case_args_port(made, "ws", "client")))
-        asyncio.run(main())
 
 
 @pytest.mark.parametrize("case", list(TRANSPORT_CASES))

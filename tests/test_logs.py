@@ -189,13 +189,13 @@ def test_json_format_is_one_line_without_control_characters() -> None:
     assert json.loads(line)["message"] == "bad " + HOSTILE
 
 
-def test_forged_address_does_not_forge_a_log_line() -> None:
+async def test_forged_address_does_not_forge_a_log_line() -> None:
     """The red-team request: a SOCKS domain ``[::1%\\n<forged line>]`` used to be parsed
     as an IPv6 address with that scope id and written, newline and all, to both logs."""
     forged = "2026/01/01 00:00:00 [Error] core: forged"
     raw = f"[::1%\n{forged}\x1b[2J]".encode()
 
-    async def main() -> None:
+    with captured(level="debug") as stream:
         s_port = free_port()
         conf = {
             "inbounds": [{"tag": "in", "protocol": "socks", "listen": LOCAL, "port": s_port}],
@@ -207,9 +207,6 @@ def test_forged_address_does_not_forge_a_log_line() -> None:
             with contextlib.suppress(ConnectionError):
                 await asyncio.wait_for(reader.read(), 10)  # refused: the server closes
             writer.close()
-
-    with captured(level="debug") as stream:
-        asyncio.run(main())
     lines = stream.getvalue().splitlines()
     assert any("invalid address" in line for line in lines), lines
     assert not any(line.startswith(forged) for line in lines)
@@ -227,19 +224,16 @@ def test_user_label() -> None:
     assert log.user_label("a@b", uid) == "a@b"
 
 
-def test_debug_log_names_a_user_without_email_by_hash_not_uuid() -> None:
+async def test_debug_log_names_a_user_without_email_by_hash_not_uuid() -> None:
     """At debug, every VMess request used to log the UUID of a user without email (the
     user's secret)."""
     uid = new_uuid()
 
-    async def main() -> None:
+    with captured(level="debug") as stream:
         b_port, c_port = free_port(), free_port()
         async with EchoServer() as echo, node(server_config(b_port, uid)):
             async with node(client_config(c_port, b_port, uid)):
                 await socks_echo(c_port, echo.port, 1000)
-
-    with captured(level="debug") as stream:
-        asyncio.run(main())
     text = stream.getvalue()
     assert log.user_label("", uid) in text  # the request line is there...
     assert uid not in text and uid.replace("-", "") not in text  # ...without the secret

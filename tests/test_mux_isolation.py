@@ -135,44 +135,41 @@ class Sink(End):
     fast=st.integers(1, 4),
     size=st.integers(8, 40).map(lambda blocks: blocks * len(BLOCK)),
 )
-def test_a_slow_session_never_holds_up_the_others(rate: int, fast: int, size: int) -> None:
-    async def main() -> None:
-        limits = FlowLimits(soft=128 * 1024, hard=64 * 1024 * 1024, grace=1000.0)
-        sources: list[Source] = []
+async def test_a_slow_session_never_holds_up_the_others(rate: int, fast: int, size: int) -> None:
+    limits = FlowLimits(soft=128 * 1024, hard=64 * 1024 * 1024, grace=1000.0)
+    sources: list[Source] = []
 
-        def on_open(worker: MuxWorker, event: SessionOpened) -> None:
-            end = worker.accept(event, Session(inbound_tag="in"))
-            source = Source(size if sources else 50 * size)  # the slow one wants a lot
-            end.peer, source.peer = source, end
-            sources.append(source)
-            asyncio.get_running_loop().call_soon(source.pump)
+    def on_open(worker: MuxWorker, event: SessionOpened) -> None:
+        end = worker.accept(event, Session(inbound_tag="in"))
+        source = Source(size if sources else 50 * size)  # the slow one wants a lot
+        end.peer, source.peer = source, end
+        sources.append(source)
+        asyncio.get_running_loop().call_soon(source.pump)
 
-        client = MuxWorker(Role.CLIENT, limits=limits)
-        server = MuxWorker(Role.SERVER, on_open=on_open, limits=limits)
-        up, down = Wire(), Wire()
-        client.peer, up.to = up, server
-        server.peer, down.to = down, client
-        sinks = [Sink(rate)] + [Sink(None) for _ in range(fast)]
+    client = MuxWorker(Role.CLIENT, limits=limits)
+    server = MuxWorker(Role.SERVER, on_open=on_open, limits=limits)
+    up, down = Wire(), Wire()
+    client.peer, up.to = up, server
+    server.peer, down.to = down, client
+    sinks = [Sink(rate)] + [Sink(None) for _ in range(fast)]
+    for sink in sinks:
+        sink.peer = client.open_session(Session(inbound_tag="c"), TARGET, sink)
+    client.flush()
+    for _ in range(4000):
+        await asyncio.sleep(0)
         for sink in sinks:
-            sink.peer = client.open_session(Session(inbound_tag="c"), TARGET, sink)
-        client.flush()
-        for _ in range(4000):
-            await asyncio.sleep(0)
-            for sink in sinks:
-                sink.tick()
-            if all(len(s.got) >= size for s in sinks[1:]):
-                break
-        assert all(len(s.got) == size for s in sinks[1:]), [len(s.got) for s in sinks]
-        assert all(s.got == BLOCK * (size // len(BLOCK)) for s in sinks[1:])
-        slow = sinks[0]
-        assert not slow.aborted  # paused, not cut: the other end speaks flow control
-        whole = BLOCK * (len(slow.got) // len(BLOCK) + 1)
-        assert slow.got == whole[: len(slow.got)]  # in order, nothing lost
-        assert not up.paused and not down.paused
-        # The client holds at most the soft limit plus what was on its way when it asked.
-        assert buffered_total() <= limits.soft + 8 * len(BLOCK)
-        client.close()
-        server.close()
-        assert buffered_total() == 0
-
-    asyncio.run(main())
+            sink.tick()
+        if all(len(s.got) >= size for s in sinks[1:]):
+            break
+    assert all(len(s.got) == size for s in sinks[1:]), [len(s.got) for s in sinks]
+    assert all(s.got == BLOCK * (size // len(BLOCK)) for s in sinks[1:])
+    slow = sinks[0]
+    assert not slow.aborted  # paused, not cut: the other end speaks flow control
+    whole = BLOCK * (len(slow.got) // len(BLOCK) + 1)
+    assert slow.got == whole[: len(slow.got)]  # in order, nothing lost
+    assert not up.paused and not down.paused
+    # The client holds at most the soft limit plus what was on its way when it asked.
+    assert buffered_total() <= limits.soft + 8 * len(BLOCK)
+    client.close()
+    server.close()
+    assert buffered_total() == 0

@@ -7,32 +7,13 @@ echoing 100 KB, and UDP datagrams through SOCKS UDP ASSOCIATE, all leaving throu
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import os
 
 import pytest
 
-from tests.support import (
-    HAVE_V2RAY,
-    RB,
-    V2,
-    EchoServer,
-    chain,
-    socks_echo,
-    socks_udp_echo,
-)
+from tests.support import RB, V2, StartChain, exercise
 
 MIXES = list(itertools.product([RB, V2], repeat=3))  # (A, B, C)
-
-
-async def exercise(s_port: int, echo: EchoServer) -> None:
-    await socks_echo(s_port, echo.port, 20_000_000)
-    before = echo.connections
-    await asyncio.gather(*(socks_echo(s_port, echo.port, 100_000) for _ in range(200)))
-    assert echo.connections - before == 200
-    datagrams = [os.urandom(n) for n in (1, 700, 1400, 1900)]
-    assert await socks_udp_echo(s_port, echo.port, datagrams) == datagrams
 
 
 def mix_id(mix: tuple[str, str, str]) -> str:
@@ -43,12 +24,8 @@ def mix_id(mix: tuple[str, str, str]) -> str:
 
 @pytest.mark.parametrize("alter_id", [0, 64], ids=["aead", "legacy"])
 @pytest.mark.parametrize("mix", MIXES, ids=[mix_id(m) for m in MIXES])
-def test_seed_chain(mix: tuple[str, str, str], alter_id: int) -> None:
-    if V2 in mix and not HAVE_V2RAY:
-        pytest.skip("needs /usr/bin/v2ray")
-
-    async def main() -> None:
-        async with chain(*mix, alter_id=alter_id) as (s_port, echo):
-            await exercise(s_port, echo)
-
-    asyncio.run(main())
+async def test_seed_chain(
+    mix: tuple[str, str, str], alter_id: int, start_chain: StartChain
+) -> None:
+    s_port, echo = await start_chain(*mix, alter_id=alter_id)  # skips V2 mixes without V2Ray
+    await exercise(s_port, echo)

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -48,6 +47,8 @@ from tests.support import (
     HAVE_V2RAY,
     LOCAL,
     EchoServer,
+    StartNode,
+    StartPeer,
     _socks_replies,
     bridge_config,
     client_config,
@@ -58,7 +59,6 @@ from tests.support import (
     server_config,
     socks_echo,
     socks_udp_echo,
-    v2ray,
     wait_chain,
 )
 
@@ -265,29 +265,25 @@ def _singbox_client_cases() -> list[Any]:
 
 
 @pytest.mark.parametrize("options", _singbox_client_cases())
-def test_singbox_client(options: dict[str, Any]) -> None:
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        alter_id = options.get("alter_id", 0)
-        async with EchoServer() as echo, node(raybridge_server(b_port, uid, alter_id=alter_id)):
-            with sing_box(singbox.client_config(c_port, b_port, uid, **options), [c_port]):
-                await exercise(c_port, echo.port)
-
-    asyncio.run(main())
+async def test_singbox_client(
+    options: dict[str, Any], echo: EchoServer, start_node: StartNode
+) -> None:
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    alter_id = options.get("alter_id", 0)
+    await start_node(raybridge_server(b_port, uid, alter_id=alter_id))
+    with sing_box(singbox.client_config(c_port, b_port, uid, **options), [c_port]):
+        await exercise(c_port, echo.port)
 
 
 @pytest.mark.parametrize("encoding", ["xudp", "packetaddr"])
-def test_singbox_client_full_cone(encoding: str) -> None:
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        async with node(raybridge_server(b_port, uid)):
-            config = singbox.client_config(c_port, b_port, uid, packet_encoding=encoding)
-            with sing_box(config, [c_port]):
-                await check_full_cone(c_port)
-
-    asyncio.run(main())
+async def test_singbox_client_full_cone(encoding: str, start_node: StartNode) -> None:
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    await start_node(raybridge_server(b_port, uid))
+    config = singbox.client_config(c_port, b_port, uid, packet_encoding=encoding)
+    with sing_box(config, [c_port]):
+        await check_full_cone(c_port)
 
 
 # -- b: raybridge C, sing-box B ---------------------------------------------------------------
@@ -378,46 +374,29 @@ def check_wire(requests: list[ParsedRequest], options: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("options", _raybridge_client_cases())
-def test_raybridge_client(options: dict[str, Any]) -> None:
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        alter_id = options.get("alter_id", 0)
-        async with EchoServer() as echo:
-            with sing_box(singbox.server_config(b_port, uid, alter_id=alter_id), [b_port]):
-                async with Tap(b_port) as tap:
-                    async with node(_raybridge_client(c_port, tap.port, uid, options)):
-                        await exercise(c_port, echo.port)
-                    if alter_id == 0:  # the legacy header is not decoded here
-                        check_wire(tap.requests(uid), options)
-
-    asyncio.run(main())
+async def test_raybridge_client(options: dict[str, Any], echo: EchoServer) -> None:
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    alter_id = options.get("alter_id", 0)
+    with sing_box(singbox.server_config(b_port, uid, alter_id=alter_id), [b_port]):
+        async with Tap(b_port) as tap:
+            async with node(_raybridge_client(c_port, tap.port, uid, options)):
+                await exercise(c_port, echo.port)
+            if alter_id == 0:  # the legacy header is not decoded here
+                check_wire(tap.requests(uid), options)
 
 
 @pytest.mark.parametrize("encoding", ["xudp", "packet"])
-def test_raybridge_client_full_cone(encoding: str) -> None:
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        with sing_box(singbox.server_config(b_port, uid), [b_port]):
-            config = _raybridge_client(c_port, b_port, uid, {"packetEncoding": encoding})
-            async with node(config):
-                await check_full_cone(c_port)
-
-    asyncio.run(main())
+async def test_raybridge_client_full_cone(encoding: str) -> None:
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    with sing_box(singbox.server_config(b_port, uid), [b_port]):
+        config = _raybridge_client(c_port, b_port, uid, {"packetEncoding": encoding})
+        async with node(config):
+            await check_full_cone(c_port)
 
 
 # -- c: sing-box C through the seed's reverse chain ----------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def bridge(kind: str, config: dict[str, Any]) -> AsyncIterator[None]:
-    if kind == "raybridge":
-        async with node(config):
-            yield
-    else:
-        with v2ray(config, wait=[]):
-            yield
 
 
 @pytest.mark.parametrize(
@@ -425,20 +404,16 @@ async def bridge(kind: str, config: dict[str, Any]) -> AsyncIterator[None]:
     ["raybridge", pytest.param("v2ray", marks=needs_v2ray)],
     ids=["A=rb", "A=v2"],
 )
-def test_singbox_client_reverse_chain(a_kind: str) -> None:
-    async def main() -> None:
-        bridge_id, client_id = new_uuid(), new_uuid()
-        t_port, b_port, c_port = free_port(), free_port(), free_port()
-        async with (
-            EchoServer() as echo,
-            node(portal_config(t_port, b_port, bridge_id, client_id)),
-            bridge(a_kind, bridge_config(t_port, bridge_id)),
-        ):
-            with sing_box(singbox.client_config(c_port, b_port, client_id), [c_port]):
-                await wait_chain(c_port, echo.port)
-                await exercise(c_port, echo.port)
-
-    asyncio.run(main())
+async def test_singbox_client_reverse_chain(
+    a_kind: str, echo: EchoServer, start_node: StartNode, start_peer: StartPeer
+) -> None:
+    bridge_id, client_id = new_uuid(), new_uuid()
+    t_port, b_port, c_port = free_port(), free_port(), free_port()
+    await start_node(portal_config(t_port, b_port, bridge_id, client_id))
+    await start_peer(a_kind, bridge_config(t_port, bridge_id))
+    with sing_box(singbox.client_config(c_port, b_port, client_id), [c_port]):
+        await wait_chain(c_port, echo.port)
+        await exercise(c_port, echo.port)
 
 
 # -- the configs themselves --------------------------------------------------------------------

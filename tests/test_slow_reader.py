@@ -85,50 +85,48 @@ async def good_clients(s_port: int, echo_port: int, http_port: int) -> None:
 
 
 @pytest.mark.parametrize("bridge", [RB, V2])
-def test_one_slow_reader_does_not_stall_the_portal(bridge: str) -> None:
+async def test_one_slow_reader_does_not_stall_the_portal(bridge: str) -> None:
     if bridge == V2 and not HAVE_V2RAY:
         pytest.skip("needs /usr/bin/v2ray")
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        ua, uc = new_uuid(), new_uuid()
-        t_port, c_port, s_port, big_port = free_port(), free_port(), free_port(), free_port()
-        big = await loop.create_server(_Pattern, LOCAL, big_port)
-        try:
-            async with EchoServer() as echo, http_server() as http_port:
-                async with (
-                    run(RB, portal_config(t_port, c_port, ua, uc), t_port),
-                    run(bridge, bridge_config(t_port, ua), None),
-                    run(RB, client_config(s_port, c_port, uc), s_port),
-                ):
-                    await wait_chain(s_port, echo.port)
-                    reader, writer = await socks_connect(s_port, LOCAL, big_port)
-                    first = await reader.readexactly(65536)  # the download is flowing
-                    assert first == _BLOCK
-                    writer.transport.pause_reading()  # ... and now nobody reads it
-                    await asyncio.sleep(0.5)  # let every buffer on the way fill up
-                    await good_clients(s_port, echo.port, http_port)
-                    writer.transport.resume_reading()
-                    got = len(first)
-                    digest = hashlib.sha256(first)
-                    with contextlib.suppress(ConnectionError):
-                        while True:
-                            data = await asyncio.wait_for(reader.read(1 << 20), 20)
-                            if not data:
-                                break
-                            digest.update(data)
-                            got += len(data)
-                    writer.close()
-                    if bridge == RB:
-                        # Paused, not cut: the whole download arrives, every byte right.
-                        assert got == BIG
-                        assert digest.digest() == hashlib.sha256(_BLOCK * (BIG // 65536)).digest()
-                    else:
-                        # V2Ray cannot be asked to pause one session: B ended it.
-                        assert got < BIG
-                    # and the chain still serves
-                    await good_clients(s_port, echo.port, http_port)
-        finally:
-            big.close()
-
-    asyncio.run(main())
+    loop = asyncio.get_running_loop()
+    ua, uc = new_uuid(), new_uuid()
+    t_port, c_port, s_port, big_port = free_port(), free_port(), free_port(), free_port()
+    big = await loop.create_server(_Pattern, LOCAL, big_port)
+    try:
+        async with EchoServer() as echo, http_server() as http_port:
+            async with (
+                run(RB, portal_config(t_port, c_port, ua, uc), t_port),
+                run(bridge, bridge_config(t_port, ua), None),
+                run(RB, client_config(s_port, c_port, uc), s_port),
+            ):
+                await wait_chain(s_port, echo.port)
+                reader, writer = await socks_connect(s_port, LOCAL, big_port)
+                first = await reader.readexactly(65536)  # the download is flowing
+                assert first == _BLOCK
+                writer.transport.pause_reading()  # ... and now nobody reads it
+                # Kept: the reader stays stalled for a while (the scenario), long enough for
+                # every buffer on the way to fill up.
+                await asyncio.sleep(0.5)
+                await good_clients(s_port, echo.port, http_port)
+                writer.transport.resume_reading()
+                got = len(first)
+                digest = hashlib.sha256(first)
+                with contextlib.suppress(ConnectionError):
+                    while True:
+                        data = await asyncio.wait_for(reader.read(1 << 20), 20)
+                        if not data:
+                            break
+                        digest.update(data)
+                        got += len(data)
+                writer.close()
+                if bridge == RB:
+                    # Paused, not cut: the whole download arrives, every byte right.
+                    assert got == BIG
+                    assert digest.digest() == hashlib.sha256(_BLOCK * (BIG // 65536)).digest()
+                else:
+                    # V2Ray cannot be asked to pause one session: B ended it.
+                    assert got < BIG
+                # and the chain still serves
+                await good_clients(s_port, echo.port, http_port)
+    finally:
+        big.close()

@@ -73,50 +73,47 @@ class Collect(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-def test_tls_stack_carries_a_protocol_that_never_knows() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        port = free_port()
-        holder = server_tls(SERVER, "tcp")
-        server = await loop.create_server(
+async def test_tls_stack_carries_a_protocol_that_never_knows() -> None:
+    loop = asyncio.get_running_loop()
+    port = free_port()
+    holder = server_tls(SERVER, "tcp")
+    server = await loop.create_server(
+        lambda: LayerStack(
+            [TlsLayer(holder.context, server_side=True)],
+            Echo(),
+            server_side=True,
+            handshake_timeout=5,
+        ),
+        LOCAL,
+        port,
+    )
+    try:
+        collect = Collect()
+        ctx = client_context(CLIENT, "tcp")
+        await loop.create_connection(
             lambda: LayerStack(
-                [TlsLayer(holder.context, server_side=True)],
-                Echo(),
-                server_side=True,
-                handshake_timeout=5,
+                [TlsLayer(ctx, server_side=False, server_hostname="example.test")],
+                collect,
+                server_side=False,
             ),
             LOCAL,
             port,
         )
-        try:
-            collect = Collect()
-            ctx = client_context(CLIENT, "tcp")
-            await loop.create_connection(
-                lambda: LayerStack(
-                    [TlsLayer(ctx, server_side=False, server_hostname="example.test")],
-                    collect,
-                    server_side=False,
-                ),
-                LOCAL,
-                port,
-            )
-            data = os.urandom(3_000_000)
-            collect.transport.write(data[:1000])  # before the handshake: held
-            collect.transport.write(data[1000:])
-            collect.transport.write_eof()  # close_notify, then TCP half-close
-            await asyncio.wait_for(collect.done, 20)
-            assert collect.size == len(data)
-            assert collect.got.digest() == hashlib.sha256(data).digest()
-        finally:
-            server.close()
-
-    asyncio.run(main())
+        data = os.urandom(3_000_000)
+        collect.transport.write(data[:1000])  # before the handshake: held
+        collect.transport.write(data[1000:])
+        collect.transport.write_eof()  # close_notify, then TCP half-close
+        await asyncio.wait_for(collect.done, 20)
+        assert collect.size == len(data)
+        assert collect.got.digest() == hashlib.sha256(data).digest()
+    finally:
+        server.close()
 
 
-def test_plaintext_client_on_a_tls_port_gets_nothing_and_is_logged(
+async def test_plaintext_client_on_a_tls_port_gets_nothing_and_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def main() -> None:
+    with caplog.at_level(logging.INFO):
         loop = asyncio.get_running_loop()
         port = free_port()
         holder = server_tls(SERVER, "tcp")
@@ -157,34 +154,28 @@ def test_plaintext_client_on_a_tls_port_gets_nothing_and_is_logged(
             assert collect.size == 4
         finally:
             server.close()
-
-    with caplog.at_level(logging.INFO):
-        asyncio.run(main())
     assert "tls:" in caplog.text
 
 
-def test_a_silent_client_is_dropped_at_the_handshake_deadline() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        port = free_port()
-        holder = server_tls(SERVER, "tcp")
-        upper = Echo()
-        server = await loop.create_server(
-            lambda: LayerStack(
-                [TlsLayer(holder.context, server_side=True)],
-                upper,
-                server_side=True,
-                handshake_timeout=0.2,
-            ),
-            LOCAL,
-            port,
-        )
-        try:
-            reader, writer = await asyncio.open_connection(LOCAL, port)
-            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
-            writer.close()
-            assert not hasattr(upper, "transport")  # never connected above the stack
-        finally:
-            server.close()
-
-    asyncio.run(main())
+async def test_a_silent_client_is_dropped_at_the_handshake_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    port = free_port()
+    holder = server_tls(SERVER, "tcp")
+    upper = Echo()
+    server = await loop.create_server(
+        lambda: LayerStack(
+            [TlsLayer(holder.context, server_side=True)],
+            upper,
+            server_side=True,
+            handshake_timeout=0.2,
+        ),
+        LOCAL,
+        port,
+    )
+    try:
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+        assert not hasattr(upper, "transport")  # never connected above the stack
+    finally:
+        server.close()

@@ -33,6 +33,7 @@ from tests.support import (
     new_uuid,
     server_config,
     socks_echo,
+    until,
 )
 from tests.transports import (
     HAVE_NGINX,
@@ -99,9 +100,9 @@ PAIRS = [(RB, V2), (V2, RB), (RB, RB)]
     "c_impl,b_impl", PAIRS, ids=[f"C={_short(c)}-B={_short(b)}" for c, b in PAIRS]
 )
 @pytest.mark.parametrize("kind", TRANSPORTS)
-def test_client_server(kind: str, c_impl: str, b_impl: str, certs: Certs) -> None:
+async def test_client_server(kind: str, c_impl: str, b_impl: str, certs: Certs) -> None:
     _needs(c_impl, b_impl)
-    asyncio.run(client_server(c_impl, b_impl, kind, certs))
+    await client_server(c_impl, b_impl, kind, certs)
 
 
 # -- 2. raybridge and sing-box ----------------------------------------------------------------
@@ -109,14 +110,14 @@ def test_client_server(kind: str, c_impl: str, b_impl: str, certs: Certs) -> Non
 
 @requires_sing_box
 @pytest.mark.parametrize("kind", SING_BOX_KINDS)
-def test_singbox_client(kind: str, certs: Certs) -> None:
-    asyncio.run(client_server(SB, RB, kind, certs))
+async def test_singbox_client(kind: str, certs: Certs) -> None:
+    await client_server(SB, RB, kind, certs)
 
 
 @requires_sing_box
 @pytest.mark.parametrize("kind", SING_BOX_KINDS)
-def test_singbox_server(kind: str, certs: Certs) -> None:
-    asyncio.run(client_server(RB, SB, kind, certs))
+async def test_singbox_server(kind: str, certs: Certs) -> None:
+    await client_server(RB, SB, kind, certs)
 
 
 # -- 3. the seed's reverse chain ------------------------------------------------------------------
@@ -131,15 +132,11 @@ def _mix_id(mix: tuple[str, str, str]) -> str:
 
 @pytest.mark.parametrize("mix", CHAIN_MIXES, ids=[_mix_id(m) for m in CHAIN_MIXES])
 @pytest.mark.parametrize("link", ["ws+tls", "h2"])
-def test_reverse_chain(link: str, mix: tuple[str, str, str], certs: Certs) -> None:
+async def test_reverse_chain(link: str, mix: tuple[str, str, str], certs: Certs) -> None:
     """A-B over ``link``, C-B over tls; C's traffic leaves through A."""
     _needs(*mix)
-
-    async def main() -> None:
-        async with reverse_chain(*mix, certs, link=link, client_kind="tls") as (s_port, echo):
-            await exercise(s_port, echo.port)
-
-    asyncio.run(main())
+    async with reverse_chain(*mix, certs, link=link, client_kind="tls") as (s_port, echo):
+        await exercise(s_port, echo.port)
 
 
 # -- 4. behind nginx ------------------------------------------------------------------------------
@@ -151,34 +148,26 @@ def test_reverse_chain(link: str, mix: tuple[str, str, str], certs: Certs) -> No
     [RB, pytest.param(V2, marks=needs_v2ray), pytest.param(SB, marks=requires_sing_box)],
     ids=["C=rb", "C=v2", "C=sb"],
 )
-def test_nginx_client(c_impl: str, certs: Certs) -> None:
+async def test_nginx_client(c_impl: str, certs: Certs) -> None:
     """nginx terminates TLS and proxies ``/ray`` to raybridge B (plain ws on loopback); C
     speaks ws+tls to nginx."""
-
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        with nginx(certs, {WS_PATH: b_port}) as front:
-            async with (
-                EchoServer() as echo,
-                b_node(RB, b_port, uid, "ws", None),
-                c_node(c_impl, c_port, front.port, uid, "ws+tls", certs),
-            ):
-                await exercise(c_port, echo.port)
-
-    asyncio.run(main())
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    with nginx(certs, {WS_PATH: b_port}) as front:
+        async with (
+            EchoServer() as echo,
+            b_node(RB, b_port, uid, "ws", None),
+            c_node(c_impl, c_port, front.port, uid, "ws+tls", certs),
+        ):
+            await exercise(c_port, echo.port)
 
 
 @needs_nginx
 @pytest.mark.parametrize("a_impl", [RB, pytest.param(V2, marks=needs_v2ray)], ids=["A=rb", "A=v2"])
-def test_nginx_reverse_chain(a_impl: str, certs: Certs) -> None:
+async def test_nginx_reverse_chain(a_impl: str, certs: Certs) -> None:
     """The bridge A and the client C both reach raybridge's portal B through one nginx."""
-
-    async def main() -> None:
-        async with reverse_chain(a_impl, RB, RB, certs, behind_nginx=True) as (s_port, echo):
-            await exercise(s_port, echo.port)
-
-    asyncio.run(main())
+    async with reverse_chain(a_impl, RB, RB, certs, behind_nginx=True) as (s_port, echo):
+        await exercise(s_port, echo.port)
 
 
 # -- 5. security ----------------------------------------------------------------------------------
@@ -186,52 +175,43 @@ def test_nginx_reverse_chain(a_impl: str, certs: Certs) -> None:
 
 @pytest.mark.parametrize("trust", [False, True], ids=["no-CA", "CA"])
 @pytest.mark.parametrize("kind", TLS_KINDS)
-def test_client_verifies_the_server(kind: str, trust: bool, certs: Certs) -> None:
+async def test_client_verifies_the_server(kind: str, trust: bool, certs: Certs) -> None:
     """A raybridge C with ``disableSystemRoot`` and no ``verify`` CA refuses B's
     certificate: the SOCKS connection fails and B never sees a VMess request (nothing
     reaches the echo server). Given the CA, the same setup works."""
-
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        async with EchoServer() as echo, b_node(RB, b_port, uid, kind, certs), Tap(b_port) as tap:
-            async with c_node(RB, c_port, tap.port, uid, kind, certs, trust=trust):
-                if trust:
-                    await exercise(c_port, echo.port)
-                    return
-                with pytest.raises(REFUSED):
-                    await asyncio.wait_for(socks_echo(c_port, echo.port, 1000), 15)
-                assert tap.up, "C did not even try to reach B"
-                assert echo.connections == 0, "B served a request over an unverified TLS link"
-
-    asyncio.run(main())
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    async with EchoServer() as echo, b_node(RB, b_port, uid, kind, certs), Tap(b_port) as tap:
+        async with c_node(RB, c_port, tap.port, uid, kind, certs, trust=trust):
+            if trust:
+                await exercise(c_port, echo.port)
+                return
+            with pytest.raises(REFUSED):
+                await asyncio.wait_for(socks_echo(c_port, echo.port, 1000), 15)
+            assert tap.up, "C did not even try to reach B"
+            assert echo.connections == 0, "B served a request over an unverified TLS link"
 
 
 @pytest.mark.parametrize("kind", TLS_KINDS)
-def test_plain_client_on_tls_port(
+async def test_plain_client_on_tls_port(
     kind: str, certs: Certs, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A raybridge C without TLS dialing B's TLS port gets nothing back: B closes the
     connection without a byte and logs it; then it serves a TLS client as before."""
     caplog.set_level(logging.INFO, logger="raybridge")
 
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port, good_port = free_port(), free_port(), free_port()
-        async with EchoServer() as echo, b_node(RB, b_port, uid, kind, certs), Tap(b_port) as tap:
-            async with c_node(RB, c_port, tap.port, uid, "tcp", None):
-                with pytest.raises(REFUSED):
-                    await asyncio.wait_for(socks_echo(c_port, echo.port, 1000), 15)
-                async with asyncio.timeout(10):
-                    while not (tap.target_closed and all(tap.target_closed)):
-                        await asyncio.sleep(0.05)
-            assert tap.up and all(n > 0 for n in tap.up), tap.up
-            assert tap.down == [0] * len(tap.down), f"B answered plain TCP: {tap.down}"
-            assert echo.connections == 0
-            async with c_node(RB, good_port, b_port, uid, kind, certs):
-                await socks_echo(good_port, echo.port, 100_000)
-
-    asyncio.run(main())
+    uid = new_uuid()
+    b_port, c_port, good_port = free_port(), free_port(), free_port()
+    async with EchoServer() as echo, b_node(RB, b_port, uid, kind, certs), Tap(b_port) as tap:
+        async with c_node(RB, c_port, tap.port, uid, "tcp", None):
+            with pytest.raises(REFUSED):
+                await asyncio.wait_for(socks_echo(c_port, echo.port, 1000), 15)
+            await until(lambda: tap.target_closed and all(tap.target_closed), 10)
+        assert tap.up and all(n > 0 for n in tap.up), tap.up
+        assert tap.down == [0] * len(tap.down), f"B answered plain TCP: {tap.down}"
+        assert echo.connections == 0
+        async with c_node(RB, good_port, b_port, uid, kind, certs):
+            await socks_echo(good_port, echo.port, 100_000)
     messages = [r.getMessage() for r in caplog.records]
     assert any("127.0.0.1" in m and "tls" in m.lower() for m in messages), messages
 
@@ -248,49 +228,41 @@ GARBAGE_CASES = [
 
 
 @pytest.mark.parametrize("kind,inside_tls", GARBAGE_CASES)
-def test_garbage_closes_one_connection(kind: str, inside_tls: bool, certs: Certs) -> None:
+async def test_garbage_closes_one_connection(kind: str, inside_tls: bool, certs: Certs) -> None:
     """Random bytes on B's port (or, on a TLS port, inside a good TLS session) end that one
     connection; B serves a good client before and after."""
-
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        # Inside TLS: garbage where the HTTP/1.1 request, the h2 preface or VMess belongs.
-        alpn = ["h2"] if kind == "h2" else ["http/1.1"]
-        tls = client_ssl_context(certs, alpn=alpn) if inside_tls else None
-        async with (
-            EchoServer() as echo,
-            b_node(RB, b_port, uid, kind, certs),
-            c_node(RB, c_port, b_port, uid, kind, certs),
-        ):
-            await socks_echo(c_port, echo.port, 100_000)
-            _, closed = await send_and_read(b_port, GARBAGE, tls=tls)
-            assert closed, "B kept a connection that sent garbage"
-            await socks_echo(c_port, echo.port, 100_000)
-
-    asyncio.run(main())
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    # Inside TLS: garbage where the HTTP/1.1 request, the h2 preface or VMess belongs.
+    alpn = ["h2"] if kind == "h2" else ["http/1.1"]
+    tls = client_ssl_context(certs, alpn=alpn) if inside_tls else None
+    async with (
+        EchoServer() as echo,
+        b_node(RB, b_port, uid, kind, certs),
+        c_node(RB, c_port, b_port, uid, kind, certs),
+    ):
+        await socks_echo(c_port, echo.port, 100_000)
+        _, closed = await send_and_read(b_port, GARBAGE, tls=tls)
+        assert closed, "B kept a connection that sent garbage"
+        await socks_echo(c_port, echo.port, 100_000)
 
 
 @pytest.mark.parametrize("kind", ["ws", "ws+tls"])
-def test_wrong_websocket_path(kind: str, certs: Certs) -> None:
+async def test_wrong_websocket_path(kind: str, certs: Certs) -> None:
     """An upgrade for another path gets V2Ray's 404, and B closes that connection (V2Ray
     keeps it open for the next request); the next client is served."""
-
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        tls = client_ssl_context(certs, alpn=["http/1.1"]) if kind == "ws+tls" else None
-        async with (
-            EchoServer() as echo,
-            b_node(RB, b_port, uid, kind, certs),
-            c_node(RB, c_port, b_port, uid, kind, certs),
-        ):
-            head, closed = await ws_probe(b_port, "/wrong", tls=tls, timeout=2)
-            assert head.startswith(b"HTTP/1.1 404 "), head
-            assert closed, "B kept the connection after the 404 (2 s)"
-            await socks_echo(c_port, echo.port, 100_000)
-
-    asyncio.run(main())
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    tls = client_ssl_context(certs, alpn=["http/1.1"]) if kind == "ws+tls" else None
+    async with (
+        EchoServer() as echo,
+        b_node(RB, b_port, uid, kind, certs),
+        c_node(RB, c_port, b_port, uid, kind, certs),
+    ):
+        head, closed = await ws_probe(b_port, "/wrong", tls=tls, timeout=2)
+        assert head.startswith(b"HTTP/1.1 404 "), head
+        assert closed, "B kept the connection after the 404 (2 s)"
+        await socks_echo(c_port, echo.port, 100_000)
 
 
 @pytest.mark.parametrize(
@@ -298,25 +270,21 @@ def test_wrong_websocket_path(kind: str, certs: Certs) -> None:
     [("/wrong", SERVER_NAME), ("/h2", f"{SERVER_NAME}:443")],
     ids=["path", "authority"],
 )
-def test_wrong_h2_stream(path: str, authority: str, certs: Certs) -> None:
+async def test_wrong_h2_stream(path: str, authority: str, certs: Certs) -> None:
     """An h2 stream for another path (``/wrong`` does not start with ``/h2``) or another
     ``:authority`` gets ``:status 404`` and ends; the next client is served."""
     pytest.importorskip("h2")  # python-hyper's h2, raybridge's own h2 layer
-
-    async def main() -> None:
-        uid = new_uuid()
-        b_port, c_port = free_port(), free_port()
-        async with (
-            EchoServer() as echo,
-            b_node(RB, b_port, uid, "h2", certs),
-            c_node(RB, c_port, b_port, uid, "h2", certs),
-        ):
-            headers, ended = await h2_probe(b_port, certs, path, authority=authority)
-            assert headers.get(":status") == "404", headers
-            assert ended, "the stream did not end after the 404"
-            await socks_echo(c_port, echo.port, 100_000)
-
-    asyncio.run(main())
+    uid = new_uuid()
+    b_port, c_port = free_port(), free_port()
+    async with (
+        EchoServer() as echo,
+        b_node(RB, b_port, uid, "h2", certs),
+        c_node(RB, c_port, b_port, uid, "h2", certs),
+    ):
+        headers, ended = await h2_probe(b_port, certs, path, authority=authority)
+        assert headers.get(":status") == "404", headers
+        assert ended, "the stream did not end after the 404"
+        await socks_echo(c_port, echo.port, 100_000)
 
 
 # -- 6. config errors -----------------------------------------------------------------------------

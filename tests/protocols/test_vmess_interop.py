@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from raybridge.protocols.vmess import ServerConnection, User, UserValidator
-from tests.support import HAVE_V2RAY, LOCAL, free_port, v2ray
+from tests.support import HAVE_V2RAY, LOCAL, StartV2Ray, free_port
 
 pytestmark = [
     pytest.mark.interop,
@@ -55,7 +55,7 @@ def _closed_after(port: int, total: int, wait: float) -> bool:
 
 
 @pytest.mark.parametrize("count", [1, 3])
-def test_drain_size_matches_v2ray(count: int) -> None:
+def test_drain_size_matches_v2ray(count: int, start_v2ray: StartV2Ray) -> None:
     users = [User(uuid.uuid4(), alter_id=i) for i in range(count)]
     validator = UserValidator(users, clock=time.time)
     ServerConnection(validator, urandom=os.urandom)  # fuses the seed, as V2Ray's first conn
@@ -64,7 +64,7 @@ def test_drain_size_matches_v2ray(count: int) -> None:
     base, rand_max = params
     low, high = base + 54, base + 54 + rand_max - 1
     port = free_port()
-    with v2ray(_config(port, users), wait=[port]):
-        for _ in range(2):
-            assert not _closed_after(port, low - 1, 0.4), "V2Ray hung up before base + 54"
-            assert _closed_after(port, high, 5.0), "V2Ray still reading after the maximum"
+    start_v2ray(_config(port, users), wait=[port])
+    for _ in range(2):
+        assert not _closed_after(port, low - 1, 0.4), "V2Ray hung up before base + 54"
+        assert _closed_after(port, high, 5.0), "V2Ray still reading after the maximum"
