@@ -145,6 +145,8 @@ async def http_via(
     try:
         writer.write(request(host, size))
         response = await asyncio.wait_for(read_all(reader), TIMEOUT)
+    except ConnectionResetError:  # closed with our request unread: nothing came back
+        response = b""
     finally:
         writer.close()
     if not response:
@@ -184,7 +186,10 @@ async def raw_via(
         writer.write(payload)
         if half_close:
             writer.write_eof()
-            return await asyncio.wait_for(read_all(reader), TIMEOUT)
+            try:
+                return await asyncio.wait_for(read_all(reader), TIMEOUT)
+            except ConnectionResetError:
+                return b""
         try:
             return await asyncio.wait_for(reader.readexactly(len(payload)), TIMEOUT)
         except asyncio.IncompleteReadError as exc:
@@ -340,6 +345,7 @@ def test_dest_override_dials_and_routes_the_sniffed_name(override: bool) -> None
         (["tls"], b"\x16\x03\x01\x00\x05hello", True),  # no ClientHello: no result
         (["bittorrent"], BT_HANDSHAKE, False),  # no sniffing: protocol rules never match
     ],
+    ids=["bittorrent", "http", "tls-without-hello", "bittorrent-unsniffed"],
 )
 def test_protocol_rules(blocked: list[str], payload: bytes, sniff: bool) -> None:
     async def main() -> None:
@@ -607,7 +613,8 @@ def test_sniffing_warnings_and_checks() -> None:
  "routing": {"rules": [
   {"type": "field", "protocol": ["bittorrent"], "outboundTag": "block"},
   {"type": "field", "inboundTag": ["h"], "protocol": ["http"], "outboundTag": "block"},
-  {"type": "field", "protocol": ["quic"], "inboundTag": ["s"], "outboundTag": "block"}
+  {"type": "field", "protocol": ["quic"], "inboundTag": ["s"], "outboundTag": "block"},
+  {"type": "field", "protocol": ["BitTorrent"], "inboundTag": ["s"], "outboundTag": "block"}
  ]}
 }"""
     found = check_config(load_config_text(text, "d.json"))
@@ -623,6 +630,10 @@ def test_sniffing_warnings_and_checks() -> None:
         path == "routing.rules[2].protocol" and message.startswith('"quic" never matches')
         for _, path, message in messages
     )
+    [bittorrent] = [
+        f for f in found if f.path == "routing.rules[3].protocol" and "BitTorrent" in f.message
+    ]
+    assert (bittorrent.line, bittorrent.fix) == (9, 'write "bittorrent"')
     # With sniffing on, a BitTorrent rule is fine.
     sniffed = text.replace(
         '"listen": "127.0.0.1"}', '"listen": "127.0.0.1", "sniffing": {"enabled": true}}', 1

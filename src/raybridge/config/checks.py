@@ -753,13 +753,15 @@ def protocol_rules(ck: Checker) -> Iterator[Finding]:
         known = (*SNIFFED_PROTOCOLS, HTTP_INBOUND_LABEL)
         for name in names:
             if not any(p.startswith(name) for p in known):
+                lower = name.lower()
+                better = next((p for p in known if p.startswith(lower)), None)
+                better = better or closest(lower, ("http", "tls", "bittorrent"))
                 yield ck.at(
                     rule,
                     "protocol",
                     f"{quote(name)} never matches: a session's protocol is one of "
                     f"{', '.join(map(quote, known))} (compared by prefix, case-sensitive)",
-                    'use "http", "tls" or "bittorrent", with "sniffing": {"enabled": true} '
-                    "on the inbound",
+                    f"write {quote(better)}" if better else 'use "http", "tls" or "bittorrent"',
                     name,
                 )
         inbounds = [
