@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import ssl
 from collections.abc import AsyncIterator
@@ -21,13 +22,16 @@ from typing import Any, cast
 
 import pytest
 
-from raybridge.address import tcp
+from raybridge.address import Destination, tcp, udp
 from raybridge.certs import make_ca, make_leaf
 from raybridge.config.checks import check_config
 from raybridge.config.loader import load_config_text
+from raybridge.dispatcher import Dispatcher
 from raybridge.errors import ConfigError
-from raybridge.link import Session
+from raybridge.link import End, Outbound, Session, join
+from raybridge.protocols.sniff import SNIFF_WINDOW
 from raybridge.router import Router, compile_rule
+from tests.protocols.test_sniff import client_hello
 from tests.support import (
     HAVE_V2RAY,
     LOCAL,
@@ -41,6 +45,7 @@ from tests.support import (
     wait_port_async,
 )
 
+HELLO_ADS = client_hello("ads.example")
 BT_HANDSHAKE = b"\x13BitTorrent protocol" + bytes(8) + os.urandom(20) + b"-qB4250-" + bytes(12)
 NOWHERE = "127.0.0.2"  # loopback, but nothing listens there: reached only by a dial by name
 TIMEOUT = 20
@@ -640,3 +645,97 @@ def test_sniffing_warnings_and_checks() -> None:
     )
     found = check_config(load_config_text(sniffed, "d.json"))
     assert not any(f.path == "routing.rules[0].protocol" for f in found)
+
+
+# -- the dispatcher's SniffingEnd, with recording ends -----------------------------------------
+
+
+class Recorder(End):
+    def __init__(self) -> None:
+        self.peer: End | None = None
+        self.data: list[bytes] = []
+        self.eof = False
+        self.aborted = False
+        self.paused = 0
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+    def resume_reading(self) -> None:
+        self.paused -= 1
+
+
+class RecordingOutbound(Outbound):
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.links: list[tuple[Session, Destination, Recorder]] = []
+
+    def connect(self, session: Session, dest: Destination, peer: End) -> End:
+        end = Recorder()
+        join(peer, end)
+        self.links.append((session, dest, end))
+        return end
+
+
+def dispatcher_with(*tags: str) -> tuple[Dispatcher, dict[str, RecordingOutbound]]:
+    outbounds = {t: RecordingOutbound(t) for t in tags}
+    rules = load_config_text(json.dumps(node_config([], loopback_only()))).routing.rules
+    return Dispatcher(
+        Router([compile_rule(r) for r in rules], list(tags)), list(outbounds.values())
+    ), outbounds
+
+
+def test_sniffing_end_holds_routes_and_replays_in_order() -> None:
+    async def main() -> None:
+        dispatcher, out = dispatcher_with("direct", "block")
+        client = Recorder()
+        session = Session(inbound_tag="in", sniffing=frozenset({"tls"}))
+        end = dispatcher.dispatch(session, tcp(LOCAL, 443), client)
+        assert client.peer is end and not out["direct"].links  # nothing routed yet
+        parts = [HELLO_ADS[:1], HELLO_ADS[1:100], HELLO_ADS[100:]]
+        for part in parts[:2]:
+            end.write(part)
+        assert not out["block"].links
+        end.write(parts[2])  # the ClientHello is complete: routed at once
+        [(routed, dest, real)] = out["block"].links
+        assert routed is session and session.protocol == "tls"
+        assert dest == tcp("ads.example", 443)  # destOverride: the name, same port
+        assert b"".join(real.data) == HELLO_ADS and client.peer is real
+        end.write(b"later")  # a stale reference still reaches the real end
+        end.write_eof()
+        assert real.data[-1] == b"later" and real.eof
+
+    asyncio.run(main())
+
+
+def test_sniffing_end_times_out_routes_by_address_and_aborts_cleanly() -> None:
+    async def main() -> None:
+        dispatcher, out = dispatcher_with("direct", "block")
+        # Nothing sent: after the two windows the link is routed without a result.
+        session = Session(inbound_tag="in", sniffing=frozenset({"http", "tls"}))
+        dispatcher.dispatch(session, tcp(LOCAL, 25), Recorder())
+        while not out["direct"].links:
+            await asyncio.sleep(SNIFF_WINDOW / 4)
+        [(_, dest, _)] = out["direct"].links
+        assert dest == tcp(LOCAL, 25) and session.protocol == ""
+        # Aborted while sniffing: nothing is ever routed.
+        quiet = Session(inbound_tag="in", sniffing=frozenset({"http"}))
+        end = dispatcher.dispatch(quiet, tcp(LOCAL, 80), Recorder())
+        end.write(b"GET / HTTP/1.1\r\n")
+        end.abort()
+        await asyncio.sleep(3 * SNIFF_WINDOW)
+        assert len(out["direct"].links) == 1 and not out["block"].links
+        # UDP is never sniffed (V2Ray sniffs TCP only): routed at once.
+        dispatcher.dispatch(quiet, udp(LOCAL, 53), Recorder())
+        assert len(out["direct"].links) == 2
+
+    asyncio.run(main())
