@@ -3,6 +3,12 @@
 This is V2Ray's ``app/dispatcher``: every inbound (and the mux server and reverse bridge,
 which act as inbounds for the streams they carry) calls :meth:`Dispatcher.dispatch`; the
 router picks an outbound tag; the outbound returns its end, joined to the inbound's.
+
+A TCP link from an inbound with ``sniffing`` waits for its first bytes before it is routed
+(docs/protocols.md 4.10): a :class:`SniffingEnd` holds them while ``protocols/sniff.py`` reads
+them (at most 2048 bytes, at most two 100 ms windows), then the session's ``protocol`` is set
+and, if ``destOverride`` names the sniffed protocol, the sniffed name replaces the
+destination's address (same port) for routing and dialling, as in V2Ray 4.34.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import socket
 from collections.abc import Callable, Sequence
 
 from raybridge import log as logs
-from raybridge.address import Destination, IPAddress, parse_host
+from raybridge.address import Destination, IPAddress, Network, parse_host
 from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Session, join
+from raybridge.protocols.sniff import Outcome, Sniffed, Sniffer
 from raybridge.router import Router
 from raybridge.stats import Stats
 
@@ -56,8 +63,13 @@ class Dispatcher:
             handler = self.interceptors.get(dest.host)
             if handler is not None:
                 return handler(session, dest, peer)
-            if self.router.wants_ips(session, dest):
-                return self._dispatch_after_resolve(session, dest, peer)
+        if session.sniffing is not None and dest.network is Network.TCP:
+            return self._dispatch_after_sniff(session, dest, peer, session.sniffing)
+        return self._route(session, dest, peer)
+
+    def _route(self, session: Session, dest: Destination, peer: End) -> End:
+        if isinstance(dest.host, str) and self.router.wants_ips(session, dest):
+            return self._dispatch_after_resolve(session, dest, peer)
         return self._connect(session, dest, peer, self.router.pick(session, dest))
 
     def _connect(self, session: Session, dest: Destination, peer: End, tag: str | None) -> End:
@@ -91,6 +103,89 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return deferred
+
+    def _dispatch_after_sniff(
+        self, session: Session, dest: Destination, peer: End, override: frozenset[str]
+    ) -> End:
+        def sniffed(outcome: Outcome) -> None:
+            target = dest
+            if isinstance(outcome, Sniffed):
+                session.protocol = outcome.protocol
+                # V2Ray's shouldOverride: a destOverride entry is a prefix of the protocol.
+                if outcome.host is not None and outcome.protocol.startswith(tuple(override)):
+                    target = Destination(dest.network, outcome.host, dest.port)
+                    logger.info("sniffed %s: %s instead of %s", outcome.protocol, target, dest)
+                else:
+                    logger.debug("sniffed %s for %s", outcome.protocol, dest)
+            else:
+                logger.debug("sniffing %s: no result (%s)", dest, outcome.reason)
+            end.bind(self._route(session, target, peer))
+
+        end = SniffingEnd(sniffed)
+        join(peer, end)
+        return end
+
+
+class SniffingEnd(DeferredEnd):
+    """Stands in for a TCP link's outbound end while the sniffer reads its first bytes
+    (V2Ray's ``cachedReader``).
+
+    What the peer writes is held as it is (the :class:`DeferredEnd` backlog, which pauses
+    the peer past its limit) and also fed to the sniffer, which copies at most 2048 bytes.
+    ``on_outcome`` gets the outcome once (a result, none of the protocols, the end of the
+    peer's input, or the time-out) and must :meth:`bind` the real end; the held bytes then
+    go to it first. One ``call_at`` follows the sniffer's timer.
+    """
+
+    def __init__(self, on_outcome: Callable[[Outcome], None]) -> None:
+        super().__init__()
+        self._loop = asyncio.get_running_loop()
+        self._sniffer: Sniffer | None = Sniffer(self._loop.time())
+        self._on_outcome = on_outcome
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        sniffer = self._sniffer
+        if sniffer is not None:
+            outcome = sniffer.receive_data(data, self._loop.time())
+            if outcome is not None:
+                self._finish(outcome)
+
+    def write_eof(self) -> None:
+        super().write_eof()
+        if self._sniffer is not None:
+            self._finish(self._sniffer.receive_eof())
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self._stop()
+        super().abort(exc)
+
+    def _arm(self) -> None:
+        when = self._sniffer.timer() if self._sniffer is not None else None
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._sniffer is None:
+            return
+        outcome = self._sniffer.handle_timer(self._loop.time())
+        if outcome is None:
+            self._arm()  # the window moved (the first data arrived) or the loop woke early
+        else:
+            self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        self._stop()
+        self._on_outcome(outcome)
+
+    def _stop(self) -> None:
+        self._sniffer = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
 
 async def resolve(host: str, family: int = 0) -> list[IPAddress]:

@@ -101,6 +101,9 @@ class Session:
     user: str | None = None  # the authenticated user's email / username
     level: int = 0
     protocol: str = ""  # sniffed or known application protocol, e.g. "http/1.1"
+    #: The inbound's ``sniffing``: ``None`` when off, else its ``destOverride`` protocols
+    #: (V2Ray's ``SniffingRequest``; the dispatcher sniffs TCP links, docs/protocols.md 4.10).
+    sniffing: frozenset[str] | None = None
     muxed: bool = False  # carried inside a Mux.Cool session (which may not nest another)
     id: int = field(default_factory=lambda: next(_session_ids))
     started: float = field(default_factory=time.monotonic)
@@ -118,6 +121,7 @@ class Session:
             source=self.source,
             user=self.user,
             level=self.level,
+            sniffing=self.sniffing,  # V2Ray's mux server dispatches in the inbound's context
             muxed=self.muxed,
         )
 

@@ -201,8 +201,11 @@ def _users(values: Sequence[str], where: _Where) -> Predicate:
 
 
 def _protocols(values: Sequence[str], where: _Where) -> Predicate:
-    prefixes = tuple(values)
-    return lambda s, d: bool(s.protocol) and s.protocol.startswith(prefixes)
+    # V2Ray's ProtocolMatcher: a listed name is a prefix of the session's protocol ("http"
+    # matches the sniffed "http1" and the HTTP inbound's "http/1.1"); empty names are
+    # dropped (else "bittorrent," would match everything), so a list of them never matches.
+    prefixes = tuple(v for v in values if v)
+    return lambda s, d: bool(s.protocol) and bool(prefixes) and s.protocol.startswith(prefixes)
 
 
 #: A rule's conditions by the ``RuleConfig`` field that holds them (``None``: no such

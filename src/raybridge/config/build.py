@@ -28,7 +28,7 @@ from raybridge.config.fields import (
     normalize_ip,
     parse_address,
 )
-from raybridge.config.jsonc import JObject, JString, JValue
+from raybridge.config.jsonc import JArray, JObject, JString, JValue
 from raybridge.config.model import (
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
@@ -149,22 +149,38 @@ def _settings(obj: Obj) -> Obj:
 
 # --------------------------------------------------------------------------- inbounds
 
+# V2Ray 4.34's names for destOverride/domainOverride (infra/conf/v2ray.go), case-insensitive.
 _SNIFF_PROTOCOLS = {"http": "http", "tls": "tls", "https": "tls", "ssl": "tls"}
+#: Keys of later V2Ray/Xray sniffing objects; 4.34 ignores them, which would change what
+#: they ask for (docs/protocols.md 4.10), so they are refused.
+_LATER_SNIFF_KEYS = {
+    "routeOnly": "4.34 dials the sniffed name whenever destOverride names its protocol",
+    "metadataOnly": "4.34 always reads the first bytes of the connection",
+    "domainsExcluded": "4.34 overrides every sniffed name",
+}
 
 
 def _sniff_list(obj: Obj, name: str) -> frozenset[str] | None:
     values = obj.string_list(name)
     if values is None:
         return None
+    node = obj.get(name)
     out: set[str] = set()
-    for value in values:
+    for i, value in enumerate(values):
         mapped = _SNIFF_PROTOCOLS.get(value.lower())
         if mapped is None:
-            raise obj.ctx.error(
-                obj.get(name), obj.sub(name), f'unknown sniffing protocol "{value}"'
-            )
+            item = node.items[i] if isinstance(node, JArray) else node
+            path = join(obj.sub(name), i) if isinstance(node, JArray) else obj.sub(name)
+            raise obj.ctx.error(item, path, _unknown_sniff_protocol(value))
         out.add(mapped)
     return frozenset(out)
+
+
+def _unknown_sniff_protocol(value: str) -> str:
+    text = f'unknown sniffing protocol "{value}": V2Ray 4.34 overrides "http" and "tls"'
+    if value.lower() == "bittorrent":
+        return text + ' (BitTorrent is sniffed anyway, for "protocol" rules; it has no name)'
+    return text + ' ("https" and "ssl" mean "tls")'
 
 
 def _listen(obj: Obj) -> str:
@@ -219,6 +235,18 @@ def _sniffing(obj: Obj) -> tuple[bool, frozenset[str]]:
     if sniff is not None:
         enabled = sniff.boolean("enabled")
         dest_override = _sniff_list(sniff, "destOverride") or frozenset()
+        for key, why in _LATER_SNIFF_KEYS.items():
+            node = sniff.get(key)
+            if node is not None:
+                raise sniff.ctx.error(
+                    node, sniff.sub(key), f'"{key}" is not a V2Ray 4.34 setting ({why}); remove it'
+                )
+        if dest_override and not enabled:
+            sniff.ctx.warn(
+                sniff.get("destOverride"),
+                sniff.sub("destOverride"),
+                'has no effect: sniffing is off (add "enabled": true)',
+            )
         sniff.finish()
         return enabled, dest_override
     if legacy:

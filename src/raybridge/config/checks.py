@@ -22,7 +22,9 @@ one does not say it again):
 * :func:`bridge_checks`: a bridge whose tunnels go anywhere but a VMess outbound;
 * :func:`open_proxies`: SOCKS/HTTP inbounds without authentication beyond loopback;
 * :func:`bridge_exposure`: who may register as a bridge of a portal (on loopback too);
-* :func:`status_exposure`: a status server beyond loopback without a token.
+* :func:`status_exposure`: a status server beyond loopback without a token;
+* :func:`protocol_rules`: ``protocol`` rules that cannot match (a name nothing reports, or
+  no inbound of the rule sniffs).
 
 Checks also run on a config that failed to load (``raybridge test`` reloads it
 leniently, :func:`raybridge.config.loader.inspect_config`): entries left out still count
@@ -732,6 +734,54 @@ def tls_checks(ck: Checker) -> Iterator[Finding]:
         )
 
 
+# --------------------------------------------------------------------------- protocol rules
+
+#: What a session's ``protocol`` can be in V2Ray 4.34: the sniffers' names, and the HTTP
+#: inbound's label for a plain (not CONNECT) request (docs/protocols.md 4.10).
+SNIFFED_PROTOCOLS = ("http1", "tls", "bittorrent")
+HTTP_INBOUND_LABEL = "http/1.1"
+
+
+def protocol_rules(ck: Checker) -> Iterator[Finding]:
+    """A ``protocol`` rule matches only a session whose protocol starts with a listed name:
+    a name no sniffer or inbound reports never matches, and sniffed names only come from
+    inbounds with ``sniffing`` enabled."""
+    for rule, _ in ck.rules:
+        names = [n for n in rule.protocols or () if n]
+        if not names:
+            continue
+        known = (*SNIFFED_PROTOCOLS, HTTP_INBOUND_LABEL)
+        for name in names:
+            if not any(p.startswith(name) for p in known):
+                lower = name.lower()
+                better = next((p for p in known if p.startswith(lower)), None)
+                better = better or closest(lower, ("http", "tls", "bittorrent"))
+                yield ck.at(
+                    rule,
+                    "protocol",
+                    f"{quote(name)} never matches: a session's protocol is one of "
+                    f"{', '.join(map(quote, known))} (compared by prefix, case-sensitive)",
+                    f"write {quote(better)}" if better else 'use "http", "tls" or "bittorrent"',
+                    name,
+                )
+        inbounds = [
+            i for i in ck.config.inbounds if not rule.inbound_tags or i.tag in rule.inbound_tags
+        ]
+        if not inbounds or any(i.sniffing_enabled for i in inbounds):
+            continue
+        if any(isinstance(i.settings, HttpInboundSettings) for i in inbounds) and any(
+            HTTP_INBOUND_LABEL.startswith(n) for n in names
+        ):
+            continue
+        yield ck.at(
+            rule,
+            "protocol",
+            "this rule never matches: no inbound it applies to has sniffing enabled, so no "
+            "session has a protocol",
+            '"sniffing": {"enabled": true, "destOverride": ["http", "tls"]} on the inbound',
+        )
+
+
 # --------------------------------------------------------------------------- entry points
 
 #: Checks run in this order: earlier ones mark what they explain so later ones stay quiet.
@@ -743,6 +793,7 @@ _CHECKS: tuple[Callable[[Checker], Iterable[Finding]], ...] = (
     lambda ck: bridge_exposure(ck.config, ck),
     status_exposure,
     tls_checks,
+    protocol_rules,
 )
 
 

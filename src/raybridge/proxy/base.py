@@ -69,6 +69,8 @@ class InboundCommon:
     policy: Policy = Policy()
     user_level: int = 0
     stream: StreamSettings = PLAIN  # the transport under it (docs/transports.md)
+    #: ``sniffing``: ``None`` when off, else the ``destOverride`` protocols (Session.sniffing).
+    sniffing: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +94,7 @@ class InboundContext:
             policy=Policy.of(self.policies.level(user_level)),
             user_level=user_level,
             stream=self.config.stream,
+            sniffing=(self.config.sniffing_dest_override if self.config.sniffing_enabled else None),
         )
 
 
@@ -155,7 +158,11 @@ class InboundEnd(StreamEnd):
 
     def new_session(self, user: str | None = None, level: int = 0) -> Session:
         self.session = Session(
-            inbound_tag=self.inbound.tag, source=self.source, user=user, level=level
+            inbound_tag=self.inbound.tag,
+            source=self.source,
+            user=user,
+            level=level,
+            sniffing=self.inbound.sniffing,
         )
         return self.session
 
@@ -247,6 +254,7 @@ class StreamInbound(Inbound):
         self.policy = common.policy
         self.user_level = common.user_level
         self.stream = common.stream
+        self.sniffing = common.sniffing
         # Built now, so a bad certificate is a config error before anything listens.
         self.transport = ServerTransport(
             common.stream,
@@ -303,7 +311,9 @@ class StreamInbound(Inbound):
     def udp_session(self, addr: tuple[str, int]) -> Session:
         """The session of a new UDP client flow from ``addr``."""
         source = Destination(Network.UDP, parse_host(addr[0]), addr[1])
-        return Session(inbound_tag=self.tag, source=source, level=self.user_level)
+        return Session(
+            inbound_tag=self.tag, source=source, level=self.user_level, sniffing=self.sniffing
+        )
 
     def open_flow(self, flow: UdpClientFlow) -> None:
         self.dispatcher.dispatch(flow.session, flow.dest, flow)

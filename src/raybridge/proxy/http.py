@@ -47,7 +47,9 @@ class HttpInboundEnd(InboundEnd):
             self.start_relay(request.target, request.trailing)
             return
         assert self.session is not None
+        # V2Ray dispatches a plain request with a fresh session.Content: labelled, not sniffed.
         self.session.protocol = "http/1.1"
+        self.session.sniffing = None
         self.rewriter = ResponseRewriter()
         self.start_relay(request.target, request.head + request.trailing)
 
