@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TREES = ("src", "tests", "fuzz", "bench")
 NUM = r"[1-9](?:\.\d{1,2}){0,2}"
-LIST = NUM + r"(?:\s*(?:,|and|to|-|–)\s*" + NUM + r")*"
+LIST = NUM + r"(?:\s*(?:,|and|to|-|\u2013)\s*" + NUM + r")*"
 HEADING = re.compile(r"^#{2,4} (" + NUM + r")\.? ", re.M)
 
 
