@@ -149,15 +149,20 @@ class Node:
             for b in config.reverse.bridges
         ]
         self.inbounds: list[Inbound] = []
+        #: The config entry each inbound and outbound was built from (what a reload
+        #: compares); those added through the API have none.
+        self.sources: dict[object, object] = dict(
+            zip(self.outbounds, config.outbounds, strict=True)
+        )
         for inbound in config.inbounds:
-            self.inbounds.extend(
-                build_inbounds(
-                    inbound,
-                    dispatcher=self.dispatcher,
-                    policies=config.policy,
-                    options=options,
-                )
+            built = build_inbounds(
+                inbound,
+                dispatcher=self.dispatcher,
+                policies=config.policy,
+                options=options,
             )
+            self.inbounds.extend(built)
+            self.sources.update((b, inbound) for b in built)
         self.started = False
 
     # -- running ---------------------------------------------------------------------------
@@ -226,6 +231,51 @@ class Node:
             if inbound.tag == tag:
                 return inbound
         raise KeyError(tag)
+
+    async def reload(self, config: Config, *, requested: float | None = None) -> Any:
+        """Move to ``config`` without dropping anything (:func:`raybridge.reload.reload`;
+        ``requested``: ``time.monotonic()`` of the signal). Returns its
+        :class:`~raybridge.reload.ReloadRecord`; a bad config changes nothing."""
+        from raybridge.reload import reload
+
+        return await reload(self, config, requested=requested)
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Stop taking work and wait for the live connections (SIGTERM): every inbound
+        stops accepting, every bridge says DRAIN to its portal and closes each tunnel once
+        its sessions end. Returns True once nothing is left, False after ``timeout``
+        seconds (default ``drainTimeout``); the caller then closes the node."""
+        self.state = "draining"
+        logger.warning(
+            "draining: %d connections, %d bridge tunnels (at most %ss)",
+            self.live_connections,
+            sum(len(b.tunnels) + len(b.retired) for b in self.bridges),
+            self.drain_timeout if timeout is None else timeout,
+        )
+        for inbound in self.inbounds:
+            inbound.stop_accepting()
+        for bridge in self.bridges:
+            bridge.drain()
+        return await self._until_drained(
+            lambda: self.live_connections == 0 and all(b.drained for b in self.bridges),
+            self.drain_timeout if timeout is None else timeout,
+        )
+
+    @property
+    def live_connections(self) -> int:
+        """Client connections open on the inbounds (removed ones still draining too)."""
+        return sum(i.live for i in [*self.inbounds, *self.retiring])
+
+    def retire_bridge(self, bridge: Bridge) -> None:
+        """``bridge`` left the config: it drains, and is closed once its tunnels are (or
+        after ``drainTimeout``)."""
+        bridge.drain()
+
+        async def drain() -> None:
+            await self._until_drained(lambda: bridge.drained, self.drain_timeout)
+            await bridge.close()
+
+        self._spawn(drain())
 
     @property
     def drain_timeout(self) -> float:
@@ -299,6 +349,9 @@ class Node:
         self.outbounds.append(outbound)
         self.dispatcher.add_outbound(outbound)
         return outbound
+
+    # (what add_inbound/add_outbound build has no entry in ``sources``: it is not in the
+    # files, so a reload removes it, as a restart of V2Ray forgets its API changes)
 
     def remove_outbound(self, tag: str) -> Outbound:
         """Unregister outbound ``tag`` (``KeyError`` if none): new links cannot reach it
