@@ -5,9 +5,7 @@ with, and a broken file changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +17,7 @@ from raybridge.node import Node
 from raybridge.proxy.base import StreamInbound
 from tests.support import (
     LOCAL,
+    SUBPROCESS_ENV,
     EchoServer,
     StartNode,
     bridge_config,
@@ -26,6 +25,7 @@ from tests.support import (
     free_port,
     new_uuid,
     portal_config,
+    raybridge_process,
     socks_echo,
     until,
     wait_chain,
@@ -215,41 +215,21 @@ async def start_node_file(start_node: StartNode, path: Path) -> Node:
 # -- the command line: SIGHUP and `raybridge reload` -----------------------------------------
 
 
-@contextlib.contextmanager
-def process(path: Path, pid_file: Path) -> Any:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "raybridge", "run", "-c", str(path), "--pid-file", str(pid_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 async def test_sighup_and_reload_command(tmp_path: Path, echo: EchoServer) -> None:
     port, extra = free_port(), free_port()
     config = {**loopback_only([]), "inbounds": [socks_in("socks", port)]}
     config["log"] = {"loglevel": "warning"}
     path, pid_file = write(tmp_path / "node.json", config), tmp_path / "node.pid"
-    with process(path, pid_file) as proc:
+    with raybridge_process(path, "--pid-file", str(pid_file)) as proc:
         await wait_port_async(port)
         await until(pid_file.exists, what="the pid file")
         async with live(port, echo.port) as conn:
             config["inbounds"].append(socks_in("extra", extra))
             write(path, config)
-            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
             done = await asyncio.to_thread(
                 subprocess.run,
                 [sys.executable, "-m", "raybridge", "reload", "--pid-file", str(pid_file)],
-                env=env,
+                env=SUBPROCESS_ENV,
                 capture_output=True,
             )
             assert done.returncode == 0, done.stderr
