@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,7 @@ class Node:
         self.state = "stopped"
         #: What each reload did, newest last (:class:`raybridge.reload.ReloadRecord`).
         self.reloads: list[Any] = []
+        self.reload_totals: Counter[str] = Counter()  # "ok" / "failed"
         options = config.sections.get("raybridge") or RaybridgeOptions()
         assert isinstance(options, RaybridgeOptions)
         self.options = options

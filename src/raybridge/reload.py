@@ -335,6 +335,7 @@ async def reload(node: Node, config: Config, *, requested: float | None = None) 
 
 def keep_record(node: Node, record: ReloadRecord) -> None:
     """Remember ``record`` for the status server (the newest ``KEEP_RECORDS``)."""
+    node.reload_totals["ok" if record.ok else "failed"] += 1
     node.reloads.append(record)
     del node.reloads[:-KEEP_RECORDS]
 

@@ -431,6 +431,7 @@ class PortalTunnelStatus:
     sessions: int  # open now, without the control session
     sessions_total: int  # ever opened, without the control session
     draining: bool
+    bridge_draining: bool  # the bridge said DRAIN (it is stopping)
     source: str  # the bridge's address as the carrier saw it, if known
     silent: float  # seconds since the bridge last sent anything
     keepalives: bool  # the bridge sends KeepAlives (its silence counts)
@@ -539,6 +540,7 @@ class Portal(Outbound):
                     sessions=max(0, worker.session_count - 1),
                     sessions_total=max(0, worker.codec.allocated_total - 1),
                     draining=tunnel.draining,
+                    bridge_draining=tunnel.record.bridge_draining,
                     source=f"{source.host}:{source.port}" if source else "",
                     silent=max(0.0, now - tunnel.record.last_heard),
                     keepalives=tunnel.keepalives,
