@@ -23,7 +23,7 @@ from tests.support import (
     until,
     wait_chain,
 )
-from tests.test_status import CHROMIUM, get, samples
+from tests.test_status import CHROMIUM, get, headless_page, samples
 
 
 def metric(text: bytes, name: str, **labels: str) -> float:
@@ -87,26 +87,17 @@ async def test_status_shows_reloads_and_draining_bridges(
 
 
 async def dashboard_shows(b_status: int, a_status: int) -> None:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = await browser.new_page()
-            await page.goto(f"http://127.0.0.1:{b_status}/")
-            ok = page.locator('[data-reload="ok"]')
-            await ok.wait_for()
-            assert "routing: 3 rules (were 2)" in str(await ok.text_content())
-            failed = page.locator('[data-reload="failed"]')
-            assert "b.json:1" in str(await failed.text_content())
-            text: Any = await page.locator('[data-portal="portal"]').text_content()
-            assert "bridge draining" in text
-            await page.goto(f"http://127.0.0.1:{a_status}/")
-            state = page.locator('[data-bridge="bridge"] .state')
-            await state.wait_for()
-            assert await state.text_content() == "draining"
-            assert "draining" in str(await page.locator("#state").text_content())
-        finally:
-            await browser.close()
+    async with headless_page() as page:
+        await page.goto(f"http://127.0.0.1:{b_status}/")
+        ok = page.locator('[data-reload="ok"]')
+        await ok.wait_for()
+        assert "routing: 3 rules (were 2)" in str(await ok.text_content())
+        failed = page.locator('[data-reload="failed"]')
+        assert "b.json:1" in str(await failed.text_content())
+        text: Any = await page.locator('[data-portal="portal"]').text_content()
+        assert "bridge draining" in text
+        await page.goto(f"http://127.0.0.1:{a_status}/")
+        state = page.locator('[data-bridge="bridge"] .state')
+        await state.wait_for()
+        assert await state.text_content() == "draining"
+        assert "draining" in str(await page.locator("#state").text_content())
