@@ -128,6 +128,7 @@ class Node:
         #: Removed inbounds that still serve their live connections (closed when drained).
         self.retiring: list[Inbound] = []
         self._retired_outbounds: list[Outbound] = []
+        self._retired_bridges: list[Bridge] = []
         self._tasks: set[asyncio.Task[None]] = set()
         #: "running", "draining" (SIGTERM: no new clients, live ones finish) or "stopped".
         self.state = "stopped"
@@ -209,6 +210,9 @@ class Node:
         retired, self._retired_outbounds = self._retired_outbounds, []
         for outbound in retired:
             await outbound.close()
+        bridges, self._retired_bridges = self._retired_bridges, []
+        for bridge in bridges:
+            await bridge.close()
         if self.status_server is not None:
             await self.status_server.close()
             self.status_server = None
@@ -272,10 +276,13 @@ class Node:
         """``bridge`` left the config: it drains, and is closed once its tunnels are (or
         after ``drainTimeout``)."""
         bridge.drain()
+        self._retired_bridges.append(bridge)
 
         async def drain() -> None:
             await self._until_drained(lambda: bridge.drained, self.drain_timeout)
-            await bridge.close()
+            if bridge in self._retired_bridges:
+                self._retired_bridges.remove(bridge)
+                await bridge.close()
 
         self._spawn(drain())
 
