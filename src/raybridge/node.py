@@ -262,9 +262,14 @@ class Node:
             inbound.stop_accepting()
         for bridge in self.bridges:
             bridge.drain()
+
+        def drained() -> bool:
+            for inbound in [*self.inbounds, *self.retiring]:
+                inbound.close_idle_carriers()  # a client's idle mux connection
+            return self.live_connections == 0 and all(b.drained for b in self.bridges)
+
         return await self._until_drained(
-            lambda: self.live_connections == 0 and all(b.drained for b in self.bridges),
-            self.drain_timeout if timeout is None else timeout,
+            drained, self.drain_timeout if timeout is None else timeout
         )
 
     @property

@@ -171,6 +171,15 @@ def _plan(node: Node, config: Config) -> _Plan:
         old_rules = len(node.config.routing.rules)
         plan.changes.append(f"routing: {len(routing.rules)} rules (were {old_rules})")
     _plan_inbounds(node, config, plan)
+    old, new = node.options, _options(config)
+    if (old.status, old.status_token, old.status_hosts) != (
+        new.status,
+        new.status_token,
+        new.status_hosts,
+    ):
+        plan.changes.append("raybridge.status: changed: takes effect at the next restart")
+    if old.drain_timeout != new.drain_timeout:
+        plan.changes.append(f"raybridge.drainTimeout: {new.drain_timeout}s")
     return plan
 
 

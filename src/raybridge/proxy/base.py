@@ -369,6 +369,25 @@ class StreamInbound(Inbound):
         if udp is not None:
             udp.open_flow = _refuse_flow
 
+    def close_idle_carriers(self) -> int:
+        """Close the Mux.Cool connections (``v1.mux.cool``) that carry no session now: a
+        draining node does not wait for a client's idle mux connection. Returns how many."""
+        from raybridge.protocols.mux import Role
+        from raybridge.transport.mux import MuxWorker
+
+        closed = 0
+        for end in list(self.tracker.ends):
+            worker = end.peer
+            if (
+                isinstance(worker, MuxWorker)
+                and worker.role is Role.SERVER
+                and not worker.closed
+                and worker.session_count == 0
+            ):
+                worker.close()
+                closed += 1
+        return closed
+
     @property
     def live(self) -> int:
         """Open client connections: TCP, without the tunnels a portal holds (they carry no
