@@ -556,7 +556,7 @@ class ServerConnection:
             key=header.body_key,
             iv=header.body_iv,
         )
-        self._writer = self._response_writer(header)
+        self._set_up_response(header)
         self._state = _BODY
         rest = bytes(self._buf[consumed:])
         self._buf = bytearray()
@@ -594,9 +594,9 @@ class ServerConnection:
             target=parsed.target,
         )
 
-    def _response_writer(self, header: RequestHeader) -> BodyWriter:
-        """Seal the response header (sent with the first response bytes) and make the
-        response body's writer."""
+    def _set_up_response(self, header: RequestHeader) -> None:
+        """Seal the response header (it goes out with the first response bytes) and make
+        the response body's writer."""
         resp_key, resp_iv = response_body_key_iv(header.body_key, header.body_iv, aead=self._aead)
         plaintext = encode_response_plaintext(header.response_auth)
         writer_cfb: CipherContext | None
@@ -607,7 +607,7 @@ class ServerConnection:
             stream = aes_cfb_encryptor(resp_key, resp_iv)
             self._response_header = stream.update(plaintext)
             writer_cfb = stream  # LEGACY body continues the header's CFB stream (1.8)
-        return BodyWriter(
+        self._writer = BodyWriter(
             security=header.security,
             options=header.options,
             command=header.command,
