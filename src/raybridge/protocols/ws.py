@@ -98,9 +98,9 @@ from raybridge.protocols.stream import (
     Established,
     LayerError,
     LayerEvent,
+    QueuedLayer,
     Received,
     Refused,
-    StreamLayer,
 )
 
 __all__ = [
@@ -317,7 +317,7 @@ def _go_empty(status: str, date: str) -> bytes:
     return f"HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: 0\r\n\r\n".encode("ascii")
 
 
-class WebSocketLayer(StreamLayer):
+class WebSocketLayer(QueuedLayer):
     """One WebSocket connection, client or server (see the module docstring).
 
     Client: ``path``, ``host`` (the URL host, see :func:`url_host`; a Host in ``headers``
@@ -687,10 +687,3 @@ class WebSocketLayer(StreamLayer):
             return
         self._close_sent = True
         self._out.append(_frame(Opcode.CLOSE, _close_payload(1000), self._mask()))
-
-    def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
