@@ -22,6 +22,7 @@ after a successful AEAD open closes at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from cryptography.hazmat.primitives.ciphers import CipherContext
 
@@ -146,7 +147,67 @@ _R_LEGACY_HEADER = 2
 _R_BODY = 3
 
 
-class ClientConnection:
+_Head = TypeVar("_Head", ResponseReceived, RequestReceived)
+
+
+class _Receiving(Generic[_Head]):
+    """What both sides do with the bytes they receive: until the body reader is set up they
+    collect in ``_head`` for the side's :meth:`_receive_head`, then go to the reader. The
+    first :class:`VMessError` fails the connection for good."""
+
+    #: Why an end before the body is an error (the side's words for its head).
+    _EOF_BEFORE_BODY = ""
+
+    def __init__(self, chunk_size: int) -> None:
+        if chunk_size < 1:
+            raise LocalProtocolError("chunk_size must be positive")
+        self._chunk_size = chunk_size
+        self._head = bytearray()
+        self._received = 0
+        self._failed = False
+        self._reader: BodyReader | None = None
+
+    def _receive_head(self) -> list[_Head | Data | EndOfStream]:
+        raise NotImplementedError
+
+    def _start_body(
+        self, reader: BodyReader, event: _Head, consumed: int
+    ) -> list[_Head | Data | EndOfStream]:
+        """The head is in (its first ``consumed`` bytes): from now on bytes go to
+        ``reader``, starting with those that came after the head."""
+        self._reader = reader
+        rest = bytes(self._head[consumed:])
+        self._head = bytearray()
+        events: list[_Head | Data | EndOfStream] = [event]
+        if rest:
+            events.extend(reader.feed(rest))
+        return events
+
+    def receive_data(self, data: BytesLike) -> list[_Head | Data | EndOfStream]:
+        if self._failed:
+            raise VMessError("connection already failed")
+        self._received += len(data)
+        try:
+            if self._reader is not None:
+                return list(self._reader.feed(data))
+            self._head += data
+            return self._receive_head()
+        except VMessError:
+            self._failed = True
+            raise
+
+    def receive_eof(self) -> list[_Head | Data | EndOfStream]:
+        """The peer closed the connection (not in the codec API V2Ray needs, but it lets a
+        raw body (no option S) end with an :class:`EndOfStream` like a chunked one)."""
+        if self._failed:
+            raise VMessError("connection already failed")
+        if self._reader is None:
+            self._failed = True
+            raise VMessError(self._EOF_BEFORE_BODY)
+        return list(self._reader.feed_eof())
+
+
+class ClientConnection(_Receiving[ResponseReceived]):
     """One VMess request from the client side.
 
     Randomness is drawn from ``urandom`` in this order, all in the constructor (so tests can
@@ -156,6 +217,8 @@ class ClientConnection:
     padding bytes; AEAD only: R4 (4 bytes) and the connection nonce N8 (8 bytes). Chunk
     padding bytes later come from ``urandom`` in blocks of 4096.
     """
+
+    _EOF_BEFORE_BODY = "connection closed before the response header"
 
     def __init__(
         self,
@@ -176,8 +239,7 @@ class ClientConnection:
         command, security, options = _checked_request(command, target, security, options)
         if aead is None:
             aead = user.alter_id == 0
-        if chunk_size < 1:
-            raise LocalProtocolError("chunk_size must be positive")
+        super().__init__(chunk_size)
         self.user = user
         self.command = command
         self.security = security
@@ -200,11 +262,8 @@ class ClientConnection:
             chunk_size=chunk_size,
         )
         self._rstate = _R_AEAD_LENGTH if aead else _R_LEGACY_HEADER
-        self._rbuf = bytearray()
         self._resp_len = 0
         self._resp_cfb: CipherContext | None = None
-        self._reader: BodyReader | None = None
-        self._failed = False
 
     def _seal_header(self, target: Destination | None, now: float, urandom: Urandom) -> bytes:
         """The request header, AEAD or legacy, drawing randomness in the documented order."""
@@ -271,30 +330,8 @@ class ClientConnection:
 
     # receiving
 
-    def receive_data(self, data: BytesLike) -> list[ResponseReceived | Data | EndOfStream]:
-        if self._failed:
-            raise VMessError("connection already failed")
-        try:
-            if self._reader is not None:
-                return list(self._reader.feed(data))
-            self._rbuf += data
-            return self._receive_header()
-        except VMessError:
-            self._failed = True
-            raise
-
-    def receive_eof(self) -> list[ResponseReceived | Data | EndOfStream]:
-        """The server closed the connection (not in the codec API V2Ray needs, but it lets a
-        raw body (no option S) end with an :class:`EndOfStream` like a chunked one)."""
-        if self._failed:
-            raise VMessError("connection already failed")
-        if self._reader is None:
-            self._failed = True
-            raise VMessError("connection closed before the response header")
-        return list(self._reader.feed_eof())
-
-    def _receive_header(self) -> list[ResponseReceived | Data | EndOfStream]:
-        buf = self._rbuf
+    def _receive_head(self) -> list[ResponseReceived | Data | EndOfStream]:
+        buf = self._head
         if self._rstate == _R_AEAD_LENGTH:
             if len(buf) < 18:
                 return []
@@ -335,7 +372,7 @@ class ClientConnection:
                 buf[4:end] = cfb.update(bytes(buf[4:end]))
             event = self._parse_response(bytes(buf[:end]))
             assert event is not None
-        self._reader = BodyReader(
+        reader = BodyReader(
             security=self.security,
             options=self.options,
             command=self.command,
@@ -345,12 +382,7 @@ class ClientConnection:
             request_key_iv=(self.body_key, self.body_iv),
         )
         self._rstate = _R_BODY
-        rest = bytes(buf[end:])
-        self._rbuf = bytearray()
-        events: list[ResponseReceived | Data | EndOfStream] = [event]
-        if rest:
-            events.extend(self._reader.feed(rest))
-        return events
+        return self._start_body(reader, event, end)
 
     def _parse_response(self, plain: bytes) -> ResponseReceived | None:
         """``V OPT CMD CL [DATA]``; None if too short for what CMD/CL announce."""
@@ -378,8 +410,10 @@ _LEGACY_HEADER = 3
 _BODY = 4
 
 
-class ServerConnection:
+class ServerConnection(_Receiving[RequestReceived]):
     """One VMess connection from the server side (an inbound connection)."""
+
+    _EOF_BEFORE_BODY = "connection closed during the handshake"
 
     def __init__(
         self,
@@ -392,19 +426,14 @@ class ServerConnection:
     ) -> None:
         """``aead_only``: refuse legacy (alterId > 0, MD5-based) headers, like V2Ray's
         ``v2ray.vmess.aead.forced``; they fail as an unknown user would (drained)."""
-        if chunk_size < 1:
-            raise LocalProtocolError("chunk_size must be positive")
+        super().__init__(chunk_size)
         self._aead_only = aead_only
         self._validator = validator
         self._urandom = urandom
         self._secure_only = disable_insecure_encryption
-        self._chunk_size = chunk_size
         # V2Ray fixes the per-server drain seed when the first connection starts.
         validator.fuse_behavior_seed(urandom)
         self._state = _AUTH
-        self._buf = bytearray()
-        self._received = 0
-        self._failed = False
         self._user: User | None = None
         self._aead = False
         self._header_len = 0
@@ -412,7 +441,6 @@ class ServerConnection:
         self._legacy_cfb: CipherContext | None = None
         self._legacy_plain = bytearray()
         self._session_checked = False
-        self._reader: BodyReader | None = None
         self._writer: BodyWriter | None = None
         self._response_header = b""
         self.request: RequestHeader | None = None
@@ -423,35 +451,13 @@ class ServerConnection:
 
     # receiving
 
-    def receive_data(self, data: BytesLike) -> list[RequestReceived | Data | EndOfStream]:
-        if self._failed:
-            raise VMessError("connection already failed")
-        self._received += len(data)
-        try:
-            if self._reader is not None:
-                return list(self._reader.feed(data))
-            self._buf += data
-            return self._handshake()
-        except VMessError:
-            self._failed = True
-            raise
-
-    def receive_eof(self) -> list[RequestReceived | Data | EndOfStream]:
-        """The client closed the connection (see :meth:`ClientConnection.receive_eof`)."""
-        if self._failed:
-            raise VMessError("connection already failed")
-        if self._reader is None:
-            self._failed = True
-            raise VMessError("connection closed during the handshake")
-        return list(self._reader.feed_eof())
-
     def _drain(self, message: str, consumed: int) -> VMessAuthError:
         # V2Ray reads until ``size`` bytes in total have been read, if it has not already.
         size = self._validator.drain_size(self._urandom)
         return VMessAuthError(message, drain_to=size if size > consumed else None)
 
-    def _handshake(self) -> list[RequestReceived | Data | EndOfStream]:
-        buf = self._buf
+    def _receive_head(self) -> list[RequestReceived | Data | EndOfStream]:
+        buf = self._head
         if self._state == _AUTH and not self._match_user(buf):
             return []
         user = self._user
@@ -549,7 +555,7 @@ class ServerConnection:
         assert user is not None
         header = self._checked_header(parsed)
         self.request = header
-        self._reader = BodyReader(
+        reader = BodyReader(
             security=header.security,
             options=header.options,
             command=header.command,
@@ -558,15 +564,9 @@ class ServerConnection:
         )
         self._set_up_response(header)
         self._state = _BODY
-        rest = bytes(self._buf[consumed:])
-        self._buf = bytearray()
         self._legacy_plain = bytearray()
-        events: list[RequestReceived | Data | EndOfStream] = [
-            RequestReceived(header=header, user=user, aead=self._aead)
-        ]
-        if rest:
-            events.extend(self._reader.feed(rest))
-        return events
+        event = RequestReceived(header=header, user=user, aead=self._aead)
+        return self._start_body(reader, event, consumed)
 
     def _checked_header(self, parsed: ParsedRequest) -> RequestHeader:
         """The request, once it passes V2Ray's checks (in V2Ray's order)."""
