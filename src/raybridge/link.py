@@ -77,6 +77,17 @@ class End(abc.ABC):
         """The peer's medium drained: read again."""
 
 
+class UnpacedEnd(End):
+    """An end with nothing to pace: its medium has no backpressure (UDP) or it reads
+    nothing (a sink, a refusal), so pausing and resuming its reading do nothing."""
+
+    def pause_reading(self) -> None:
+        """Nothing to pause."""
+
+    def resume_reading(self) -> None:
+        """Nothing to resume."""
+
+
 class PacketEnd(End):
     """An end of a UDP link whose datagrams may each name their own address (XUDP,
     packetaddr): a source with many destinations, or replies from many sources."""
@@ -316,7 +327,7 @@ class DeferredEnd(End):
             self.peer.abort(exc)
 
 
-class ClosedEnd(End):
+class ClosedEnd(UnpacedEnd):
     """An end for a link that was refused: it aborts its peer as soon as it is joined."""
 
     def __init__(self, reason: BaseException) -> None:
@@ -334,10 +345,4 @@ class ClosedEnd(End):
         pass
 
     def abort(self, exc: BaseException | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
         pass
