@@ -28,7 +28,7 @@ import abc
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from raybridge.address import Destination
@@ -101,6 +101,16 @@ class PacketEnd(End):
 def join(a: End, b: End) -> None:
     a.peer = b
     b.peer = a
+
+
+def abort_links(ends: Iterable[End], exc: BaseException | None = None) -> None:
+    """Abort each of ``ends`` and then the peer it had (``exc``: what the peers are told),
+    so that both sides of each link go down: an end's own abort never calls its peer."""
+    for end in list(ends):
+        peer = end.peer
+        end.abort()
+        if peer is not None:
+            peer.abort(exc)
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)

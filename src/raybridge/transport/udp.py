@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from raybridge.address import Destination, Network, parse_host
-from raybridge.link import End, IdleTimer, PacketEnd, Session, UnpacedEnd
+from raybridge.link import End, IdleTimer, PacketEnd, Session, UnpacedEnd, abort_links
 
 logger = logging.getLogger("raybridge.transport")
 
@@ -134,11 +134,7 @@ class FlowGroup:
 
     def close(self) -> None:
         self.closed = True
-        for flow in list(self.flows):
-            peer = flow.peer
-            flow.abort()
-            if peer is not None:
-                peer.abort(ConnectionResetError("UDP association closed"))
+        abort_links(self.flows, ConnectionResetError("UDP association closed"))
         self.flows.clear()
 
 
@@ -464,11 +460,7 @@ class UdpServer(asyncio.DatagramProtocol):
         logger.debug("UDP socket error: %s", exc)
 
     def close(self) -> None:
-        for flow in list(self.flows.values()):
-            peer = flow.peer
-            flow.abort()
-            if peer is not None:
-                peer.abort()
+        abort_links(self.flows.values())
         self.flows.clear()
         self._client_flows.clear()
         self.drops.close()
