@@ -99,7 +99,7 @@ class JNull(JValue):
 
 
 class _JScalar(JValue, Generic[_T]):
-    """A value held as one Python scalar: :class:`JBool`, :class:`JString`."""
+    """A value held as one Python scalar: :class:`JBool`, :class:`JNumber`, :class:`JString`."""
 
     __slots__ = ("value",)
 
@@ -119,34 +119,31 @@ class JBool(_JScalar[bool]):
     kind = "boolean"
 
 
-class JNumber(JValue):
+class JNumber(_JScalar[int | float]):
     """A number; ``raw`` is its text. ``is_integer`` is True only for integer *literals*
     (no fraction, no exponent): Go refuses ``80.0`` or ``8e1`` for an integer field."""
 
-    __slots__ = ("is_integer", "raw", "value")
+    __slots__ = ("is_integer", "raw")
     kind = "number"
 
     def __init__(self, raw: str, line: int, col: int) -> None:
-        super().__init__(line, col)
+        is_integer = not any(c in raw for c in ".eE")
+        super().__init__(_number(raw, is_integer), line, col)
         self.raw = raw
-        self.is_integer = not any(c in raw for c in ".eE")
-        self.value: int | float
-        if self.is_integer:
-            # Python refuses to convert very long digit strings (int_max_str_digits); no
-            # config field takes anything near 10**40, so clamp instead of converting.
-            digits = raw.lstrip("-")
-            if len(digits) > 40:
-                self.value = -(10**40) if raw.startswith("-") else 10**40
-            else:
-                self.value = int(raw)
-        else:
-            self.value = float(raw)  # "1e999" -> inf; never raises for the JSON grammar
-
-    def to_python(self) -> int | float:
-        return self.value
+        self.is_integer = is_integer
 
     def __repr__(self) -> str:
         return f"JNumber({self.raw})@{self.line}:{self.col}"
+
+
+def _number(raw: str, is_integer: bool) -> int | float:
+    if not is_integer:
+        return float(raw)  # "1e999" -> inf; never raises for the JSON grammar
+    # Python refuses to convert very long digit strings (int_max_str_digits); no config
+    # field takes anything near 10**40, so clamp instead of converting.
+    if len(raw.lstrip("-")) > 40:
+        return -(10**40) if raw.startswith("-") else 10**40
+    return int(raw)
 
 
 class JString(_JScalar[str]):
