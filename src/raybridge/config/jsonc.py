@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -479,53 +479,55 @@ class _Parser:
             raise self.fail(pos, f"exceeded max depth ({MAX_DEPTH} nested arrays/objects)")
 
     def obj(self, pos: int, depth: int) -> tuple[JValue, int]:
-        self._check_depth(pos, depth)
-        text = self.text
         items: list[tuple[JString, JValue]] = []
-        i = self.skip_ws(pos + 1)
-        if i < self.n and text[i] == "}":
-            line, col = self.where(pos)
-            return JObject(items, line, col), i + 1
-        while True:
-            if i >= self.n or text[i] != '"':
+
+        def member(i: int) -> int:
+            if i >= self.n or self.text[i] != '"':
                 raise self.bad_char(i, "looking for beginning of object key string")
             key_value, after = self.string(i)
             kline, kcol = self.where(i)
-            key = JString(key_value, kline, kcol)
             i = self.skip_ws(after)
-            if i >= self.n or text[i] != ":":
+            if i >= self.n or self.text[i] != ":":
                 raise self.bad_char(i, "after object key")
-            i = self.skip_ws(i + 1)
-            value, i = self.value(i, depth)
-            items.append((key, value))
-            i = self.skip_ws(i)
-            if i < self.n and text[i] == ",":
-                i = self.skip_ws(i + 1)
-                continue
-            if i < self.n and text[i] == "}":
-                line, col = self.where(pos)
-                return JObject(items, line, col), i + 1
-            raise self.bad_char(i, "after object key:value pair")
+            value, end = self.value(self.skip_ws(i + 1), depth)
+            items.append((JString(key_value, kline, kcol), value))
+            return end
+
+        end = self._sequence(pos, depth, "}", member, "after object key:value pair")
+        line, col = self.where(pos)
+        return JObject(items, line, col), end
 
     def arr(self, pos: int, depth: int) -> tuple[JValue, int]:
+        items: list[JValue] = []
+
+        def element(i: int) -> int:
+            value, end = self.value(i, depth)
+            items.append(value)
+            return end
+
+        end = self._sequence(pos, depth, "]", element, "after array element")
+        line, col = self.where(pos)
+        return JArray(items, line, col), end
+
+    def _sequence(
+        self, pos: int, depth: int, close: str, item: Callable[[int], int], after: str
+    ) -> int:
+        """The comma-separated items of the object or array whose bracket is at ``pos``,
+        each read by ``item`` (from its first character to just after it); returns where
+        the text after ``close`` starts. ``after``: what a bad separator is reported as."""
         self._check_depth(pos, depth)
         text = self.text
-        items: list[JValue] = []
         i = self.skip_ws(pos + 1)
-        if i < self.n and text[i] == "]":
-            line, col = self.where(pos)
-            return JArray(items, line, col), i + 1
+        if i < self.n and text[i] == close:
+            return i + 1
         while True:
-            value, i = self.value(i, depth)
-            items.append(value)
-            i = self.skip_ws(i)
+            i = self.skip_ws(item(i))
             if i < self.n and text[i] == ",":
                 i = self.skip_ws(i + 1)
                 continue
-            if i < self.n and text[i] == "]":
-                line, col = self.where(pos)
-                return JArray(items, line, col), i + 1
-            raise self.bad_char(i, "after array element")
+            if i < self.n and text[i] == close:
+                return i + 1
+            raise self.bad_char(i, after)
 
 
 def parse_document(text: str, file: str | None = None) -> Document:
