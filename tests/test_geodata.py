@@ -360,3 +360,29 @@ def test_malformed_ip_references(tmp_path: Path, pattern: str, message: str) -> 
     write_test_files(tmp_path)
     with pytest.raises(ConfigError, match=message):
         IPMatcher([pattern], ConfigError, GeoAssets([str(tmp_path)]))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.builds(GeoSite, texts, st.lists(domains, max_size=3)), min_size=1, max_size=3),
+    st.lists(st.builds(GeoIP, texts, st.lists(cidrs, max_size=3)), min_size=1, max_size=3),
+    st.binary(max_size=8),
+    st.integers(0, 200),
+)
+def test_loading_any_file_raises_only_config_errors(
+    tmp_path: Path, sites: list[GeoSite], ips: list[GeoIP], junk: bytes, cut: int
+) -> None:
+    """Whatever a .dat file holds (bad regexes, unknown types, odd IP lengths, truncation),
+    loading a list from it gives a matcher or a ConfigError, nothing else."""
+    site_data = write_geosite_list(sites) + junk
+    ip_data = write_geoip_list(ips) + junk
+    (tmp_path / "geosite.dat").write_bytes(site_data[: len(site_data) - cut % 4])
+    (tmp_path / "geoip.dat").write_bytes(ip_data[: len(ip_data) - cut % 4])
+    attrs = [a.key for d in sites[0].domains for a in d.attributes][:1]
+    for name, wanted in ((sites[0].code, []), (sites[0].code, attrs), ("x", []), ("@a", [])):
+        with contextlib.suppress(ConfigError):
+            load_geosite(name, wanted, [str(tmp_path)])
+    with contextlib.suppress(ConfigError):
+        load_geoip(ips[0].code, [str(tmp_path)])
