@@ -267,3 +267,19 @@ def test_raybridge_test_command_reports_it(
         and "routing.rules[0].domain: 'ext:no-such.dat:cn': no-such.dat not found" in text
     )
     assert "Traceback" not in text
+
+
+def test_every_bad_rule_is_reported(tmp_path: Path) -> None:
+    write_test_files(tmp_path)
+    rules = [
+        {"type": "field", "domain": ["geosite:nope"], "outboundTag": "block"},
+        {"type": "field", "ip": ["127.0.0.1"], "outboundTag": "direct"},
+        {"type": "field", "ip": ["geoip:zz"], "outboundTag": "block"},
+    ]
+    path = write_config(tmp_path, geo_config(free_port(), free_port(), rules))
+    with pytest.raises(ConfigError) as info:
+        Node(load_config([str(path)]))
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert "routing.rules[0].domain: 'geosite:nope': no list 'NOPE'" in lines[0]
+    assert "routing.rules[2].ip: 'geoip:zz': no list 'ZZ'" in lines[1]
