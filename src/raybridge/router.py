@@ -132,7 +132,17 @@ _CONDITIONS: tuple[tuple[str, _Condition], ...] = (
 
 
 #: The JSON field each condition comes from, for error messages.
-_FIELDS = {"domains": "domain", "ips": "ip", "sources": "source"}
+_FIELDS = {
+    "inbound_tags": "inboundTag",
+    "networks": "network",
+    "domains": "domain",
+    "ips": "ip",
+    "ports": "port",
+    "source_ports": "sourcePort",
+    "sources": "source",
+    "users": "user",
+    "protocols": "protocol",
+}
 
 
 def compile_rule(rule: object, assets: GeoAssets | None = None) -> Rule:
