@@ -231,12 +231,30 @@ def test_domain_set_types() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.text("abgo.", min_size=0, max_size=5), max_size=12),
-    st.text("abgo.", max_size=12),
+    st.lists(st.text("abgo.*+?()[]{}|^$\\", min_size=0, max_size=5), max_size=12),
+    st.text("abgo.*+?()[]{}|^$\\", max_size=12),
 )
 def test_keyword_trie_matches_like_substring_search(keywords: list[str], name: str) -> None:
     ds = DomainSet((PLAIN, k) for k in keywords)
     assert ds(name) == any(k in name for k in keywords)
+
+
+def go_domain_match(pattern: str, name: str) -> bool:
+    """V2Ray's domain matcher (common/strmatcher/matchers.go), restated."""
+    if not name.endswith(pattern):
+        return False
+    return len(name) == len(pattern) or name[len(name) - len(pattern) - 1] == "."
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([DOMAIN, FULL]), st.text("ab.", max_size=5)), max_size=8),
+    st.text("ab.", max_size=8),
+)
+def test_domain_and_full_match_like_v2ray(entries: list[tuple[int, str]], name: str) -> None:
+    ds = DomainSet(entries)
+    expected = any(go_domain_match(v, name) if kind == DOMAIN else v == name for kind, v in entries)
+    assert ds(name) == expected
 
 
 @settings(max_examples=200, deadline=None)
