@@ -165,7 +165,7 @@ domains = st.builds(
 cidrs = st.builds(CIDR, st.binary(max_size=17), st.integers(0, 2**32 - 1))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.builds(GeoSite, texts, st.lists(domains, max_size=5)), max_size=5))
 def test_geosite_round_trip(entries: list[GeoSite]) -> None:
     data = write_geosite_list(entries)
@@ -194,7 +194,7 @@ def test_arbitrary_bytes_raise_only_geodata_error(data: bytes) -> None:
             read(data)  # type: ignore[operator]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(st.builds(GeoSite, texts, st.lists(domains, max_size=3)), min_size=1, max_size=3),
     st.data(),
@@ -381,7 +381,7 @@ def test_malformed_ip_references(tmp_path: Path, pattern: str, message: str) -> 
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     st.lists(st.builds(GeoSite, texts, st.lists(domains, max_size=3)), min_size=1, max_size=3),
