@@ -28,7 +28,7 @@ from typing import Any
 from raybridge.address import Destination, IPAddress, Network, parse_host
 from raybridge.config.model import DnsConfig, DnsServerConfig
 from raybridge.dispatcher import Dispatcher, resolve
-from raybridge.link import End, IdleTimer, Resolver, Session
+from raybridge.link import Resolver, Session
 from raybridge.protocols.dnspolicy import (
     Failed,
     HostEntry,
@@ -41,6 +41,7 @@ from raybridge.protocols.dnspolicy import (
 )
 from raybridge.protocols.dnspolicy import Resolver as Policy
 from raybridge.router import IPMatcher
+from raybridge.transport.udp import FlowEnd
 
 logger = logging.getLogger("raybridge.dns")
 
@@ -216,17 +217,14 @@ class DnsClient(Resolver):
             del self._links[link.index]
 
 
-class _QueryLink(End):
+class _QueryLink(FlowEnd):
     """The DNS client's end of the UDP link to one server: what the outbound end writes
-    to it are the server's answers."""
+    to it are the server's answers. Ends after :data:`LINK_IDLE` seconds without traffic."""
 
     def __init__(self, client: DnsClient, index: int, session: Session) -> None:
-        self.peer: End | None = None
+        super().__init__(session, LINK_IDLE)
         self.client = client
         self.index = index
-        self.session = session
-        self.closed = False
-        self.idle = IdleTimer(session, LINK_IDLE, self._expire)
 
     def send(self, data: bytes) -> None:
         self.session.active = True
@@ -241,17 +239,8 @@ class _QueryLink(End):
         self.session.bytes_down += len(data)
         self.client._received(self.index, data)
 
-    def write_eof(self) -> None:
-        self._finish()
-
-    def abort(self, exc: BaseException | None = None) -> None:
-        self._finish()
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+    def write_to(self, data: bytes, address: Destination) -> None:
+        pass  # only the server's own answers count (a full-cone reply from elsewhere)
 
     def close(self) -> None:
         peer = self.peer
@@ -259,15 +248,5 @@ class _QueryLink(End):
         if peer is not None:
             peer.abort(ConnectionAbortedError("DNS client closed"))
 
-    def _expire(self) -> None:
-        peer = self.peer
-        self._finish()
-        if peer is not None:
-            peer.abort(TimeoutError("DNS link idle"))
-
-    def _finish(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.idle.cancel()
+    def forget(self) -> None:
         self.client._dropped(self)
