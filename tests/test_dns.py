@@ -1,0 +1,301 @@
+"""The ``dns`` section with live traffic on loopback: ``hosts`` with freedom's ``UseIP``,
+``routing.domainStrategy`` resolving names against IP rules, ``servers`` picked by
+``domains``, ``expectIPs`` falling back, and the section's ``tag`` routing its queries.
+
+Every name is answered by a DNS server the test runs on 127.0.0.1 (``FakeDns``, dnspython
+messages) or by ``hosts``; no public resolver is ever asked. Each node routes what is not on
+loopback (or not one of the test's names) to blackhole. Where V2Ray 4.34 has the feature,
+the same config runs on V2Ray too and must give the same outcome (``interop``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from raybridge.protocols.dnspolicy import QUERY_TIMEOUT
+from tests.support import RB, V2, StartPeer, free_port, socks_connect
+
+TARGET = "127.0.0.5"  # where the echo server listens: reached only through a lookup
+ELSEWHERE = "127.0.0.6"  # loopback, nothing listens: a wrong answer
+TIMEOUT = 20
+KINDS = [RB, pytest.param(V2, marks=pytest.mark.interop)]
+
+
+# -- loopback servers ------------------------------------------------------------------------
+
+
+class FakeDns(asyncio.DatagramProtocol):
+    """A DNS server with fixed A records (``name -> address``); other names get NXDOMAIN,
+    AAAA questions an empty answer. ``asked`` lists the names asked, in order."""
+
+    def __init__(self, records: dict[str, str]) -> None:
+        self.records = records
+        self.asked: list[str] = []
+        self.port = 0
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:
+            return
+        reply = dns.message.make_response(query)
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True)
+        self.asked.append(name)
+        address = self.records.get(name)
+        if address is None:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        elif question.rdtype == dns.rdatatype.A:
+            reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", address))
+        assert self.transport is not None
+        self.transport.sendto(reply.to_wire(), addr)
+
+
+@contextlib.asynccontextmanager
+async def fake_dns(records: dict[str, str]) -> AsyncIterator[FakeDns]:
+    loop = asyncio.get_running_loop()
+    server = FakeDns(records)
+    server.port = free_port()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: server, local_addr=("127.0.0.1", server.port)
+    )
+    try:
+        yield server
+    finally:
+        transport.close()
+
+
+@contextlib.asynccontextmanager
+async def echo_at(host: str) -> AsyncIterator[int]:
+    """A TCP echo server on ``host``; yields its port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, host, 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def echoes(socks_port: int, host: str, port: int) -> bool:
+    """Whether 64 KiB sent to ``host:port`` through the SOCKS inbound come back intact
+    (False when the connection is refused or closed first)."""
+    payload = os.urandom(65536)
+    try:
+        reader, writer = await asyncio.wait_for(socks_connect(socks_port, host, port), TIMEOUT)
+    except (ConnectionError, OSError, asyncio.IncompleteReadError):
+        return False
+    try:
+        writer.write(payload)
+        await writer.drain()
+        got = await asyncio.wait_for(reader.readexactly(len(payload)), TIMEOUT)
+        return got == payload
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def config(
+    socks: int,
+    *,
+    dns_section: dict[str, Any],
+    rules: list[dict[str, Any]],
+    strategy: str = "AsIs",
+    freedom: dict[str, Any] | None = None,
+    extra_outbounds: list[dict[str, Any]] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
+    """A node with a SOCKS inbound; the default outbound is blackhole, "direct" is freedom."""
+    return {
+        "log": {"loglevel": "warning"},
+        "dns": dns_section,
+        "inbounds": [
+            {"protocol": "socks", "listen": "127.0.0.1", "port": socks, "tag": "in"}
+        ],
+        "outbounds": [
+            {"protocol": "blackhole", "tag": "block"},
+            {"protocol": "freedom", "tag": "direct", "settings": freedom or {}},
+            *extra_outbounds,
+        ],
+        "routing": {"domainStrategy": strategy, "rules": rules},
+    }
+
+
+def dns_rule(*servers: FakeDns) -> dict[str, Any]:
+    """The rule that lets the DNS client's queries reach the fake servers."""
+    return {
+        "type": "field",
+        "network": "udp",
+        "ip": ["127.0.0.1/32"],
+        "port": ",".join(str(s.port) for s in servers),
+        "outboundTag": "direct",
+    }
+
+
+# -- hosts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_hosts_name_reaches_the_echo_server_with_use_ip(
+    kind: str, start_peer: StartPeer
+) -> None:
+    socks = free_port()
+    async with echo_at(TARGET) as port:
+        cfg = config(
+            socks,
+            dns_section={"hosts": {"example.test": TARGET, "domain:alias.test": "example.test"}},
+            rules=[
+                {"type": "field", "domain": ["full:example.test", "domain:alias.test"],
+                 "outboundTag": "direct"},
+            ],
+            freedom={"domainStrategy": "UseIP"},
+        )
+        await start_peer(kind, cfg, socks)
+        assert await echoes(socks, "example.test", port)
+        assert await echoes(socks, "www.alias.test", port)  # an alias in hosts, followed
+
+
+# -- routing.domainStrategy ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("strategy", ["AsIs", "IPIfNonMatch", "IPOnDemand"])
+async def test_domain_strategy_matches_ip_rules_with_the_resolved_address(
+    kind: str, strategy: str, start_peer: StartPeer
+) -> None:
+    socks = free_port()
+    records = {"routed.test": TARGET, "other.test": ELSEWHERE}
+    async with fake_dns(records) as server, echo_at(TARGET) as port:
+        cfg = config(
+            socks,
+            dns_section={"servers": [{"address": "127.0.0.1", "port": server.port}]},
+            rules=[
+                dns_rule(server),
+                {"type": "field", "ip": [f"{TARGET}/32"], "outboundTag": "direct"},
+            ],
+            strategy=strategy,
+            freedom={"domainStrategy": "UseIPv4"},
+        )
+        await start_peer(kind, cfg, socks)
+        # AsIs: no rule matches the name, so the default (blackhole) takes it.
+        assert await echoes(socks, "routed.test", port) == (strategy != "AsIs")
+        # The name's address is in no rule: blackhole whatever the strategy.
+        assert not await echoes(socks, "other.test", port)
+        assert ("routed.test" in server.asked) == (strategy != "AsIs")
+
+
+# -- servers: domains and expectIPs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_domains_pick_the_server_and_expect_ips_falls_back(
+    kind: str, start_peer: StartPeer
+) -> None:
+    socks = free_port()
+    first_records = {"www.b.test": ELSEWHERE, "e.test": ELSEWHERE, "ok.test": TARGET}
+    second_records = {"www.b.test": TARGET, "e.test": TARGET, "ok.test": ELSEWHERE}
+    async with (
+        fake_dns(first_records) as first,
+        fake_dns(second_records) as second,
+        echo_at(TARGET) as port,
+    ):
+        cfg = config(
+            socks,
+            dns_section={
+                "servers": [
+                    {"address": "127.0.0.1", "port": first.port, "expectIPs": [f"{TARGET}/32"]},
+                    {"address": "127.0.0.1", "port": second.port, "domains": ["domain:b.test"]},
+                ]
+            },
+            rules=[
+                dns_rule(first, second),
+                {"type": "field", "domain": ["domain:test"], "outboundTag": "direct"},
+            ],
+            freedom={"domainStrategy": "UseIPv4"},
+        )
+        await start_peer(kind, cfg, socks)
+        assert await echoes(socks, "www.b.test", port)  # the second server, by its domains
+        assert "www.b.test" in second.asked and "www.b.test" not in first.asked
+        assert await echoes(socks, "ok.test", port)  # the first server's answer passes
+        assert "ok.test" not in second.asked
+        assert await echoes(socks, "e.test", port)  # filtered out by expectIPs: the next
+        assert "e.test" in first.asked and "e.test" in second.asked
+
+
+# -- the section's tag -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_tag_routes_the_queries(kind: str, start_peer: StartPeer) -> None:
+    """The queries carry the dns tag as inbound tag: a rule sends them to an outbound that
+    redirects them to the real server (the configured address has no server)."""
+    socks = free_port()
+    async with fake_dns({"tagged.test": TARGET}) as server, echo_at(TARGET) as port:
+        cfg = config(
+            socks,
+            dns_section={"servers": [{"address": "127.0.0.1", "port": free_port()}], "tag": "q"},
+            rules=[
+                {"type": "field", "inboundTag": ["q"], "outboundTag": "to-dns"},
+                {"type": "field", "ip": [f"{TARGET}/32"], "outboundTag": "direct"},
+            ],
+            strategy="IPIfNonMatch",
+            freedom={"redirect": f"{TARGET}:0"},  # routing resolves; freedom needs no name
+            extra_outbounds=[
+                {"protocol": "freedom", "tag": "to-dns",
+                 "settings": {"redirect": f"127.0.0.1:{server.port}"}},
+            ],
+        )
+        await start_peer(kind, cfg, socks)
+        assert await echoes(socks, "tagged.test", port)
+        assert server.asked == ["tagged.test", "tagged.test"]  # A and AAAA
+
+
+async def test_unanswered_server_times_out_and_the_next_answers(start_node: Any) -> None:
+    socks = free_port()
+    silent = free_port()  # nothing listens there: no answer (or ICMP, which UDP ignores)
+    async with fake_dns({"slow.test": TARGET}) as server, echo_at(TARGET) as port:
+        cfg = config(
+            socks,
+            dns_section={
+                "servers": [
+                    {"address": "127.0.0.1", "port": silent},
+                    {"address": "127.0.0.1", "port": server.port},
+                ]
+            },
+            rules=[
+                {"type": "field", "network": "udp", "ip": ["127.0.0.1/32"],
+                 "outboundTag": "direct"},
+                {"type": "field", "domain": ["full:slow.test"], "outboundTag": "direct"},
+            ],
+            freedom={"domainStrategy": "UseIPv4"},
+        )
+        node = await start_node(cfg)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await echoes(socks, "slow.test", port)
+        assert server.asked == ["slow.test"]
+        assert loop.time() - started >= QUERY_TIMEOUT  # the first server had its 4 s
+        assert await node.dns.lookup("slow.test") == [ipaddress.ip_address(TARGET)]  # cached
