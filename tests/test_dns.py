@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import dns.message
@@ -23,7 +25,21 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from raybridge.config.loader import load_config_text
+from raybridge.errors import ConfigError
+from raybridge.matchers import ASSET_ENV
+from raybridge.node import Node
 from raybridge.protocols.dnspolicy import QUERY_TIMEOUT
+from raybridge.protocols.geodata import (
+    CIDR,
+    DOMAIN,
+    FULL,
+    Domain,
+    GeoIP,
+    GeoSite,
+    write_geoip_list,
+    write_geosite_list,
+)
 from tests.support import RB, V2, StartPeer, free_port, socks_connect
 
 TARGET = "127.0.0.5"  # where the echo server listens: reached only through a lookup
@@ -210,6 +226,32 @@ async def test_domain_strategy_matches_ip_rules_with_the_resolved_address(
 # -- servers: domains and expectIPs --------------------------------------------------------------
 
 
+def two_servers(
+    socks: int,
+    first: FakeDns,
+    second: FakeDns,
+    *,
+    expect: str,
+    pick: str,
+    hosts: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``first`` with ``expectIPs: [expect]``, then ``second`` with ``domains: [pick]``; the
+    names in ``.test`` go to freedom, which resolves them with the dns section (IPv4)."""
+    servers = [
+        {"address": "127.0.0.1", "port": first.port, "expectIPs": [expect]},
+        {"address": "127.0.0.1", "port": second.port, "domains": [pick]},
+    ]
+    return config(
+        socks,
+        dns_section={"servers": servers, "hosts": hosts or {}},
+        rules=[
+            dns_rule(first, second),
+            {"type": "field", "domain": ["domain:test"], "outboundTag": "direct"},
+        ],
+        freedom={"domainStrategy": "UseIPv4"},
+    )
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_domains_pick_the_server_and_expect_ips_falls_back(
     kind: str, start_peer: StartPeer
@@ -222,20 +264,7 @@ async def test_domains_pick_the_server_and_expect_ips_falls_back(
         fake_dns(second_records) as second,
         echo_at(TARGET) as port,
     ):
-        cfg = config(
-            socks,
-            dns_section={
-                "servers": [
-                    {"address": "127.0.0.1", "port": first.port, "expectIPs": [f"{TARGET}/32"]},
-                    {"address": "127.0.0.1", "port": second.port, "domains": ["domain:b.test"]},
-                ]
-            },
-            rules=[
-                dns_rule(first, second),
-                {"type": "field", "domain": ["domain:test"], "outboundTag": "direct"},
-            ],
-            freedom={"domainStrategy": "UseIPv4"},
-        )
+        cfg = two_servers(socks, first, second, expect=f"{TARGET}/32", pick="domain:b.test")
         await start_peer(kind, cfg, socks)
         assert await echoes(socks, "www.b.test", port)  # the second server, by its domains
         assert "www.b.test" in second.asked and "www.b.test" not in first.asked
@@ -299,3 +328,78 @@ async def test_unanswered_server_times_out_and_the_next_answers(start_node: Any)
         assert server.asked == ["slow.test"]
         assert loop.time() - started >= QUERY_TIMEOUT  # the first server had its 4 s
         assert await node.dns.lookup("slow.test") == [ipaddress.ip_address(TARGET)]  # cached
+
+
+# -- geo lists: geosite: hosts keys and domains, geoip: expectIPs ----------------------------------
+
+
+@pytest.fixture
+def geo_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """geosite.dat (list DNSTEST) and geoip.dat (list LOOP: the echo's address) in V2Ray's
+    format, found through V2RAY_LOCATION_ASSET by raybridge and V2Ray alike."""
+    sites = [
+        GeoSite("DNSTEST", [Domain(DOMAIN, "geo.test"), Domain(FULL, "exact.test")]),
+        GeoSite("PICKED", [Domain(DOMAIN, "picked.test")]),
+    ]
+    ips = [GeoIP("LOOP", [CIDR(bytes([127, 0, 0, 5]), 32)])]
+    (tmp_path / "geosite.dat").write_bytes(write_geosite_list(sites))
+    (tmp_path / "geoip.dat").write_bytes(write_geoip_list(ips))
+    for name in ASSET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("V2RAY_LOCATION_ASSET", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_geosite_hosts_and_domains_geoip_expect_ips(
+    kind: str, start_peer: StartPeer, geo_files: Path
+) -> None:
+    socks = free_port()
+    first_records = {"www.picked.test": ELSEWHERE, "f.test": ELSEWHERE, "g.test": TARGET}
+    second_records = {"www.picked.test": TARGET, "f.test": TARGET}
+    async with (
+        fake_dns(first_records) as first,
+        fake_dns(second_records) as second,
+        echo_at(TARGET) as port,
+    ):
+        cfg = two_servers(
+            socks,
+            first,
+            second,
+            expect="geoip:loop",
+            pick="geosite:picked",
+            hosts={"geosite:dnstest": TARGET},
+        )
+        await start_peer(kind, cfg, socks)
+        assert await echoes(socks, "www.geo.test", port)  # hosts, by the geosite list
+        assert await echoes(socks, "exact.test", port)
+        assert await echoes(socks, "www.picked.test", port)  # the server the list picks
+        assert "www.picked.test" not in first.asked
+        assert await echoes(socks, "g.test", port)  # in geoip:loop
+        assert await echoes(socks, "f.test", port)  # not in it: the next server
+        assert "f.test" in first.asked and "f.test" in second.asked
+        assert not {"www.geo.test", "exact.test"} & {*first.asked, *second.asked}
+
+
+def test_missing_geo_list_names_the_dns_field(geo_files: Path) -> None:
+    text = json.dumps(
+        {
+            "dns": {
+                "hosts": {"geosite:nosuch": "10.0.0.1"},
+                "servers": [{"address": "127.0.0.1", "expectIPs": ["geoip:zz"]}],
+            },
+            "outbounds": [{"protocol": "freedom"}],
+        },
+        indent=1,
+    )
+    cfg = load_config_text(text, "g.json", environ={})
+    with pytest.raises(ConfigError) as info:
+        Node(cfg)
+    err = info.value
+    assert err.path == "dns.servers[0].expectIPs" and "'geoip:zz'" in err.message
+    assert "no list 'ZZ'" in err.message
+    del cfg.dns.servers[:]  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as info:
+        Node(cfg)
+    assert info.value.path == "dns.hosts.geosite:nosuch" and "NOSUCH" in info.value.message
+    assert info.value.line == 4 and info.value.file == "g.json"

@@ -26,9 +26,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from raybridge.address import Destination, IPAddress, Network, parse_host
-from raybridge.config.model import DnsConfig, DnsServerConfig
+from raybridge.config.model import DnsConfig, DnsPattern, DnsServerConfig, Located
 from raybridge.dispatcher import Dispatcher, resolve
+from raybridge.errors import ConfigError
 from raybridge.link import Resolver, Session
+from raybridge.matchers import DomainSet, GeoAssets, IPMatcher
 from raybridge.protocols.dnspolicy import (
     Failed,
     HostEntry,
@@ -40,7 +42,6 @@ from raybridge.protocols.dnspolicy import (
     Want,
 )
 from raybridge.protocols.dnspolicy import Resolver as Policy
-from raybridge.router import IPMatcher
 from raybridge.transport.udp import FlowEnd
 
 logger = logging.getLogger("raybridge.dns")
@@ -51,33 +52,50 @@ _WANTS = {0: Want.BOTH, socket.AF_INET: Want.IPV4, socket.AF_INET6: Want.IPV6}
 _FAMILIES = {Want.IPV4: socket.AF_INET, Want.IPV6: socket.AF_INET6, Want.BOTH: 0}
 
 
-def _spec(server: DnsServerConfig, default_client_ip: str | None) -> ServerSpec:
+def _geosite(assets: GeoAssets, pattern: DnsPattern, where: Located) -> DomainSet:
+    try:
+        return assets.geosite(pattern.file, pattern.value)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{pattern.text!r}: {exc.message}", file=where.file, line=where.line, path=where.path
+        ) from None
+
+
+def _spec(server: DnsServerConfig, default_client_ip: str | None, assets: GeoAssets) -> ServerSpec:
     expect: Callable[[IPAddress], bool] | None = None
     if server.expect_ips:
-        expect = IPMatcher(server.expect_ips, server.error)
+
+        def where(message: str) -> ConfigError:
+            return ConfigError(
+                message, file=server.file, line=server.line, path=server.path + ".expectIPs"
+            )
+
+        expect = IPMatcher(server.expect_ips, where, assets)
     client_ip = server.client_ip or default_client_ip
     name = server.address if server.system else f"udp:{server.address}:{server.port}"
     return ServerSpec(
         name=name,
         system=server.system,
         domains=tuple((p.kind, p.value) for p in server.domains if p.kind != "geosite"),
+        domain_sets=tuple(
+            _geosite(assets, p, server) for p in server.domains if p.kind == "geosite"
+        ),
         expect=expect,
         client_ip=None if client_ip is None or server.system else ipaddress.ip_address(client_ip),
     )
 
 
-def _hosts(config: DnsConfig) -> StaticHosts:
+def _hosts(config: DnsConfig, assets: GeoAssets) -> StaticHosts:
     entries = []
     for mapping in config.hosts:
-        kind = mapping.pattern.kind
-        if kind == "geosite":
-            raise mapping.error(f"{mapping.pattern.text!r} needs geosite support")
+        pattern = mapping.pattern
         entries.append(
             HostEntry(
-                kind=kind,
-                pattern=mapping.pattern.value,
+                kind="full" if pattern.kind == "geosite" else pattern.kind,
+                pattern=pattern.value,
                 ips=tuple(ipaddress.ip_address(ip) for ip in mapping.ips),
                 alias=mapping.alias,
+                matcher=_geosite(assets, pattern, mapping) if pattern.kind == "geosite" else None,
             )
         )
     return StaticHosts(entries)
@@ -91,10 +109,14 @@ class DnsClient(Resolver):
         self.config = config
         self.tag = config.tag or f"v2ray.system.{uuid.uuid4()}"
         self.servers = list(config.servers)
+        # Geo lists (geosite: keys and domains, geoip: expectIPs) are found as a routing
+        # rule's are: near the config file, or in V2RAY_LOCATION_ASSET (matchers.py).
+        with GeoAssets([]) as own:
+            assets = own.near(config.file)
+            specs = [_spec(s, config.client_ip, assets) for s in self.servers]
+            hosts = _hosts(config, assets)
         self.policy = Policy(
-            [_spec(s, config.client_ip) for s in self.servers],
-            _hosts(config),
-            new_id=new_id or (lambda: secrets.randbelow(65536)),
+            specs, hosts, new_id=new_id or (lambda: secrets.randbelow(65536))
         )
         #: Servers given by name: looked up by the system, never by this client.
         self._server_names = {

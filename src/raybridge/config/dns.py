@@ -39,18 +39,6 @@ _SCHEMES = {
 }
 
 
-def geosite_supported() -> bool:
-    """Whether ``geosite:`` and ``ext:`` patterns can be read (V2Ray's geosite.dat)."""
-    return False
-
-
-def _geosite_error(text: str) -> str:
-    return (
-        f"{text!r} needs geosite support (V2Ray's geosite.dat), which raybridge does not have "
-        "yet; list the names with domain:/full:/keyword:/regexp: instead"
-    )
-
-
 def parse_pattern(text: str, *, plain: str) -> DnsPattern | str:
     """A ``hosts`` key (``plain="full"``) or a ``domains`` entry (``plain="keyword"``) as
     4.34 reads it; a string is the error message."""
@@ -66,8 +54,7 @@ def parse_pattern(text: str, *, plain: str) -> DnsPattern | str:
                 if len(parts) != 2 or not all(parts):
                     return f'invalid external resource {text!r} (write "ext:file.dat:list")'
                 file, name = parts
-            if not geosite_supported():
-                return _geosite_error(text)
+            # The list itself is read when the node is built (raybridge.dns, matchers.py).
             return DnsPattern(kind="geosite", value=name, text=text, file=file)
     if text.startswith("dotless:"):
         rest = text[8:]
@@ -208,14 +195,11 @@ def _server(obj: Obj, node: JValue, path: str, index: int) -> DnsServerConfig:
 
 def _ip_pattern_problem(text: str) -> str | None:
     """What is wrong with an ``expectIPs`` entry (as the router reads an ``ip`` entry)."""
-    lower = text.lower()
-    if lower == "geoip:private":
-        return None
-    if lower.startswith(("geoip:", "ext:", "ext-ip:")):
-        return (
-            f"{text!r} needs V2Ray's geoip.dat, which raybridge does not read; only "
-            "geoip:private is built in; list the CIDRs instead"
-        )
+    kind, sep, rest = text.partition(":")
+    if sep and kind.lower() in ("geoip", "ext", "ext-ip"):
+        # A geoip list: read when the node is built (raybridge.dns, matchers.py), as a
+        # routing rule's are.
+        return None if rest else f"empty list name in {text!r}"
     address, _, mask = text.partition("/")
     if normalize_ip(address) is None:
         return f"invalid IP or CIDR {text!r}"

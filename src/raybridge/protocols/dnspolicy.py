@@ -93,6 +93,10 @@ class DomainIndex:
                 raise ValueError(f"invalid regexp {pattern!r}: {exc}") from None
             self._other.append((_search(compiled), payload))
 
+    def add_test(self, test: Callable[[str], bool], payload: int) -> None:
+        """A compiled list of patterns (a geosite list): matched with the keywords."""
+        self._other.append((test, payload))
+
     def match(self, name: str) -> list[int]:
         out = list(self._full.get(name, ()))
         if self._suffix and name:
@@ -134,12 +138,14 @@ LOCAL_NAMES: tuple[tuple[MatchKind, str], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class HostEntry:
-    """One ``hosts`` mapping, compiled: a pattern and either addresses or an alias."""
+    """One ``hosts`` mapping, compiled: a pattern (or ``matcher``, a compiled list such
+    as a geosite list, which then stands in for it) and either addresses or an alias."""
 
     kind: MatchKind
     pattern: str
     ips: tuple[IPAddress, ...] = ()
     alias: str | None = None
+    matcher: Callable[[str], bool] | None = None
 
 
 class StaticHosts:
@@ -157,7 +163,10 @@ class StaticHosts:
                 if values == (ipaddress.IPv4Address("127.0.0.1"),):
                     # 4.34 adds ::1 to a mapping of just 127.0.0.1.
                     values = (*values, ipaddress.IPv6Address("::1"))
-            self._index.add(entry.kind, entry.pattern, len(self._values))
+            if entry.matcher is not None:
+                self._index.add_test(entry.matcher, len(self._values))
+            else:
+                self._index.add(entry.kind, entry.pattern, len(self._values))
             self._values.append(values)
 
     def lookup(self, name: str, want: Want) -> list[IPAddress] | str | None:
@@ -192,11 +201,13 @@ def _wanted(ip: IPAddress, want: Want) -> bool:
 class ServerSpec:
     """One name server. ``system``: the system resolver (``"localhost"``), else plain UDP
     DNS to ``address`` (an IP or a name) and ``port``. ``domains``: (kind, pattern) it is
-    asked first for; ``expect``: the addresses it may answer (``None``: any)."""
+    asked first for, and ``domain_sets`` compiled lists of them (geosite lists);
+    ``expect``: the addresses it may answer (``None``: any)."""
 
     name: str
     system: bool = False
     domains: tuple[tuple[MatchKind, str], ...] = ()
+    domain_sets: tuple[Callable[[str], bool], ...] = ()
     expect: Callable[[IPAddress], bool] | None = None
     client_ip: IPAddress | None = None
 
@@ -331,6 +342,8 @@ class Resolver:
                 domains = (*domains, *LOCAL_NAMES)
             for kind, pattern in domains:
                 self._index.add(kind, pattern, i)
+            for test in state.spec.domain_sets:
+                self._index.add_test(test, i)
         self._lookups: dict[int, _Lookup] = {}
         self._next_lookup = 0
         self._events: list[Event] = []
