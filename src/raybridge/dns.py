@@ -1,4 +1,4 @@
-"""The ``dns`` section's client: V2Ray 4.34's ``app/dns`` on asyncio (docs/protocols.md 4.11).
+"""The ``dns`` section's client: V2Ray 4.34's ``app/dns`` on asyncio (docs/protocols.md 4.12).
 
 :class:`DnsClient` is a :class:`~raybridge.link.Resolver`: ``routing.domainStrategy`` and
 freedom's ``UseIP*`` look names up with it. The decisions (hosts, which server, cache,

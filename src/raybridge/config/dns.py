@@ -1,4 +1,4 @@
-"""The ``dns`` section (``infra/conf/dns.go`` of V2Ray 4.34; docs/protocols.md 4.11).
+"""The ``dns`` section (``infra/conf/dns.go`` of V2Ray 4.34; docs/protocols.md 4.12).
 
 What 4.34 reads is read the same way: ``servers`` (a string, or ``{"address", "port",
 "domains", "expectIPs", "clientIp"}``), ``hosts`` (a map from a name pattern to an address),

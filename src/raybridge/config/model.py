@@ -556,7 +556,7 @@ class DnsServerConfig(Located):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DnsConfig(Section):
-    """The ``dns`` section (docs/protocols.md 4.11). ``tag``: the inbound tag of the
+    """The ``dns`` section (docs/protocols.md 4.12). ``tag``: the inbound tag of the
     queries it sends through routing (4.34 makes one up when empty)."""
 
     servers: list[DnsServerConfig] = field(default_factory=list)

@@ -1,6 +1,6 @@
 """The built-in DNS client's decisions, sans-IO (V2Ray 4.34's ``app/dns``).
 
-What is decided here (docs/protocols.md 4.11):
+What is decided here (docs/protocols.md 4.12):
 
 * **static hosts** (``app/dns/hosts.go``): a name matched by ``hosts`` gets the mapped IPs (all
   matching entries, in match order), or an alias that is looked up in its turn (at most 5

@@ -2,9 +2,9 @@
 
 ``domainStrategy`` (docs/protocols.md 4.4): ``AsIs`` leaves resolution to the dialer; ``UseIP``,
 ``UseIPv4`` and ``UseIPv6`` resolve the domain first with the node's resolver (its ``dns``
-section, 4.11) and dial an address of that family; with ``sendThrough``, ``UseIP`` asks for
-its family, as 4.34 does. A name that does not resolve is dialled as it is (4.34's fallback
-to the system resolver), unless ``blockPrivate`` needs the address.
+section, docs/protocols.md 4.12) and dial an address of that family; with ``sendThrough``,
+``UseIP`` asks for its family, as 4.34 does. A name that does not resolve is dialled as it
+is (4.34's fallback to the system resolver), unless ``blockPrivate`` needs the address.
 ``redirect: "host:port"`` replaces the destination's host (when non-empty and not
 ``0.0.0.0``) and port (when non-zero): the port-mapping mode of the reverse chapter.
 """
