@@ -40,7 +40,16 @@ from raybridge.protocols.geodata import (
     write_geoip_list,
     write_geosite_list,
 )
-from tests.support import RB, V2, StartPeer, free_port, socks_connect
+from tests.support import (
+    RB,
+    V2,
+    StartPeer,
+    client_config,
+    free_port,
+    new_uuid,
+    server_config,
+    socks_connect,
+)
 
 TARGET = "127.0.0.5"  # where the echo server listens: reached only through a lookup
 ELSEWHERE = "127.0.0.6"  # loopback, nothing listens: a wrong answer
@@ -403,3 +412,30 @@ def test_missing_geo_list_names_the_dns_field(geo_files: Path) -> None:
         Node(cfg)
     assert info.value.path == "dns.hosts.geosite:nosuch" and "NOSUCH" in info.value.message
     assert info.value.line == 4 and info.value.file == "g.json"
+
+
+@pytest.mark.parametrize("server_kind", KINDS)
+async def test_queries_routed_through_vmess_to_the_server(
+    server_kind: str, start_peer: StartPeer, start_node: Any
+) -> None:
+    """A client node whose dns tag is routed to its VMess outbound: the queries travel as
+    VMess UDP to the server (raybridge or V2Ray 4.34), whose freedom reaches the DNS server;
+    the resolved address then picks the route on the client."""
+    socks, vmess_port, user = free_port(), free_port(), new_uuid()
+    async with fake_dns({"far.test": TARGET}) as server, echo_at(TARGET) as port:
+        await start_peer(server_kind, server_config(vmess_port, user), vmess_port)
+        vmess_out = client_config(socks, vmess_port, user)["outbounds"][0]
+        cfg = config(
+            socks,
+            dns_section={"servers": [{"address": "127.0.0.1", "port": server.port}], "tag": "q"},
+            rules=[
+                {"type": "field", "inboundTag": ["q"], "outboundTag": vmess_out["tag"]},
+                {"type": "field", "ip": [f"{TARGET}/32"], "outboundTag": "direct"},
+            ],
+            strategy="IPIfNonMatch",
+            freedom={"redirect": f"{TARGET}:0"},
+            extra_outbounds=[vmess_out],
+        )
+        await start_node(cfg)
+        assert await echoes(socks, "far.test", port)
+        assert "far.test" in server.asked
