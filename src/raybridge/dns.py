@@ -237,6 +237,8 @@ class DnsClient(Resolver):
     def _dropped(self, link: _QueryLink) -> None:
         if self._links.get(link.index) is link:
             del self._links[link.index]
+        if self._dispatcher is not None:
+            self._dispatcher.stats.closed(link.session)  # its bytes into the totals
 
 
 class _QueryLink(FlowEnd):
