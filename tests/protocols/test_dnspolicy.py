@@ -448,3 +448,75 @@ def test_arbitrary_payload_with_the_right_id_never_raises(qid: int, rest: bytes)
     data = qid.to_bytes(2, "big") + bytes([0x81, 0x80]) + rest[4:]
     r.datagram_received(0, data, T0)
     drain(r)
+
+
+# -- every lookup ends exactly once ------------------------------------------------------------
+
+Step = tuple[str, int]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["lookup", "answer", "nxdomain", "empty", "garbage", "wait", "sys"]),
+            st.integers(min_value=0, max_value=7),
+        ),
+        max_size=40,
+    ),
+    st.booleans(),
+)
+def test_every_lookup_ends_once(steps: list[Step], with_system: bool) -> None:
+    """Whatever the servers answer (or not) and however time moves, each lookup ends in
+    exactly one Resolved or Failed, and a timer is set while any is open."""
+    ten = ipaddress.ip_network("10.0.0.0/8")
+    servers = [udp("a", expect=lambda a: a in ten), udp("b", domains=(("domain", "n1.test"),))]
+    if with_system:
+        servers.append(ServerSpec("localhost", system=True))
+    r = resolver(*servers, hosts=hosts(("full", "n0.test", "10.0.0.1")))
+    now = T0
+    started: set[int] = set()
+    ended: list[int] = []
+    sent: list[SendQuery] = []
+    systems: list[SystemLookup] = []
+
+    def collect() -> None:
+        for event in drain(r):
+            if isinstance(event, SendQuery):
+                sent.append(event)
+            elif isinstance(event, SystemLookup):
+                systems.append(event)
+            else:
+                ended.append(event.lookup)
+
+    for action, n in steps:
+        if action == "lookup":
+            started.add(r.lookup(f"n{n}.test", Want(n % 3 + 1), now))
+        elif action in ("answer", "nxdomain", "empty", "garbage") and sent:
+            query = sent.pop(n % len(sent))
+            if action == "answer":
+                data = answer(query.data, f"10.0.0.{n}", f"192.0.2.{n}", "2001:db8::1")
+            elif action == "nxdomain":
+                data = answer(query.data, rcode=dns.rcode.NXDOMAIN)
+            elif action == "empty":
+                data = answer(query.data)
+            else:
+                data = query.data[: n + 2]
+            r.datagram_received(query.server, data, now)
+        elif action == "sys" and systems:
+            event = systems.pop(n % len(systems))
+            r.system_answer(event.lookup, event.server, [ip(f"10.0.1.{n}")] if n % 2 else [], now)
+        elif action == "wait":
+            now += n
+            timer = r.get_timer()
+            if timer is not None and timer <= now:
+                r.handle_timer(now)
+        collect()
+    for _ in range(1000):  # let every time-out pass
+        timer = r.get_timer()
+        if timer is None:
+            break
+        now = max(now, timer)
+        r.handle_timer(now)
+        collect()
+    assert sorted(ended) == sorted(started)
