@@ -173,7 +173,8 @@ class DnsClient(Resolver):
             elif isinstance(event, SystemLookup):
                 self._spawn(self._system(event))
             elif isinstance(event, Resolved):
-                logger.debug("dns: lookup %d: %s", event.lookup, [str(ip) for ip in event.ips])
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("dns: lookup %d: %s", event.lookup, [str(a) for a in event.ips])
                 self._finish(event.lookup, list(event.ips))
             elif isinstance(event, Failed):
                 logger.info("dns: %s", event.reason)

@@ -359,11 +359,6 @@ class Resolver:
         if not name:
             self._events.append(Failed(lid, "empty domain name"))
             return lid
-        try:
-            dns.name.from_text(name + ".")
-        except dns.exception.DNSException as exc:
-            self._events.append(Failed(lid, f"{name!r} is not a domain name: {exc}"))
-            return lid
         mapped = self.hosts.lookup(name, want)
         if isinstance(mapped, list):
             if mapped:
@@ -373,6 +368,10 @@ class Resolver:
             return lid
         if isinstance(mapped, str):
             name = mapped  # an alias: the servers are asked for it
+        problem = _name_problem(name)
+        if problem is not None:
+            self._events.append(Failed(lid, f"{name!r} is not a domain name: {problem}"))
+            return lid
         state = _Lookup(lid, name, want, order=self.order(name))
         self._lookups[lid] = state
         self._advance(state, now)
@@ -552,6 +551,20 @@ class Resolver:
     def _fail(self, lookup: _Lookup, reason: str) -> None:
         self._lookups.pop(lookup.id, None)
         self._events.append(Failed(lookup.id, f"{lookup.name}: {reason}"))
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be put in a query (``None``: it can). Plain ASCII names are
+    checked here; anything else (IDNA, escapes) by dnspython."""
+    if name.isascii() and "\\" not in name and len(name) <= 253:
+        labels = name.split(".")
+        if all(0 < len(label) <= 63 for label in labels):
+            return None
+    try:
+        dns.name.from_text(name + ".")
+    except dns.exception.DNSException as exc:
+        return str(exc)
+    return None
 
 
 def _make_query(
