@@ -16,9 +16,11 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raybridge.protocols import dnspolicy
 from raybridge.protocols.dnspolicy import (
     MAX_TTL,
     QUERY_TIMEOUT,
@@ -520,3 +522,18 @@ def test_every_lookup_ends_once(steps: list[Step], with_system: bool) -> None:
         r.handle_timer(now)
         collect()
     assert sorted(ended) == sorted(started)
+
+
+def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dnspolicy, "MAX_CACHE", 3)
+    r = resolver(udp())
+    for n in range(5):
+        r.lookup(f"n{n}.test", Want.IPV4, T0)
+        (query,) = queries(drain(r))
+        r.datagram_received(0, answer(query.data, f"10.0.0.{n}"), T0)
+        drain(r)
+    assert len(r.servers[0].cache) == 3
+    r.lookup("n4.test", Want.IPV4, T0)
+    assert queries(drain(r)) == []  # the newest are kept
+    r.lookup("n0.test", Want.IPV4, T0)
+    assert len(queries(drain(r))) == 1  # the oldest went

@@ -51,6 +51,9 @@ PENDING_LIFETIME = 8.0
 MAX_TTL = 600.0
 #: Alias levels followed in ``hosts`` (``StaticHosts.Lookup``).
 ALIAS_DEPTH = 5
+#: Answers one server's cache holds (names x types); past it, expired ones go, then the
+#: oldest (4.34's cache has no bound: a client naming random subdomains would grow it).
+MAX_CACHE = 16384
 #: EDNS0 UDP payload size announced with a client subnet (``genEDNS0Options``).
 EDNS_PAYLOAD = 1350
 
@@ -248,6 +251,15 @@ class _ServerState:
             return None
         return record
 
+    def store(self, key: tuple[str, int], record: _Record, now: float) -> None:
+        cache = self.cache
+        cache.pop(key, None)  # re-inserted last: the newest
+        if len(cache) >= MAX_CACHE:
+            self.prune(now)
+            while len(cache) >= MAX_CACHE:
+                del cache[next(iter(cache))]
+        cache[key] = record
+
     def prune(self, now: float) -> None:
         for key in [k for k, r in self.cache.items() if r.expire <= now]:
             del self.cache[key]
@@ -418,7 +430,7 @@ class Resolver:
                     ip = ipaddress.ip_address(rdata.address)
                     if ip not in ips:
                         ips.append(ip)
-        state.cache[key] = _Record(ips, message.rcode(), now + ttl)
+        state.store(key, _Record(ips, message.rcode(), now + ttl), now)
         for lookup in list(self._lookups.values()):
             if lookup.position >= 0 and lookup.order[lookup.position] == server:
                 self._check(lookup, now, final=False)
