@@ -225,3 +225,20 @@ def test_v2ray_agrees_on_what_is_valid(section: str, accepted: bool) -> None:
     else:
         ours = True
     assert ours == accepted or section.startswith('{"hosts": {"a.test": [')  # we take lists
+
+
+def test_client_ip_default_and_made_up_tag() -> None:
+    cfg = load(
+        dns(
+            '{"clientIp": "203.0.113.9", "servers": ["10.0.0.53", '
+            '{"address": "10.0.0.54", "clientIp": "2001:db8::1"}, "localhost"]}'
+        )
+    )
+    node = Node(cfg)
+    assert node.dns is not None
+    specs = [state.spec for state in node.dns.policy.servers]
+    assert [str(s.client_ip) for s in specs] == ["203.0.113.9", "2001:db8::1", "None"]
+    assert [s.system for s in specs] == [False, False, True]
+    assert node.dns.tag.startswith("v2ray.system.")  # 4.34 makes one up
+    assert node.dispatcher.resolver is node.dns
+    assert all(getattr(o, "resolver", node.dns) is node.dns for o in node.outbounds)
