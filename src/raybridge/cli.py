@@ -205,7 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load(paths)
         from raybridge.node import Node
 
-        Node(config)  # validate fully before binding anything
+        # Validate fully before binding anything; kept until the end so that the node
+        # serve() builds shares its geo lists (raybridge.matchers caches them weakly).
+        _validated = Node(config)
         if args.status:
             from raybridge.status import parse_address
 

@@ -487,24 +487,24 @@ class GeoAssets:
             return built
         dat = self._file(path)
         span = dat.span(base, "geosite")
-        try:
-            domains = list(geodata.read_domains(dat.data, span))
-        except GeoDataError as exc:
-            raise ConfigError(f"list {base.upper()!r} in {path} is malformed: {exc}") from None
+        # Streamed from the file into the sets: no list of 100,000 entries in between.
+        domains: Iterable[geodata.Domain] = geodata.read_domains(dat.data, span)
         if attrs:
             wanted = set(attrs)
-            domains = [d for d in domains if wanted <= {a.key.lower() for a in d.attributes}]
-            if not domains:
-                # V2Ray 4.34 goes on with an empty list (and so drops the condition from
-                # the rule, which then matches more); a list that selects nothing is an error.
-                raise ConfigError(
-                    f"no entry of list {base.upper()!r} in {path} has the attribute(s) "
-                    + " ".join("@" + a for a in attrs)
-                )
+            domains = (d for d in domains if wanted <= {a.key.lower() for a in d.attributes})
         try:
             site = DomainSet((d.type, d.value) for d in domains)
+        except GeoDataError as exc:
+            raise ConfigError(f"list {base.upper()!r} in {path} is malformed: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"list {base.upper()!r} in {path}: {exc}") from None
+        if attrs and not site.size:
+            # V2Ray 4.34 goes on with an empty list (and so drops the condition from the
+            # rule, which then matches more); a list that selects nothing is an error here.
+            raise ConfigError(
+                f"no entry of list {base.upper()!r} in {path} has the attribute(s) "
+                + " ".join("@" + a for a in attrs)
+            )
         _built[key] = site
         return site
 

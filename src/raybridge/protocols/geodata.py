@@ -113,41 +113,46 @@ def _varint(data: Buffer, pos: int, end: int) -> tuple[int, int]:
             raise GeoDataError("varint longer than 10 bytes")
 
 
+def _field(data: Buffer, pos: int, end: int) -> tuple[int, int, int, int]:
+    """The field at ``pos`` of a message body ending at ``end``: ``(field number, wire
+    type, value, position after)``; for wire types 1, 2 and 5 the value is the start of
+    its bytes, which end at the position after. One-byte keys and lengths (every field
+    number here, strings under 128 bytes) take the short path."""
+    key = data[pos]
+    if key < 0x80:
+        pos += 1
+    else:
+        key, pos = _varint(data, pos, end)
+    number, wire = key >> 3, key & 7
+    if number == 0:
+        raise GeoDataError("field number 0")
+    if wire == _BYTES:
+        length = data[pos] if pos < end else 0x80
+        if length < 0x80:
+            pos += 1
+        else:
+            length, pos = _varint(data, pos, end)
+        if length > end - pos:
+            raise GeoDataError(f"field {number}: {length} bytes announced, {end - pos} left")
+        return number, wire, pos, pos + length
+    if wire == _VARINT:
+        value, after = _varint(data, pos, end)
+        return number, wire, value, after
+    if wire in (_FIXED64, _FIXED32):
+        size = 8 if wire == _FIXED64 else 4
+        if size > end - pos:
+            raise GeoDataError(f"field {number}: truncated fixed-size value")
+        return number, wire, pos, pos + size
+    raise GeoDataError(f"field {number}: unsupported wire type {wire}")
+
+
 def _fields(data: Buffer, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """``(field number, wire type, value, position after)`` for each field of the message
-    body ``[start, end)``; for wire type 2 the value is the start of its bytes, which end
-    at the position after."""
+    """Each field of the message body ``[start, end)``, as :func:`_field` reads it."""
     pos = start
     while pos < end:
-        byte = data[pos]
-        if byte < 0x80:  # a one-byte key: field numbers up to 15, every field here
-            key, pos = byte, pos + 1
-        else:
-            key, pos = _varint(data, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise GeoDataError("field number 0")
-        if wire == _BYTES:
-            byte = data[pos] if pos < end else 0x80
-            if byte < 0x80:
-                length, pos = byte, pos + 1
-            else:
-                length, pos = _varint(data, pos, end)
-            if length > end - pos:
-                raise GeoDataError(f"field {number}: {length} bytes announced, {end - pos} left")
-            yield number, wire, pos, pos + length
-            pos += length
-        elif wire == _VARINT:
-            value, pos = _varint(data, pos, end)
-            yield number, wire, value, pos
-        elif wire in (_FIXED64, _FIXED32):
-            size = 8 if wire == _FIXED64 else 4
-            if size > end - pos:
-                raise GeoDataError(f"field {number}: truncated fixed-size value")
-            yield number, wire, pos, pos + size
-            pos += size
-        else:
-            raise GeoDataError(f"field {number}: unsupported wire type {wire}")
+        field = _field(data, pos, end)
+        yield field
+        pos = field[3]
 
 
 def _expect(number: int, wire: int, want: int) -> None:
@@ -174,16 +179,20 @@ def index_entries(data: Buffer) -> dict[str, Span]:
 
 def read_cidrs(data: Buffer, span: Span) -> Iterator[CIDR]:
     """The CIDRs of one GeoIP entry (IPs are not checked here: see the matcher)."""
-    for number, wire, start, end in _fields(data, *span):
+    pos, end = span
+    while pos < end:
+        number, wire, start, pos = _field(data, pos, end)
         if number != 2:
             continue
         _expect(number, wire, _BYTES)
         ip = b""
         prefix = 0
-        for inner, inner_wire, value, after in _fields(data, start, end):
+        inner_pos = start
+        while inner_pos < pos:
+            inner, inner_wire, value, inner_pos = _field(data, inner_pos, pos)
             if inner == 1:
                 _expect(inner, inner_wire, _BYTES)
-                ip = data[value:after]
+                ip = data[value:inner_pos]
             elif inner == 2:
                 _expect(inner, inner_wire, _VARINT)
                 prefix = value & 0xFFFFFFFF  # uint32: the low 32 bits, as Go keeps them
@@ -207,18 +216,44 @@ def _attribute(data: Buffer, start: int, end: int) -> Attribute:
 
 
 def read_domains(data: Buffer, span: Span) -> Iterator[Domain]:
-    """The domains of one GeoSite entry, with their attributes."""
-    for number, wire, start, end in _fields(data, *span):
-        if number != 2:
-            continue
-        _expect(number, wire, _BYTES)
+    """The domains of one GeoSite entry, with their attributes. (The hot loop of loading
+    a big list: plain loops over :func:`_field`, no generator per message.)"""
+    pos, end = span
+    while pos < end:
+        if data[pos] == 0x12 and pos + 1 < end and data[pos + 1] < 0x80:
+            start = pos + 2  # a domain (field 2) under 128 bytes: the usual case
+            pos = start + data[pos + 1]
+            if pos > end:
+                raise GeoDataError(f"field 2: {pos - start} bytes announced, {end - start} left")
+        else:
+            number, wire, start, pos = _field(data, pos, end)
+            if number != 2:
+                continue
+            _expect(number, wire, _BYTES)
+        # What Go writes for a domain without attributes: [08 type] 12 len value.
+        head = start + 2 if pos - start > 2 and data[start] == 0x08 else start
+        if (
+            head < pos - 1
+            and data[head] == 0x12
+            and data[head + 1] < 0x80
+            and head + 2 + data[head + 1] == pos
+        ):
+            kind = data[start + 1] if head > start else 0
+            if kind < 0x80:
+                try:
+                    yield Domain(kind, data[head + 2 : pos].decode(), ())
+                except UnicodeDecodeError:
+                    raise GeoDataError("a string that is not UTF-8") from None
+                continue
         kind = 0
         value = ""
         attributes: list[Attribute] = []
-        for inner, inner_wire, raw, after in _fields(data, start, end):
+        inner_pos = start
+        while inner_pos < pos:
+            inner, inner_wire, raw, inner_pos = _field(data, inner_pos, pos)
             if inner == 2:
                 _expect(inner, inner_wire, _BYTES)
-                value = _text(data, raw, after)
+                value = _text(data, raw, inner_pos)
             elif inner == 1:
                 _expect(inner, inner_wire, _VARINT)
                 kind = raw & 0xFFFFFFFF  # an enum is an int32 on the wire
@@ -226,7 +261,7 @@ def read_domains(data: Buffer, span: Span) -> Iterator[Domain]:
                     kind -= 1 << 32
             elif inner == 3:
                 _expect(inner, inner_wire, _BYTES)
-                attributes.append(_attribute(data, raw, after))
+                attributes.append(_attribute(data, raw, inner_pos))
         yield Domain(kind, value, tuple(attributes))
 
 
