@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -25,8 +26,10 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from raybridge.address import Destination, IPAddress, Network
 from raybridge.config.loader import load_config_text
 from raybridge.errors import ConfigError
+from raybridge.link import Resolver
 from raybridge.matchers import ASSET_ENV
 from raybridge.node import Node
 from raybridge.protocols.dnspolicy import QUERY_TIMEOUT
@@ -40,6 +43,7 @@ from raybridge.protocols.geodata import (
     write_geoip_list,
     write_geosite_list,
 )
+from raybridge.proxy.freedom import FreedomOutbound
 from tests.support import (
     RB,
     V2,
@@ -439,3 +443,48 @@ async def test_queries_routed_through_vmess_to_the_server(
         await start_node(cfg)
         assert await echoes(socks, "far.test", port)
         assert "far.test" in server.asked
+
+
+class _Recorder(Resolver):
+    def __init__(self, answer: list[str]) -> None:
+        self.answer = [ipaddress.ip_address(a) for a in answer]
+        self.asked: list[tuple[str, int]] = []
+
+    async def lookup(self, host: str, family: int = 0) -> list[IPAddress]:
+        self.asked.append((host, family))
+        return list(self.answer)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "send_through", "family"),
+    [
+        ("UseIP", None, 0),
+        ("UseIPv4", None, socket.AF_INET),
+        ("UseIPv6", None, socket.AF_INET6),
+        ("UseIP", "127.0.0.1", socket.AF_INET),  # the family of sendThrough, as 4.34
+        ("UseIP", "::1", socket.AF_INET6),
+    ],
+)
+async def test_freedom_asks_the_resolver_for_its_family(
+    strategy: str, send_through: str | None, family: int
+) -> None:
+    freedom = FreedomOutbound("direct", domain_strategy=strategy, send_through=send_through)
+    recorder = _Recorder(["10.0.0.7", "10.0.0.8"])
+    freedom.use_resolver(recorder)
+    dest = Destination(Network.TCP, "name.test", 80)
+    assert await freedom._address(dest) == "10.0.0.7"
+    assert recorder.asked == [("name.test", family)]
+
+
+async def test_freedom_dials_an_unresolved_name_as_it_is_unless_blocking_private() -> None:
+    freedom = FreedomOutbound("direct", domain_strategy="UseIP")
+    freedom.use_resolver(_Recorder([]))
+    dest = Destination(Network.TCP, "name.test", 80)
+    assert await freedom._address(dest) == "name.test"  # 4.34: the system resolver's turn
+    guarded = FreedomOutbound("direct", domain_strategy="UseIP", block_private=True)
+    guarded.use_resolver(_Recorder([]))
+    with pytest.raises(OSError, match="private or unresolvable"):
+        await guarded._address(dest)
+    guarded.use_resolver(_Recorder(["127.0.0.1"]))
+    with pytest.raises(OSError):
+        await guarded._address(dest)
