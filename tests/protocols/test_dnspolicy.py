@@ -522,6 +522,7 @@ def test_every_lookup_ends_once(steps: list[Step], with_system: bool) -> None:
         r.handle_timer(now)
         collect()
     assert sorted(ended) == sorted(started)
+    assert r._lookups == {} and r._waiting == {}  # nothing left behind
 
 
 def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

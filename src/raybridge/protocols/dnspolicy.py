@@ -26,6 +26,7 @@ The wire format is dnspython's.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -230,7 +231,11 @@ class _Pending:
     expire: float
 
 
-_TYPES = ((Want.IPV4, dns.rdatatype.RdataType.A), (Want.IPV6, dns.rdatatype.RdataType.AAAA))
+# Plain ints for the flags: IntFlag's own "&" costs a few microseconds a lookup.
+_TYPES = (
+    (int(Want.IPV4), dns.rdatatype.RdataType.A),
+    (int(Want.IPV6), dns.rdatatype.RdataType.AAAA),
+)
 
 
 class _ServerState:
@@ -252,25 +257,33 @@ class _ServerState:
         return record
 
     def store(self, key: tuple[str, int], record: _Record, now: float) -> None:
+        """Cache an answer. Expired answers are dropped when read, or here when the cache is
+        full (then the oldest too), never by a scan per timer."""
         cache = self.cache
         cache.pop(key, None)  # re-inserted last: the newest
         if len(cache) >= MAX_CACHE:
-            self.prune(now)
+            for old in [k for k, r in cache.items() if r.expire <= now]:
+                del cache[old]
             while len(cache) >= MAX_CACHE:
                 del cache[next(iter(cache))]
         cache[key] = record
 
     def prune(self, now: float) -> None:
-        for key in [k for k, r in self.cache.items() if r.expire <= now]:
-            del self.cache[key]
-        for qid in [q for q, p in self.pending.items() if p.expire <= now]:
-            pending = self.pending.pop(qid)
-            if self.inflight.get((pending.fqdn, pending.rdtype)) == qid:
-                del self.inflight[(pending.fqdn, pending.rdtype)]
+        """Forget queries that had their time for a late answer. They expire in the order
+        they were sent (``now`` never goes back), which is the dict's order."""
+        pending = self.pending
+        while pending:
+            qid, query = next(iter(pending.items()))
+            if query.expire > now:
+                break
+            del pending[qid]
+            if self.inflight.get((query.fqdn, query.rdtype)) == qid:
+                del self.inflight[(query.fqdn, query.rdtype)]
 
     def next_expiry(self) -> float | None:
-        times = [p.expire for p in self.pending.values()]
-        return min(times) if times else None
+        for query in self.pending.values():
+            return query.expire
+        return None
 
 
 # --------------------------------------------------------------------------- events
@@ -319,6 +332,10 @@ class _Lookup:
     deadline: float | None = None
     errors: list[str] = field(default_factory=list)
     system_ips: list[IPAddress] | None = None
+    bits: int = 0  # int(want)
+
+    def __post_init__(self) -> None:
+        self.bits = int(self.want)
 
 
 # --------------------------------------------------------------------------- the resolver
@@ -357,6 +374,10 @@ class Resolver:
             for test in state.spec.domain_sets:
                 self._index.add_test(test, i)
         self._lookups: dict[int, _Lookup] = {}
+        #: Lookups waiting at a UDP server for a name's answers: (server, fqdn) -> ids.
+        self._waiting: dict[tuple[int, str], set[int]] = {}
+        #: (deadline, lookup, position): a heap; an entry whose lookup moved on is stale.
+        self._deadlines: list[tuple[float, int, int]] = []
         self._next_lookup = 0
         self._events: list[Event] = []
 
@@ -390,7 +411,9 @@ class Resolver:
         return lid
 
     def cancel(self, lookup: int) -> None:
-        self._lookups.pop(lookup, None)
+        state = self._lookups.pop(lookup, None)
+        if state is not None:
+            self._unpark(state)
 
     def order(self, name: str) -> list[int]:
         """Server indexes in the order they are asked for ``name``."""
@@ -431,8 +454,9 @@ class Resolver:
                     if ip not in ips:
                         ips.append(ip)
         state.store(key, _Record(ips, message.rcode(), now + ttl), now)
-        for lookup in list(self._lookups.values()):
-            if lookup.position >= 0 and lookup.order[lookup.position] == server:
+        for lid in list(self._waiting.get((server, pending.fqdn), ())):
+            lookup = self._lookups.get(lid)
+            if lookup is not None:
                 self._check(lookup, now, final=False)
 
     def system_answer(
@@ -448,14 +472,24 @@ class Resolver:
     def handle_timer(self, now: float) -> None:
         for state in self.servers:
             state.prune(now)
-        for lookup in list(self._lookups.values()):
-            if lookup.deadline is not None and lookup.deadline <= now:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, lid, position = heapq.heappop(heap)
+            lookup = self._lookups.get(lid)
+            if lookup is not None and lookup.position == position:
                 self._check(lookup, now, final=True)
 
     # -- output --------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        times = [lk.deadline for lk in self._lookups.values() if lk.deadline is not None]
+        heap = self._deadlines
+        while heap:
+            _, lid, position = heap[0]
+            lookup = self._lookups.get(lid)
+            if lookup is not None and lookup.position == position:
+                break
+            heapq.heappop(heap)  # stale: that lookup ended or moved on
+        times = [heap[0][0]] if heap else []
         times.extend(t for s in self.servers if (t := s.next_expiry()) is not None)
         return min(times) if times else None
 
@@ -464,8 +498,23 @@ class Resolver:
 
     # -- the lookup machine --------------------------------------------------------------
 
+    def _park(self, lookup: _Lookup) -> None:
+        index = lookup.order[lookup.position]
+        if not self.servers[index].spec.system:
+            self._waiting.setdefault((index, lookup.name + "."), set()).add(lookup.id)
+
+    def _unpark(self, lookup: _Lookup) -> None:
+        if 0 <= lookup.position < len(lookup.order):
+            key = (lookup.order[lookup.position], lookup.name + ".")
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                waiting.discard(lookup.id)
+                if not waiting:
+                    del self._waiting[key]
+
     def _advance(self, lookup: _Lookup, now: float) -> None:
         """Go on with the next server (or fail when none is left)."""
+        self._unpark(lookup)
         lookup.position += 1
         lookup.deadline = None
         lookup.system_ips = None
@@ -477,12 +526,14 @@ class Resolver:
         index = lookup.order[lookup.position]
         server = self.servers[index]
         lookup.deadline = now + self._timeout
+        heapq.heappush(self._deadlines, (lookup.deadline, lookup.id, lookup.position))
+        self._park(lookup)
         if server.spec.system:
             self._events.append(SystemLookup(lookup.id, index, lookup.name, lookup.want))
             return
         fqdn = lookup.name + "."
         for flag, rdtype in _TYPES:
-            if not lookup.want & flag or server.fresh(fqdn, rdtype, now) is not None:
+            if not lookup.bits & flag or server.fresh(fqdn, rdtype, now) is not None:
                 continue
             if (fqdn, rdtype) in server.inflight:
                 continue  # someone asked already: wait for that answer
@@ -529,7 +580,7 @@ class Resolver:
         missing = False
         rcode: int = dns.rcode.NOERROR
         for flag, rdtype in _TYPES:
-            if not lookup.want & flag:
+            if not lookup.bits & flag:
                 continue
             record = server.fresh(fqdn, rdtype, now)
             if record is None:
@@ -558,10 +609,12 @@ class Resolver:
                 self._advance(lookup, now)
                 return
         self._lookups.pop(lookup.id, None)
+        self._unpark(lookup)
         self._events.append(Resolved(lookup.id, tuple(ips)))
 
     def _fail(self, lookup: _Lookup, reason: str) -> None:
         self._lookups.pop(lookup.id, None)
+        self._unpark(lookup)
         self._events.append(Failed(lookup.id, f"{lookup.name}: {reason}"))
 
 
