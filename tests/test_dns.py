@@ -173,14 +173,15 @@ def config(
     }
 
 
-def dns_rule(*servers: FakeDns) -> dict[str, Any]:
-    """The rule that lets the DNS client's queries reach the fake servers."""
+def dns_rule(*servers: FakeDns, tag: str = "direct") -> dict[str, Any]:
+    """The rule that lets the DNS client's queries reach the fake servers (through ``tag``,
+    a freedom that does not redirect)."""
     return {
         "type": "field",
         "network": "udp",
         "ip": ["127.0.0.1/32"],
         "port": ",".join(str(s.port) for s in servers),
-        "outboundTag": "direct",
+        "outboundTag": tag,
     }
 
 
@@ -488,3 +489,38 @@ async def test_freedom_dials_an_unresolved_name_as_it_is_unless_blocking_private
     guarded.use_resolver(_Recorder(["127.0.0.1"]))
     with pytest.raises(OSError):
         await guarded._address(dest)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_error_answer_ends_the_lookup_without_fallback(
+    kind: str, start_peer: StartPeer
+) -> None:
+    """NXDOMAIN from the first server is the answer: the second is not asked (4.34's
+    lookupIPInternal), so routing finds no address and the default (blackhole) takes it."""
+    socks = free_port()
+    async with (
+        fake_dns({"found.test": TARGET}) as first,
+        fake_dns({"nx.test": TARGET, "found.test": ELSEWHERE}) as second,
+        echo_at(TARGET) as port,
+    ):
+        cfg = config(
+            socks,
+            dns_section={
+                "servers": [
+                    {"address": "127.0.0.1", "port": first.port},
+                    {"address": "127.0.0.1", "port": second.port},
+                ]
+            },
+            rules=[
+                dns_rule(first, second, tag="plain"),
+                {"type": "field", "ip": [f"{TARGET}/32"], "outboundTag": "direct"},
+            ],
+            strategy="IPIfNonMatch",
+            freedom={"redirect": f"{TARGET}:0"},
+            extra_outbounds=[{"protocol": "freedom", "tag": "plain"}],
+        )
+        await start_peer(kind, cfg, socks)
+        assert await echoes(socks, "found.test", port)  # the first server's answer
+        assert not await echoes(socks, "nx.test", port)
+        assert "nx.test" in first.asked
+        assert "nx.test" not in second.asked and "found.test" not in second.asked
