@@ -538,3 +538,16 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert queries(drain(r)) == []  # the newest are kept
     r.lookup("n0.test", Want.IPV4, T0)
     assert len(queries(drain(r))) == 1  # the oldest went
+
+
+def test_records_of_another_class_are_not_addresses() -> None:
+    """Found by fuzz/fuzz_dns.py: an A record of an unknown class is dnspython's
+    GenericRdata (no ``address``); it must be skipped, not raise."""
+    r = resolver(udp())
+    lid = r.lookup("k.test", Want.IPV4, T0)
+    (query,) = queries(drain(r))
+    reply = dns.message.make_response(dns.message.from_wire(query.data))
+    reply.answer.append(dns.rrset.from_text("k.test.", 60, "CLASS5", "A", r"\# 4 0a000001"))
+    reply.answer.append(dns.rrset.from_text("k.test.", 60, "IN", "A", "10.0.0.2"))
+    r.datagram_received(0, reply.to_wire(), T0)
+    assert drain(r) == [Resolved(lid, (ip("10.0.0.2"),))]

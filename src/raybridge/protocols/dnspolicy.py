@@ -40,6 +40,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -448,9 +449,15 @@ class Resolver:
         for rrset in message.answer:
             if rrset.ttl > 0:
                 ttl = min(ttl, float(rrset.ttl))
-            if rrset.rdtype == pending.rdtype:
+            if rrset.rdtype == pending.rdtype and rrset.rdclass == dns.rdataclass.IN:
                 for rdata in rrset:
-                    ip = ipaddress.ip_address(rdata.address)
+                    address = getattr(rdata, "address", None)  # absent in a malformed record
+                    if not isinstance(address, str):
+                        continue
+                    try:
+                        ip = ipaddress.ip_address(address)
+                    except ValueError:
+                        continue
                     if ip not in ips:
                         ips.append(ip)
         state.store(key, _Record(ips, message.rcode(), now + ttl), now)
