@@ -298,6 +298,12 @@ def main() -> int:
                     f"{what}: {t * 1e3:.0f} ms to listen ({c * 1e3:.0f} ms of CPU), "
                     f"VmRSS {r / 1024:.1f} MiB"
                 )
+        for name, _ in systems:
+            (_, gc, gr), (_, pc, pr) = results[name, "geo"], results[name, "no geo"]
+            print(
+                f"the geo lists add, {name:9}: {(gc - pc) * 1e3:+.0f} ms of CPU at start-up, "
+                f"{(gr - pr) / 1024:+.1f} MiB VmRSS"
+            )
         if ("v2ray", "geo") in results:
             for label in ("geo", "no geo"):
                 rb, v2 = results["raybridge", label], results["v2ray", label]

@@ -23,7 +23,7 @@ import pytest
 from raybridge.cli import main as cli_main
 from raybridge.config.loader import load_config
 from raybridge.errors import ConfigError
-from raybridge.matchers import ASSET_ENV
+from raybridge.matchers import ASSET_ENV, SYSTEM_ASSET_DIRS
 from raybridge.node import Node
 from tests.support import (
     HAVE_V2RAY,
@@ -224,6 +224,8 @@ def rule_error(tmp_path: Path, rule: dict[str, Any]) -> ConfigError:
 
 
 def test_missing_file_names_rule_and_paths(tmp_path: Path) -> None:
+    if any(os.path.exists(os.path.join(d, "geosite.dat")) for d in SYSTEM_ASSET_DIRS):
+        pytest.skip("this machine has a geosite.dat in a system directory")
     error = rule_error(
         tmp_path, {"type": "field", "domain": ["geosite:test"], "outboundTag": "block"}
     )
@@ -255,13 +257,29 @@ def test_missing_list_names_rule_and_file(tmp_path: Path) -> None:
 def test_raybridge_test_command_reports_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rules = [{"type": "field", "domain": ["geosite:cn"], "outboundTag": "block"}]
+    rules = [{"type": "field", "domain": ["ext:no-such.dat:cn"], "outboundTag": "block"}]
     path = write_config(tmp_path, geo_config(free_port(), free_port(), rules))
     assert cli_main(["test", "-c", str(path)]) != 0
     out = capsys.readouterr()
     text = out.out + out.err
     assert (
         f"{path}:" in text
-        and "routing.rules[0].domain: 'geosite:cn': geosite.dat not found" in text
+        and "routing.rules[0].domain: 'ext:no-such.dat:cn': no-such.dat not found" in text
     )
     assert "Traceback" not in text
+
+
+def test_every_bad_rule_is_reported(tmp_path: Path) -> None:
+    write_test_files(tmp_path)
+    rules = [
+        {"type": "field", "domain": ["geosite:nope"], "outboundTag": "block"},
+        {"type": "field", "ip": ["127.0.0.1"], "outboundTag": "direct"},
+        {"type": "field", "ip": ["geoip:zz"], "outboundTag": "block"},
+    ]
+    path = write_config(tmp_path, geo_config(free_port(), free_port(), rules))
+    with pytest.raises(ConfigError) as info:
+        Node(load_config([str(path)]))
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert "routing.rules[0].domain: 'geosite:nope': no list 'NOPE'" in lines[0]
+    assert "routing.rules[2].ip: 'geoip:zz': no list 'ZZ'" in lines[1]

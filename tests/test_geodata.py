@@ -165,7 +165,7 @@ domains = st.builds(
 cidrs = st.builds(CIDR, st.binary(max_size=17), st.integers(0, 2**32 - 1))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.builds(GeoSite, texts, st.lists(domains, max_size=5)), max_size=5))
 def test_geosite_round_trip(entries: list[GeoSite]) -> None:
     data = write_geosite_list(entries)
@@ -194,7 +194,7 @@ def test_arbitrary_bytes_raise_only_geodata_error(data: bytes) -> None:
             read(data)  # type: ignore[operator]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(st.builds(GeoSite, texts, st.lists(domains, max_size=3)), min_size=1, max_size=3),
     st.data(),
@@ -231,12 +231,30 @@ def test_domain_set_types() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.text("abgo.", min_size=0, max_size=5), max_size=12),
-    st.text("abgo.", max_size=12),
+    st.lists(st.text("abgo.*+?()[]{}|^$\\", min_size=0, max_size=5), max_size=12),
+    st.text("abgo.*+?()[]{}|^$\\", max_size=12),
 )
 def test_keyword_trie_matches_like_substring_search(keywords: list[str], name: str) -> None:
     ds = DomainSet((PLAIN, k) for k in keywords)
     assert ds(name) == any(k in name for k in keywords)
+
+
+def go_domain_match(pattern: str, name: str) -> bool:
+    """V2Ray's domain matcher (common/strmatcher/matchers.go), restated."""
+    if not name.endswith(pattern):
+        return False
+    return len(name) == len(pattern) or name[len(name) - len(pattern) - 1] == "."
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([DOMAIN, FULL]), st.text("ab.", max_size=5)), max_size=8),
+    st.text("ab.", max_size=8),
+)
+def test_domain_and_full_match_like_v2ray(entries: list[tuple[int, str]], name: str) -> None:
+    ds = DomainSet(entries)
+    expected = any(go_domain_match(v, name) if kind == DOMAIN else v == name for kind, v in entries)
+    assert ds(name) == expected
 
 
 @settings(max_examples=200, deadline=None)
@@ -360,3 +378,29 @@ def test_malformed_ip_references(tmp_path: Path, pattern: str, message: str) -> 
     write_test_files(tmp_path)
     with pytest.raises(ConfigError, match=message):
         IPMatcher([pattern], ConfigError, GeoAssets([str(tmp_path)]))
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.builds(GeoSite, texts, st.lists(domains, max_size=3)), min_size=1, max_size=3),
+    st.lists(st.builds(GeoIP, texts, st.lists(cidrs, max_size=3)), min_size=1, max_size=3),
+    st.binary(max_size=8),
+    st.integers(0, 200),
+)
+def test_loading_any_file_raises_only_config_errors(
+    tmp_path: Path, sites: list[GeoSite], ips: list[GeoIP], junk: bytes, cut: int
+) -> None:
+    """Whatever a .dat file holds (bad regexes, unknown types, odd IP lengths, truncation),
+    loading a list from it gives a matcher or a ConfigError, nothing else."""
+    site_data = write_geosite_list(sites) + junk
+    ip_data = write_geoip_list(ips) + junk
+    (tmp_path / "geosite.dat").write_bytes(site_data[: len(site_data) - cut % 4])
+    (tmp_path / "geoip.dat").write_bytes(ip_data[: len(ip_data) - cut % 4])
+    attrs = [a.key for d in sites[0].domains for a in d.attributes][:1]
+    for name, wanted in ((sites[0].code, []), (sites[0].code, attrs), ("x", []), ("@a", [])):
+        with contextlib.suppress(ConfigError):
+            load_geosite(name, wanted, [str(tmp_path)])
+    with contextlib.suppress(ConfigError):
+        load_geoip(ips[0].code, [str(tmp_path)])

@@ -147,7 +147,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     config = result.config
     if config is not None:
         try:
-            Node(config)  # what only the runtime checks (rule patterns, handlers)
+            # What only the runtime checks (rule patterns, handlers); kept so that the
+            # routing checks below reuse its geo lists (raybridge.matchers caches them weakly).
+            _validated = Node(config)
         except ConfigError as exc:
             if not any(str(e) == str(exc) for e in errors):
                 errors.append(exc)

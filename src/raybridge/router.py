@@ -132,7 +132,17 @@ _CONDITIONS: tuple[tuple[str, _Condition], ...] = (
 
 
 #: The JSON field each condition comes from, for error messages.
-_FIELDS = {"domains": "domain", "ips": "ip", "sources": "source"}
+_FIELDS = {
+    "inbound_tags": "inboundTag",
+    "networks": "network",
+    "domains": "domain",
+    "ips": "ip",
+    "ports": "port",
+    "source_ports": "sourcePort",
+    "sources": "source",
+    "users": "user",
+    "protocols": "protocol",
+}
 
 
 def compile_rule(rule: object, assets: GeoAssets | None = None) -> Rule:
@@ -178,9 +188,20 @@ def compile_rule(rule: object, assets: GeoAssets | None = None) -> Rule:
 
 
 def compile_rules(rules: Iterable[object]) -> list[Rule]:
-    """:func:`compile_rule` for each rule, opening each geo file once for all of them."""
+    """:func:`compile_rule` for each rule, opening each geo file once for all of them.
+    Every rule's error is reported: the first raised, the others in its ``also``."""
+    compiled: list[Rule] = []
+    errors: list[ConfigError] = []
     with GeoAssets([]) as assets:
-        return [compile_rule(rule, assets) for rule in rules]
+        for rule in rules:
+            try:
+                compiled.append(compile_rule(rule, assets))
+            except ConfigError as exc:
+                errors.append(exc)
+    if errors:
+        errors[0].also.extend(errors[1:])
+        raise errors[0]
+    return compiled
 
 
 class Router:

@@ -240,10 +240,7 @@ def read_domains(data: Buffer, span: Span) -> Iterator[Domain]:
         ):
             kind = data[start + 1] if head > start else 0
             if kind < 0x80:
-                try:
-                    yield Domain(kind, data[head + 2 : pos].decode(), ())
-                except UnicodeDecodeError:
-                    raise GeoDataError("a string that is not UTF-8") from None
+                yield Domain(kind, _text(data, head + 2, pos), ())
                 continue
         kind = 0
         value = ""
