@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from raybridge.config.model import Config, RaybridgeOptions
-from raybridge.dispatcher import Dispatcher
+from raybridge.dispatcher import Dispatcher, SystemResolver
+from raybridge.dns import DnsClient
 from raybridge.link import Inbound, Outbound
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
@@ -47,7 +48,12 @@ class Node:
     def __init__(self, config: Config, *, status: str | None = None) -> None:
         """``status``: ``"host:port"`` for the status server (overrides the config's)."""
         self.config = config
+        #: The ``dns`` section's client (``None``: the system resolver, no dns section).
+        self.dns = None if config.dns is None else DnsClient(config.dns)
+        resolver = self.dns or SystemResolver()
         self.outbounds: list[Outbound] = [build_outbound(o) for o in config.outbounds]
+        for outbound in self.outbounds:
+            outbound.use_resolver(resolver)
         rules = compile_rules(config.routing.rules)
         tags = [o.tag for o in self.outbounds]
         balancers: dict[str, Sequence[str]] = {
@@ -56,7 +62,9 @@ class Node:
         self.router = Router(
             rules, tags, balancers=balancers, domain_strategy=config.routing.domain_strategy
         )
-        self.dispatcher = Dispatcher(self.router, self.outbounds)
+        self.dispatcher = Dispatcher(self.router, self.outbounds, resolver)
+        if self.dns is not None:
+            self.dns.attach(self.dispatcher)
         options = config.sections.get("raybridge") or RaybridgeOptions()
         assert isinstance(options, RaybridgeOptions)
         self.options = options
@@ -129,6 +137,8 @@ class Node:
                 await inbound.close()
             except Exception:  # pragma: no cover - best effort at shutdown
                 logger.exception("closing inbound %s", inbound.tag)
+        if self.dns is not None:
+            await self.dns.close()
         for outbound in self.outbounds:
             try:
                 await outbound.close()
