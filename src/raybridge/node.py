@@ -20,7 +20,7 @@ from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
 from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.registry import build_inbounds, build_outbound
-from raybridge.router import Router, compile_rule
+from raybridge.router import Router, compile_rules
 
 if TYPE_CHECKING:
     # Imported when a status server is asked for: prometheus_client and its imports cost
@@ -48,7 +48,7 @@ class Node:
         """``status``: ``"host:port"`` for the status server (overrides the config's)."""
         self.config = config
         self.outbounds: list[Outbound] = [build_outbound(o) for o in config.outbounds]
-        rules = [compile_rule(r) for r in config.routing.rules]
+        rules = compile_rules(config.routing.rules)
         tags = [o.tag for o in self.outbounds]
         balancers: dict[str, Sequence[str]] = {
             b.tag: list(b.selector) for b in config.routing.balancers
