@@ -147,7 +147,7 @@ async def test_reload_broken_file(tmp_path: Path, start_node: StartNode, echo: E
     assert not record.ok and f"{path}:2" in record.error and "inbounds[0].port" in record.error
     broken = json.loads(json.dumps(config))
     broken["routing"]["rules"].append(
-        {"type": "field", "ip": ["geoip:cn"], "outboundTag": "direct"}
+        {"type": "field", "domain": ["regexp:("], "outboundTag": "direct"}
     )
     record = await reload_files(node, [str(write(path, broken))], requested=0.0)
     assert not record.ok and "routing.rules[1]" in record.error and f"{path}:" in record.error
