@@ -878,8 +878,8 @@ def test_send_through_and_proxy_settings() -> None:
     [
         ("{}", LogConfig(access="", error="", level="warning")),
         (
-            '{"access": "/var/log/a.log", "error": "none", "loglevel": "Debug"}',
-            LogConfig(access="/var/log/a.log", error=None, level="debug"),
+            '{"access": "/tmp/a.log", "error": "none", "loglevel": "Debug"}',
+            LogConfig(access="/tmp/a.log", error=None, level="debug"),
         ),
         ('{"access": "none", "loglevel": "info"}', LogConfig(access=None, error="", level="info")),
         (
