@@ -152,6 +152,11 @@ class Outbound(abc.ABC):
         what it is given, up to :data:`PENDING_LIMIT`, then pauses its peer.
         """
 
+    def chain(self, hop: Outbound) -> bool:
+        """``proxySettings``: carry this outbound's connections through ``hop`` from now
+        on. ``False`` if it makes no connection of its own to carry (blackhole)."""
+        return False
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the node serves traffic."""
 

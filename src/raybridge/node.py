@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from raybridge.config.model import Config, RaybridgeOptions
 from raybridge.dispatcher import Dispatcher
+from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
@@ -67,6 +68,7 @@ class Node:
         self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
         for portal in self.portals:
             self.dispatcher.add_outbound(portal)
+        self._chain(config)
         self.status_address = status or options.status
         self.status_server: StatusServer | None = None
         self.bridges = [
@@ -84,6 +86,36 @@ class Node:
                 )
             )
         self.started = False
+
+    def _chain(self, config: Config) -> None:
+        """``proxySettings.tag``: each such outbound's connections go through the named
+        outbound (transport/chain.py). An unknown tag or a loop is a config error (V2Ray
+        4.34 logs the first and dials directly, and never ends the second)."""
+        proxy_tags = {o.tag: o.proxy_tag for o in config.outbounds if o.tag}
+        for oc, outbound in zip(config.outbounds, self.outbounds, strict=True):
+            if oc.proxy_tag is None:
+                continue
+            path = f"outbounds[{oc.index}].proxySettings.tag"
+            hop = self.dispatcher.outbounds.get(oc.proxy_tag)
+            if hop is None:
+                raise ConfigError(
+                    f'no outbound has the tag "{oc.proxy_tag}"',
+                    file=oc.file,
+                    line=oc.line,
+                    path=path,
+                )
+            chain = [oc.tag, oc.proxy_tag] if oc.tag else [oc.proxy_tag]
+            while (following := proxy_tags.get(chain[-1])) is not None:
+                if following in chain:
+                    loop = " -> ".join(f'"{t}"' for t in [*chain, following])
+                    raise ConfigError(
+                        f"outbounds proxy through each other in a loop: {loop}",
+                        file=oc.file,
+                        line=oc.line,
+                        path=path,
+                    )
+                chain.append(following)
+            outbound.chain(hop)
 
     # -- running ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -46,6 +46,7 @@ from raybridge.config.model import (
     ReverseConfig,
     ReverseEndpoint,
     RoutingConfig,
+    StreamSettings,
 )
 from raybridge.config.rules import build_routing
 from raybridge.config.settings import (
@@ -340,12 +341,41 @@ def _proxy_tag(obj: Obj) -> str | None:
     return tag
 
 
+def _chained(obj: Obj, protocol: str, stream: StreamSettings, send_through: str | None) -> None:
+    """Warn about what V2Ray 4.34 does not apply to an outbound with ``proxySettings``
+    (``Handler.Dial`` in ``app/proxyman/outbound/handler.go``: the hop carries the
+    connection and only the TLS of ``streamSettings`` is put on it)."""
+    path = obj.sub("proxySettings")
+    node = obj.get("proxySettings")
+    if protocol == "blackhole":
+        obj.ctx.warn(node, path, "has no effect: blackhole makes no connection to carry")
+        return
+    unused = []
+    if stream.network != "tcp":
+        unused.append(f'"network": "{stream.network}"')
+    if stream.tcp.header != "none":
+        unused.append("the tcp http header")
+    if stream.sockopt.mark or stream.sockopt.tcp_fast_open is not None:
+        unused.append("sockopt")
+    if send_through is not None:
+        unused.append("sendThrough")
+    if unused:
+        obj.ctx.warn(
+            node,
+            path,
+            f"{', '.join(unused)} not applied: the connection is carried by the outbound "
+            '"proxySettings" names, with only the TLS of streamSettings on it (as in V2Ray 4.34)',
+        )
+
+
 def build_outbound(obj: Obj) -> OutboundConfig:
     protocol = _protocol(obj, SUPPORTED_OUTBOUNDS, KNOWN_V2RAY_OUTBOUNDS, "outbound")
     tag = obj.string("tag")
     send_through = _send_through(obj)
     stream = stream_for(obj)
     proxy_tag = _proxy_tag(obj)
+    if proxy_tag is not None:
+        _chained(obj, protocol, stream, send_through)
     mux_obj = obj.object("mux")
     mux = MuxConfig() if mux_obj is None else _mux(mux_obj)
     settings = OUTBOUND_SETTINGS[protocol](_settings(obj))

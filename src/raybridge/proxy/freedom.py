@@ -56,6 +56,10 @@ class FreedomOutbound(Outbound):
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         dest = self.target(dest)
+        via = self.transport.via
+        if dest.network is Network.UDP and via is not None:
+            # V2Ray 4.34 dials UDP through the hop as well: it carries the datagrams.
+            return via.connect(session, dest, peer)
         if dest.network is Network.UDP:
             flow = DatagramFlowEnd(session)
             join(peer, flow)
@@ -63,8 +67,12 @@ class FreedomOutbound(Outbound):
             return flow
         end = StreamEnd(session)
         join(peer, end)
-        end.start_connect(lambda e: self._dial(e, dest))
+        end.start_connect(lambda e: self._dial(e, dest, session))
         return end
+
+    def chain(self, hop: Outbound) -> bool:
+        self.transport.via = hop
+        return True
 
     async def _udp_address(self, dest: Destination) -> tuple[str, int]:
         return await self._address(dest), dest.port
@@ -84,7 +92,7 @@ class FreedomOutbound(Outbound):
             raise OSError(f"refused private destination {host}")
         return format_host(host)
 
-    async def _dial(self, end: StreamEnd, dest: Destination) -> None:
+    async def _dial(self, end: StreamEnd, dest: Destination, session: Session) -> None:
         try:
             address = await self._address(dest)
             local = (self.send_through, 0) if self.send_through else None
@@ -94,6 +102,7 @@ class FreedomOutbound(Outbound):
                 dest.port,
                 dial_address=address,
                 local_addr=local,
+                session=session,
             )
         except OSError as exc:
             logger.info("failed to open connection to %s: %s", dest, exc)

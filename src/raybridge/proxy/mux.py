@@ -93,6 +93,9 @@ class MuxOutbound(Outbound):
         self.workers: list[MuxWorker] = []
         self._idle: dict[MuxWorker, asyncio.TimerHandle] = {}
 
+    def chain(self, hop: Outbound) -> bool:
+        return self.inner.chain(hop)
+
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         worker = self._pick()
         if worker is None:

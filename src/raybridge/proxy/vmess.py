@@ -607,9 +607,14 @@ class VMessOutbound(Outbound):
                 attempts=DIAL_ATTEMPTS,
                 delays=DIAL_DELAYS,
                 local_addr=local,
+                session=session,
             )
         )
         return end
+
+    def chain(self, hop: Outbound) -> bool:
+        self.transport.via = hop
+        return True
 
 
 # -- building from the config ---------------------------------------------------------------
