@@ -484,11 +484,17 @@ def test_dokodemo() -> None:
     )
     cfg = load(
         '{"inbounds": [{"protocol": "dokodemo-door", "port": 80,'
-        ' "settings": {"followRedirect": true, "network": ["UDP"]}}]}'
+        ' "settings": {"followRedirect": true, "network": ["TCP"]}}]}'
     )
     assert cfg.inbounds[0].settings == DokodemoSettings(
-        networks=frozenset({"udp"}), follow_redirect=True
+        networks=frozenset({"tcp"}), follow_redirect=True
     )
+    # Transparent UDP is not done (tests/test_transparent.py): refused, not ignored.
+    err = error(
+        '{"inbounds": [{"protocol": "dokodemo-door", "port": 80,'
+        ' "settings": {"followRedirect": true, "network": ["UDP"]}}]}'
+    )
+    assert err.path == "inbounds[0].settings.followRedirect" and "TCP only" in err.message
 
 
 def test_dokodemo_network_quirks() -> None:
@@ -626,9 +632,9 @@ def test_stream_settings_values() -> None:
             'unknown header "srtp"',
         ),
         (
-            '{"sockopt": {"tproxy": "tproxy"}}',
+            '{"sockopt": {"tproxy": 1}}',
             "sockopt.tproxy",
-            "TPROXY is not supported by raybridge",
+            "expected a string, got the number 1",
         ),
         (
             '{"security": "tls", "tlsSettings": {"certificates": [{"usage": "verify"}]}}',
@@ -646,7 +652,7 @@ def test_every_problem_of_one_stream_settings_is_reported() -> None:
     err = error(
         outbound(
             '"protocol": "freedom", "streamSettings": {"network": "kcp", "security": "xtls",'
-            ' "sockopt": {"tproxy": "tproxy"}}'
+            ' "sockopt": {"tproxy": 1}}'
         )
     )
     paths = [err.path, *(more.path for more in err.also)]

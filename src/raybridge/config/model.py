@@ -297,11 +297,18 @@ class HttpSettings:
     path: str = "/"
 
 
+TProxyMode = Literal["off", "redirect", "tproxy"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SockOpt:
     mark: int = 0
     tcp_fast_open: bool | None = None
     accept_proxy_protocol: bool = False  # counts for h2 only, as in V2Ray (docs/transports.md 6)
+    #: ``"redirect"`` or ``"tproxy"``: IP_TRANSPARENT on the socket (as V2Ray sets it for
+    #: both); for dokodemo-door's ``followRedirect``, how the destination is found
+    #: (``"off"`` there means ``"redirect"``; transport/redirect.py).
+    tproxy: TProxyMode = "off"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
@@ -316,6 +317,19 @@ def dokodemo(obj: Obj) -> DokodemoSettings:
         obj.ctx.warn(
             obj.node, obj.path, 'no "address" and followRedirect is off: every connection fails'
         )
+    if settings.follow_redirect:
+        node = obj.get("followRedirect")
+        where = obj.sub("followRedirect")
+        if not sys.platform.startswith("linux"):
+            message = "followRedirect needs Linux (SO_ORIGINAL_DST, IP_TRANSPARENT)"
+            raise obj.ctx.error(node, where, message)
+        if "udp" in settings.networks:
+            raise obj.ctx.error(
+                node,
+                where,
+                'followRedirect is supported for TCP only (REDIRECT, and TPROXY with "tproxy": '
+                '"tproxy"); UDP transparent proxying is not: use "network": "tcp"',
+            )
     obj.finish()
     return settings
 

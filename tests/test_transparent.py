@@ -1,0 +1,309 @@
+"""dokodemo-door ``followRedirect`` (issue 14): transparent proxying on Linux, tested in
+network namespaces the tests make.
+
+* REDIRECT (iptables ``-t nat OUTPUT ... REDIRECT`` or nft ``redirect``): a client in the
+  namespace connects to the echo server's address; the rule sends it to the node, which
+  finds the original destination with ``SO_ORIGINAL_DST`` and dials it through freedom
+  (marked with ``sockopt.mark`` so that its own connection is not redirected again).
+* TPROXY (``sockopt.tproxy: "tproxy"``): a client in a second namespace, joined by a veth
+  pair, connects to the echo server; mangle PREROUTING's TPROXY hands the connection to
+  the node's IP_TRANSPARENT listener, whose local address is the destination.
+
+Each test checks the bytes end to end, that the echo server saw the node's connection
+and not the client's, and the node's access log naming the original destination. Without
+root, ``ip``, iptables/nft or the kernel's support, the tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raybridge.config.loader import load_config_text
+from raybridge.errors import ConfigError
+from raybridge.node import Node
+
+HELPER = str(Path(__file__).with_name("netns_helper.py"))
+PY = sys.executable
+MARK = 7  # the node's own connections: never redirected
+
+
+def _why_not() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "transparent proxying is Linux only"
+    if os.geteuid() != 0:
+        return "needs root for ip netns and iptables/nft"
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) is not installed"
+    return None
+
+
+def sh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+
+def must(*args: str) -> None:
+    out = sh(*args)
+    if out.returncode != 0:
+        pytest.skip(f"{' '.join(args)}: {out.stderr.strip() or out.returncode}")
+
+
+@pytest.fixture
+def netns() -> Iterator[Any]:
+    """``netns(suffix)`` makes a namespace with lo up and returns its name; all are
+    deleted at the end (with the processes they hold: the tests stop theirs first)."""
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+    made: list[str] = []
+
+    def make(suffix: str) -> str:
+        name = f"rbt{os.getpid()}{suffix}"
+        must("ip", "netns", "add", name)
+        made.append(name)
+        must("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            sh("ip", "netns", "del", name)
+
+
+@contextlib.contextmanager
+def inside(ns: str, *args: str, **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
+    """A process in namespace ``ns`` until the block ends."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def node_config(listen: str, port: int, sockopt: dict[str, Any], access: Path) -> dict[str, Any]:
+    """dokodemo-door with followRedirect; freedom with SO_MARK ``MARK``; what is neither
+    in 10.0.0.0/8 nor on loopback goes to a blackhole."""
+    return {
+        "log": {"loglevel": "info", "access": str(access)},
+        "inbounds": [
+            {
+                "tag": "transparent",
+                "protocol": "dokodemo-door",
+                "listen": listen,
+                "port": port,
+                "settings": {"network": "tcp", "followRedirect": True},
+                "streamSettings": {"sockopt": sockopt},
+            }
+        ],
+        "outbounds": [
+            {
+                "tag": "direct",
+                "protocol": "freedom",
+                "streamSettings": {"sockopt": {"mark": MARK}},
+            },
+            {"tag": "no-internet", "protocol": "blackhole"},
+        ],
+        "routing": {
+            "rules": [
+                {"type": "field", "ip": ["127.0.0.0/8", "10.0.0.0/8"], "outboundTag": "direct"},
+                {"type": "field", "network": "tcp,udp", "outboundTag": "no-internet"},
+            ]
+        },
+    }
+
+
+def run_through(
+    tmp_path: Path,
+    *,
+    node_ns: str,
+    client_ns: str,
+    echo: tuple[str, int],
+    node: tuple[str, int],
+    sockopt: dict[str, Any],
+) -> None:
+    """Echo at ``echo`` and the node in ``node_ns``; the client (in ``client_ns``)
+    connects to the echo address, which the firewall sends to the node."""
+    access = tmp_path / "access.log"
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps(node_config(*node, sockopt, access)))
+    with (
+        inside(node_ns, PY, HELPER, "echo", *map(str, echo)) as echo_proc,
+        inside(node_ns, PY, "-m", "raybridge", "run", "-c", str(config)) as node_proc,
+    ):
+        assert echo_proc.stdout is not None
+        assert echo_proc.stdout.readline().strip() == "ready"
+        wait_host = "127.0.0.1" if node[0] == "0.0.0.0" else node[0]
+        waited = sh("ip", "netns", "exec", node_ns, PY, HELPER, "wait", wait_host, str(node[1]))
+        if waited.returncode != 0:
+            node_proc.terminate()
+            out = node_proc.communicate(timeout=10)[0]
+            pytest.fail(f"the node did not start:\n{out}")
+        result = sh(
+            "ip", "netns", "exec", client_ns, PY, HELPER, "client", *map(str, echo), "300000"
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        outcome = json.loads(result.stdout)
+        assert outcome["ok"], outcome
+        echo_proc.terminate()
+        peers = echo_proc.communicate(timeout=10)[0].split("\n")
+    # Only the node's connection reached the echo server: not the client's own.
+    seen = [line.split() for line in peers if line.strip()]
+    assert len(seen) >= 1
+    client = outcome["local"]
+    assert [str(client[0]), str(client[1])] not in seen, (client, seen)
+    log = access.read_text()
+    assert re.search(
+        rf"accepted tcp:{re.escape(echo[0])}:{echo[1]} \[transparent -> direct\]", log
+    ), log
+
+
+def _redirect_rules(ns: str, backend: str, echo: tuple[str, int], port: int) -> None:
+    host, echo_port = echo
+    if backend == "iptables":
+        if shutil.which("iptables") is None:
+            pytest.skip("iptables is not installed")
+        must(
+            "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "OUTPUT",
+            "-p", "tcp", "-d", host, "--dport", str(echo_port),
+            "-m", "mark", "!", "--mark", str(MARK),
+            "-j", "REDIRECT", "--to-ports", str(port),
+        )  # fmt: skip
+        return
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed")
+    script = (
+        "table ip rbtest {\n"
+        "  chain out {\n"
+        "    type nat hook output priority -100;\n"
+        f"    ip daddr {host} tcp dport {echo_port} meta mark != {MARK} redirect to :{port}\n"
+        "  }\n"
+        "}\n"
+    )
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"nft: {out.stderr.strip()}")
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nft"])
+def test_follow_redirect_with_redirect(netns: Any, tmp_path: Path, backend: str) -> None:
+    ns = netns("r")
+    must("ip", "-n", ns, "addr", "add", "10.77.0.1/32", "dev", "lo")
+    echo, port = ("10.77.0.1", 7001), 7100
+    _redirect_rules(ns, backend, echo, port)
+    run_through(tmp_path, node_ns=ns, client_ns=ns, echo=echo, node=("127.0.0.1", port), sockopt={})
+
+
+def test_follow_redirect_with_tproxy(netns: Any, tmp_path: Path) -> None:
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed")
+    router, client = netns("t"), netns("c")
+    veth_r, veth_c = f"rbr{os.getpid() % 100000}", f"rbc{os.getpid() % 100000}"
+    must(
+        "ip",
+        "link",
+        "add",
+        veth_r,
+        "netns",
+        router,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        veth_c,
+        "netns",
+        client,
+    )
+    must("ip", "-n", router, "addr", "add", "10.78.0.2/24", "dev", veth_r)
+    must("ip", "-n", client, "addr", "add", "10.78.0.1/24", "dev", veth_c)
+    must("ip", "-n", router, "link", "set", veth_r, "up")
+    must("ip", "-n", client, "link", "set", veth_c, "up")
+    echo, port = ("10.78.0.2", 7002), 7200
+    # The usual TPROXY set-up: marked packets are delivered locally (table 100), and the
+    # client's connections to the echo port (from the veth only) go to the node.
+    must("ip", "-n", router, "rule", "add", "fwmark", "1", "lookup", "100")
+    must("ip", "-n", router, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+    must(
+        "ip", "netns", "exec", router, "iptables", "-t", "mangle", "-A", "PREROUTING",
+        "-i", veth_r, "-p", "tcp", "--dport", str(echo[1]),
+        "-j", "TPROXY", "--on-port", str(port), "--tproxy-mark", "0x1/0x1",
+    )  # fmt: skip
+    run_through(
+        tmp_path,
+        node_ns=router,
+        client_ns=client,
+        echo=echo,
+        node=("0.0.0.0", port),
+        sockopt={"tproxy": "tproxy"},
+    )
+
+
+# -- what the config check says --------------------------------------------------------------
+
+
+def dokodemo(settings: str, stream: str = "") -> str:
+    extra = f', "streamSettings": {stream}' if stream else ""
+    return (
+        '{"inbounds": [{"protocol": "dokodemo-door", "listen": "127.0.0.1", "port": 1,\n'
+        f'  "settings": {settings}{extra}}}],\n'
+        ' "outbounds": [{"protocol": "freedom"}]}\n'
+    )
+
+
+def test_follow_redirect_for_udp_is_refused() -> None:
+    with pytest.raises(ConfigError, match="TCP only") as info:
+        load_config_text(dokodemo('{"network": "tcp,udp", "followRedirect": true}'), "t.json")
+    assert str(info.value).startswith("t.json:2: inbounds[0].settings.followRedirect: ")
+
+
+def test_follow_redirect_needs_no_address() -> None:
+    config = load_config_text(dokodemo('{"followRedirect": true}'), "t.json")
+    Node(config)  # builds: address and port are only the fallback
+    assert not [w for w in config.warnings if "dokodemo" in w.message]
+
+
+def test_follow_redirect_outside_linux_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(ConfigError, match="needs Linux"):
+        load_config_text(dokodemo('{"followRedirect": true}'), "t.json")
+    with pytest.raises(ConfigError, match="needs Linux"):
+        load_config_text(
+            dokodemo('{"address": "1.2.3.4", "port": 1}', '{"sockopt": {"tproxy": "tproxy"}}'),
+            "t.json",
+        )
+
+
+def test_unknown_tproxy_mode_warns() -> None:
+    text = dokodemo('{"address": "1.2.3.4", "port": 1}', '{"sockopt": {"tproxy": "on"}}')
+    config = load_config_text(text, "t.json")
+    assert any('unknown mode "on"' in w.message for w in config.warnings)
+    assert config.inbounds[0].stream.sockopt.tproxy == "off"
