@@ -466,12 +466,29 @@ def test_duplicate_vmess_email_is_an_error() -> None:
     assert err.message == 'email "a@X" is already used by clients[0]'
 
 
-def test_vmess_detour_is_a_warning() -> None:
-    cfg = load(
+@pytest.mark.parametrize(
+    ("detour", "path"),
+    [
+        ('"detour": {"to": "dyn"}', "detour"),
+        ('"features": {"detour": {"to": "dyn"}}', "features.detour"),
+    ],
+)
+def test_vmess_detour_is_refused(detour: str, path: str) -> None:
+    """Dynamic ports are not implemented: refused, where a warning let clients believe
+    they had moved (issue 14)."""
+    err = error(
         '{"inbounds": [{"protocol": "vmess", "port": 1, "settings": {"clients": [{"id": "%s"}],'
-        ' "detour": {"to": "dyn"}}}]}' % UUID1
+        " %s}}]}" % (UUID1, detour)
     )
-    assert "dynamic ports (detour) are not supported" in messages(cfg)[0]
+    assert err.path == f"inbounds[0].settings.{path}"
+    assert err.message.startswith("dynamic ports (VMess detour) are not supported by raybridge")
+    assert (
+        load(
+            '{"inbounds": [{"protocol": "vmess", "port": 1, "settings": {"clients": [{"id": "%s"}],'
+            ' "features": {}}}]}' % UUID1
+        ).warnings
+        == []
+    )
 
 
 def test_dokodemo() -> None:
@@ -555,8 +572,11 @@ def test_sniffing() -> None:
 
 def test_allocate() -> None:
     assert load(inbound('"allocate": {"strategy": "always"}')).warnings == []
-    cfg = load(inbound('"allocate": {"strategy": "random", "concurrency": 2, "refresh": 5}'))
-    assert 'strategy "random" is not supported' in messages(cfg)[0]
+    err = error(inbound('"allocate": {"strategy": "random", "concurrency": 2, "refresh": 5}'))
+    assert err.path == "inbounds[0].allocate.strategy"
+    assert err.message.startswith('strategy "random" (dynamic ports) is not supported')
+    err = error(inbound('"allocate": {"strategy": "external"}'))
+    assert "V2Ray 4.34 refuses to start with it" in err.message
     assert "unknown allocation strategy" in error(inbound('"allocate": {"strategy": "x"}')).message
 
 

@@ -207,7 +207,9 @@ def _listen(obj: Obj) -> str:
 
 
 def _check_allocate(alloc: Obj) -> None:
-    """``allocate``: validated; raybridge always listens on every port."""
+    """``allocate``: ``"always"`` is what raybridge does (every port of the range);
+    ``"random"`` (dynamic ports, for VMess detour) is refused, and so is ``"external"``,
+    with which V2Ray 4.34 does not start (``app/proxyman/inbound/inbound.go``)."""
     ctx = alloc.ctx
     strategy_node = alloc.get("strategy")
     strategy = (
@@ -223,11 +225,19 @@ def _check_allocate(alloc: Obj) -> None:
         )
     alloc.integer("concurrency", 0, UINT32)
     alloc.integer("refresh", 0, UINT32)
-    if strategy != "always":
-        ctx.warn(
+    if strategy == "random":
+        raise ctx.error(
             strategy_node,
             alloc.sub("strategy"),
-            f'strategy "{strategy}" is not supported: raybridge listens on every port',
+            'strategy "random" (dynamic ports) is not supported by raybridge: use "always" '
+            "(listen on every port of the range) or remove allocate",
+        )
+    if strategy == "external":
+        raise ctx.error(
+            strategy_node,
+            alloc.sub("strategy"),
+            'strategy "external" is not implemented (V2Ray 4.34 refuses to start with it '
+            'too): use "always"',
         )
     alloc.finish()
 

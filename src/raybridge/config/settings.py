@@ -237,6 +237,27 @@ def http_inbound(obj: Obj) -> HttpInboundSettings:
     return settings
 
 
+_NO_DETOUR = (
+    "dynamic ports (VMess detour) are not supported by raybridge: remove it (clients "
+    "then keep using this inbound's port)"
+)
+
+
+def _refuse_detour(obj: Obj) -> None:
+    """``detour`` and ``features.detour`` (V2Ray's dynamic ports: the server tells each
+    client to move to a random port of another inbound, ``infra/conf/vmess.go``) are
+    refused, not ignored: a client would be told nothing and stay on this port."""
+    node = obj.get("detour")
+    if node is not None and node.kind != "null":
+        raise obj.ctx.error(node, obj.sub("detour"), _NO_DETOUR)
+    features = obj.object("features")
+    if features is not None:
+        detour = features.get("detour")
+        if detour is not None and detour.kind != "null":
+            raise obj.ctx.error(detour, features.sub("detour"), _NO_DETOUR)
+        features.finish()
+
+
 def vmess_inbound(obj: Obj) -> VMessInboundSettings:
     clients: list[VMessUserConfig] = []
     emails: dict[str, str] = {}
@@ -256,15 +277,7 @@ def vmess_inbound(obj: Obj) -> VMessInboundSettings:
         default.integer("alterId", 0, UINT16)
         default.integer("level", 0, 255)
         default.finish()
-    for name in ("detour", "features"):
-        node = obj.get(name)
-        if node is not None:
-            obj.ctx.warn(
-                node,
-                obj.sub(name),
-                "dynamic ports (detour) are not supported by raybridge: ignored; clients "
-                "keep using this port",
-            )
+    _refuse_detour(obj)
     settings = VMessInboundSettings(
         clients=clients,
         disable_insecure_encryption=obj.boolean("disableInsecureEncryption"),
