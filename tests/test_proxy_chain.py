@@ -34,6 +34,7 @@ from tests.support import (
     socks_udp_echo,
     until,
 )
+from tests.transports import with_stream, write_certs
 
 
 def loopback_only(config: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +126,30 @@ async def test_v2ray_client_through_raybridge_relay(
     await socks_echo(socks, echo.port, 300_000)
     totals = relay.dispatcher.stats.inbound.get("relay-in")
     assert totals is not None and totals.connections >= 1
+
+
+@pytest.mark.parametrize(("client_kind", "relay_kind"), [(RB, V2), (V2, RB)])
+async def test_chained_outbound_keeps_its_tls(
+    tmp_path: Path,
+    start_peer: StartPeer,
+    echo: EchoServer,
+    client_kind: str,
+    relay_kind: str,
+) -> None:
+    """4.34 puts the chained outbound's TLS on the link through the hop: the final server
+    (raybridge, VMess over TLS) only understands it with TLS."""
+    relay_port, final_port, socks = free_port(), free_port(), free_port()
+    relay_user, final_user = new_uuid(), new_uuid()
+    certs = write_certs(str(tmp_path))
+    final = loopback_only(
+        with_stream(server_config(final_port, final_user), "tls", "server", certs)
+    )
+    client = chained_client(socks, (final_port, final_user), (relay_port, relay_user))
+    with_stream(client, "tls", "client", certs, tag="final")
+    await start_peer(relay_kind, relay_config(relay_port, relay_user), relay_port)
+    await start_peer(RB, final, final_port)
+    await start_peer(client_kind, client, socks)
+    await socks_echo(socks, echo.port, 300_000)
 
 
 async def test_freedom_through_raybridge_relay_tcp_and_udp(
