@@ -218,3 +218,17 @@ def test_log_file_in_existing_directory_is_fine(tmp_path: Path) -> None:
     out = rb("test", "-c", str(_log_config(tmp_path, "error", str(tmp_path / "new.log"))))
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "new.log").exists()  # checked, not created, by "test"
+
+
+def test_both_log_files_are_reported(tmp_path: Path) -> None:
+    regular = tmp_path / "regular"
+    regular.write_text("")
+    config = tmp_path / "both.json"
+    access, error = tmp_path / "no" / "a.log", regular / "e.log"
+    config.write_text(
+        json.dumps({"log": {"access": str(access), "error": str(error)}}, indent=1) + "\n"
+    )
+    out = rb("test", "-c", str(config))
+    assert out.returncode == 23
+    assert "both.json:3: log.access: cannot open the log file" in out.stderr, out.stderr
+    assert "both.json:4: log.error: cannot open the log file" in out.stderr, out.stderr

@@ -457,11 +457,15 @@ def build_log(obj: Obj) -> LogConfig:
             )
     if level == "none":
         access = error = None
+    problems = []
     for name, value in (("access", access), ("error", error)):
         problem = log_file_problem(value) if value else None
         if problem is not None:
             message = f"cannot open the log file {json.dumps(value)}: {problem}"
-            raise obj.ctx.error(obj.get(name), obj.sub(name), message)
+            problems.append(obj.ctx.error(obj.get(name), obj.sub(name), message))
+    if problems:
+        problems[0].also.extend(problems[1:])  # both reported at once
+        raise problems[0]
     obj.finish()
     return LogConfig(access=access, error=error, level=level, file=obj.ctx.file, line=obj.line)
 
