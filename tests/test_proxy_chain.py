@@ -185,6 +185,28 @@ async def test_freedom_through_raybridge_relay_tcp_and_udp(
     await until(lambda: stats.inbound["relay-in"].connections > tcp, 10, what="the UDP flow")
 
 
+@pytest.mark.parametrize("muxed", ["final", "hop"])
+async def test_chaining_with_mux(
+    start_node: StartNode, start_v2ray: StartV2Ray, echo: EchoServer, muxed: str, tmp_path: Path
+) -> None:
+    """Mux.Cool on either outbound: the chained one's carrier goes through the hop, or
+    the hop carries the chained connection as a mux session (V2Ray relay, raybridge final
+    server)."""
+    relay_port, final_port, socks = free_port(), free_port(), free_port()
+    relay_user, final_user = new_uuid(), new_uuid()
+    log = tmp_path / "relay-access.log"
+    start_v2ray(relay_config(relay_port, relay_user, log), wait=[relay_port])
+    await start_node(loopback_only(server_config(final_port, final_user)))
+    client = chained_client(socks, (final_port, final_user), (relay_port, relay_user))
+    for outbound in client["outbounds"]:
+        if outbound["tag"] == muxed:
+            outbound["mux"] = {"enabled": True, "concurrency": 4}
+    await start_node(client)
+    for _ in range(3):
+        await socks_echo(socks, echo.port, 100_000)
+    await until(lambda: relay_saw(log, final_port), 10, what="the relay's access log line")
+
+
 async def test_hop_failure_closes_the_client(start_node: StartNode, echo: EchoServer) -> None:
     """Nothing listens where the hop points: the chained connection fails, the client's
     connection is closed, and the node goes on."""
