@@ -32,6 +32,8 @@ import pytest
 from raybridge.config.loader import load_config_text
 from raybridge.errors import ConfigError
 from raybridge.node import Node
+from tests.conftest import NEEDS_V2RAY
+from tests.support import HAVE_V2RAY, RB, V2, V2RAY
 
 HELPER = str(Path(__file__).with_name("netns_helper.py"))
 PY = sys.executable
@@ -144,15 +146,22 @@ def run_through(
     echo: tuple[str, int],
     node: tuple[str, int],
     sockopt: dict[str, Any],
+    kind: str = RB,
 ) -> None:
-    """Echo at ``echo`` and the node in ``node_ns``; the client (in ``client_ns``)
-    connects to the echo address, which the firewall sends to the node."""
+    """Echo at ``echo`` and the node (raybridge, or V2Ray 4.34 to check the set-up
+    against) in ``node_ns``; the client (in ``client_ns``) connects to the echo address,
+    which the firewall sends to the node."""
     access = tmp_path / "access.log"
     config = tmp_path / "node.json"
     config.write_text(json.dumps(node_config(*node, sockopt, access)))
+    command = [PY, "-m", "raybridge", "run", "-c", str(config)]
+    if kind == V2:
+        if not HAVE_V2RAY:
+            pytest.skip(NEEDS_V2RAY)
+        command = [V2RAY, "-config", str(config)]
     with (
         inside(node_ns, PY, HELPER, "echo", *map(str, echo)) as echo_proc,
-        inside(node_ns, PY, "-m", "raybridge", "run", "-c", str(config)) as node_proc,
+        inside(node_ns, *command) as node_proc,
     ):
         assert echo_proc.stdout is not None
         assert echo_proc.stdout.readline().strip() == "ready"
@@ -176,8 +185,9 @@ def run_through(
     client = outcome["local"]
     assert [str(client[0]), str(client[1])] not in seen, (client, seen)
     log = access.read_text()
+    # raybridge names both tags; V2Ray 4.34 the outbound's only.
     assert re.search(
-        rf"accepted tcp:{re.escape(echo[0])}:{echo[1]} \[transparent -> direct\]", log
+        rf"accepted tcp:{re.escape(echo[0])}:{echo[1]} \[(transparent -> )?direct\]", log
     ), log
 
 
@@ -214,16 +224,25 @@ def _redirect_rules(ns: str, backend: str, echo: tuple[str, int], port: int) -> 
         pytest.skip(f"nft: {out.stderr.strip()}")
 
 
-@pytest.mark.parametrize("backend", ["iptables", "nft"])
-def test_follow_redirect_with_redirect(netns: Any, tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize(("backend", "kind"), [("iptables", RB), ("nft", RB), ("iptables", V2)])
+def test_follow_redirect_with_redirect(netns: Any, tmp_path: Path, backend: str, kind: str) -> None:
     ns = netns("r")
     must("ip", "-n", ns, "addr", "add", "10.77.0.1/32", "dev", "lo")
     echo, port = ("10.77.0.1", 7001), 7100
     _redirect_rules(ns, backend, echo, port)
-    run_through(tmp_path, node_ns=ns, client_ns=ns, echo=echo, node=("127.0.0.1", port), sockopt={})
+    run_through(
+        tmp_path,
+        node_ns=ns,
+        client_ns=ns,
+        echo=echo,
+        node=("127.0.0.1", port),
+        sockopt={},
+        kind=kind,
+    )
 
 
-def test_follow_redirect_with_tproxy(netns: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", [RB, V2])
+def test_follow_redirect_with_tproxy(netns: Any, tmp_path: Path, kind: str) -> None:
     if shutil.which("iptables") is None:
         pytest.skip("iptables is not installed")
     router, client = netns("t"), netns("c")
@@ -264,6 +283,7 @@ def test_follow_redirect_with_tproxy(netns: Any, tmp_path: Path) -> None:
         echo=echo,
         node=("0.0.0.0", port),
         sockopt={"tproxy": "tproxy"},
+        kind=kind,
     )
 
 
