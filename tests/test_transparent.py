@@ -32,6 +32,7 @@ import pytest
 from raybridge.config.loader import load_config_text
 from raybridge.errors import ConfigError
 from raybridge.node import Node
+from raybridge.transport.redirect import parse_sockaddr
 from tests.conftest import NEEDS_V2RAY
 from tests.support import HAVE_V2RAY, RB, V2, V2RAY
 
@@ -327,3 +328,21 @@ def test_unknown_tproxy_mode_warns() -> None:
     config = load_config_text(text, "t.json")
     assert any('unknown mode "on"' in w.message for w in config.warnings)
     assert config.inbounds[0].stream.sockopt.tproxy == "off"
+
+
+def test_sockaddr_parsing() -> None:
+    """What getsockopt(SO_ORIGINAL_DST) returns: sockaddr_in / sockaddr_in6, family in host
+    byte order, port in network order."""
+    import socket
+
+    family = socket.AF_INET.to_bytes(2, sys.byteorder)
+    v4 = family + (8080).to_bytes(2, "big") + socket.inet_aton("10.1.2.3") + bytes(8)
+    assert parse_sockaddr(v4) == ("10.1.2.3", 8080)
+    family6 = socket.AF_INET6.to_bytes(2, sys.byteorder)
+    raw6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    v6 = family6 + (443).to_bytes(2, "big") + bytes(4) + raw6 + bytes(4)
+    assert parse_sockaddr(v6) == ("2001:db8::1", 443)
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:192.0.2.7")
+    assert parse_sockaddr(family6 + (1).to_bytes(2, "big") + bytes(4) + mapped) == ("192.0.2.7", 1)
+    assert parse_sockaddr(b"\x00" * 4) is None
+    assert parse_sockaddr(bytes(16)) is None  # AF_UNSPEC
