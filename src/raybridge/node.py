@@ -13,13 +13,15 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from raybridge.config.model import Config, RaybridgeOptions
+from raybridge.config.model import Config, InboundConfig, RaybridgeOptions, VMessInboundSettings
 from raybridge.dispatcher import Dispatcher
 from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
+from raybridge.proxy.dynamic import DynamicPorts
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
 from raybridge.proxy.reverse import Bridge, Portal
+from raybridge.proxy.vmess import Detour, VMessInbound
 from raybridge.registry import build_inbounds, build_outbound
 from raybridge.router import Router, compile_rule
 
@@ -76,16 +78,52 @@ class Node:
             for b in config.reverse.bridges
         ]
         self.inbounds: list[Inbound] = []
+        built: list[tuple[InboundConfig, list[Inbound]]] = []
         for inbound in config.inbounds:
-            self.inbounds.extend(
-                build_inbounds(
-                    inbound,
-                    dispatcher=self.dispatcher,
-                    policies=config.policy,
-                    options=options,
-                )
+            made = build_inbounds(
+                inbound, dispatcher=self.dispatcher, policies=config.policy, options=options
             )
+            built.append((inbound, made))
+            self.inbounds.extend(made)
+        self._detours(built)
         self.started = False
+
+    def _detours(self, built: list[tuple[InboundConfig, list[Inbound]]]) -> None:
+        """VMess ``detour.to``: the inbounds that send clients on to a dynamic-port VMess
+        inbound (proxy/vmess.py ``Detour``). A tag that names no such inbound is a config
+        error (V2Ray 4.34 logs a warning per connection and sends no command)."""
+        targets: dict[str, tuple[InboundConfig, DynamicPorts]] = {}
+        for inbound_config, made in built:
+            for inbound in made:
+                if isinstance(inbound, DynamicPorts) and inbound.tag:
+                    targets[inbound.tag] = (inbound_config, inbound)
+        detours: dict[str, Detour] = {}
+        for inbound_config, made in built:
+            settings = inbound_config.settings
+            if not isinstance(settings, VMessInboundSettings) or settings.detour_to is None:
+                continue
+            tag = settings.detour_to
+            found = targets.get(tag)
+            if found is None or not isinstance(found[0].settings, VMessInboundSettings):
+                raise ConfigError(
+                    f'no VMess inbound with "allocate": {{"strategy": "random"}} has the '
+                    f'tag "{tag}"',
+                    file=inbound_config.file,
+                    line=inbound_config.line,
+                    path=f"inbounds[{inbound_config.index}].settings.detour.to",
+                )
+            target_config, target = found
+            assert isinstance(target_config.settings, VMessInboundSettings)
+            detour = detours.get(tag)
+            if detour is None:
+                detour = detours[tag] = Detour(
+                    target,
+                    alter_id=target_config.settings.default_alter_id,
+                    level=target_config.settings.default_level,
+                )
+            for inbound in made:
+                if isinstance(inbound, VMessInbound):
+                    inbound.detour = detour
 
     def _chain(self, config: Config) -> None:
         """``proxySettings.tag``: each such outbound's connections go through the named

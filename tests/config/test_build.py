@@ -466,29 +466,20 @@ def test_duplicate_vmess_email_is_an_error() -> None:
     assert err.message == 'email "a@X" is already used by clients[0]'
 
 
-@pytest.mark.parametrize(
-    ("detour", "path"),
-    [
-        ('"detour": {"to": "dyn"}', "detour"),
-        ('"features": {"detour": {"to": "dyn"}}', "features.detour"),
-    ],
-)
-def test_vmess_detour_is_refused(detour: str, path: str) -> None:
-    """Dynamic ports are not implemented: refused, where a warning let clients believe
-    they had moved (issue 14)."""
-    err = error(
+def test_vmess_detour() -> None:
+    cfg = load(
         '{"inbounds": [{"protocol": "vmess", "port": 1, "settings": {"clients": [{"id": "%s"}],'
-        " %s}}]}" % (UUID1, detour)
+        ' "features": {"detour": {"to": "b"}}, "detour": {"to": "a"}, "default": {"alterId": 4}}}]}'
+        % UUID1
     )
-    assert err.path == f"inbounds[0].settings.{path}"
-    assert err.message.startswith("dynamic ports (VMess detour) are not supported by raybridge")
-    assert (
-        load(
-            '{"inbounds": [{"protocol": "vmess", "port": 1, "settings": {"clients": [{"id": "%s"}],'
-            ' "features": {}}}]}' % UUID1
-        ).warnings
-        == []
+    settings = cfg.inbounds[0].settings
+    assert isinstance(settings, VMessInboundSettings)
+    assert (settings.detour_to, settings.default_alter_id) == ("a", 4)  # "detour" wins
+    assert cfg.warnings == []
+    err = error(
+        '{"inbounds": [{"protocol": "vmess", "port": 1, "settings": {"detour": {"to": ""}}}]}'
     )
+    assert err.path == "inbounds[0].settings.detour.to"
 
 
 def test_dokodemo() -> None:
@@ -572,12 +563,9 @@ def test_sniffing() -> None:
 
 def test_allocate() -> None:
     assert load(inbound('"allocate": {"strategy": "always"}')).warnings == []
-    err = error(inbound('"allocate": {"strategy": "random", "concurrency": 2, "refresh": 5}'))
-    assert err.path == "inbounds[0].allocate.strategy"
-    assert err.message.startswith('strategy "random" (dynamic ports) is not supported')
+    assert "unknown allocation strategy" in error(inbound('"allocate": {"strategy": "x"}')).message
     err = error(inbound('"allocate": {"strategy": "external"}'))
     assert "V2Ray 4.34 refuses to start with it" in err.message
-    assert "unknown allocation strategy" in error(inbound('"allocate": {"strategy": "x"}')).message
 
 
 # --------------------------------------------------------------------------- streamSettings

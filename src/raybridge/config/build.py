@@ -35,6 +35,7 @@ from raybridge.config.jsonc import JArray, JObject, JString, JValue
 from raybridge.config.model import (
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
+    AllocateConfig,
     InboundConfig,
     LevelPolicy,
     LogConfig,
@@ -206,10 +207,10 @@ def _listen(obj: Obj) -> str:
     raise obj.ctx.error(node, path, f"cannot listen on {describe(node)}: not an IP address")
 
 
-def _check_allocate(alloc: Obj) -> None:
-    """``allocate``: ``"always"`` is what raybridge does (every port of the range);
-    ``"random"`` (dynamic ports, for VMess detour) is refused, and so is ``"external"``,
-    with which V2Ray 4.34 does not start (``app/proxyman/inbound/inbound.go``)."""
+def _allocate(alloc: Obj, ports: list[int]) -> AllocateConfig | None:
+    """``allocate``: ``"always"`` (every port of the range: ``None``), ``"random"``
+    (dynamic ports, :class:`AllocateConfig`); ``"external"`` is refused, as V2Ray 4.34
+    does not start with it (``app/proxyman/inbound/inbound.go``)."""
     ctx = alloc.ctx
     strategy_node = alloc.get("strategy")
     strategy = (
@@ -223,15 +224,8 @@ def _check_allocate(alloc: Obj) -> None:
             alloc.sub("strategy"),
             f"unknown allocation strategy {describe(strategy_node) if strategy_node else ''}",
         )
-    alloc.integer("concurrency", 0, UINT32)
-    alloc.integer("refresh", 0, UINT32)
-    if strategy == "random":
-        raise ctx.error(
-            strategy_node,
-            alloc.sub("strategy"),
-            'strategy "random" (dynamic ports) is not supported by raybridge: use "always" '
-            "(listen on every port of the range) or remove allocate",
-        )
+    concurrency = alloc.integer("concurrency", 0, UINT32, 3)
+    refresh = alloc.integer("refresh", 0, UINT32, 5)
     if strategy == "external":
         raise ctx.error(
             strategy_node,
@@ -240,6 +234,16 @@ def _check_allocate(alloc: Obj) -> None:
             'too): use "always"',
         )
     alloc.finish()
+    if strategy != "random":
+        return None
+    if concurrency >= len(ports):  # V2Ray's check, in infra/conf/v2ray.go
+        node = alloc.get("concurrency") or alloc.node
+        message = f"not enough ports: concurrency {concurrency}, {len(ports)} in the range"
+        raise ctx.error(node, alloc.sub("concurrency"), message)
+    for name, value in (("concurrency", concurrency), ("refresh", refresh)):
+        if value == 0:
+            raise ctx.error(alloc.get(name), alloc.sub(name), f"{name} must be at least 1")
+    return AllocateConfig(concurrency=concurrency, refresh=refresh)
 
 
 def _sniffing(obj: Obj) -> tuple[bool, frozenset[str]]:
@@ -288,8 +292,7 @@ def build_inbound(obj: Obj) -> PendingInbound:
     port_node = obj.get("port")
     ports = [] if port_node is None else inbound_ports(ctx, port_node, obj.sub("port"))
     alloc = obj.object("allocate")
-    if alloc is not None:
-        _check_allocate(alloc)
+    allocate = None if alloc is None else _allocate(alloc, ports)
     stream = stream_for(obj)
     sniffing_enabled, dest_override = _sniffing(obj)
     settings = INBOUND_SETTINGS[protocol](_settings(obj))
@@ -304,6 +307,7 @@ def build_inbound(obj: Obj) -> PendingInbound:
             stream=stream,
             sniffing_enabled=sniffing_enabled,
             sniffing_dest_override=dest_override,
+            allocate=allocate,
             **_where(obj),
         ),
         has_port=port_node is not None,

@@ -237,25 +237,21 @@ def http_inbound(obj: Obj) -> HttpInboundSettings:
     return settings
 
 
-_NO_DETOUR = (
-    "dynamic ports (VMess detour) are not supported by raybridge: remove it (clients "
-    "then keep using this inbound's port)"
-)
-
-
-def _refuse_detour(obj: Obj) -> None:
-    """``detour`` and ``features.detour`` (V2Ray's dynamic ports: the server tells each
-    client to move to a random port of another inbound, ``infra/conf/vmess.go``) are
-    refused, not ignored: a client would be told nothing and stay on this port."""
-    node = obj.get("detour")
-    if node is not None and node.kind != "null":
-        raise obj.ctx.error(node, obj.sub("detour"), _NO_DETOUR)
-    features = obj.object("features")
-    if features is not None:
-        detour = features.get("detour")
-        if detour is not None and detour.kind != "null":
-            raise obj.ctx.error(detour, features.sub("detour"), _NO_DETOUR)
-        features.finish()
+def _detour_to(obj: Obj) -> str | None:
+    """``detour.to`` (or ``features.detour.to``, which ``detour`` wins over, as in
+    ``infra/conf/vmess.go``): the tag of the dynamic-port inbound clients are sent to."""
+    found: str | None = None
+    for holder in (obj, obj.object("features")):
+        if holder is None:
+            continue
+        detour = holder.object("detour")
+        if detour is not None:
+            to = detour.required_string("to")
+            detour.finish()
+            found = found or to
+        if holder is not obj:
+            holder.finish()
+    return found
 
 
 def vmess_inbound(obj: Obj) -> VMessInboundSettings:
@@ -272,19 +268,26 @@ def vmess_inbound(obj: Obj) -> VMessInboundSettings:
                 )
             emails[key] = f"clients[{i}]"
         clients.append(user)
+    default_alter_id = default_level = 0
     default = obj.object("default")
     if default is not None:
-        default.integer("alterId", 0, UINT16)
-        default.integer("level", 0, 255)
+        default_alter_id = default.integer("alterId", 0, UINT16)
+        default_level = default.integer("level", 0, 255)
         default.finish()
-    _refuse_detour(obj)
     settings = VMessInboundSettings(
         clients=clients,
         disable_insecure_encryption=obj.boolean("disableInsecureEncryption"),
         aead_forced=obj.boolean("aeadForced"),
+        detour_to=_detour_to(obj),
+        default_alter_id=default_alter_id,
+        default_level=default_level,
     )
     if not clients:
-        obj.ctx.warn(obj.node, obj.path, "no clients: every connection will be refused")
+        obj.ctx.warn(
+            obj.node,
+            obj.path,
+            "no clients: every connection will be refused (but those a detour sends here)",
+        )
     obj.finish()
     return settings
 

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,7 @@ from raybridge.protocols.vmess import (
     client_profile,
     security_from_config,
 )
+from raybridge.protocols.vmess.header import SWITCH_ACCOUNT, encode_switch_account
 from raybridge.proxy.base import (
     InboundCommon,
     InboundContext,
@@ -70,6 +72,7 @@ from raybridge.proxy.base import (
     StreamInbound,
     short_reason,
 )
+from raybridge.proxy.dynamic import DynamicPorts
 from raybridge.proxy.mux import MUX_DOMAIN, MuxOutbound
 from raybridge.transport.dial import ClientTransport
 from raybridge.transport.tcp import StreamEnd
@@ -253,6 +256,7 @@ class VMessInboundEnd(InboundEnd, VMessBody):
             urandom=os.urandom,
             disable_insecure_encryption=self.inbound.disable_insecure_encryption,
             aead_only=self.inbound.aead_only,
+            response_command=None if self.inbound.detour is None else self.inbound.detour.command,
         )
         self.drain_to: int | None = None
         self.received = 0
@@ -363,6 +367,8 @@ class VMessInbound(StreamInbound):
         self.aead_only = aead_only
         self.state_dir = replay.state_dir(state_dir)
         self._replay_file: str | None = None
+        #: ``detour``: sends each client on to a port of a dynamic-port inbound.
+        self.detour: Detour | None = None
 
     async def start(self) -> None:
         # Replays of headers seen before a restart stay refused (beyond V2Ray).
@@ -373,6 +379,60 @@ class VMessInbound(StreamInbound):
         await super().close()
         replay.persist(self._replay_file, self.validator)
         self._replay_file = None
+
+
+class Detour:
+    """VMess ``detour`` (``proxy/vmess/inbound/inbound.go``, ``generateCommand``): each
+    response of an inbound with ``detour.to`` carries command 1, "switch account", naming
+    a port of the target's current set (proxy/dynamic.py), a user for the client to use
+    there and how many minutes it holds. Users are made on demand, one per email (lower
+    case; all clients without an email share one), with the target's ``default`` alterId
+    and level, and are valid on every port of the target (V2Ray keeps one table per port
+    and per refresh; one table means a client told of any port may use all)."""
+
+    def __init__(self, target: DynamicPorts, *, alter_id: int = 0, level: int = 0) -> None:
+        self.target = target
+        self.alter_id = alter_id
+        self.level = level
+        self.validator = UserValidator((), clock=time.time)
+        self._users: dict[str, User] = {}
+        self._seeded = False
+        target.adopt = self._adopt
+
+    def _adopt(self, inbound: StreamInbound) -> None:
+        """A new port of the target: it takes the shared users (and brings the configured
+        ``clients``, the same on every port, the first time)."""
+        if isinstance(inbound, VMessInbound) and inbound.validator is not self.validator:
+            if not self._seeded:
+                self._seeded = True
+                for user in inbound.validator.users:
+                    self.validator.add(user)
+            inbound.validator = self.validator
+
+    def user(self, email: str) -> User:
+        key = email.lower()
+        user = self._users.get(key)
+        if user is None:
+            user = User(id=uuid.uuid4(), alter_id=self.alter_id, level=self.level, email=key)
+            self._users[key] = user
+            self.validator.add(user)
+        return user
+
+    def command(self, client: User) -> tuple[int, bytes] | None:
+        picked = self.target.pick()
+        if picked is None:
+            return None
+        inbound, minutes = picked
+        user = self.user(client.email)
+        logger.debug("detour: port %s for %s minutes", inbound.port, minutes)
+        data = encode_switch_account(
+            port=inbound.port,
+            user_id=user.id.bytes,
+            alter_ids=user.alter_id,
+            level=user.level,
+            valid_minutes=minutes,
+        )
+        return SWITCH_ACCOUNT, data
 
 
 class VMessOutboundEnd(VMessBody):

@@ -382,9 +382,12 @@ class ServerConnection:
         disable_insecure_encryption: bool = False,
         chunk_size: int = SEND_CHUNK_SIZE,
         aead_only: bool = False,
+        response_command: Callable[[User], tuple[int, bytes] | None] | None = None,
     ) -> None:
         """``aead_only``: refuse legacy (alterId > 0, MD5-based) headers, like V2Ray's
-        ``v2ray.vmess.aead.forced``; they fail as an unknown user would (drained)."""
+        ``v2ray.vmess.aead.forced``; they fail as an unknown user would (drained).
+        ``response_command``: given the authenticated user, the (id, data) of a command for
+        the response header (1.8), or ``None``; called once, when the request is in."""
         if chunk_size < 1:
             raise LocalProtocolError("chunk_size must be positive")
         self._aead_only = aead_only
@@ -408,6 +411,7 @@ class ServerConnection:
         self._reader: BodyReader | None = None
         self._writer: BodyWriter | None = None
         self._response_header = b""
+        self._response_command = response_command
         self.request: RequestHeader | None = None
 
     @property
@@ -559,7 +563,8 @@ class ServerConnection:
             iv=parsed.body_iv,
         )
         resp_key, resp_iv = response_body_key_iv(parsed.body_key, parsed.body_iv, aead=self._aead)
-        plaintext = encode_response_plaintext(parsed.response_auth)
+        reply = None if self._response_command is None else self._response_command(user)
+        plaintext = encode_response_plaintext(parsed.response_auth, *(reply or ()))
         writer_cfb: CipherContext | None
         if self._aead:
             self._response_header = seal_aead_response(resp_key, resp_iv, plaintext)

@@ -44,6 +44,7 @@ from raybridge.protocols.vmess.primitives import fnv1a32_pure, md5, sha256_16
 
 __all__ = [
     "AEAD_HEADER_PREFIX",
+    "SWITCH_ACCOUNT",
     "VERSION",
     "Command",
     "Option",
@@ -345,6 +346,31 @@ def encode_response_plaintext(
     if len(command_data) > 255:
         raise ValueError("response command too long")
     return bytes((response_auth, 0, command_id, len(command_data))) + command_data
+
+
+#: Response command 1 (1.8), sent by an inbound with ``detour``.
+SWITCH_ACCOUNT = 1
+
+
+def encode_switch_account(
+    *, port: int, user_id: bytes, alter_ids: int, level: int, valid_minutes: int, host: str = ""
+) -> bytes:
+    """The data of response command 1, "switch account" (1.8; ``CommandSwitchAccountFactory``
+    in ``proxy/vmess/encoding/commands.go``): ``FNV1a32(body) || body`` with ``body = hostLen
+    || host || port || UUID || alterIds || level || validMinutes``. An empty ``host`` means
+    the server the client already talks to."""
+    raw_host = host.encode("ascii")
+    if len(raw_host) > 255 or len(user_id) != 16:
+        raise ValueError("bad switch-account fields")
+    body = (
+        bytes((len(raw_host),))
+        + raw_host
+        + port.to_bytes(2, "big")
+        + user_id
+        + alter_ids.to_bytes(2, "big")
+        + bytes((level & 0xFF, min(max(valid_minutes, 0), 255)))
+    )
+    return fnv1a32_pure(body).to_bytes(4, "big") + body
 
 
 def seal_aead_response(resp_key: bytes, resp_iv: bytes, plaintext: bytes) -> bytes:
