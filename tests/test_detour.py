@@ -177,3 +177,23 @@ def test_allocate_random_builds() -> None:
     node = Node(loaded)
     detour = node.inbound("main").detour  # type: ignore[attr-defined]
     assert detour is not None and detour.alter_id == 4
+
+
+async def test_dynamic_ports_rotate_and_close(start_node: StartNode) -> None:
+    """Each refresh opens a new set among the ports not in use; a set closes two periods
+    after it opened (here: by hand), and closing the node closes every port."""
+    ports = free_range(PORTS_IN_RANGE)
+    server: Node = await start_node(detour_server(free_port(), new_uuid(), ports))
+    dyn = server.inbound("dyn")
+    first = {inbound.port for inbound in dyn.current}  # type: ignore[attr-defined]
+    await dyn.refresh()  # type: ignore[attr-defined]
+    second = {inbound.port for inbound in dyn.current}  # type: ignore[attr-defined]
+    assert len(first) == len(second) == 2 and not first & second
+    for port in first | second:  # the old set still listens
+        socket.create_connection((LOCAL, port), timeout=5).close()
+    picked = dyn.pick()  # type: ignore[attr-defined]
+    assert picked is not None and picked[0].port in second and picked[1] == 5
+    await server.close()
+    for port in first | second:
+        with pytest.raises(OSError):
+            socket.create_connection((LOCAL, port), timeout=5).close()
