@@ -1,31 +1,43 @@
 """VMess ``detour`` with dynamic ports (issue 14): the server's responses tell each client
 to move to a random port of a ``"allocate": {"strategy": "random"}`` inbound, with a user
 made for it there, as V2Ray 4.34 does (``proxy/vmess/inbound``, ``app/proxyman/inbound/
-dynamic.go``). The live test has V2Ray 4.34 as the client: it follows the command only if
-the command is right (checksum, layout), and then connects to a dynamic port with a user it
-was given; the test sees connections arrive there, with the bytes echoed end to end."""
+dynamic.go``). The live tests have V2Ray 4.34 as the client (it follows the command only if
+the command is right: checksum, layout; then it connects to a dynamic port with the user it
+was given, and the test sees connections arrive there, bytes echoed end to end), raybridge
+as the client of a V2Ray 4.34 detour server, and raybridge on both sides."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from raybridge.config.loader import load_config_text
 from raybridge.errors import ConfigError
 from raybridge.node import Node
-from raybridge.protocols.vmess.header import encode_switch_account
+from raybridge.protocols.vmess.header import (
+    SwitchAccount,
+    decode_switch_account,
+    encode_switch_account,
+)
 from raybridge.protocols.vmess.primitives import fnv1a32_pure
 from tests.support import (
     LOCAL,
+    RB,
+    V2,
     EchoServer,
     StartNode,
+    StartPeer,
     StartV2Ray,
     client_config,
     free_port,
     new_uuid,
     socks_echo,
+    until,
 )
 
 PORTS_IN_RANGE = 6
@@ -85,16 +97,18 @@ def detour_server(port: int, user: str, ports: tuple[int, int], **default: Any) 
     }
 
 
-async def test_v2ray_client_follows_the_detour(
-    start_node: StartNode, start_v2ray: StartV2Ray, echo: EchoServer
+@pytest.mark.parametrize("client_kind", [V2, RB])
+async def test_client_follows_the_detour(
+    start_node: StartNode, start_peer: StartPeer, echo: EchoServer, client_kind: str
 ) -> None:
+    """raybridge as the detour server; V2Ray 4.34 (or raybridge) as the client."""
     port, socks = free_port(), free_port()
     user = new_uuid()
     ports = free_range(PORTS_IN_RANGE)
     server: Node = await start_node(detour_server(port, user, ports))
-    start_v2ray(client_config(socks, port, user), wait=[socks])
+    await start_peer(client_kind, client_config(socks, port, user), socks)
     stats = server.dispatcher.stats
-    # The first response carries the command; V2Ray then takes its servers in turn.
+    # The first response carries the command; the client then takes its servers in turn.
     for _ in range(6):
         await socks_echo(socks, echo.port, 50_000)
     main = stats.inbound["main"].connections
@@ -103,6 +117,28 @@ async def test_v2ray_client_follows_the_detour(
     assert main >= 1
     open_ports = {inbound.port for inbound in server.inbound("dyn").current}
     assert len(open_ports) == 2 and all(ports[0] <= p <= ports[1] for p in open_ports)
+
+
+async def test_raybridge_client_follows_a_v2ray_detour(
+    tmp_path: Path, start_node: StartNode, start_v2ray: StartV2Ray, echo: EchoServer
+) -> None:
+    """V2Ray 4.34 as the detour server: its dynamic inbound's traffic leaves by its own
+    outbound, which its access log names."""
+    port, socks = free_port(), free_port()
+    user = new_uuid()
+    ports = free_range(PORTS_IN_RANGE)
+    log = tmp_path / "access.log"
+    config = detour_server(port, user, ports)
+    config["log"] = {"loglevel": "warning", "access": str(log)}
+    config["outbounds"].append({"tag": "via-dyn", "protocol": "freedom"})
+    config["routing"]["rules"].insert(
+        0, {"type": "field", "inboundTag": ["dyn"], "ip": ["127.0.0.0/8"], "outboundTag": "via-dyn"}
+    )
+    start_v2ray(config, wait=[port])
+    await start_node(client_config(socks, port, user))
+    for _ in range(6):
+        await socks_echo(socks, echo.port, 50_000)
+    await until(lambda: log.exists() and "[via-dyn]" in log.read_text(), 10, what="via-dyn")
 
 
 def test_switch_account_layout() -> None:
@@ -197,3 +233,27 @@ async def test_dynamic_ports_rotate_and_close(start_node: StartNode) -> None:
     for port in first | second:
         with pytest.raises(OSError):
             socket.create_connection((LOCAL, port), timeout=5).close()
+
+
+@given(
+    port=st.integers(0, 65535),
+    uid=st.binary(min_size=16, max_size=16),
+    alter=st.integers(0, 65535),
+    level=st.integers(0, 255),
+    minutes=st.integers(0, 255),
+    host=st.text(alphabet="abc.-1", max_size=40),
+)
+def test_switch_account_round_trip(
+    port: int, uid: bytes, alter: int, level: int, minutes: int, host: str
+) -> None:
+    data = encode_switch_account(
+        port=port, user_id=uid, alter_ids=alter, level=level, valid_minutes=minutes, host=host
+    )
+    assert decode_switch_account(data) == SwitchAccount(host, port, uid, alter, level, minutes)
+    assert decode_switch_account(data[:-1]) is None  # checksum (or length) fails
+
+
+@given(st.binary(max_size=300))
+def test_switch_account_decoding_never_raises(data: bytes) -> None:
+    found = decode_switch_account(data)
+    assert found is None or isinstance(found, SwitchAccount)

@@ -13,7 +13,6 @@ the response header before sending.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import random
@@ -55,6 +54,7 @@ from raybridge.protocols.vmess import (
     EndOfStream,
     Option,
     RequestReceived,
+    ResponseReceived,
     Security,
     ServerConnection,
     User,
@@ -64,7 +64,11 @@ from raybridge.protocols.vmess import (
     client_profile,
     security_from_config,
 )
-from raybridge.protocols.vmess.header import SWITCH_ACCOUNT, encode_switch_account
+from raybridge.protocols.vmess.header import (
+    SWITCH_ACCOUNT,
+    decode_switch_account,
+    encode_switch_account,
+)
 from raybridge.proxy.base import (
     InboundCommon,
     InboundContext,
@@ -442,6 +446,17 @@ class VMessOutboundEnd(VMessBody):
         super().__init__(session)
         self.codec = codec
         self.udp = udp
+        #: Called with the data of a response command 1 (detour), by the outbound.
+        self.on_switch: Callable[[bytes], None] | None = None
+
+    def on_event(self, event: object) -> None:
+        on_switch = self.on_switch
+        if (
+            type(event) is ResponseReceived
+            and event.command_id == SWITCH_ACCOUNT
+            and on_switch is not None
+        ):
+            on_switch(event.command_data)
 
     def connection_made(self, transport: object) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -580,6 +595,8 @@ class ClientUser:
     def profile(self, command: Command) -> tuple[Security, Option]:
         if self.security == "zero":
             return client_profile(None, command, zero=True)
+        if self.security == "legacy":  # a detour's user (never from a config)
+            return client_profile(Security.LEGACY, command)
         return client_profile(
             security_from_config(self.security),
             command,
@@ -614,13 +631,15 @@ class VMessOutbound(Outbound):
         self.tag = tag
         self.servers = list(servers)
         self.send_through = send_through
-        self._next = itertools.cycle(range(len(self.servers)))
+        self._turn = 0
+        #: Servers a detour told us of (response command 1), until they expire.
+        self.learned: dict[tuple[str, int, bytes], tuple[VMessServer, float]] = {}
         self._rng = rng or random.SystemRandom()
         self.packet_encoding = packet_encoding
         self.transport = transport or ClientTransport(PLAIN)
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
-        server = self.servers[next(self._next)]
+        server = self._pick_server()
         client = self._rng.choice(server.users)
         target: Destination | None
         encoding = "none"
@@ -657,6 +676,7 @@ class VMessOutbound(Outbound):
         else:
             end = VMessOutboundEnd(session, codec, command is Command.UDP)
         join(peer, end)
+        end.on_switch = lambda data: self.learn(server, data)
         local = (self.send_through, 0) if self.send_through else None
         transport = self.transport
         end.start_connect(
@@ -675,6 +695,41 @@ class VMessOutbound(Outbound):
     def chain(self, hop: Outbound) -> bool:
         self.transport.via = hop
         return True
+
+    def _pick_server(self) -> VMessServer:
+        """The configured servers and the unexpired learned ones, in turn (V2Ray's
+        round-robin server picker over its server list)."""
+        if self.learned:
+            now = time.monotonic()
+            for key, (_, until) in list(self.learned.items()):
+                if until <= now:
+                    del self.learned[key]
+        servers = self.servers + [server for server, _ in self.learned.values()]
+        server = servers[self._turn % len(servers)]
+        self._turn = (self._turn + 1) % (len(servers) * 1024)
+        return server
+
+    def learn(self, origin: VMessServer, data: bytes) -> None:
+        """Response command 1 from ``origin``: use that port and user as one more server
+        for ``valid_minutes`` (``handleSwitchAccount`` in ``proxy/vmess/outbound``, whose
+        account has security LEGACY). The same server told again only lives longer; at
+        most :data:`LEARNED_LIMIT` are kept (V2Ray appends every one)."""
+        command = decode_switch_account(data)
+        if command is None:
+            logger.debug("ignored a detour command that does not check out")
+            return
+        key = (command.host or origin.address, command.port, command.user_id)
+        if key not in self.learned and len(self.learned) >= LEARNED_LIMIT:
+            return
+        user = User(
+            id=uuid.UUID(bytes=command.user_id), alter_id=command.alter_ids, level=command.level
+        )
+        server = VMessServer(address=key[0], port=command.port, users=(ClientUser(user, "legacy"),))
+        self.learned[key] = (server, time.monotonic() + command.valid_minutes * 60)
+
+
+#: Servers a VMess outbound keeps from detour commands at once.
+LEARNED_LIMIT = 16
 
 
 # -- building from the config ---------------------------------------------------------------

@@ -51,6 +51,7 @@ __all__ = [
     "ParsedRequest",
     "RequestHeader",
     "Security",
+    "SwitchAccount",
     "create_auth_id",
     "encode_request_plaintext",
     "encode_response_plaintext",
@@ -371,6 +372,42 @@ def encode_switch_account(
         + bytes((level & 0xFF, min(max(valid_minutes, 0), 255)))
     )
     return fnv1a32_pure(body).to_bytes(4, "big") + body
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchAccount:
+    """Command 1 as a client reads it (``host`` ``""``: the server it came from)."""
+
+    host: str
+    port: int
+    user_id: bytes
+    alter_ids: int
+    level: int
+    valid_minutes: int
+
+
+def decode_switch_account(data: bytes) -> SwitchAccount | None:
+    """The inverse of :func:`encode_switch_account`; ``None`` when the checksum fails, the
+    data is short or the host is not ASCII (V2Ray's client ignores such a command)."""
+    if len(data) <= 4 or fnv1a32_pure(data[4:]) != int.from_bytes(data[:4], "big"):
+        return None
+    body = data[4:]
+    n = body[0]
+    if len(body) < 1 + n + 22:
+        return None
+    try:
+        host = body[1 : 1 + n].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    rest = body[1 + n :]
+    return SwitchAccount(
+        host=host,
+        port=int.from_bytes(rest[0:2], "big"),
+        user_id=bytes(rest[2:18]),
+        alter_ids=int.from_bytes(rest[18:20], "big"),
+        level=rest[20],
+        valid_minutes=rest[21],
+    )
 
 
 def seal_aead_response(resp_key: bytes, resp_iv: bytes, plaintext: bytes) -> bytes:
