@@ -232,3 +232,15 @@ def test_both_log_files_are_reported(tmp_path: Path) -> None:
     assert out.returncode == 23
     assert "both.json:3: log.access: cannot open the log file" in out.stderr, out.stderr
     assert "both.json:4: log.error: cannot open the log file" in out.stderr, out.stderr
+
+
+def test_a_log_section_replaced_by_a_later_file_is_not_checked(tmp_path: Path) -> None:
+    """Files merge first (a later "log" replaces an earlier one, as in V2Ray); only the
+    log files of the merged config must open."""
+    base = _log_config(tmp_path, "error", str(tmp_path / "missing" / "e.log"))
+    override = tmp_path / "override.json"
+    override.write_text(json.dumps({"log": {"error": str(tmp_path / "e.log")}}))
+    out = rb("test", "-c", str(base), "-c", str(override))
+    assert out.returncode == 0, out.stderr
+    out = rb("test", "-c", str(override), "-c", str(base))
+    assert out.returncode == 23 and "logs.json:3: log.error:" in out.stderr, out.stderr

@@ -17,6 +17,7 @@ from raybridge.config.model import Config, InboundConfig, RaybridgeOptions, VMes
 from raybridge.dispatcher import Dispatcher
 from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
+from raybridge.log import check_files as check_log_files
 from raybridge.proxy.dynamic import DynamicPorts
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
@@ -50,6 +51,7 @@ class Node:
     def __init__(self, config: Config, *, status: str | None = None) -> None:
         """``status``: ``"host:port"`` for the status server (overrides the config's)."""
         self.config = config
+        check_log_files(config.log)  # of the merged config: a later file may replace them
         self.outbounds: list[Outbound] = [build_outbound(o) for o in config.outbounds]
         rules = [compile_rule(r) for r in config.routing.rules]
         tags = [o.tag for o in self.outbounds]

@@ -10,9 +10,6 @@ unknown top-level keys, so a config with, say, a ``"status"`` section still runs
 
 from __future__ import annotations
 
-import errno
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict, TypeVar
@@ -411,36 +408,6 @@ def build_outbound(obj: Obj) -> OutboundConfig:
 _LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error", "none")
 
 
-def log_file_problem(path: str) -> str | None:
-    """Why a log file at ``path`` cannot be opened for appending, or ``None`` if it can.
-
-    V2Ray 4.34 opens the file once while building the config (``CreateFileLogWriter`` in
-    ``common/log/logger.go``), so ``v2ray -test`` reports it. We check without creating
-    the file: an existing one is opened for appending (neither created nor truncated),
-    for a new one the directory must exist and be writable."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    except FileNotFoundError:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.exists(parent):
-            return f"the directory {parent} does not exist"
-        if not os.path.isdir(parent):
-            return f"{parent} is not a directory"
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return f"no permission to create a file in {parent}"
-        return None
-    except OSError as exc:
-        if exc.errno == errno.EISDIR:
-            return "it is a directory"
-        if exc.errno == errno.ENOTDIR:
-            return "a part of the path is not a directory"
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            return "no permission to write it"
-        return exc.strerror or str(exc)
-    os.close(fd)
-    return None
-
-
 def build_log(obj: Obj) -> LogConfig:
     def target(name: str) -> str | None:
         value = obj.string(name)
@@ -461,17 +428,21 @@ def build_log(obj: Obj) -> LogConfig:
             )
     if level == "none":
         access = error = None
-    problems = []
-    for name, value in (("access", access), ("error", error)):
-        problem = log_file_problem(value) if value else None
-        if problem is not None:
-            message = f"cannot open the log file {json.dumps(value)}: {problem}"
-            problems.append(obj.ctx.error(obj.get(name), obj.sub(name), message))
-    if problems:
-        problems[0].also.extend(problems[1:])  # both reported at once
-        raise problems[0]
     obj.finish()
-    return LogConfig(access=access, error=error, level=level, file=obj.ctx.file, line=obj.line)
+
+    def line(name: str) -> int | None:
+        node = obj.get(name)
+        return None if node is None else node.line
+
+    return LogConfig(
+        access=access,
+        error=error,
+        level=level,
+        file=obj.ctx.file,
+        line=obj.line,
+        access_line=line("access"),
+        error_line=line("error"),
+    )
 
 
 def _level_policy(obj: Obj) -> LevelPolicy:

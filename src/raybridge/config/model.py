@@ -144,6 +144,9 @@ class LogConfig(Section):
     access: str | None = None
     error: str | None = ""
     level: LogLevel = "warning"
+    #: Lines of the ``access`` / ``error`` values, for messages about the files.
+    access_line: int | None = None
+    error_line: int | None = None
 
 
 # --------------------------------------------------------------------------- users
