@@ -8,6 +8,9 @@ tests/netns_helper.py MODE ...``); stdlib only, one job per process.
                                     made: a node would take it for a client), 10 s
     client HOST PORT SIZE           connect, send SIZE random bytes while reading the
                                     echo; print {"ok": ..., "local": [host, port]}
+    uecho HOST PORT                 echo UDP until killed; print "ready"
+    uclient HOST PORT               send datagrams of several sizes to HOST:PORT, each
+                                    answered in turn; print {"ok": ..., "sources": [...]}
 """
 
 from __future__ import annotations
@@ -76,9 +79,39 @@ def client(host: str, port: int, size: int) -> None:
     print(json.dumps({"ok": same, "received": len(got), "local": list(local)}), flush=True)
 
 
+def uecho(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, port))
+        print("ready", flush=True)
+        while True:
+            data, peer = sock.recvfrom(65535)
+            sock.sendto(data, peer)
+
+
+def uclient(host: str, port: int) -> None:
+    ok, sources = True, []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        for size in (1, 700, 1400, 1900):
+            payload = os.urandom(size)
+            sock.sendto(payload, (host, port))
+            try:
+                data, source = sock.recvfrom(65535)
+            except TimeoutError:
+                ok = False
+                break
+            ok = ok and data == payload
+            sources.append(list(source[:2]))
+    print(json.dumps({"ok": ok, "sources": sources}), flush=True)
+
+
 def main(argv: list[str]) -> int:
     mode, host, port = argv[0], argv[1], int(argv[2])
-    if mode == "echo":
+    if mode == "uecho":
+        uecho(host, port)
+    elif mode == "uclient":
+        uclient(host, port)
+    elif mode == "echo":
         echo(host, port)
     elif mode == "wait":
         return wait(host, port)

@@ -244,8 +244,23 @@ def test_follow_redirect_with_redirect(netns: Any, tmp_path: Path, backend: str,
 
 @pytest.mark.parametrize("kind", [RB, V2])
 def test_follow_redirect_with_tproxy(netns: Any, tmp_path: Path, kind: str) -> None:
-    if shutil.which("iptables") is None:
-        pytest.skip("iptables is not installed")
+    router, client = _veth_pair(netns)
+    echo, port = ("10.78.0.2", 7002), 7200
+    _tproxy(router, "tcp", echo, port)
+    run_through(
+        tmp_path,
+        node_ns=router,
+        client_ns=client,
+        echo=echo,
+        node=("0.0.0.0", port),
+        sockopt={"tproxy": "tproxy"},
+        kind=kind,
+    )
+
+
+def _veth_pair(netns: Any) -> tuple[str, str]:
+    """A router namespace (10.78.0.2) and a client one (10.78.0.1) joined by a veth pair;
+    the client routes 10.99.0.0/24 through the router."""
     router, client = netns("t"), netns("c")
     veth_r, veth_c = f"rbr{os.getpid() % 100000}", f"rbc{os.getpid() % 100000}"
     must(
@@ -267,25 +282,61 @@ def test_follow_redirect_with_tproxy(netns: Any, tmp_path: Path, kind: str) -> N
     must("ip", "-n", client, "addr", "add", "10.78.0.1/24", "dev", veth_c)
     must("ip", "-n", router, "link", "set", veth_r, "up")
     must("ip", "-n", client, "link", "set", veth_c, "up")
-    echo, port = ("10.78.0.2", 7002), 7200
-    # The usual TPROXY set-up: marked packets are delivered locally (table 100), and the
-    # client's connections to the echo port (from the veth only) go to the node.
+    must("ip", "-n", client, "route", "add", "10.99.0.0/24", "via", "10.78.0.2")
+    return router, client
+
+
+def _tproxy(router: str, proto: str, dest: tuple[str, int], port: int) -> None:
+    """The usual TPROXY set-up: marked packets are delivered locally (table 100), and what
+    the client sends to ``dest`` (arriving on the veth only) goes to the node's ``port``."""
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed")
+    veth_r = f"rbr{os.getpid() % 100000}"
     must("ip", "-n", router, "rule", "add", "fwmark", "1", "lookup", "100")
     must("ip", "-n", router, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
     must(
         "ip", "netns", "exec", router, "iptables", "-t", "mangle", "-A", "PREROUTING",
-        "-i", veth_r, "-p", "tcp", "--dport", str(echo[1]),
+        "-i", veth_r, "-p", proto, "-d", dest[0], "--dport", str(dest[1]),
         "-j", "TPROXY", "--on-port", str(port), "--tproxy-mark", "0x1/0x1",
     )  # fmt: skip
-    run_through(
-        tmp_path,
-        node_ns=router,
-        client_ns=client,
-        echo=echo,
-        node=("0.0.0.0", port),
-        sockopt={"tproxy": "tproxy"},
-        kind=kind,
-    )
+
+
+@pytest.mark.parametrize("kind", [RB, V2])
+def test_follow_redirect_udp_with_tproxy(netns: Any, tmp_path: Path, kind: str) -> None:
+    """UDP: datagrams to 10.99.0.9:7003 (an address nobody has) are TPROXYed to the node,
+    which takes each one's destination from IP_ORIGDSTADDR and answers the client *from*
+    10.99.0.9:7003; freedom's ``redirect`` sends them on to the echo server on loopback."""
+    router, client = _veth_pair(netns)
+    target, port = ("10.99.0.9", 7003), 7300
+    _tproxy(router, "udp", target, port)
+    access = tmp_path / "access.log"
+    config = node_config("0.0.0.0", port, {"tproxy": "tproxy"}, access)
+    config["inbounds"][0]["settings"]["network"] = "tcp,udp"
+    config["outbounds"][0]["settings"] = {"redirect": f"127.0.0.1:{target[1]}"}
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(config))
+    command = [PY, "-m", "raybridge", "run", "-c", str(path)]
+    if kind == V2:
+        if not HAVE_V2RAY:
+            pytest.skip(NEEDS_V2RAY)
+        command = [V2RAY, "-config", str(path)]
+    with (
+        inside(router, PY, HELPER, "uecho", "127.0.0.1", str(target[1])) as echo_proc,
+        inside(router, *command) as node_proc,
+    ):
+        assert echo_proc.stdout is not None
+        assert echo_proc.stdout.readline().strip() == "ready"
+        if sh("ip", "netns", "exec", router, PY, HELPER, "wait", "-", str(port)).returncode:
+            node_proc.terminate()
+            pytest.fail(f"the node did not start:\n{node_proc.communicate(timeout=10)[0]}")
+        result = sh("ip", "netns", "exec", client, PY, HELPER, "uclient", *map(str, target))
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["ok"], outcome
+    # Every answer came from the address the client sent to, not from the node's.
+    assert outcome["sources"] == [list(target)] * 4, outcome
+    log = access.read_text()
+    assert re.search(rf"accepted udp:{re.escape(target[0])}:{target[1]} ", log), log
 
 
 # -- what the config check says --------------------------------------------------------------
@@ -300,10 +351,15 @@ def dokodemo(settings: str, stream: str = "") -> str:
     )
 
 
-def test_follow_redirect_for_udp_is_refused() -> None:
-    with pytest.raises(ConfigError, match="TCP only") as info:
+def test_follow_redirect_for_udp_needs_tproxy() -> None:
+    with pytest.raises(ConfigError, match="followRedirect for UDP needs TPROXY") as info:
         load_config_text(dokodemo('{"network": "tcp,udp", "followRedirect": true}'), "t.json")
     assert str(info.value).startswith("t.json:2: inbounds[0].settings.followRedirect: ")
+    tproxy = '{"sockopt": {"tproxy": "tproxy"}}'
+    config = load_config_text(
+        dokodemo('{"network": "tcp,udp", "followRedirect": true}', tproxy), "t.json"
+    )
+    Node(config)
 
 
 def test_follow_redirect_needs_no_address() -> None:

@@ -497,12 +497,12 @@ def test_dokodemo() -> None:
     assert cfg.inbounds[0].settings == DokodemoSettings(
         networks=frozenset({"tcp"}), follow_redirect=True
     )
-    # Transparent UDP is not done (tests/test_transparent.py): refused, not ignored.
+    # Transparent UDP needs TPROXY (tests/test_transparent.py): without it, refused.
     err = error(
         '{"inbounds": [{"protocol": "dokodemo-door", "port": 80,'
         ' "settings": {"followRedirect": true, "network": ["UDP"]}}]}'
     )
-    assert err.path == "inbounds[0].settings.followRedirect" and "TCP only" in err.message
+    assert err.path == "inbounds[0].settings.followRedirect" and "needs TPROXY" in err.message
 
 
 def test_dokodemo_network_quirks() -> None:

@@ -33,6 +33,7 @@ from raybridge.config.model import (
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
     AllocateConfig,
+    DokodemoSettings,
     InboundConfig,
     LevelPolicy,
     LogConfig,
@@ -292,7 +293,20 @@ def build_inbound(obj: Obj) -> PendingInbound:
     allocate = None if alloc is None else _allocate(alloc, ports)
     stream = stream_for(obj)
     sniffing_enabled, dest_override = _sniffing(obj)
-    settings = INBOUND_SETTINGS[protocol](_settings(obj))
+    settings_obj = _settings(obj)
+    settings = INBOUND_SETTINGS[protocol](settings_obj)
+    if (
+        isinstance(settings, DokodemoSettings)
+        and settings.follow_redirect
+        and "udp" in settings.networks
+        and stream.sockopt.tproxy != "tproxy"
+    ):
+        raise ctx.error(
+            settings_obj.get("followRedirect"),
+            settings_obj.sub("followRedirect"),
+            'followRedirect for UDP needs TPROXY ("streamSettings": {"sockopt": {"tproxy": '
+            '"tproxy"}}): after a REDIRECT a datagram no longer says where it was going',
+        )
     obj.finish()
     return PendingInbound(
         InboundConfig(

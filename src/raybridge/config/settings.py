@@ -339,13 +339,6 @@ def dokodemo(obj: Obj) -> DokodemoSettings:
         if not sys.platform.startswith("linux"):
             message = "followRedirect needs Linux (SO_ORIGINAL_DST, IP_TRANSPARENT)"
             raise obj.ctx.error(node, where, message)
-        if "udp" in settings.networks:
-            raise obj.ctx.error(
-                node,
-                where,
-                'followRedirect is supported for TCP only (REDIRECT, and TPROXY with "tproxy": '
-                '"tproxy"); UDP transparent proxying is not: use "network": "tcp"',
-            )
     obj.finish()
     return settings
 

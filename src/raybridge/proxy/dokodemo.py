@@ -2,11 +2,13 @@
 (``followRedirect``) to where it was going before the firewall sent it here.
 
 ``network`` picks TCP, UDP or both; for UDP every client address gets its own flow to the
-destination and replies go back from the listening socket. ``followRedirect`` (Linux, TCP)
+destination and replies go back from the listening socket. ``followRedirect`` (Linux)
 takes the destination from the kernel, as V2Ray 4.34's ``proxy/dokodemo`` does: the
 address before an iptables/nft REDIRECT, or with ``sockopt.tproxy`` ``"tproxy"`` the
-socket's local address (transport/redirect.py). When that is not known (the connection
-was not redirected), ``address``/``port`` are used if set, else the connection is closed.
+socket's local address (transport/redirect.py); UDP with TPROXY only, each datagram's
+destination from IP_ORIGDSTADDR and replies sent from it (transport/tproxy_udp.py). When
+that is not known (the connection was not redirected), ``address``/``port`` are used if
+set, else the connection is closed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from raybridge.config.model import DokodemoSettings
 from raybridge.proxy.base import InboundCommon, InboundContext, InboundEnd, StreamInbound
 from raybridge.transport.redirect import original_destination
 from raybridge.transport.tcp import sockname
+from raybridge.transport.tproxy_udp import TproxyUdpServer
 from raybridge.transport.udp import UDP_IDLE, UdpServer
 
 
@@ -89,8 +92,17 @@ class DokodemoInbound(StreamInbound):
     async def start(self) -> None:
         if "tcp" in self.networks:
             await super().start()
-        if "udp" in self.networks:
-            assert self.address is not None  # followRedirect is TCP only (the loader says)
+        if "udp" in self.networks and self.follow == "tproxy":
+            self.udp_server = TproxyUdpServer(
+                self.open_flow,
+                self.udp_session,
+                idle=self.udp_idle or UDP_IDLE,
+                closed=self.dispatcher.stats.closed,
+                name=self.describe(),
+            )
+            await self.udp_server.start(self.listen, self.bound_port)
+        elif "udp" in self.networks:
+            assert self.address is not None  # followRedirect for UDP is TPROXY only (loader)
             dest = Destination(Network.UDP, self.address, self.target_port)
             self.udp_server = UdpServer(
                 lambda data, addr: (dest, data, b""),

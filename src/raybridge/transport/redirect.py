@@ -10,8 +10,9 @@ takes the destination of each accepted TCP connection from the kernel:
   local address is the destination. The listener needs ``IP_TRANSPARENT`` (set by
   :func:`raybridge.transport.tcp.apply_sockopt`, CAP_NET_ADMIN).
 
-Only TCP: UDP needs ``IP_RECVORIGDSTADDR`` and replies sent from forged source addresses,
-which raybridge does not do (the config loader refuses it).
+UDP (TPROXY only; transport/tproxy_udp.py): ``IP_RECVORIGDSTADDR`` gives each datagram's
+destination, :func:`original_datagram_destination` reads it. After a REDIRECT a datagram
+does not tell, so the config loader refuses ``followRedirect`` for UDP without TPROXY.
 """
 
 from __future__ import annotations
@@ -62,4 +63,21 @@ def original_destination(sock: Any) -> tuple[str, int] | None:
         found = parse_sockaddr(raw)
         if found is not None:
             return found
+    return None
+
+
+# -- UDP with TPROXY ---------------------------------------------------------------------
+
+#: ``<linux/in.h>``: ask for, and the type of, the ancillary datum with the destination a
+#: TPROXYed datagram had.
+IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
+IP_ORIGDSTADDR = IP_RECVORIGDSTADDR
+_CMSG_SPACE = socket.CMSG_SPACE(28) if hasattr(socket, "CMSG_SPACE") else 64
+
+
+def original_datagram_destination(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    """The ``IP_ORIGDSTADDR`` datum of a ``recvmsg`` (V2Ray's ``udp/hub_linux.go``)."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_ORIGDSTADDR:
+            return parse_sockaddr(data)
     return None
