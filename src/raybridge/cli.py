@@ -147,7 +147,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     config = result.config
     if config is not None:
         try:
-            Node(config)  # what only the runtime checks (rule patterns, handlers)
+            # What only the runtime checks (rule patterns, handlers); kept so that the
+            # routing checks below reuse its geo lists (raybridge.matchers caches them weakly).
+            _validated = Node(config)
         except ConfigError as exc:
             if not any(str(e) == str(exc) for e in errors):
                 errors.append(exc)
@@ -205,7 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load(paths)
         from raybridge.node import Node
 
-        Node(config)  # validate fully before binding anything
+        # Validate fully before binding anything; kept until the end so that the node
+        # serve() builds shares its geo lists (raybridge.matchers caches them weakly).
+        _validated = Node(config)
         if args.status:
             from raybridge.status import parse_address
 

@@ -28,10 +28,10 @@ import abc
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from raybridge.address import Destination
+from raybridge.address import Destination, IPAddress
 
 #: Bytes an end buffers (before its medium is ready, or in its own queues) before it asks its
 #: peer to pause. Also used as the transports' high write-buffer mark.
@@ -77,6 +77,17 @@ class End(abc.ABC):
         """The peer's medium drained: read again."""
 
 
+class UnpacedEnd(End):
+    """An end with nothing to pace: its medium has no backpressure (UDP) or it reads
+    nothing (a sink, a refusal), so pausing and resuming its reading do nothing."""
+
+    def pause_reading(self) -> None:
+        """Nothing to pause."""
+
+    def resume_reading(self) -> None:
+        """Nothing to resume."""
+
+
 class PacketEnd(End):
     """An end of a UDP link whose datagrams may each name their own address (XUDP,
     packetaddr): a source with many destinations, or replies from many sources."""
@@ -90,6 +101,16 @@ class PacketEnd(End):
 def join(a: End, b: End) -> None:
     a.peer = b
     b.peer = a
+
+
+def abort_links(ends: Iterable[End], exc: BaseException | None = None) -> None:
+    """Abort each of ``ends`` and then the peer it had (``exc``: what the peers are told),
+    so that both sides of each link go down: an end's own abort never calls its peer."""
+    for end in list(ends):
+        peer = end.peer
+        end.abort()
+        if peer is not None:
+            peer.abort(exc)
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
@@ -152,6 +173,10 @@ class Outbound(abc.ABC):
         what it is given, up to :data:`PENDING_LIMIT`, then pauses its peer.
         """
 
+    def use_resolver(self, resolver: Resolver) -> None:  # noqa: B027 - optional hook
+        """Called once by the node with the resolver of its ``dns`` section, for outbounds
+        that look names up themselves (freedom's ``UseIP``)."""
+
     def chain(self, hop: Outbound) -> bool:
         """``proxySettings``: carry this outbound's connections through ``hop`` from now
         on. ``False`` if it makes no connection of its own to carry (blackhole)."""
@@ -159,6 +184,19 @@ class Outbound(abc.ABC):
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the node serves traffic."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Called once at shutdown."""
+
+
+class Resolver(abc.ABC):
+    """Turns a name into addresses: the system's resolver, or the ``dns`` section's client
+    (``raybridge.dns``)."""
+
+    @abc.abstractmethod
+    async def lookup(self, host: str, family: int = 0) -> list[IPAddress]:
+        """The addresses of ``host`` (``family``: ``socket.AF_INET``/``AF_INET6``, 0 for
+        both); an empty list when the name cannot be resolved. Never raises for a name."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Called once at shutdown."""
@@ -321,7 +359,7 @@ class DeferredEnd(End):
             self.peer.abort(exc)
 
 
-class ClosedEnd(End):
+class ClosedEnd(UnpacedEnd):
     """An end for a link that was refused: it aborts its peer as soon as it is joined."""
 
     def __init__(self, reason: BaseException) -> None:
@@ -339,10 +377,4 @@ class ClosedEnd(End):
         pass
 
     def abort(self, exc: BaseException | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
         pass

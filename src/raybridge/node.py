@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from raybridge.config.model import Config, InboundConfig, RaybridgeOptions, VMessInboundSettings
-from raybridge.dispatcher import Dispatcher
+from raybridge.dispatcher import Dispatcher, SystemResolver
+from raybridge.dns import DnsClient
 from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
 from raybridge.log import check_files as check_log_files
@@ -24,7 +25,7 @@ from raybridge.proxy.packetaddr import install_packetaddr_server
 from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.proxy.vmess import Detour, VMessInbound
 from raybridge.registry import build_inbounds, build_outbound
-from raybridge.router import Router, compile_rule
+from raybridge.router import Router, compile_rules
 
 if TYPE_CHECKING:
     # Imported when a status server is asked for: prometheus_client and its imports cost
@@ -52,8 +53,13 @@ class Node:
         """``status``: ``"host:port"`` for the status server (overrides the config's)."""
         self.config = config
         check_log_files(config.log)  # of the merged config: a later file may replace them
+        #: The ``dns`` section's client (``None``: the system resolver, no dns section).
+        self.dns = None if config.dns is None else DnsClient(config.dns)
+        resolver = self.dns or SystemResolver()
         self.outbounds: list[Outbound] = [build_outbound(o) for o in config.outbounds]
-        rules = [compile_rule(r) for r in config.routing.rules]
+        for outbound in self.outbounds:
+            outbound.use_resolver(resolver)
+        rules = compile_rules(config.routing.rules)
         tags = [o.tag for o in self.outbounds]
         balancers: dict[str, Sequence[str]] = {
             b.tag: list(b.selector) for b in config.routing.balancers
@@ -61,7 +67,9 @@ class Node:
         self.router = Router(
             rules, tags, balancers=balancers, domain_strategy=config.routing.domain_strategy
         )
-        self.dispatcher = Dispatcher(self.router, self.outbounds)
+        self.dispatcher = Dispatcher(self.router, self.outbounds, resolver)
+        if self.dns is not None:
+            self.dns.attach(self.dispatcher)
         options = config.sections.get("raybridge") or RaybridgeOptions()
         assert isinstance(options, RaybridgeOptions)
         self.options = options
@@ -201,6 +209,8 @@ class Node:
                 await inbound.close()
             except Exception:  # pragma: no cover - best effort at shutdown
                 logger.exception("closing inbound %s", inbound.tag)
+        if self.dns is not None:
+            await self.dns.close()
         for outbound in self.outbounds:
             try:
                 await outbound.close()

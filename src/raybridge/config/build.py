@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict, TypeVar
 
+from raybridge.config.dns import build_dns
 from raybridge.config.fields import (
     INT32_MAX,
     INT32_MIN,
@@ -33,6 +34,7 @@ from raybridge.config.model import (
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
     AllocateConfig,
+    DnsConfig,
     DokodemoSettings,
     InboundConfig,
     LevelPolicy,
@@ -112,6 +114,7 @@ class FileConfig:
     routing: RoutingConfig | None = None
     policy: PolicyConfig | None = None
     reverse: ReverseConfig | None = None
+    dns: DnsConfig | None = None
     inbound: PendingInbound | None = None
     inbound_detours: list[PendingInbound] | None = None
     inbounds: list[PendingInbound] = field(default_factory=list)
@@ -588,6 +591,7 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.routing = _section(top, "routing", build_routing)
     fc.policy = _section(top, "policy", build_policy)
     fc.reverse = _section(top, "reverse", build_reverse)
+    fc.dns = _section(top, "dns", build_dns)
     ctx.transport = _section(top, "transport", parse_transport)
 
     fc.inbound = _section(top, "inbound", build_inbound)
@@ -599,7 +603,6 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.outbounds = _entries(top, "outbounds", "outbound", build_outbound) or []
 
     for name, message in (
-        ("dns", "the dns section is ignored: raybridge uses the system resolver"),
         ("api", "the api section is ignored: raybridge has no gRPC API"),
         ("stats", "the stats section is ignored: raybridge keeps no traffic statistics"),
     ):

@@ -244,17 +244,6 @@ class ClientTransport:
             connect_through(self.via, session, dest, top)
             return
         sockopt = self.settings.sockopt
-        if self.pool is None:
-            await open_tcp(
-                self.wrap(protocol, address, port),
-                target,
-                port,
-                attempts=attempts,
-                delays=delays,
-                local_addr=local_addr,
-                sockopt=sockopt,
-            )
-            return
 
         def dial(conn: asyncio.Protocol) -> Awaitable[None]:
             return open_tcp(
@@ -267,6 +256,9 @@ class ClientTransport:
                 sockopt=sockopt,
             )
 
+        if self.pool is None:
+            await dial(protocol)
+            return
         http = self.settings.http
         await self.pool.connect(
             protocol, (target, port, local_addr), dial, path=http.path, hosts=http.hosts
