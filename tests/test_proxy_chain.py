@@ -103,12 +103,22 @@ async def test_vmess_through_v2ray_relay(
     log = tmp_path / "relay-access.log"
     start_v2ray(relay_config(relay_port, relay_user, log), wait=[relay_port])
     await start_peer(final_kind, loopback_only(server_config(final_port, final_user)), final_port)
-    await start_node(chained_client(socks, (final_port, final_user), (relay_port, relay_user)))
+    client: Node = await start_node(
+        chained_client(socks, (final_port, final_user), (relay_port, relay_user))
+    )
 
     await socks_echo(socks, echo.port, 300_000)
     # The relay carried the VMess connection to the final server, not the echo's.
     await until(lambda: relay_saw(log, final_port), 10, what="the relay's access log line")
     assert not relay_saw(log, echo.port)
+    # The client counts the link as the hop's too (V2Ray counts it in both outbounds).
+    stats = client.dispatcher.stats
+
+    def hop_counted() -> bool:
+        hop = stats.outbound.get("hop")
+        return hop is not None and hop.connections >= 1 and hop.bytes_up > 300_000
+
+    await until(hop_counted, 10, what="the hop's counters")
 
 
 async def test_v2ray_client_through_raybridge_relay(

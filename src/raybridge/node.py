@@ -163,7 +163,7 @@ class Node:
                         path=path,
                     )
                 chain.append(following)
-            outbound.chain(hop)
+            outbound.chain(hop, self.dispatcher.stats)
 
     # -- running ---------------------------------------------------------------------------
     async def start(self) -> None:

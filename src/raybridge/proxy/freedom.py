@@ -19,6 +19,7 @@ from raybridge.config.model import PLAIN, FreedomSettings, OutboundConfig
 from raybridge.dispatcher import SystemResolver
 from raybridge.link import End, Outbound, Resolver, Session, join
 from raybridge.router import is_private
+from raybridge.stats import Stats
 from raybridge.transport.dial import ClientTransport
 from raybridge.transport.tcp import StreamEnd
 from raybridge.transport.udp import DatagramFlowEnd
@@ -77,8 +78,9 @@ class FreedomOutbound(Outbound):
         end.start_connect(lambda e: self._dial(e, dest, session))
         return end
 
-    def chain(self, hop: Outbound) -> bool:
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
         self.transport.via = hop
+        self.transport.via_stats = stats
         return True
 
     async def _udp_address(self, dest: Destination) -> tuple[str, int]:

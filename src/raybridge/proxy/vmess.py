@@ -78,6 +78,7 @@ from raybridge.proxy.base import (
 )
 from raybridge.proxy.dynamic import DynamicPorts
 from raybridge.proxy.mux import MUX_DOMAIN, MuxOutbound
+from raybridge.stats import Stats
 from raybridge.transport.dial import ClientTransport
 from raybridge.transport.tcp import StreamEnd
 
@@ -692,8 +693,9 @@ class VMessOutbound(Outbound):
         )
         return end
 
-    def chain(self, hop: Outbound) -> bool:
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
         self.transport.via = hop
+        self.transport.via_stats = stats
         return True
 
     def _pick_server(self) -> VMessServer:

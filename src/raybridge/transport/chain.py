@@ -24,6 +24,7 @@ from typing import Any
 
 from raybridge.address import Destination
 from raybridge.link import End, Outbound, Session
+from raybridge.stats import Stats
 
 logger = logging.getLogger("raybridge.transport")
 
@@ -68,6 +69,8 @@ class ChainTransport(asyncio.Transport):
         self._protocol_paused = False
         self._made = False
         self._lost_early: tuple[BaseException | None] | None = None
+        #: The hop's session and the node's counters it is folded into once the link ends.
+        self.counted: tuple[Stats, Session] | None = None
 
     def made(self) -> None:
         """Connect the protocol (after the hop's end exists, so that the protocol's first
@@ -100,6 +103,7 @@ class ChainTransport(asyncio.Transport):
             return
         self._closing = True
         self._lost = True
+        self._count()
         self._protocol.connection_lost(exc if isinstance(exc, Exception) else None)
 
     def pause_protocol(self) -> None:
@@ -199,7 +203,13 @@ class ChainTransport(asyncio.Transport):
     def _call_lost(self, exc: Exception | None) -> None:
         if not self._lost:
             self._lost = True
+            self._count()
             self._protocol.connection_lost(exc)
+
+    def _count(self) -> None:
+        counted, self.counted = self.counted, None
+        if counted is not None:
+            counted[0].closed(counted[1])
 
     def is_closing(self) -> bool:
         return self._closing
@@ -218,15 +228,25 @@ class ChainTransport(asyncio.Transport):
 
 
 def connect_through(
-    hop: Outbound, session: Session | None, dest: Destination, protocol: asyncio.Protocol
+    hop: Outbound,
+    session: Session | None,
+    dest: Destination,
+    protocol: asyncio.Protocol,
+    stats: Stats | None = None,
 ) -> None:
     """Connect ``protocol`` to ``dest`` over a new link through ``hop``: the protocol
     gets its transport at once; the hop's end holds the first bytes until its own
-    connection is up, and a failure there reaches the protocol as ``connection_lost``."""
+    connection is up, and a failure there reaches the protocol as ``connection_lost``.
+    ``stats``: the node's counters, where the link counts as a connection of the hop (as
+    V2Ray counts it in both outbounds' traffic)."""
     logger.debug("proxying to %s for dest %s", hop.tag, dest)
     transport = ChainTransport(protocol, (str(dest.host), dest.port))
     parent = session or Session(inbound_tag="")
     # A session of its own: the hop's end counts the carried bytes, which the chained
     # outbound's end counts already (as the session's traffic).
-    hop.connect(parent.child(), dest, transport.end)  # joins its end to ours
+    child = parent.child()
+    if stats is not None:
+        stats.opened(child, hop.tag)
+        transport.counted = (stats, child)
+    hop.connect(child, dest, transport.end)  # joins its end to ours
     transport.made()

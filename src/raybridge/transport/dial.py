@@ -33,6 +33,7 @@ from raybridge.protocols.proxyproto import ProxyProtocolLayer
 from raybridge.protocols.stream import StreamLayer
 from raybridge.protocols.tls import TlsLayer
 from raybridge.protocols.ws import MALFORMED_REQUEST_REPLY, WebSocketLayer, url_host
+from raybridge.stats import Stats
 from raybridge.transport.chain import connect_through
 from raybridge.transport.h2 import HANDSHAKE_TIMEOUT, H2ClientPool, H2ServerProtocol
 from raybridge.transport.stack import FailureHandler, LayerStack
@@ -180,6 +181,8 @@ class ClientTransport:
         #: ``proxySettings``: the outbound that carries each connection instead of a socket
         #: of our own (set by the node once every outbound is built; transport/chain.py).
         self.via: Outbound | None = None
+        #: The node's counters, for the links through ``via``.
+        self.via_stats: Stats | None = None
 
     @property
     def plain(self) -> bool:
@@ -241,7 +244,7 @@ class ClientTransport:
                 tls = TlsLayer(self.context, server_side=False, server_hostname=name)
                 top = LayerStack([tls], protocol, server_side=False)
             dest = Destination(Network.TCP, parse_host(target), port)
-            connect_through(self.via, session, dest, top)
+            connect_through(self.via, session, dest, top, self.via_stats)
             return
         sockopt = self.settings.sockopt
 
