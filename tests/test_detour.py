@@ -8,6 +8,7 @@ as the client of a V2Ray 4.34 detour server, and raybridge on both sides."""
 
 from __future__ import annotations
 
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -44,16 +45,17 @@ PORTS_IN_RANGE = 6
 
 
 def free_range(count: int) -> tuple[int, int]:
-    """``count`` consecutive ports free for TCP on 127.0.0.1."""
+    """``count`` consecutive ports free for TCP on 127.0.0.1, below the usual ephemeral
+    range (whose ports outgoing connections take, and leave in TIME_WAIT)."""
+    rng = random.Random()
     for _ in range(200):
-        first = free_port()
-        if first + count > 65535:
-            continue
+        first = rng.randrange(20000, 32000)
         held: list[socket.socket] = []
         try:
             for port in range(first, first + count):
                 s = socket.socket()
                 held.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as listeners do
                 s.bind((LOCAL, port))
         except OSError:
             continue
