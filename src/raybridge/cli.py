@@ -336,7 +336,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"raybridge: cannot read configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     lc = config.log
-    logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=args.log_format)
+    try:
+        logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=args.log_format)
+    except OSError as exc:  # checked when loading; this is a change since then
+        error = ConfigError(
+            f"cannot open a log file: {exc}", file=lc.file, line=lc.line, path="log"
+        )
+        print(f"raybridge: invalid configuration: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     for warning in findings(config):
         logger.warning("config: %s", warning)
     pid_file = Path(args.pid_file) if args.pid_file else None

@@ -30,8 +30,12 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from raybridge.address import Destination, IPAddress
+
+if TYPE_CHECKING:
+    from raybridge.stats import Stats  # which imports this module
 
 #: Bytes an end buffers (before its medium is ready, or in its own queues) before it asks its
 #: peer to pause. Also used as the transports' high write-buffer mark.
@@ -197,6 +201,12 @@ class Outbound(abc.ABC):
     def use_resolver(self, resolver: Resolver) -> None:  # noqa: B027 - optional hook
         """Called once by the node with the resolver of its ``dns`` section, for outbounds
         that look names up themselves (freedom's ``UseIP``)."""
+
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
+        """``proxySettings``: carry this outbound's connections through ``hop`` from now
+        on (counted in ``stats`` as the hop's). ``False`` if it makes no connection of its
+        own to carry (blackhole)."""
+        return False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the node serves traffic."""

@@ -32,15 +32,20 @@ from raybridge.config.model import (
     OutboundConfig,
     RaybridgeOptions,
     RuleConfig,
+    VMessInboundSettings,
     VMessUserConfig,
 )
 from raybridge.dispatcher import Dispatcher, SystemResolver
 from raybridge.dns import DnsClient
+from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
+from raybridge.log import check_files as check_log_files
 from raybridge.protocols.vmess import User
+from raybridge.proxy.dynamic import DynamicPorts
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
 from raybridge.proxy.reverse import Bridge, Portal
+from raybridge.proxy.vmess import Detour, VMessInbound
 from raybridge.registry import build_inbounds, build_outbound
 from raybridge.router import Router, compile_rules
 
@@ -114,10 +119,47 @@ def build_router(
     )
 
 
+def check_chains(outbounds: Sequence[OutboundConfig], tags: set[str]) -> None:
+    """``proxySettings.tag`` of each outbound names one of ``tags`` and the hops make no
+    loop: else a config error (V2Ray 4.34 logs the first and dials directly, and never
+    ends the second)."""
+    proxy_tags = {o.tag: o.proxy_tag for o in outbounds if o.tag}
+    for oc in outbounds:
+        if oc.proxy_tag is None:
+            continue
+        path = f"outbounds[{oc.index}].proxySettings.tag"
+        if oc.proxy_tag not in tags:
+            raise ConfigError(
+                f'no outbound has the tag "{oc.proxy_tag}"', file=oc.file, line=oc.line, path=path
+            )
+        chain = [oc.tag, oc.proxy_tag] if oc.tag else [oc.proxy_tag]
+        while (following := proxy_tags.get(chain[-1])) is not None:
+            if following in chain:
+                loop = " -> ".join(f'"{t}"' for t in [*chain, following])
+                raise ConfigError(
+                    f"outbounds proxy through each other in a loop: {loop}",
+                    file=oc.file,
+                    line=oc.line,
+                    path=path,
+                )
+            chain.append(following)
+
+
+def chain_outbounds(
+    built: Iterable[tuple[OutboundConfig, Outbound]], dispatcher: Dispatcher
+) -> None:
+    """Carry each built outbound whose entry has ``proxySettings.tag`` through the
+    dispatcher's outbound of that tag (checked by :func:`check_chains` beforehand)."""
+    for oc, outbound in built:
+        if oc.proxy_tag is not None:
+            outbound.chain(dispatcher.outbounds[oc.proxy_tag], dispatcher.stats)
+
+
 class Node:
     def __init__(self, config: Config, *, status: str | None = None) -> None:
         """``status``: ``"host:port"`` for the status server (overrides the config's)."""
         self.config = config
+        check_log_files(config.log)  # of the merged config: a later file may replace them
         #: The ``dns`` section's client (``None``: the system resolver, no dns section).
         self.dns = None if config.dns is None else DnsClient(config.dns)
         resolver = self.dns or SystemResolver()
@@ -155,6 +197,7 @@ class Node:
         self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
         for portal in self.portals:
             self.dispatcher.add_outbound(portal)
+        self._chain(config)
         self.status_address = status or options.status
         self.status_server: StatusServer | None = None
         self.bridges = [
@@ -167,16 +210,59 @@ class Node:
         self.sources: dict[object, object] = dict(
             zip(self.outbounds, config.outbounds, strict=True)
         )
+        built: list[tuple[InboundConfig, list[Inbound]]] = []
         for inbound in config.inbounds:
-            built = build_inbounds(
-                inbound,
-                dispatcher=self.dispatcher,
-                policies=config.policy,
-                options=options,
+            made = build_inbounds(
+                inbound, dispatcher=self.dispatcher, policies=config.policy, options=options
             )
-            self.inbounds.extend(built)
-            self.sources.update((b, inbound) for b in built)
+            built.append((inbound, made))
+            self.inbounds.extend(made)
+            self.sources.update((b, inbound) for b in made)
+        self._detours(built)
         self.started = False
+
+    def _detours(self, built: list[tuple[InboundConfig, list[Inbound]]]) -> None:
+        """VMess ``detour.to``: the inbounds that send clients on to a dynamic-port VMess
+        inbound (proxy/vmess.py ``Detour``). A tag that names no such inbound is a config
+        error (V2Ray 4.34 logs a warning per connection and sends no command)."""
+        targets: dict[str, tuple[InboundConfig, DynamicPorts]] = {}
+        for inbound_config, made in built:
+            for inbound in made:
+                if isinstance(inbound, DynamicPorts) and inbound.tag:
+                    targets[inbound.tag] = (inbound_config, inbound)
+        detours: dict[str, Detour] = {}
+        for inbound_config, made in built:
+            settings = inbound_config.settings
+            if not isinstance(settings, VMessInboundSettings) or settings.detour_to is None:
+                continue
+            tag = settings.detour_to
+            found = targets.get(tag)
+            if found is None or not isinstance(found[0].settings, VMessInboundSettings):
+                raise ConfigError(
+                    f'no VMess inbound with "allocate": {{"strategy": "random"}} has the '
+                    f'tag "{tag}"',
+                    file=inbound_config.file,
+                    line=inbound_config.line,
+                    path=f"inbounds[{inbound_config.index}].settings.detour.to",
+                )
+            target_config, target = found
+            assert isinstance(target_config.settings, VMessInboundSettings)
+            detour = detours.get(tag)
+            if detour is None:
+                detour = detours[tag] = Detour(
+                    target,
+                    alter_id=target_config.settings.default_alter_id,
+                    level=target_config.settings.default_level,
+                )
+            for inbound in made:
+                if isinstance(inbound, VMessInbound):
+                    inbound.detour = detour
+
+    def _chain(self, config: Config) -> None:
+        """``proxySettings.tag``: each such outbound's connections go through the named
+        outbound (transport/chain.py); see :func:`check_chains`."""
+        check_chains(config.outbounds, set(self.dispatcher.outbounds))
+        chain_outbounds(zip(config.outbounds, self.outbounds, strict=True), self.dispatcher)
 
     # -- running ---------------------------------------------------------------------------
     async def start(self) -> None:

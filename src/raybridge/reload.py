@@ -42,6 +42,7 @@ from raybridge.config.model import (
     ReverseEndpoint,
     VMessInboundSettings,
 )
+from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.reverse import Bridge, Portal
@@ -158,11 +159,13 @@ class _Plan:
 
 def _plan(node: Node, config: Config) -> _Plan:
     """Build what ``config`` needs (ConfigError on anything wrong; nothing changes)."""
-    from raybridge.node import build_router
+    from raybridge.node import build_router, check_chains
 
     plan = _Plan()
     _plan_outbounds(node, config, plan)
     _plan_reverse(node, config, plan)
+    check_chains(config.outbounds, {o.tag for o in plan.outbounds if o.tag})
+    _check_detours(config)
     # -- routing (compiled now: a bad rule fails the reload)
     tags = [o.tag for o in plan.outbounds] + [p.tag for p in plan.portals]
     routing = config.routing
@@ -194,10 +197,14 @@ def _plan_outbounds(node: Node, config: Config, plan: _Plan) -> None:
         for o in node.outbounds
         if isinstance(c := sources.get(o), OutboundConfig)
     }
+    # A chained outbound (proxySettings) holds its hop: when any outbound changes, every
+    # chained one is built again and carried by the hop that is current after the reload.
+    rechain = not same([sources.get(o) for o in node.outbounds], list(config.outbounds))
     for entry in config.outbounds:
         key = _outbound_key(entry)
         kept = old_out.pop(key, None)
-        if kept is not None and same(sources.get(kept), entry):
+        chained = rechain and entry.proxy_tag is not None
+        if kept is not None and same(sources.get(kept), entry) and not chained:
             plan.outbounds.append(kept)
             plan.sources[kept] = entry
             continue
@@ -359,7 +366,44 @@ def keep_record(node: Node, record: ReloadRecord) -> None:
     del node.reloads[:-KEEP_RECORDS]
 
 
+def _check_detours(config: Config) -> None:
+    """Each VMess ``detour.to`` names a VMess inbound with dynamic ports in ``config``
+    (what :meth:`Node._detours` relies on when it links them after the reload)."""
+    dynamic = {
+        i.tag
+        for i in config.inbounds
+        if i.tag and i.allocate is not None and isinstance(i.settings, VMessInboundSettings)
+    }
+    for entry in config.inbounds:
+        settings = entry.settings
+        if (
+            isinstance(settings, VMessInboundSettings)
+            and settings.detour_to is not None
+            and settings.detour_to not in dynamic
+        ):
+            raise ConfigError(
+                f'no VMess inbound with "allocate": {{"strategy": "random"}} has the '
+                f'tag "{settings.detour_to}"',
+                file=entry.file,
+                line=entry.line,
+                path=f"inbounds[{entry.index}].settings.detour.to",
+            )
+
+
+def _relink_detours(node: Node) -> None:
+    """Link every VMess inbound with ``detour`` to the dynamic-port inbound that is current
+    now (a rebuilt one replaces the old target)."""
+    groups: dict[int, tuple[InboundConfig, list[Inbound]]] = {}
+    for inbound in node.inbounds:
+        entry = node.sources.get(inbound)
+        if isinstance(entry, InboundConfig):
+            groups.setdefault(id(entry), (entry, []))[1].append(inbound)
+    node._detours(list(groups.values()))
+
+
 async def _apply(node: Node, config: Config, plan: _Plan) -> None:
+    from raybridge.node import chain_outbounds
+
     router = plan.router
     assert router is not None
     # What can fail comes first, before anything the node serves with changes: new
@@ -388,6 +432,14 @@ async def _apply(node: Node, config: Config, plan: _Plan) -> None:
     if options.mux_max_sessions != node.options.mux_max_sessions:
         install_mux_server(node.dispatcher, max_sessions=options.mux_max_sessions)
     node.dispatcher.set_outbounds([*plan.outbounds, *plan.portals], router)
+    chain_outbounds(
+        (
+            (entry, o)
+            for o in plan.new_outbounds
+            if isinstance(entry := plan.sources[o], OutboundConfig)
+        ),
+        node.dispatcher,
+    )
     node.router = router
     node.outbounds = plan.outbounds
     for outbound in plan.gone_outbounds:
@@ -418,6 +470,7 @@ async def _apply(node: Node, config: Config, plan: _Plan) -> None:
                 plan.inbounds.remove(new)
     node.inbounds = plan.inbounds
     node.sources = plan.sources
+    _relink_detours(node)
     node.config = config
     node.options = options
     for error in late_errors:

@@ -320,7 +320,7 @@ class UdpClientFlow(FlowEnd):
         self.session.bytes_down += len(data)
         if self._owner is not None:
             self._owner.active = True
-        self.server.send(self.reply_header + data if self.reply_header else data, self.client)
+        self.server.reply(self, self.reply_header + data if self.reply_header else data)
 
     def write_to(self, data: bytes, address: Destination) -> None:
         encode = self.server.encode_reply
@@ -442,6 +442,10 @@ class UdpServer(asyncio.DatagramProtocol):
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
             self.transport.sendto(data, addr)
+
+    def reply(self, flow: UdpClientFlow, data: bytes) -> None:
+        """A reply of ``flow``'s destination to its client (from the listening socket)."""
+        self.send(data, flow.client)
 
     def forget(self, flow: UdpClientFlow) -> None:
         if self.closed is not None:
