@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 from raybridge.config.model import Config, RaybridgeOptions
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import Inbound, Outbound
+from raybridge.proxy.base import StreamInbound
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
 from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.registry import build_inbounds, build_outbound
 from raybridge.router import Router, compile_rule
+from raybridge.stats import Counters
 
 if TYPE_CHECKING:
     # Imported when a status server is asked for: prometheus_client and its imports cost
@@ -83,7 +85,42 @@ class Node:
                     options=options,
                 )
             )
+        self.counters: Counters | None = None
+        if config.stats:
+            self.counters = Counters()
+            self.dispatcher.stats.counters = self.counters
+            self.dispatcher.stats.user_levels = {
+                n: (p.stats_user_uplink, p.stats_user_downlink)
+                for n, p in config.policy.levels.items()
+                if p.stats_user_uplink or p.stats_user_downlink
+            }
+            for outbound in self.outbounds:
+                self.bind_outbound_counters(outbound)
+            for built in self.inbounds:
+                self.bind_inbound_counters(built)
         self.started = False
+
+    def bind_inbound_counters(self, inbound: Inbound) -> None:
+        """Give an inbound its ``inbound>>>TAG>>>traffic>>>*`` counters, where the config's
+        ``stats`` and ``policy.system`` ask for them."""
+        system = self.config.policy.system
+        if self.counters is not None and isinstance(inbound, StreamInbound):
+            inbound.uplink, inbound.downlink = self.counters.pair(
+                "inbound", inbound.tag, system.stats_inbound_uplink, system.stats_inbound_downlink
+            )
+
+    def bind_outbound_counters(self, outbound: Outbound) -> None:
+        """The same for an outbound: ``outbound>>>TAG>>>traffic>>>*``."""
+        system = self.config.policy.system
+        if self.counters is not None:
+            outbound.bind_counters(
+                *self.counters.pair(
+                    "outbound",
+                    outbound.tag,
+                    system.stats_outbound_uplink,
+                    system.stats_outbound_downlink,
+                )
+            )
 
     # -- running ---------------------------------------------------------------------------
     async def start(self) -> None:

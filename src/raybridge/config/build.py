@@ -30,8 +30,10 @@ from raybridge.config.fields import (
 )
 from raybridge.config.jsonc import JArray, JObject, JString, JValue
 from raybridge.config.model import (
+    API_SERVICES,
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
+    ApiConfig,
     InboundConfig,
     LevelPolicy,
     LogConfig,
@@ -43,6 +45,7 @@ from raybridge.config.model import (
     ReverseConfig,
     ReverseEndpoint,
     RoutingConfig,
+    SystemPolicy,
 )
 from raybridge.config.rules import build_routing
 from raybridge.config.settings import (
@@ -108,6 +111,8 @@ class FileConfig:
     log: LogConfig | None = None
     routing: RoutingConfig | None = None
     policy: PolicyConfig | None = None
+    stats: bool | None = None
+    api: ApiConfig | None = None
     reverse: ReverseConfig | None = None
     inbound: PendingInbound | None = None
     inbound_detours: list[PendingInbound] | None = None
@@ -418,18 +423,53 @@ def build_policy(obj: Obj) -> PolicyConfig:
             if value.kind == "null":
                 continue
             levels[int(key.value)] = _level_policy(ctx.expect_object(value, path))
-    system = obj.object("system")
-    if system is not None:
-        for name in (
-            "statsInboundUplink",
-            "statsInboundDownlink",
-            "statsOutboundUplink",
-            "statsOutboundDownlink",
-        ):
-            system.boolean(name)
-        system.finish()
+    system_obj = obj.object("system")
+    system = SystemPolicy()
+    if system_obj is not None:
+        system = SystemPolicy(
+            stats_inbound_uplink=system_obj.boolean("statsInboundUplink"),
+            stats_inbound_downlink=system_obj.boolean("statsInboundDownlink"),
+            stats_outbound_uplink=system_obj.boolean("statsOutboundUplink"),
+            stats_outbound_downlink=system_obj.boolean("statsOutboundDownlink"),
+        )
+        system_obj.finish()
     obj.finish()
-    return PolicyConfig(levels=levels, file=ctx.file, line=obj.line)
+    return PolicyConfig(levels=levels, system=system, file=ctx.file, line=obj.line)
+
+
+def build_api(obj: Obj) -> ApiConfig:
+    """``api`` (``infra/conf/api.go``): a non-empty ``tag`` and the ``services``. V2Ray
+    4.34 skips names it does not know; raybridge refuses them, and ReflectionService."""
+    tag = obj.string("tag")
+    if not tag:
+        raise obj.error("API tag can't be empty")
+    services: list[str] = []
+    node = obj.get("services")
+    known = {name.lower(): name for name in API_SERVICES}
+    for i, name in enumerate(obj.string_list("services") or []):
+        canonical = known.get(name.lower())
+        if canonical is None:
+            item = node.items[i] if isinstance(node, JArray) else node
+            why = (
+                "is not supported by raybridge"
+                if name.lower() == "reflectionservice"
+                else "is not a V2Ray 4.34 API service"
+            )
+            raise obj.ctx.error(
+                item,
+                join(obj.sub("services"), i),
+                f'"{name}" {why} (raybridge serves {", ".join(API_SERVICES)})',
+            )
+        if canonical not in services:
+            services.append(canonical)
+    obj.finish()
+    return ApiConfig(tag=tag, services=tuple(services), file=obj.ctx.file, line=obj.line)
+
+
+def build_stats(obj: Obj) -> bool:
+    """``stats``: an empty object in 4.34 (``StatsConfig``); its presence turns counting on."""
+    obj.finish()
+    return True
 
 
 def _endpoints(obj: Obj, name: str, kind: str) -> list[ReverseEndpoint]:
@@ -517,6 +557,8 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.routing = _section(top, "routing", build_routing)
     fc.policy = _section(top, "policy", build_policy)
     fc.reverse = _section(top, "reverse", build_reverse)
+    fc.stats = _section(top, "stats", build_stats)
+    fc.api = _section(top, "api", build_api)
     ctx.transport = _section(top, "transport", parse_transport)
 
     fc.inbound = _section(top, "inbound", build_inbound)
@@ -529,8 +571,6 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
 
     for name, message in (
         ("dns", "the dns section is ignored: raybridge uses the system resolver"),
-        ("api", "the api section is ignored: raybridge has no gRPC API"),
-        ("stats", "the stats section is ignored: raybridge keeps no traffic statistics"),
     ):
         node = top.get(name)
         if node is not None:

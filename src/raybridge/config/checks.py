@@ -495,6 +495,8 @@ def _bridge_fate(route: Route, domain: str) -> str:
         return "no tunnel is ever opened"
     if isinstance(target, ReverseEndpoint):
         return "that is a portal of this node, not the remote one: no tunnel is ever opened"
+    if not isinstance(target, OutboundConfig):
+        return "that is the API: no tunnel is ever opened"
     if target.protocol == "freedom":
         return (
             f"freedom would connect to {domain}, a name that does not exist (it is only a "

@@ -151,6 +151,10 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
     the destination's own replies, as from a connected socket.
     """
 
+    #: The outbound's traffic counters (see ``StreamEnd.rx``/``tx``), bound by the outbound.
+    rx: Any = None
+    tx: Any = None
+
     def __init__(self, session: Session | None = None) -> None:
         self.peer: End | None = None
         self.session = session
@@ -207,7 +211,8 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         session = self.session
         if session is not None:
             session.active = True
-            session.bytes_down += len(data)
+        if self.rx is not None:
+            self.rx.value += len(data)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: UDP carries on, as V2Ray does.
@@ -226,7 +231,8 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         session = self.session
         if session is not None:
             session.active = True
-            session.bytes_up += len(data)
+        if self.tx is not None:
+            self.tx.value += len(data)
         if self.transport is not None:
             self.transport.sendto(data, self._remote)
         elif len(self._pending) < MAX_PENDING:
