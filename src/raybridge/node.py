@@ -27,6 +27,7 @@ from raybridge.stats import Counters
 if TYPE_CHECKING:
     # Imported when a status server is asked for: prometheus_client and its imports cost
     # a node that runs without one about 8 MB of RSS.
+    from raybridge.api.server import ApiServer
     from raybridge.status import StatusServer
 
 logger = logging.getLogger("raybridge")
@@ -85,6 +86,12 @@ class Node:
                     options=options,
                 )
             )
+        self.api: ApiServer | None = None
+        if config.api is not None:
+            from raybridge.api.server import ApiServer
+
+            self.api = ApiServer(self, config.api)
+            self.dispatcher.add_outbound(self.api.outbound)
         self.counters: Counters | None = None
         if config.stats:
             self.counters = Counters()
@@ -132,6 +139,8 @@ class Node:
                 await outbound.start()
             for inbound in self.inbounds:
                 await inbound.start()
+            if self.api is not None:
+                await self.api.start()
             for bridge in self.bridges:
                 await bridge.start()
             if self.status_address:
@@ -159,6 +168,8 @@ class Node:
             self.status_server = None
         for bridge in self.bridges:
             await bridge.close()
+        if self.api is not None:
+            await self.api.close()
         for portal in self.portals:
             await portal.close()
         for inbound in self.inbounds:
