@@ -141,6 +141,15 @@ class Inbound(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def stop_accepting(self) -> None:  # noqa: B027 - optional hook
+        """Take no new clients from now on; live connections go on (a removed inbound
+        drains, then :meth:`close` ends what is left)."""
+
+    @property
+    def live(self) -> int:
+        """Client connections open now (0 for an inbound that does not track them)."""
+        return 0
+
 
 class Outbound(abc.ABC):
     """Carries links to their destination."""

@@ -650,6 +650,7 @@ def _raybridge_options(obj: Obj) -> RaybridgeOptions:
         status_token=token,
         status_hosts=hosts,
         state_dir=obj.opt_string("stateDir"),
+        drain_timeout=obj.integer("drainTimeout", 0, 86400, 30),
         file=obj.ctx.file,
         line=obj.line,
     )

@@ -643,3 +643,6 @@ class RaybridgeOptions(Section):
     #: :mod:`raybridge.replay`). ``None`` (unset): ``$STATE_DIRECTORY`` if set (systemd's
     #: ``StateDirectory=``), else nothing is kept; ``""``: nothing is kept.
     state_dir: str | None = None
+    #: ``"drainTimeout"``: seconds live connections may go on after SIGTERM (or after their
+    #: inbound or outbound was removed by a reload or the API) before they are closed.
+    drain_timeout: int = 30

@@ -239,6 +239,11 @@ class InboundEnd(StreamEnd):
         self.inbound.tracker.ends.discard(self)
 
 
+def _refuse_flow(flow: UdpClientFlow) -> None:
+    """A new UDP flow on an inbound that takes no new clients (it drains)."""
+    flow.abort(ConnectionRefusedError("the inbound is draining"))
+
+
 def short_reason(reason: str) -> str:
     """``"VMess: invalid user (...)"`` -> ``"vmess: invalid user"``: a bounded label."""
     head, _, rest = reason.partition(": ")
@@ -277,6 +282,12 @@ class StreamInbound(Inbound):
         self.server: asyncio.Server | None = None
         #: UDP on the same port (socks with ``udp``, dokodemo-door with ``network`` udp).
         self.udp_server: UdpServer | None = None
+        #: Who serves the connections this inbound's listener accepts: itself, or the
+        #: inbound that took the listener over on a reload (:meth:`take_over`).
+        self._owner: StreamInbound = self
+        self._adopted: asyncio.Server | None = None
+        self._adopted_udp: UdpServer | None = None
+        self.accepting = True
 
     def describe(self) -> str:
         tag = f" [{self.tag}]" if self.tag else ""
@@ -289,13 +300,87 @@ class StreamInbound(Inbound):
         return self.port
 
     async def start(self) -> None:
+        if self._adopted is not None:
+            self.server, self._adopted = self._adopted, None
+            logger.info("%s: listening socket kept", self.describe())
+            return
         self.server = await start_tcp_server(
-            self.transport.factory(lambda: self.end_class(self)),
+            self.transport.factory(self._new_end),
             self.listen,
             self.port,
             sockopt=self.stream.sockopt,
         )
         logger.info("%s listening (%s)", self.describe(), self.stream.describe())
+
+    def _new_end(self) -> InboundEnd:
+        owner = self._owner
+        return owner.end_class(owner)
+
+    async def start_udp(self, server: UdpServer) -> None:
+        """Serve UDP with ``server``'s settings: on a socket taken over from the inbound
+        this one replaces (its live flows go on), else on a new one."""
+        adopted, self._adopted_udp = self._adopted_udp, None
+        if adopted is None:
+            self.udp_server = server
+            await server.start(self.listen, self.bound_port)
+            return
+        for name in (
+            "classify",
+            "open_flow",
+            "new_session",
+            "idle",
+            "max_flows",
+            "max_client_flows",
+            "closed",
+            "encode_reply",
+            "group_for",
+            "require_group",
+        ):
+            setattr(adopted, name, getattr(server, name))
+        self.udp_server = adopted
+
+    def can_take_over(self, old: Inbound) -> bool:
+        """Whether this inbound can serve on ``old``'s sockets: the same protocol, address,
+        port and transport (only then are its listener's stream layers right for us)."""
+        return (
+            type(old) is type(self)
+            and isinstance(old, StreamInbound)
+            and old.server is not None
+            and (old.listen, old.port) == (self.listen, self.port)
+            and old.stream == self.stream
+        )
+
+    async def take_over(self, old: StreamInbound) -> None:
+        """Start on ``old``'s listening sockets (nothing is rebound): connections accepted
+        from now on are ours, ``old``'s live ones stay with it (it drains)."""
+        self._adopted, old.server = old.server, None
+        self._adopted_udp, old.udp_server = old.udp_server, None
+        old._owner = self
+        old.accepting = False
+        own, self.transport = self.transport, old.transport  # the listener's stream layers
+        own.close()
+        await self.start()
+        if self._adopted is not None:  # we take no TCP (dokodemo-door, network udp)
+            self._adopted.close()
+            self._adopted = None
+        if self._adopted_udp is not None:  # we take no UDP
+            self._adopted_udp.close()
+            self._adopted_udp = None
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; live connections (and UDP flows) go on."""
+        self.accepting = False
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+        udp = self.udp_server
+        if udp is not None:
+            udp.open_flow = _refuse_flow
+
+    @property
+    def live(self) -> int:
+        """Open TCP connections (UDP flows are not waited for: they end when idle)."""
+        return len(self.tracker.ends)
 
     def _transport_failed(self, layer: str, reason: str) -> None:
         """A transport layer refused a client or broke: counted by layer and reason."""

@@ -46,15 +46,16 @@ class DokodemoInbound(StreamInbound):
             await super().start()
         if "udp" in self.networks:
             dest = Destination(Network.UDP, self.address, self.target_port)
-            self.udp_server = UdpServer(
-                lambda data, addr: (dest, data, b""),
-                self.open_flow,
-                self.udp_session,
-                idle=self.udp_idle or UDP_IDLE,
-                closed=self.dispatcher.stats.closed,
-                name=self.describe(),  # flow caps and drop logging: transport.udp
+            await self.start_udp(
+                UdpServer(
+                    lambda data, addr: (dest, data, b""),
+                    self.open_flow,
+                    self.udp_session,
+                    idle=self.udp_idle or UDP_IDLE,
+                    closed=self.dispatcher.stats.closed,
+                    name=self.describe(),  # flow caps and drop logging: transport.udp
+                )
             )
-            await self.udp_server.start(self.listen, self.bound_port)
 
     @property
     def bound_port(self) -> int:

@@ -382,6 +382,44 @@ class VMessInbound(StreamInbound):
         replay.persist(self._replay_file, self.validator)
         self._replay_file = None
 
+    async def take_over(self, old: StreamInbound) -> None:
+        """As :meth:`StreamInbound.take_over`; the AuthIDs ``old`` has seen stay refused."""
+        if isinstance(old, VMessInbound):
+            self.validator.import_replay(old.validator.export_replay())
+        await super().take_over(old)
+
+    # -- users at run time (V2Ray's AlterInbound; a reload's changed ``clients``) ----------
+    @property
+    def users(self) -> list[User]:
+        return self.validator.users
+
+    def add_user(self, user: User) -> None:
+        """Accept ``user`` on new connections. A second user with the same (non-empty)
+        email is refused, as V2Ray 4.34's ``AddUser`` does."""
+        if user.email and any(u.email.lower() == user.email.lower() for u in self.users):
+            raise ValueError(f"User {user.email} already exists.")
+        self.validator.add(user)
+
+    def remove_user(self, email: str) -> None:
+        """Refuse new connections of the user with this email (case-insensitive); live
+        ones go on. Errors as V2Ray 4.34's ``RemoveUser``."""
+        if not email:
+            raise ValueError("Email must not be empty.")
+        if not self.validator.remove(email):
+            raise ValueError(f"User {email} not found.")
+
+    def set_users(self, users: Sequence[User]) -> tuple[list[User], list[User]]:
+        """Make the user set ``users`` (a reload): returns (added, removed). Users in both
+        sets keep their records (and their replay and legacy state)."""
+        current = self.users
+        added = [u for u in users if u not in current]
+        removed = [u for u in current if u not in users]
+        for user in removed:
+            self.validator.discard(user)
+        for user in added:
+            self.validator.add(user)
+        return added, removed
+
 
 class VMessOutboundEnd(VMessBody):
     codec: ClientConnection
