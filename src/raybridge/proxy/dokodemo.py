@@ -65,10 +65,9 @@ class DokodemoInbound(StreamInbound):
 
 
 def build_inbound(ctx: InboundContext, settings: DokodemoSettings) -> DokodemoInbound:
-    if not settings.address or not settings.port:
-        raise ctx.config.error(
-            'dokodemo-door needs "address" and "port" (followRedirect is not supported)'
-        )
+    # Port 0 is allowed, as in V2Ray: the usual door to the API has only an address.
+    if not settings.address:
+        raise ctx.config.error('dokodemo-door needs "address" (followRedirect is not supported)')
     return DokodemoInbound(
         ctx.common(settings.user_level),
         address=parse_host(settings.address),
