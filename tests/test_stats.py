@@ -34,6 +34,7 @@ from tests.v2api import (
     HAVE_V2CTL,
     NEEDS_V2CTL,
     api_config,
+    door_inbound,
     stats_of,
     until_true,
     v2ctl,
@@ -62,13 +63,7 @@ def counting_node(api_port: int, door_port: int, vmess_port: int, echo_port: int
     return api_config(
         api_port,
         [
-            {
-                "tag": "door",
-                "listen": LOCAL,
-                "port": door_port,
-                "protocol": "dokodemo-door",
-                "settings": {"address": LOCAL, "port": echo_port},
-            },
+            door_inbound(door_port, echo_port),
             {
                 "tag": "vmess-in",
                 "listen": LOCAL,
@@ -180,14 +175,7 @@ async def test_sys_stats_have_v2rays_fields(start_peer: StartPeer) -> None:
 @needs_v2ctl
 async def test_without_stats_there_are_no_counters(start_node: StartNode) -> None:
     api, door = free_port(), free_port()
-    inbound = {
-        "tag": "door",
-        "listen": LOCAL,
-        "port": door,
-        "protocol": "dokodemo-door",
-        "settings": {"address": LOCAL, "port": 9},
-    }
-    node = await start_node(api_config(api, [inbound], stats=False))
+    node = await start_node(api_config(api, [door_inbound(door, 9)], stats=False))
     assert node.counters is None
     code, _, err = await v2ctl(api, "StatsService.QueryStats", 'pattern: ""')
     assert code != 0 and 'no counters: the config has no "stats" object' in err
@@ -201,14 +189,7 @@ async def test_each_byte_is_counted_once(echo: EchoServer, start_node: StartNode
     """The status totals (raybridge.stats.Stats): the payload, once, for the inbound and
     for the outbound (the outbound side used to add its own count to the session's)."""
     api, door = free_port(), free_port()
-    inbound = {
-        "tag": "door",
-        "listen": LOCAL,
-        "port": door,
-        "protocol": "dokodemo-door",
-        "settings": {"address": LOCAL, "port": echo.port},
-    }
-    node = await start_node(api_config(api, [inbound]))
+    node = await start_node(api_config(api, [door_inbound(door, echo.port)]))
     await door_echo(door, 123_457)
     stats = node.dispatcher.stats
     await until(lambda: not stats.open_connections().get("door"), 10, what="closed")

@@ -204,3 +204,14 @@ async def until_true(
     while not await predicate():
         assert loop.time() < deadline, f"{what}: not true within {timeout:g} s"
         await asyncio.sleep(0.05)
+
+
+def door_inbound(port: int, target_port: int, tag: str = "door") -> dict[str, Any]:
+    """A dokodemo-door on 127.0.0.1:``port`` to 127.0.0.1:``target_port``."""
+    return {
+        "tag": tag,
+        "listen": LOCAL,
+        "port": port,
+        "protocol": "dokodemo-door",
+        "settings": {"address": LOCAL, "port": target_port},
+    }
