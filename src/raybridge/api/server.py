@@ -300,6 +300,20 @@ class LoggerService(Service):
         return pb.Empty()
 
 
+class _Methods(dict[str, Handler]):
+    """The server's method table; an unknown path gets :func:`_unimplemented`."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = super().get(key)
+        if found is None:
+
+            async def unimplemented(stream: Stream[Any, Any]) -> None:
+                raise GRPCError(Status.UNIMPLEMENTED, f"unknown method {key}")
+
+            return Handler(unimplemented, Cardinality.UNARY_UNARY, pb.Empty, pb.Empty)
+        return found
+
+
 # --------------------------------------------------------------------------- the outbound
 
 
@@ -338,6 +352,12 @@ class ApiServer:
             elif name == "LoggerService":
                 services.append(LoggerService())
         self.server = Server(services, codec=MessageCodec())
+        # grpclib answers a method it does not know with a trailers-only response that
+        # lacks the content-type the gRPC spec requires there (strict clients then read
+        # UNKNOWN, not UNIMPLEMENTED): such calls get a handler of ours that says so.
+        mapping = getattr(self.server, "_mapping", None)
+        if isinstance(mapping, dict):
+            self.server._mapping = _Methods(mapping)
         self.outbound = ApiOutbound(config.tag, self)
         self.path: str | None = None
         self._dir: str | None = None
