@@ -8,6 +8,7 @@ payload counted once, and the config's ``stats``/``api``/``policy.system``.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -248,3 +249,41 @@ def test_api_config_errors(api: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config_text(f'{{"api": {api}}}', "c.json")
     assert message in str(info.value)
+
+
+@needs_v2ctl
+async def test_a_reload_keeps_the_api_and_the_counters(
+    echo: EchoServer, start_node: StartNode
+) -> None:
+    """SIGHUP's reload replaces the routing table: the API's outbound stays reachable,
+    counters keep their values, an inbound the new file adds is counted, and what was
+    added through the API (not in the files) is gone."""
+    from raybridge.reload import reload
+
+    api, door, door2 = free_port(), free_port(), free_port()
+    config = api_config(api, [door_inbound(door, echo.port)])
+    node = await start_node(config)
+    await door_echo(door, 1000)
+    config["inbounds"].append(door_inbound(door2, echo.port, tag="door2"))
+    record = await reload(node, load_config_text(json.dumps(config), "<reloaded>"))
+    assert record.ok, record.error
+    await door_echo(door2, 2000)
+
+    async def counted() -> bool:
+        stats = await query(api)
+        return (
+            stats.get("inbound>>>door>>>traffic>>>uplink") == 1000
+            and stats.get("inbound>>>door2>>>traffic>>>uplink") == 2000
+        )
+
+    await until_true(counted, 10, what="both doors counted across the reload")
+    config["stats"] = {}
+    del config["api"]
+    record = await reload(node, load_config_text(json.dumps(config), "<no api>"))
+    assert record.ok and "api: changed" in record.changes
+    assert await refused_api(api)
+
+
+async def refused_api(port: int) -> bool:
+    code, _, _ = await v2ctl(port, "StatsService.QueryStats", 'pattern: ""')
+    return code != 0

@@ -21,10 +21,12 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from raybridge.config.model import (
+    ApiConfig,
     BalancerConfig,
     Config,
     InboundConfig,
@@ -135,6 +137,7 @@ class Node:
         self.state = "stopped"
         #: What each reload did, newest last (:class:`raybridge.reload.ReloadRecord`).
         self.reloads: list[Any] = []
+        self.reload_totals: Counter[str] = Counter()  # "ok" / "failed"
         options = config.sections.get("raybridge") or RaybridgeOptions()
         assert isinstance(options, RaybridgeOptions)
         self.options = options
@@ -152,15 +155,20 @@ class Node:
             for b in config.reverse.bridges
         ]
         self.inbounds: list[Inbound] = []
+        #: The config entry each inbound and outbound was built from (what a reload
+        #: compares); those added through the API have none.
+        self.sources: dict[object, object] = dict(
+            zip(self.outbounds, config.outbounds, strict=True)
+        )
         for inbound in config.inbounds:
-            self.inbounds.extend(
-                build_inbounds(
-                    inbound,
-                    dispatcher=self.dispatcher,
-                    policies=config.policy,
-                    options=options,
-                )
+            built = build_inbounds(
+                inbound,
+                dispatcher=self.dispatcher,
+                policies=config.policy,
+                options=options,
             )
+            self.inbounds.extend(built)
+            self.sources.update((b, inbound) for b in built)
         self.api: ApiServer | None = None
         if config.api is not None:
             from raybridge.api.server import ApiServer
@@ -168,41 +176,82 @@ class Node:
             self.api = ApiServer(self, config.api)
             self.dispatcher.add_outbound(self.api.outbound)
         self.counters: Counters | None = None
-        if config.stats:
-            self.counters = Counters()
-            self.dispatcher.stats.counters = self.counters
-            self.dispatcher.stats.user_levels = {
+        self.set_counting(config)
+        self.started = False
+
+    def set_counting(
+        self,
+        config: Config,
+        inbounds: Iterable[Inbound] | None = None,
+        outbounds: Iterable[Outbound] | None = None,
+        *,
+        final: bool = True,
+    ) -> None:
+        """Count what ``config``'s ``stats`` and ``policy`` ask for (V2Ray's counters) on
+        ``inbounds`` and ``outbounds`` (the node's own by default): at start, and on a
+        reload (the counters that stay keep their values). Not ``final``: only bind, what
+        a reload does before the step that may still fail."""
+        stats = self.dispatcher.stats
+        if config.stats and self.counters is None:
+            self.counters = stats.counters = Counters()
+        if final:
+            if not config.stats:
+                self.counters = stats.counters = None
+            stats.user_levels = {
                 n: (p.stats_user_uplink, p.stats_user_downlink)
                 for n, p in config.policy.levels.items()
                 if p.stats_user_uplink or p.stats_user_downlink
             }
-            for outbound in self.outbounds:
-                self.bind_outbound_counters(outbound)
-            for built in self.inbounds:
-                self.bind_inbound_counters(built)
-        self.started = False
+        for outbound in self.outbounds if outbounds is None else outbounds:
+            self.bind_outbound_counters(outbound, config)
+        for inbound in self.inbounds if inbounds is None else inbounds:
+            self.bind_inbound_counters(inbound, config)
 
-    def bind_inbound_counters(self, inbound: Inbound) -> None:
+    def bind_inbound_counters(self, inbound: Inbound, config: Config | None = None) -> None:
         """Give an inbound its ``inbound>>>TAG>>>traffic>>>*`` counters, where the config's
-        ``stats`` and ``policy.system`` ask for them."""
-        system = self.config.policy.system
-        if self.counters is not None and isinstance(inbound, StreamInbound):
-            inbound.uplink, inbound.downlink = self.counters.pair(
+        ``stats`` and ``policy.system`` ask for them (``None`` each otherwise)."""
+        if isinstance(inbound, StreamInbound):
+            system = (config or self.config).policy.system
+            inbound.uplink, inbound.downlink = self._pair(
                 "inbound", inbound.tag, system.stats_inbound_uplink, system.stats_inbound_downlink
             )
 
-    def bind_outbound_counters(self, outbound: Outbound) -> None:
+    def bind_outbound_counters(self, outbound: Outbound, config: Config | None = None) -> None:
         """The same for an outbound: ``outbound>>>TAG>>>traffic>>>*``."""
-        system = self.config.policy.system
-        if self.counters is not None:
-            outbound.bind_counters(
-                *self.counters.pair(
-                    "outbound",
-                    outbound.tag,
-                    system.stats_outbound_uplink,
-                    system.stats_outbound_downlink,
-                )
+        system = (config or self.config).policy.system
+        outbound.bind_counters(
+            *self._pair(
+                "outbound",
+                outbound.tag,
+                system.stats_outbound_uplink,
+                system.stats_outbound_downlink,
             )
+        )
+
+    def _pair(self, kind: str, tag: str, up: bool, down: bool) -> tuple[Any, Any]:
+        if self.counters is None:
+            return None, None
+        uplink, downlink = self.counters.pair(kind, tag, up, down)
+        return uplink, downlink
+
+    async def replace_api(self, config: ApiConfig | None) -> None:
+        """Serve ``config``'s API from now on (a reload that changed ``api``)."""
+        from raybridge.api.server import ApiServer
+
+        old, self.api = self.api, None
+        if old is not None:
+            if self.dispatcher.outbounds.get(old.config.tag) is old.outbound:
+                self.dispatcher.remove_outbound(old.config.tag)
+            await old.close()
+        if config is not None:
+            self.api = ApiServer(self, config)
+            await self.api.start()
+        self.restore_api_route()
+
+    def restore_api_route(self) -> None:
+        """Register the API's outbound again (a reload replaced the dispatcher's table)."""
+        if self.api is not None:
+            self.dispatcher.add_outbound(self.api.outbound)
 
     # -- running ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -274,6 +323,51 @@ class Node:
             if inbound.tag == tag:
                 return inbound
         raise KeyError(tag)
+
+    async def reload(self, config: Config, *, requested: float | None = None) -> Any:
+        """Move to ``config`` without dropping anything (:func:`raybridge.reload.reload`;
+        ``requested``: ``time.monotonic()`` of the signal). Returns its
+        :class:`~raybridge.reload.ReloadRecord`; a bad config changes nothing."""
+        from raybridge.reload import reload
+
+        return await reload(self, config, requested=requested)
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Stop taking work and wait for the live connections (SIGTERM): every inbound
+        stops accepting, every bridge says DRAIN to its portal and closes each tunnel once
+        its sessions end. Returns True once nothing is left, False after ``timeout``
+        seconds (default ``drainTimeout``); the caller then closes the node."""
+        self.state = "draining"
+        logger.warning(
+            "draining: %d connections, %d bridge tunnels (at most %ss)",
+            self.live_connections,
+            sum(len(b.tunnels) + len(b.retired) for b in self.bridges),
+            self.drain_timeout if timeout is None else timeout,
+        )
+        for inbound in self.inbounds:
+            inbound.stop_accepting()
+        for bridge in self.bridges:
+            bridge.drain()
+        return await self._until_drained(
+            lambda: self.live_connections == 0 and all(b.drained for b in self.bridges),
+            self.drain_timeout if timeout is None else timeout,
+        )
+
+    @property
+    def live_connections(self) -> int:
+        """Client connections open on the inbounds (removed ones still draining too)."""
+        return sum(i.live for i in [*self.inbounds, *self.retiring])
+
+    def retire_bridge(self, bridge: Bridge) -> None:
+        """``bridge`` left the config: it drains, and is closed once its tunnels are (or
+        after ``drainTimeout``)."""
+        bridge.drain()
+
+        async def drain() -> None:
+            await self._until_drained(lambda: bridge.drained, self.drain_timeout)
+            await bridge.close()
+
+        self._spawn(drain())
 
     @property
     def drain_timeout(self) -> float:
@@ -350,6 +444,9 @@ class Node:
         self.outbounds.append(outbound)
         self.dispatcher.add_outbound(outbound)
         return outbound
+
+    # (what add_inbound/add_outbound build has no entry in ``sources``: it is not in the
+    # files, so a reload removes it, as a restart of V2Ray forgets its API changes)
 
     def remove_outbound(self, tag: str) -> Outbound:
         """Unregister outbound ``tag`` (``KeyError`` if none): new links cannot reach it

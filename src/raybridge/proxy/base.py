@@ -379,8 +379,9 @@ class StreamInbound(Inbound):
 
     @property
     def live(self) -> int:
-        """Open TCP connections (UDP flows are not waited for: they end when idle)."""
-        return len(self.tracker.ends)
+        """Open client connections: TCP, without the tunnels a portal holds (they carry no
+        client of their own); UDP flows are not waited for (they end when idle)."""
+        return sum(1 for end in self.tracker.ends if not getattr(end.peer, "carries_tunnel", False))
 
     def _transport_failed(self, layer: str, reason: str) -> None:
         """A transport layer refused a client or broke: counted by layer and reason."""

@@ -412,8 +412,9 @@ class VMessInbound(StreamInbound):
         """Make the user set ``users`` (a reload): returns (added, removed). Users in both
         sets keep their records (and their replay and legacy state)."""
         current = self.users
-        added = [u for u in users if u not in current]
-        removed = [u for u in current if u not in users]
+        before, after = set(current), set(users)
+        added = [u for u in dict.fromkeys(users) if u not in before]
+        removed = [u for u in current if u not in after]
         for user in removed:
             self.validator.discard(user)
         for user in added:
