@@ -61,10 +61,13 @@ SYS_FIELDS = {
 
 
 def counting_node(api_port: int, door_port: int, vmess_port: int, echo_port: int, uid: str) -> Any:
+    udp_door = door_inbound(door_port, echo_port, tag="udp-door")  # the same port, UDP
+    udp_door["settings"]["network"] = "udp"
     return api_config(
         api_port,
         [
             door_inbound(door_port, echo_port),
+            udp_door,
             {
                 "tag": "vmess-in",
                 "listen": LOCAL,
@@ -89,6 +92,27 @@ async def door_echo(port: int, size: int) -> None:
         await writer.wait_closed()
 
 
+async def udp_door_echo(port: int, sizes: list[int]) -> int:
+    """Datagrams of ``sizes`` bytes through a UDP dokodemo-door to the echo server, each
+    echoed before the next is sent; their total size."""
+    loop = asyncio.get_running_loop()
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            replies.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(LOCAL, port))
+    try:
+        for size in sizes:
+            payload = bytes([size % 256]) * size
+            transport.sendto(payload)
+            assert await asyncio.wait_for(replies.get(), 10) == payload
+    finally:
+        transport.close()
+    return sum(sizes)
+
+
 async def query(api_port: int, pattern: str = "", reset: bool = False) -> dict[str, int]:
     request = f'pattern: "{pattern}" reset: {"true" if reset else "false"}'
     return stats_of(await v2ctl_ok(api_port, "StatsService.QueryStats", request))
@@ -110,14 +134,17 @@ async def test_counters_match_the_bytes_moved_beside_v2ray(
         await start_node(client_config(socks, vmess, uid))
         await door_echo(door, door_bytes)
         await socks_echo(socks, echo.port, user_bytes)
+        udp_bytes = await udp_door_echo(door, [1, 700, 1400])
         expected = {
+            "inbound>>>udp-door>>>traffic>>>uplink": udp_bytes,
+            "inbound>>>udp-door>>>traffic>>>downlink": udp_bytes,
             "inbound>>>door>>>traffic>>>uplink": door_bytes,
             "inbound>>>door>>>traffic>>>downlink": door_bytes,
             f"user>>>{EMAIL}>>>traffic>>>uplink": user_bytes,
             f"user>>>{EMAIL}>>>traffic>>>downlink": user_bytes,
             # freedom writes and reads the payload itself
-            "outbound>>>direct>>>traffic>>>uplink": door_bytes + user_bytes,
-            "outbound>>>direct>>>traffic>>>downlink": door_bytes + user_bytes,
+            "outbound>>>direct>>>traffic>>>uplink": door_bytes + user_bytes + udp_bytes,
+            "outbound>>>direct>>>traffic>>>downlink": door_bytes + user_bytes + udp_bytes,
         }
 
         async def settled(expected: dict[str, int] = expected, api: int = api) -> bool:
@@ -135,10 +162,10 @@ async def test_counters_match_the_bytes_moved_beside_v2ray(
         assert "outbound>>>block>>>traffic>>>uplink" in stats  # registered, never used
 
         # A pattern is a substring; reset returns the values and zeroes them.
-        door_stats = await query(api, "door", reset=True)
-        assert set(door_stats) == {k for k in stats if "door" in k}
+        door_stats = await query(api, ">door", reset=True)
+        assert set(door_stats) == {k for k in stats if ">door" in k} and len(door_stats) == 2
         assert door_stats["inbound>>>door>>>traffic>>>uplink"] == door_bytes
-        assert set((await query(api, "door")).values()) == {0}
+        assert set((await query(api, ">door")).values()) == {0}
 
         got = await v2ctl_ok(
             api,

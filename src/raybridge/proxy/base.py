@@ -319,10 +319,12 @@ class StreamInbound(Inbound):
     async def start_udp(self, server: UdpServer) -> None:
         """Serve UDP with ``server``'s settings: on a socket taken over from the inbound
         this one replaces (its live flows go on), else on a new one."""
+        server.rx, server.tx = self.uplink, self.downlink  # V2Ray counts UDP inbounds too
         adopted, self._adopted_udp = self._adopted_udp, None
         if adopted is None:
+            port = self.bound_port  # the TCP listener's (port 0: the one it got), or ours
             self.udp_server = server
-            await server.start(self.listen, self.bound_port)
+            await server.start(self.listen, port)
             return
         for name in (
             "classify",
@@ -335,6 +337,8 @@ class StreamInbound(Inbound):
             "encode_reply",
             "group_for",
             "require_group",
+            "rx",
+            "tx",
         ):
             setattr(adopted, name, getattr(server, name))
         self.udp_server = adopted

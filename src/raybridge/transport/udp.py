@@ -373,6 +373,10 @@ class UdpServer(asyncio.DatagramProtocol):
     the relay).
     """
 
+    #: The inbound's traffic counters for the datagrams read and sent (``StreamEnd.rx``).
+    rx: Any = None
+    tx: Any = None
+
     def __init__(
         self,
         classify: Callable[[bytes, tuple[str, int]], tuple[Destination, bytes, bytes] | None],
@@ -419,6 +423,8 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.rx is not None:
+            self.rx.value += len(data)
         try:
             parsed = self.classify(data, addr)
         except Exception as exc:  # a bad datagram is dropped, never fatal
@@ -463,6 +469,8 @@ class UdpServer(asyncio.DatagramProtocol):
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
+            if self.tx is not None:
+                self.tx.value += len(data)
             self.transport.sendto(data, addr)
 
     def forget(self, flow: UdpClientFlow) -> None:
