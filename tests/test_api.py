@@ -37,17 +37,21 @@ from tests.support import (
     socks_echo,
 )
 from tests.v2api import (
+    LOOPBACK_IP,
     add_freedom_outbound,
+    add_inbound,
     add_socks_inbound,
     add_user,
     api_config,
     door_inbound,
     remove_user,
     until_true,
+    vmess_user,
 )
 
 NEEDS_V2RAY = "needs /usr/bin/v2ray (apt-get install v2ray)"
 KINDS = [RB, V2]
+TCP = 2  # common/net/network.proto
 #: How a refused client connection ends (reset, EOF in the middle of the echo).
 REFUSED = (ConnectionError, asyncio.IncompleteReadError, OSError)
 
@@ -135,6 +139,26 @@ async def test_add_inbound_starts_a_socks_inbound_and_remove_inbound_stops_it(
         again = await grpc_error(api, HANDLER, "RemoveInbound", gone)
         errors[kind] = again.status
     assert errors.get(RB) == errors.get(V2, errors[RB]) == Status.UNKNOWN
+
+
+@pytest.mark.interop
+async def test_add_inbound_vmess_and_dokodemo_door(
+    echo: EchoServer, start_peer: StartPeer, start_node: StartNode
+) -> None:
+    for kind in KINDS:
+        needs(kind)
+        api, vmess, socks, door = free_port(), free_port(), free_port(), free_port()
+        uid = new_uuid()
+        await start_peer(kind, api_config(api, []), api)
+        users = pb.VMessInboundConfig(user=[vmess_user(uid, "new@test")])
+        await call(api, HANDLER, "AddInbound", add_inbound("vmess-added", vmess, users))
+        await start_node(client_config(socks, vmess, uid))
+        await socks_echo(socks, echo.port, 200_000)
+        target = pb.DokodemoConfig(
+            address=pb.IPOrDomain(ip=LOOPBACK_IP), port=echo.port, networks=[TCP]
+        )
+        await call(api, HANDLER, "AddInbound", add_inbound("door-added", door, target))
+        await door_roundtrip(door)
 
 
 @pytest.mark.interop

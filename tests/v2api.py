@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from raybridge.api import messages as pb
+from raybridge.protocols.protobuf import Message
 from tests.support import LOCAL
 
 V2CTL = shutil.which("v2ctl") or "/usr/bin/v2ctl"
@@ -162,11 +163,7 @@ def receiver(port: int) -> pb.TypedMessage:
 
 def add_socks_inbound(tag: str, port: int) -> pb.AddInboundRequest:
     settings = pb.SocksServerConfig(auth_type=0, address=pb.IPOrDomain(ip=LOOPBACK_IP))
-    return pb.AddInboundRequest(
-        inbound=pb.InboundHandlerConfig(
-            tag=tag, receiver_settings=receiver(port), proxy_settings=pb.TypedMessage.of(settings)
-        )
-    )
+    return add_inbound(tag, port, settings)
 
 
 def vmess_user(user_id: str, email: str, level: int = 0) -> pb.User:
@@ -215,3 +212,13 @@ def door_inbound(port: int, target_port: int, tag: str = "door") -> dict[str, An
         "protocol": "dokodemo-door",
         "settings": {"address": LOCAL, "port": target_port},
     }
+
+
+def add_inbound(tag: str, port: int, settings: Message) -> pb.AddInboundRequest:
+    """AddInbound for an inbound with ``settings`` (a proxy's config message) on
+    127.0.0.1:``port``."""
+    return pb.AddInboundRequest(
+        inbound=pb.InboundHandlerConfig(
+            tag=tag, receiver_settings=receiver(port), proxy_settings=pb.TypedMessage.of(settings)
+        )
+    )
