@@ -20,6 +20,7 @@ bad bytes on the connection close that connection only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -351,21 +352,23 @@ class ApiServer:
                 services.append(HandlerService(node))
             elif name == "LoggerService":
                 services.append(LoggerService())
-        self.server = Server(services, codec=MessageCodec())
-        # grpclib answers a method it does not know with a trailers-only response that
-        # lacks the content-type the gRPC spec requires there (strict clients then read
-        # UNKNOWN, not UNIMPLEMENTED): such calls get a handler of ours that says so.
-        mapping = getattr(self.server, "_mapping", None)
-        if isinstance(mapping, dict):
-            self.server._mapping = _Methods(mapping)
+        self.services = services
+        self.server: Server | None = None
         self.outbound = ApiOutbound(config.tag, self)
         self.path: str | None = None
         self._dir: str | None = None
 
     async def start(self) -> None:
+        self.server = server = Server(self.services, codec=MessageCodec())  # in the loop
+        # grpclib answers a method it does not know with a trailers-only response that
+        # lacks the content-type the gRPC spec requires there (strict clients then read
+        # UNKNOWN, not UNIMPLEMENTED): such calls get a handler of ours that says so.
+        mapping = getattr(server, "_mapping", None)
+        if isinstance(mapping, dict):
+            server._mapping = _Methods(mapping)
         self._dir = tempfile.mkdtemp(prefix="raybridge-api-")  # mode 0700
         path = os.path.join(self._dir, "grpc.sock")
-        await self.server.start(path=path)
+        await server.start(path=path)
         self.path = path
         if GC_CLOCK not in gc.callbacks:
             gc.callbacks.append(GC_CLOCK)
@@ -373,8 +376,11 @@ class ApiServer:
 
     async def close(self) -> None:
         self.path = None
+        server, self.server = self.server, None
+        if server is not None:
+            with contextlib.suppress(RuntimeError):  # it never got to listen
+                server.close()
+                await server.wait_closed()
         if self._dir is not None:
-            self.server.close()
-            await self.server.wait_closed()
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
