@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from raybridge.node import Node
 from raybridge.protocols.reverse import ControlState, decode_control
 from raybridge.protocols.reverse_policy import (
     BridgePolicy,
@@ -214,3 +215,49 @@ async def test_drained_bridge_loses_nothing(
         assert connections > 0
         assert "bridge [bridge]: draining" in out
         assert len(portal.tunnels) == 1  # the other bridge's
+
+
+def test_drain_timeout_option() -> None:
+    from raybridge.config.loader import load_config_text
+    from raybridge.config.model import RaybridgeOptions
+    from raybridge.errors import ConfigError
+
+    options = load_config_text('{"raybridge": {"drainTimeout": 5}}').sections["raybridge"]
+    assert isinstance(options, RaybridgeOptions) and options.drain_timeout == 5
+    assert RaybridgeOptions().drain_timeout == 30
+    for bad in ("-1", '"30"', "1e9"):
+        with pytest.raises(ConfigError, match=r"^x\.json:2: raybridge\.drainTimeout: "):
+            load_config_text('{"raybridge": {\n  "drainTimeout": ' + bad + "}}", "x.json")
+
+
+async def test_drain_timeout_closes_what_is_left(tmp_path: Path, echo: EchoServer) -> None:
+    port = free_port()
+    config = {**loopback_only([]), "inbounds": [socks_in("s", port)]}
+    path = write(tmp_path / "n.json", config)
+    config["raybridge"]["drainTimeout"] = 1
+    path.write_text(json.dumps(config))
+    with raybridge_process(path) as proc:
+        await wait_port_async(port)
+        async with live(port, echo.port) as conn:
+            proc.send_signal(signal.SIGTERM)
+            out = await finish(proc, 20)  # after the drain timeout, not the connection
+            assert await conn.reader.read() == b""  # closed by the node
+    assert proc.returncode == 0, out
+    assert "drain timeout (1s): closing 1 connections" in out
+
+
+async def test_draining_server_closes_idle_mux_connections(
+    start_node: StartNode, echo: EchoServer
+) -> None:
+    """A client's mux connection that carries no session does not hold a drain up."""
+    from tests.support import server_config
+
+    b_port, s_port = free_port(), free_port()
+    user = new_uuid()
+    b: Node = await start_node(server_config(b_port, user), "B")
+    c_conf = client_config(s_port, b_port, user)
+    c_conf["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 4}
+    await start_node(c_conf, "C")
+    await socks_echo(s_port, echo.port, 10_000)
+    await until(lambda: b.live_connections == 1, what="the idle mux connection")
+    assert await asyncio.wait_for(b.drain(timeout=60), 30)

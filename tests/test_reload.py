@@ -100,6 +100,39 @@ async def test_reload_diff(tmp_path: Path, start_node: StartNode, echo: EchoServ
     assert (await reload(node, path)).changes == []
 
 
+async def test_reload_changed_inbound_keeps_its_socket(
+    tmp_path: Path, start_node: StartNode, echo: EchoServer
+) -> None:
+    """A changed inbound (settings, or its tag) on the same address, port and transport
+    takes over the old one's listening socket; the old one's live connection drains."""
+    port = free_port()
+    config = {**loopback_only([]), "inbounds": [socks_in("socks", port)]}
+    path = write(tmp_path / "n.json", config)
+    node: Node = await start_node(path.read_text(), str(path))
+    old = node.inbound("socks")
+    assert isinstance(old, StreamInbound)
+    listener = old.server
+    sockets = [s.fileno() for s in listener.sockets] if listener is not None else []
+    async with live(port, echo.port) as conn:
+        config["inbounds"][0]["settings"] = {"udp": True}
+        record = await reload(node, write(path, config))
+        assert record.changes == ["inbound socks: changed (listener kept)"]
+        new = node.inbound("socks")
+        assert new is not old and isinstance(new, StreamInbound) and new.server is listener
+        await socks_echo(port, echo.port, 20_000)
+        await conn.echo()
+        assert old in node.retiring
+        config["inbounds"][0]["tag"] = "renamed"
+        record = await reload(node, write(path, config))
+        assert record.changes == ["inbound renamed: added", "inbound socks: removed"]
+        renamed = node.inbound("renamed")
+        assert isinstance(renamed, StreamInbound) and renamed.server is listener
+        assert [s.fileno() for s in renamed.server.sockets] == sockets
+        await socks_echo(port, echo.port, 20_000)
+        await conn.echo()
+    await until(lambda: old not in node.retiring, what="the old inbound drained")
+
+
 async def test_reload_broken_file(tmp_path: Path, start_node: StartNode, echo: EchoServer) -> None:
     """A file that does not parse, or that builds nothing valid, keeps the old config
     serving; the error names file, line and field."""

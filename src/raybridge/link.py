@@ -150,6 +150,18 @@ class Inbound(abc.ABC):
         """Client connections open now (0 for an inbound that does not track them)."""
         return 0
 
+    def close_idle_carriers(self) -> int:
+        """Close connections that only carry sessions and carry none now (idle mux)."""
+        return 0
+
+    def can_take_over(self, old: Inbound) -> bool:
+        """Whether this (new, not started) inbound can serve on ``old``'s sockets."""
+        return False
+
+    async def take_over(self, old: Inbound) -> None:
+        """Start on ``old``'s sockets (only if :meth:`can_take_over`)."""
+        raise NotImplementedError
+
 
 class Outbound(abc.ABC):
     """Carries links to their destination."""

@@ -132,6 +132,7 @@ class Node:
         #: Removed inbounds that still serve their live connections (closed when drained).
         self.retiring: list[Inbound] = []
         self._retired_outbounds: list[Outbound] = []
+        self._retired_bridges: list[Bridge] = []
         self._tasks: set[asyncio.Task[None]] = set()
         #: "running", "draining" (SIGTERM: no new clients, live ones finish) or "stopped".
         self.state = "stopped"
@@ -297,6 +298,9 @@ class Node:
         retired, self._retired_outbounds = self._retired_outbounds, []
         for outbound in retired:
             await outbound.close()
+        bridges, self._retired_bridges = self._retired_bridges, []
+        for bridge in bridges:
+            await bridge.close()
         if self.status_server is not None:
             await self.status_server.close()
             self.status_server = None
@@ -348,9 +352,14 @@ class Node:
             inbound.stop_accepting()
         for bridge in self.bridges:
             bridge.drain()
+
+        def drained() -> bool:
+            for inbound in [*self.inbounds, *self.retiring]:
+                inbound.close_idle_carriers()  # a client's idle mux connection
+            return self.live_connections == 0 and all(b.drained for b in self.bridges)
+
         return await self._until_drained(
-            lambda: self.live_connections == 0 and all(b.drained for b in self.bridges),
-            self.drain_timeout if timeout is None else timeout,
+            drained, self.drain_timeout if timeout is None else timeout
         )
 
     @property
@@ -362,10 +371,13 @@ class Node:
         """``bridge`` left the config: it drains, and is closed once its tunnels are (or
         after ``drainTimeout``)."""
         bridge.drain()
+        self._retired_bridges.append(bridge)
 
         async def drain() -> None:
             await self._until_drained(lambda: bridge.drained, self.drain_timeout)
-            await bridge.close()
+            if bridge in self._retired_bridges:
+                self._retired_bridges.remove(bridge)
+                await bridge.close()
 
         self._spawn(drain())
 

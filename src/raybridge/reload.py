@@ -171,6 +171,15 @@ def _plan(node: Node, config: Config) -> _Plan:
         old_rules = len(node.config.routing.rules)
         plan.changes.append(f"routing: {len(routing.rules)} rules (were {old_rules})")
     _plan_inbounds(node, config, plan)
+    old, new = node.options, _options(config)
+    if (old.status, old.status_token, old.status_hosts) != (
+        new.status,
+        new.status_token,
+        new.status_hosts,
+    ):
+        plan.changes.append("raybridge.status: changed: takes effect at the next restart")
+    if old.drain_timeout != new.drain_timeout:
+        plan.changes.append(f"raybridge.drainTimeout: {new.drain_timeout}s")
     return plan
 
 
@@ -306,6 +315,13 @@ def _plan_inbounds(node: Node, config: Config, plan: _Plan) -> None:
     for key, (_entry, objects) in old_in.items():
         plan.gone_inbounds.extend(objects)
         note(f"inbound {key}: removed")
+    # A new inbound on the socket of one that goes (a tag renamed): it takes that over too.
+    for index, (fresh, none) in enumerate(plan.starts):
+        if none is None:
+            heir = next((o for o in plan.gone_inbounds if fresh.can_take_over(o)), None)
+            if heir is not None:
+                plan.gone_inbounds.remove(heir)
+                plan.starts[index] = (fresh, heir)
 
 
 async def reload(node: Node, config: Config, *, requested: float | None = None) -> ReloadRecord:
@@ -388,7 +404,8 @@ async def _apply(node: Node, config: Config, plan: _Plan) -> None:
         _set_users(inbound, entry, plan.changes)
     for new, heir in plan.starts:
         if heir is not None:
-            await new.take_over(heir)  # type: ignore[attr-defined]
+            await new.take_over(heir)
+            node.retire_inbound(heir)  # its live connections drain
     for inbound in plan.gone_inbounds:
         node.retire_inbound(inbound)
     late_errors: list[str] = []

@@ -287,6 +287,7 @@ class StreamInbound(Inbound):
         self._owner: StreamInbound = self
         self._adopted: asyncio.Server | None = None
         self._adopted_udp: UdpServer | None = None
+        self._owns_transport = True  # False once an heir took our stream layers over
         self.accepting = True
 
     def describe(self) -> str:
@@ -349,18 +350,20 @@ class StreamInbound(Inbound):
         return (
             type(old) is type(self)
             and isinstance(old, StreamInbound)
-            and old.server is not None
+            and (old.server is not None or old.udp_server is not None)
             and (old.listen, old.port) == (self.listen, self.port)
             and old.stream == self.stream
         )
 
-    async def take_over(self, old: StreamInbound) -> None:
+    async def take_over(self, old: Inbound) -> None:
         """Start on ``old``'s listening sockets (nothing is rebound): connections accepted
         from now on are ours, ``old``'s live ones stay with it (it drains)."""
+        assert isinstance(old, StreamInbound)
         self._adopted, old.server = old.server, None
         self._adopted_udp, old.udp_server = old.udp_server, None
         old._owner = self
         old.accepting = False
+        old._owns_transport = False
         own, self.transport = self.transport, old.transport  # the listener's stream layers
         own.close()
         await self.start()
@@ -381,6 +384,25 @@ class StreamInbound(Inbound):
         if udp is not None:
             udp.open_flow = _refuse_flow
 
+    def close_idle_carriers(self) -> int:
+        """Close the Mux.Cool connections (``v1.mux.cool``) that carry no session now: a
+        draining node does not wait for a client's idle mux connection. Returns how many."""
+        from raybridge.protocols.mux import Role
+        from raybridge.transport.mux import MuxWorker
+
+        closed = 0
+        for end in list(self.tracker.ends):
+            worker = end.peer
+            if (
+                isinstance(worker, MuxWorker)
+                and worker.role is Role.SERVER
+                and not worker.closed
+                and worker.session_count == 0
+            ):
+                worker.close()
+                closed += 1
+        return closed
+
     @property
     def live(self) -> int:
         """Open client connections: TCP, without the tunnels a portal holds (they carry no
@@ -400,7 +422,8 @@ class StreamInbound(Inbound):
             udp_server.close()
         if server is not None:
             server.close()
-        self.transport.close()  # HTTP/2 connections outlive the listener
+        if self._owns_transport:
+            self.transport.close()  # HTTP/2 connections outlive the listener
         for end in list(self.tracker.ends):
             peer = end.peer
             end.abort()

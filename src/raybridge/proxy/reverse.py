@@ -204,6 +204,8 @@ class BridgeTunnel:
         if control:
             join(end, ControlReader(self))
             self.control_end = end
+            if self.bridge.draining:  # the portal opened it after our DRAIN went nowhere
+                end.write(encode_control(ControlState.DRAIN, os.urandom(8)))
             if not event.data:
                 # The portal's first heartbeat drew no padding: an empty Control message
                 # (ACTIVE) that the New frame still carries. The session's opening is what

@@ -31,7 +31,7 @@ from raybridge.config.model import (
     VMessUserConfig,
 )
 from raybridge.errors import LocalProtocolError
-from raybridge.link import End, Outbound, PacketEnd, Session, join
+from raybridge.link import End, Inbound, Outbound, PacketEnd, Session, join
 from raybridge.log import user_label
 from raybridge.protocols.mux import (
     MuxConnection,
@@ -382,7 +382,7 @@ class VMessInbound(StreamInbound):
         replay.persist(self._replay_file, self.validator)
         self._replay_file = None
 
-    async def take_over(self, old: StreamInbound) -> None:
+    async def take_over(self, old: Inbound) -> None:
         """As :meth:`StreamInbound.take_over`; the AuthIDs ``old`` has seen stay refused."""
         if isinstance(old, VMessInbound):
             self.validator.import_replay(old.validator.export_replay())
