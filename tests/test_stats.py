@@ -60,7 +60,9 @@ SYS_FIELDS = {
 }
 
 
-def counting_node(api_port: int, door_port: int, vmess_port: int, echo_port: int, uid: str) -> Any:
+def counting_node(
+    api_port: int, door_port: int, vmess_port: int, socks_port: int, echo_port: int, uid: str
+) -> Any:
     udp_door = door_inbound(door_port, echo_port, tag="udp-door")  # the same port, UDP
     udp_door["settings"]["network"] = "udp"
     return api_config(
@@ -68,6 +70,7 @@ def counting_node(api_port: int, door_port: int, vmess_port: int, echo_port: int
         [
             door_inbound(door_port, echo_port),
             udp_door,
+            {"tag": "socks-in", "listen": LOCAL, "port": socks_port, "protocol": "socks"},
             {
                 "tag": "vmess-in",
                 "listen": LOCAL,
@@ -127,14 +130,16 @@ async def test_counters_match_the_bytes_moved_beside_v2ray(
         pytest.skip(NEEDS_V2RAY)
     door_bytes, user_bytes = 300_001, 1_000_003
     names: dict[str, set[str]] = {}
+    socks_counts: dict[str, tuple[int, int]] = {}
     for kind in (RB, V2):
         uid = new_uuid()
-        api, door, vmess, socks = free_port(), free_port(), free_port(), free_port()
-        await start_peer(kind, counting_node(api, door, vmess, echo.port, uid), api)
+        api, door, vmess, socks, socks_in = (free_port() for _ in range(5))
+        await start_peer(kind, counting_node(api, door, vmess, socks_in, echo.port, uid), api)
         await start_node(client_config(socks, vmess, uid))
         await door_echo(door, door_bytes)
         await socks_echo(socks, echo.port, user_bytes)
         udp_bytes = await udp_door_echo(door, [1, 700, 1400])
+        await socks_echo(socks_in, echo.port, 10_000)
         expected = {
             "inbound>>>udp-door>>>traffic>>>uplink": udp_bytes,
             "inbound>>>udp-door>>>traffic>>>downlink": udp_bytes,
@@ -143,8 +148,8 @@ async def test_counters_match_the_bytes_moved_beside_v2ray(
             f"user>>>{EMAIL}>>>traffic>>>uplink": user_bytes,
             f"user>>>{EMAIL}>>>traffic>>>downlink": user_bytes,
             # freedom writes and reads the payload itself
-            "outbound>>>direct>>>traffic>>>uplink": door_bytes + user_bytes + udp_bytes,
-            "outbound>>>direct>>>traffic>>>downlink": door_bytes + user_bytes + udp_bytes,
+            "outbound>>>direct>>>traffic>>>uplink": door_bytes + user_bytes + udp_bytes + 10_000,
+            "outbound>>>direct>>>traffic>>>downlink": door_bytes + user_bytes + udp_bytes + 10_000,
         }
 
         async def settled(expected: dict[str, int] = expected, api: int = api) -> bool:
@@ -177,7 +182,14 @@ async def test_counters_match_the_bytes_moved_beside_v2ray(
         code, _, err = await v2ctl(api, "StatsService.GetStats", 'name: "nothing>>>here"')
         assert code != 0 and "nothing>>>here not found." in err, (kind, err)
         names[kind] = set(stats)
+        socks_counts[kind] = (
+            stats["inbound>>>socks-in>>>traffic>>>uplink"],
+            stats["inbound>>>socks-in>>>traffic>>>downlink"],
+        )
     assert names[RB] == names[V2]
+    # SOCKS: the payload and the handshake, byte for byte as V2Ray counts them
+    assert socks_counts[RB] == socks_counts[V2]
+    assert min(socks_counts[RB]) > 10_000
 
 
 @needs_v2ctl
