@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from raybridge import log as logs
 from raybridge.api import messages as pb
 from raybridge.api.client import ApiClient
-from raybridge.api.server import HANDLER, STATS
+from raybridge.api.server import HANDLER, LOGGER, STATS
 from raybridge.protocols.protobuf import Message
 from tests.support import (
     HAVE_V2RAY,
@@ -251,3 +254,22 @@ async def test_bad_input_ends_the_call_and_the_node_goes_on(start_peer: StartPee
         reply = await call(api, STATS, "QueryStats", pb.QueryStatsRequest(), pb.QueryStatsResponse)
         assert any(s.name == "inbound>>>api-in>>>traffic>>>uplink" for s in reply.stat)
     assert set(unknown.values()) == {Status.UNIMPLEMENTED}, unknown
+
+
+async def test_restart_logger_reopens_the_log_file(tmp_path: Path, start_node: StartNode) -> None:
+    """After a rotation moved the error log away, RestartLogger makes the node write a
+    new file at the configured path (what logrotate's postrotate would call)."""
+    error_log = tmp_path / "error.log"
+    api = free_port()
+    logs.setup(error=str(error_log), level="info")
+    try:
+        await start_node(api_config(api, []))
+        await grpc_error(api, HANDLER, "RemoveInbound", pb.RemoveInboundRequest(tag="one"))
+        assert "handler not found: one" in error_log.read_text()
+        error_log.rename(tmp_path / "error.log.1")
+        await call(api, LOGGER, "RestartLogger", pb.Empty())
+        await grpc_error(api, HANDLER, "RemoveInbound", pb.RemoveInboundRequest(tag="two"))
+        assert "handler not found: two" in error_log.read_text()
+        assert "two" not in (tmp_path / "error.log.1").read_text()
+    finally:
+        logs.setup(access=None, error=None, stream=sys.stderr)
