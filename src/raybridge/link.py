@@ -28,7 +28,7 @@ import abc
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,17 @@ class End(abc.ABC):
         """The peer's medium drained: read again."""
 
 
+class UnpacedEnd(End):
+    """An end with nothing to pace: its medium has no backpressure (UDP) or it reads
+    nothing (a sink, a refusal), so pausing and resuming its reading do nothing."""
+
+    def pause_reading(self) -> None:
+        """Nothing to pause."""
+
+    def resume_reading(self) -> None:
+        """Nothing to resume."""
+
+
 class PacketEnd(End):
     """An end of a UDP link whose datagrams may each name their own address (XUDP,
     packetaddr): a source with many destinations, or replies from many sources."""
@@ -91,6 +102,16 @@ class PacketEnd(End):
 def join(a: End, b: End) -> None:
     a.peer = b
     b.peer = a
+
+
+def abort_links(ends: Iterable[End], exc: BaseException | None = None) -> None:
+    """Abort each of ``ends`` and then the peer it had (``exc``: what the peers are told),
+    so that both sides of each link go down: an end's own abort never calls its peer."""
+    for end in list(ends):
+        peer = end.peer
+        end.abort()
+        if peer is not None:
+            peer.abort(exc)
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
@@ -349,7 +370,7 @@ class DeferredEnd(End):
             self.peer.abort(exc)
 
 
-class ClosedEnd(End):
+class ClosedEnd(UnpacedEnd):
     """An end for a link that was refused: it aborts its peer as soon as it is joined."""
 
     def __init__(self, reason: BaseException) -> None:
@@ -367,10 +388,4 @@ class ClosedEnd(End):
         pass
 
     def abort(self, exc: BaseException | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
         pass

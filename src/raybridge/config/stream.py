@@ -98,17 +98,8 @@ def parse_transport(obj: Obj) -> TransportDefaults:
     """The top-level ``transport`` section (V2Ray's ``TransportConfig``)."""
     problems = _Problems()
     out: dict[str, object] = {}
-    for key, name, parse in (
-        ("tcp", "tcpSettings", _tcp),
-        ("ws", "wsSettings", _ws),
-        ("http", "httpSettings", _http),
-    ):
-        sub = obj.object(name)
-        if sub is not None:
-            problems.run(_setter(out, key, parse, sub))
-    for name in ("kcpSettings", "quicSettings", "dsSettings"):
-        if obj.get(name) is not None:
-            obj.ctx.warn(obj.get(name), obj.sub(name), "ignored: raybridge has no such network")
+    _network_settings(obj, out, problems)
+    _warn_other_networks(obj)
     problems.run(obj.finish)
     problems.raise_all()
     return TransportDefaults(**out)  # type: ignore[arg-type]
@@ -130,45 +121,20 @@ def parse_stream_settings(
                 if v is not None
             }
         )
+    problems.run(lambda: _network(obj, out))
+    problems.run(lambda: _security(obj, out, base_dir))
+    _network_settings(obj, out, problems)
+    problems.run(lambda: out.__setitem__("sockopt", _sockopt(obj.object("sockopt"))))
+    _warn_other_networks(obj)
+    if "tls" not in out:
+        obj.ignore("tlsSettings")  # V2Ray reads it only with security "tls"
+    problems.run(obj.finish)
+    problems.raise_all()
+    return StreamSettings(**out)  # type: ignore[arg-type]
 
-    def network() -> None:
-        node = obj.get("network")
-        if node is None:
-            return
-        raw = obj.ctx.expect_string(node, obj.sub("network")).lower()
-        if raw in _UNSUPPORTED:
-            raise obj.ctx.error(
-                node,
-                obj.sub("network"),
-                f"{_UNSUPPORTED[raw]} ({describe(node)}) is not supported by raybridge",
-            )
-        value = _NETWORKS.get(raw)
-        if value is None:
-            raise obj.ctx.error(node, obj.sub("network"), f"unknown network {describe(node)}")
-        out["network"] = value
 
-    def security() -> None:
-        node = obj.get("security")
-        if node is None:
-            return
-        raw = obj.ctx.expect_string(node, obj.sub("security")).lower()
-        if raw == "tls":
-            sub = obj.object("tlsSettings")
-            out["tls"] = (
-                _tls(sub, base_dir)
-                if sub is not None
-                else TlsSettings(where=_where(obj, "tlsSettings"))
-            )
-        elif raw not in ("", "none"):
-            raise obj.ctx.error(
-                node,
-                obj.sub("security"),
-                f'unknown security {describe(node)} ("tls" or "none"; V2Ray would send it '
-                "in the clear)",
-            )
-
-    problems.run(network)
-    problems.run(security)
+def _network_settings(obj: Obj, out: dict[str, object], problems: _Problems) -> None:
+    """The settings of each network raybridge has, whichever ``network`` is chosen."""
     for key, name, parse in (
         ("tcp", "tcpSettings", _tcp),
         ("ws", "wsSettings", _ws),
@@ -177,15 +143,53 @@ def parse_stream_settings(
         sub = obj.object(name)
         if sub is not None:
             problems.run(_setter(out, key, parse, sub))
-    problems.run(lambda: out.__setitem__("sockopt", _sockopt(obj.object("sockopt"))))
+
+
+def _warn_other_networks(obj: Obj) -> None:
+    """V2Ray's other networks' settings are accepted, and ignored with a warning."""
     for name in ("kcpSettings", "quicSettings", "dsSettings"):
         if obj.get(name) is not None:
             obj.ctx.warn(obj.get(name), obj.sub(name), "ignored: raybridge has no such network")
-    if "tls" not in out:
-        obj.ignore("tlsSettings")  # V2Ray reads it only with security "tls"
-    problems.run(obj.finish)
-    problems.raise_all()
-    return StreamSettings(**out)  # type: ignore[arg-type]
+
+
+def _network(obj: Obj, out: dict[str, object]) -> None:
+    """``network``: one raybridge has, or a clear refusal."""
+    node = obj.get("network")
+    if node is None:
+        return
+    raw = obj.ctx.expect_string(node, obj.sub("network")).lower()
+    if raw in _UNSUPPORTED:
+        raise obj.ctx.error(
+            node,
+            obj.sub("network"),
+            f"{_UNSUPPORTED[raw]} ({describe(node)}) is not supported by raybridge",
+        )
+    value = _NETWORKS.get(raw)
+    if value is None:
+        raise obj.ctx.error(node, obj.sub("network"), f"unknown network {describe(node)}")
+    out["network"] = value
+
+
+def _security(obj: Obj, out: dict[str, object], base_dir: Path | None) -> None:
+    """``security``: "tls" (with its ``tlsSettings``) or none; anything else is refused."""
+    node = obj.get("security")
+    if node is None:
+        return
+    raw = obj.ctx.expect_string(node, obj.sub("security")).lower()
+    if raw == "tls":
+        sub = obj.object("tlsSettings")
+        out["tls"] = (
+            _tls(sub, base_dir)
+            if sub is not None
+            else TlsSettings(where=_where(obj, "tlsSettings"))
+        )
+    elif raw not in ("", "none"):
+        raise obj.ctx.error(
+            node,
+            obj.sub("security"),
+            f'unknown security {describe(node)} ("tls" or "none"; V2Ray would send it '
+            "in the clear)",
+        )
 
 
 def _setter(

@@ -62,9 +62,9 @@ from raybridge.protocols.stream import (
     Established,
     LayerError,
     LayerEvent,
+    QueuedLayer,
     Received,
     Refused,
-    StreamLayer,
 )
 
 __all__ = [
@@ -293,7 +293,7 @@ def _head(first: str, headers: HeaderList, rng: Picker, date: str | None) -> byt
     return "\r\n".join(lines).encode("utf-8")
 
 
-class HttpHeaderLayer(StreamLayer):
+class HttpHeaderLayer(QueuedLayer):
     """One connection's fake HTTP exchange, client or server (see the module docstring).
 
     ``rng`` rolls the paths and header values (both roles); ``clock`` (Unix time) dates the
@@ -440,10 +440,3 @@ class HttpHeaderLayer(StreamLayer):
         # nothing). Then the TCP half-close below carries the end.
         if self.role is Role.SERVER and not self._header_sent and not self._refused:
             self._send_error("400 Bad Request")
-
-    def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out

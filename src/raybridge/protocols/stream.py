@@ -48,6 +48,7 @@ __all__ = [
     "Established",
     "LayerError",
     "LayerEvent",
+    "QueuedLayer",
     "Received",
     "Refused",
     "StreamLayer",
@@ -127,3 +128,16 @@ class StreamLayer(abc.ABC):
         """After :meth:`send_eof`, may the layer below still end its own direction (TCP
         FIN) while we keep reading? True unless the protocol's end is final both ways."""
         return True
+
+
+class QueuedLayer(StreamLayer):
+    """A layer that queues its output as pieces in ``_out``, joined when it is asked for."""
+
+    _out: list[bytes]
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out

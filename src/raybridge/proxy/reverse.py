@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
-from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Session, join
+from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Session, UnpacedEnd, join
 from raybridge.protocols.mux import Role, SessionOpened
 from raybridge.protocols.reverse import (
     CONTROL_TARGET,
@@ -226,7 +226,7 @@ class BridgeTunnel:
         self.bridge._control(self, state)
 
 
-class ControlReader(End):
+class ControlReader(UnpacedEnd):
     """The bridge's end of the control session: every datagram is one Control message."""
 
     def __init__(self, tunnel: BridgeTunnel) -> None:
@@ -242,12 +242,6 @@ class ControlReader(End):
             self.peer.write_eof()
 
     def abort(self, exc: BaseException | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
         pass
 
 

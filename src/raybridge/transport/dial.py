@@ -225,17 +225,6 @@ class ClientTransport:
         the IP to dial when the name was resolved already)."""
         target = dial_address or address
         sockopt = self.settings.sockopt
-        if self.pool is None:
-            await open_tcp(
-                self.wrap(protocol, address, port),
-                target,
-                port,
-                attempts=attempts,
-                delays=delays,
-                local_addr=local_addr,
-                sockopt=sockopt,
-            )
-            return
 
         def dial(conn: asyncio.Protocol) -> Awaitable[None]:
             return open_tcp(
@@ -248,6 +237,9 @@ class ClientTransport:
                 sockopt=sockopt,
             )
 
+        if self.pool is None:
+            await dial(protocol)
+            return
         http = self.settings.http
         await self.pool.connect(
             protocol, (target, port, local_addr), dial, path=http.path, hosts=http.hosts

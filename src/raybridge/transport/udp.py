@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from raybridge.address import Destination, Network, parse_host
-from raybridge.link import End, IdleTimer, PacketEnd, Session
+from raybridge.link import End, IdleTimer, PacketEnd, Session, UnpacedEnd, abort_links
 
 logger = logging.getLogger("raybridge.transport")
 
@@ -134,15 +134,11 @@ class FlowGroup:
 
     def close(self) -> None:
         self.closed = True
-        for flow in list(self.flows):
-            peer = flow.peer
-            flow.abort()
-            if peer is not None:
-                peer.abort(ConnectionResetError("UDP association closed"))
+        abort_links(self.flows, ConnectionResetError("UDP association closed"))
         self.flows.clear()
 
 
-class DatagramFlowEnd(asyncio.DatagramProtocol, End):
+class DatagramFlowEnd(asyncio.DatagramProtocol, UnpacedEnd):
     """A UDP socket for one destination, as the outbound end of a UDP link.
 
     The socket is not connected, so that replies from other addresses reach it too
@@ -253,14 +249,8 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         if self.transport is not None:
             self.transport.close()
 
-    def pause_reading(self) -> None:
-        pass
 
-    def resume_reading(self) -> None:
-        pass
-
-
-class FlowEnd(PacketEnd):
+class FlowEnd(UnpacedEnd, PacketEnd):
     """The inbound end of one UDP flow: ends after ``idle`` seconds without traffic, or
     when its peer ends; then :meth:`forget` tells its owner. UDP has no backpressure."""
 
@@ -291,12 +281,6 @@ class FlowEnd(PacketEnd):
         self.closed = True
         self.idle.cancel()
         self.forget()
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class UdpClientFlow(FlowEnd):
@@ -490,11 +474,7 @@ class UdpServer(asyncio.DatagramProtocol):
         logger.debug("UDP socket error: %s", exc)
 
     def close(self) -> None:
-        for flow in list(self.flows.values()):
-            peer = flow.peer
-            flow.abort()
-            if peer is not None:
-                peer.abort()
+        abort_links(self.flows.values())
         self.flows.clear()
         self._client_flows.clear()
         self.drops.close()
