@@ -47,8 +47,11 @@ class StatCounter:
     def __init__(self, name: str) -> None:
         self.name = name
         self.value = 0
-        #: session -> (which byte count, its value when the counter last took it in)
-        self._live: dict[Session, tuple[str, int]] = {}
+        #: session -> (which byte count, its value when the counter last took it in); weak,
+        #: so a session that somehow never reports its end is not kept alive by a counter
+        self._live: weakref.WeakKeyDictionary[Session, tuple[str, int]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def follow(self, session: Session, attr: str) -> None:
         """Count ``session``'s ``attr`` (``"bytes_up"``/``"bytes_down"``) from now on."""
@@ -62,14 +65,15 @@ class StatCounter:
             self.value += getattr(session, entry[0]) - entry[1]
 
     def get(self) -> int:
-        live: int = sum(getattr(s, attr) - base for s, (attr, base) in self._live.items())
+        live: int = sum(getattr(s, attr) - base for s, (attr, base) in list(self._live.items()))
         return self.value + live
 
     def reset(self) -> int:
         """Set to 0 (V2Ray's ``Counter.Set(0)``); returns the value it had."""
         value = self.get()
         self.value = 0
-        self._live = {s: (attr, getattr(s, attr)) for s, (attr, _) in self._live.items()}
+        for s, (attr, _) in list(self._live.items()):
+            self._live[s] = (attr, getattr(s, attr))
         return value
 
 
