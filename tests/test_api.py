@@ -24,7 +24,9 @@ from grpclib.exceptions import GRPCError
 from raybridge import log as logs
 from raybridge.api import messages as pb
 from raybridge.api.client import ApiClient
+from raybridge.api.convert import ApiError, inbound_json, outbound_json, vmess_client
 from raybridge.api.server import HANDLER, LOGGER, STATS
+from raybridge.node import parse_inbound, parse_outbound
 from raybridge.protocols.protobuf import Message
 from tests.support import (
     HAVE_V2RAY,
@@ -273,3 +275,77 @@ async def test_restart_logger_reopens_the_log_file(tmp_path: Path, start_node: S
         assert "two" not in (tmp_path / "error.log.1").read_text()
     finally:
         logs.setup(access=None, error=None, stream=sys.stderr)
+
+
+def test_handler_configs_become_config_entries() -> None:
+    """What HandlerService builds from V2Ray's compiled configs, checked by the config
+    layer as a file's entries are (a ConfigError would name the field)."""
+    socks = pb.SocksServerConfig(
+        auth_type=1, accounts={"u": "p"}, udp_enabled=True, address=pb.IPOrDomain(ip=LOOPBACK_IP)
+    )
+    entry = parse_inbound(inbound_json(add_inbound("s", 1080, socks).inbound))
+    assert (entry.protocol, entry.tag, entry.listen, entry.ports) == ("socks", "s", LOCAL, [1080])
+    assert entry.settings.auth == "password" and entry.settings.accounts == {"u": "p"}
+    assert entry.settings.udp and entry.settings.ip == LOCAL
+
+    ranged = add_inbound("r", 0, pb.DokodemoConfig(address=pb.IPOrDomain(domain="a.b"), port=7))
+    assert ranged.inbound is not None
+    ranged.inbound.receiver_settings = pb.TypedMessage.of(
+        pb.ReceiverConfig(
+            port_range=pb.PortRange(From=2000, To=2002),
+            sniffing_settings=pb.SniffingConfig(enabled=True, destination_override=["tls"]),
+        )
+    )
+    entry = parse_inbound(inbound_json(ranged.inbound))
+    assert entry.ports == [2000, 2001, 2002] and entry.listen == "0.0.0.0"
+    assert entry.sniffing_enabled and entry.sniffing_dest_override == frozenset({"tls"})
+    assert (entry.settings.address, entry.settings.port) == ("a.b", 7)
+
+    freedom = pb.FreedomConfig(
+        domain_strategy=2,
+        destination_override=pb.FreedomDestinationOverride(
+            server=pb.ServerEndpoint(address=pb.IPOrDomain(ip=LOOPBACK_IP), port=8080)
+        ),
+    )
+    out = parse_outbound(
+        outbound_json(
+            pb.OutboundHandlerConfig(tag="f", proxy_settings=pb.TypedMessage.of(freedom))
+        )
+    )
+    assert out.settings.domain_strategy == "UseIPv4" and out.settings.redirect == (LOCAL, 8080)
+
+    hole = pb.BlackholeConfig(response=pb.TypedMessage(type=pb.BLACKHOLE_HTTP))
+    out = parse_outbound(
+        outbound_json(pb.OutboundHandlerConfig(tag="b", proxy_settings=pb.TypedMessage.of(hole)))
+    )
+    assert out.settings.response == "http"
+
+    uid = new_uuid()
+    user = vmess_user(uid, "v@x")
+    assert user.account is not None
+    account = pb.VMessAccount.decode(user.account.value)
+    account.security_settings = pb.SecurityConfig(type=4)
+    user.account = pb.TypedMessage.of(account)
+    server = pb.ServerEndpoint(address=pb.IPOrDomain(domain="vps.example"), port=443, user=[user])
+    vmess = pb.OutboundHandlerConfig(
+        tag="v",
+        sender_settings=pb.TypedMessage.of(
+            pb.SenderConfig(multiplex_settings=pb.MultiplexingConfig(enabled=True, concurrency=4))
+        ),
+        proxy_settings=pb.TypedMessage.of(pb.VMessOutboundConfig(Receiver=[server])),
+    )
+    out = parse_outbound(outbound_json(vmess))
+    assert out.mux.enabled and out.mux.concurrency == 4
+    (target,) = out.settings.servers
+    assert (target.address, target.port) == ("vps.example", 443)
+    assert str(target.users[0].id) == uid and target.users[0].security == "chacha20-poly1305"
+
+    with pytest.raises(ApiError, match=r"expected v2ray\.core\.app\.proxyman\.ReceiverConfig"):
+        inbound_json(
+            pb.InboundHandlerConfig(
+                receiver_settings=pb.TypedMessage(type="x"),
+                proxy_settings=pb.TypedMessage.of(socks),
+            )
+        )
+    with pytest.raises(ApiError, match="invalid VMess user id"):
+        vmess_client(pb.User(account=pb.TypedMessage.of(pb.VMessAccount(id="nope"))))
