@@ -326,3 +326,18 @@ async def test_a_reload_keeps_the_api_and_the_counters(
 async def refused_api(port: int) -> bool:
     code, _, _ = await v2ctl(port, "StatsService.QueryStats", 'pattern: ""')
     return code != 0
+
+
+def test_raybridge_test_warns_about_an_api_beyond_loopback() -> None:
+    from raybridge.config.checks import check_config
+
+    config = api_config(10085, [])
+    assert not [w for w in check_config(load_config_text(json.dumps(config), "c.json"))]
+    config["inbounds"][0]["listen"] = "0.0.0.0"
+    text = json.dumps(config, indent=1)
+    (warning,) = check_config(load_config_text(text, "c.json"))
+    listen_line = text.splitlines().index('   "listen": "0.0.0.0",') + 1
+    assert warning.path == "inbounds[0].listen"
+    assert warning.line in (listen_line, listen_line - 2)  # its line, or its object's
+    assert 'inbound "api-in" leads to the API ("api")' in warning.message
+    assert "anyone who can reach the port can change this node" in warning.message
