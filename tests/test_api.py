@@ -32,6 +32,7 @@ from tests.support import (
     HAVE_V2RAY,
     LOCAL,
     RB,
+    SUBPROCESS_ENV,
     V2,
     EchoServer,
     StartNode,
@@ -51,6 +52,7 @@ from tests.v2api import (
     door_inbound,
     remove_user,
     until_true,
+    vmess_inbound,
     vmess_user,
 )
 
@@ -95,14 +97,7 @@ async def test_alter_inbound_adds_a_user_that_can_connect_then_removes_it(
         needs(kind)
         api, vmess, socks = free_port(), free_port(), free_port()
         known, added = new_uuid(), new_uuid()
-        inbound = {
-            "tag": "vmess-in",
-            "listen": LOCAL,
-            "port": vmess,
-            "protocol": "vmess",
-            "settings": {"clients": [{"id": known, "alterId": 0, "email": "known@test"}]},
-        }
-        config = api_config(api, [inbound])
+        config = api_config(api, [vmess_inbound(vmess, known, "known@test")])
         # An unknown user's connection is closed after 2 s of handshake, not drained forever.
         config["policy"]["levels"]["0"]["handshake"] = 2
         await start_peer(kind, config, api)
@@ -349,3 +344,46 @@ def test_handler_configs_become_config_entries() -> None:
         )
     with pytest.raises(ApiError, match="invalid VMess user id"):
         vmess_client(pb.User(account=pb.TypedMessage.of(pb.VMessAccount(id="nope"))))
+
+
+async def raybridge_api(api: int, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "raybridge",
+        "api",
+        f"--server={LOCAL}:{api}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=SUBPROCESS_ENV,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.interop
+async def test_raybridge_api_command(echo: EchoServer, start_peer: StartPeer) -> None:
+    for kind in KINDS:
+        needs(kind)
+        api, vmess = free_port(), free_port()
+        await start_peer(kind, api_config(api, [vmess_inbound(vmess, new_uuid(), "a@test")]), api)
+        added = await raybridge_api(api, "adduser", "vmess-in", new_uuid(), "--email", "b@x")
+        assert added == (0, "", ""), kind
+        assert (await raybridge_api(api, "rmuser", "vmess-in", "b@x"))[0] == 0
+        code, _, err = await raybridge_api(api, "rmuser", "vmess-in", "b@x")
+        assert code == 1 and err.startswith("raybridge api: UNKNOWN: "), (kind, err)
+        code, out, _ = await raybridge_api(api, "stats", "vmess-in")
+        assert code == 0 and sorted(out.split()[0::2]) == [  # V2Ray's order is its map's
+            "inbound>>>vmess-in>>>traffic>>>downlink",
+            "inbound>>>vmess-in>>>traffic>>>uplink",
+        ]
+        code, out, _ = await raybridge_api(api, "sys")
+        assert code == 0 and out.split()[0::2][:2] == ["NumGoroutine", "NumGC"]
+        assert (await raybridge_api(api, "rminbound", "vmess-in"))[0] == 0
+        # an absent outbound is no error (V2Ray's outbound manager), no tag is
+        assert (await raybridge_api(api, "rmoutbound", "nothing"))[0] == 0, kind
+        assert (await raybridge_api(api, "rmoutbound", ""))[0] == 1, kind
+    code, _, err = await raybridge_api(free_port(), "stats")
+    assert code == 1 and "cannot reach" in err

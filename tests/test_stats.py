@@ -40,6 +40,7 @@ from tests.v2api import (
     until_true,
     v2ctl,
     v2ctl_ok,
+    vmess_inbound,
 )
 
 NEEDS_V2RAY = "needs /usr/bin/v2ray (apt-get install v2ray)"
@@ -71,13 +72,7 @@ def counting_node(
             door_inbound(door_port, echo_port),
             udp_door,
             {"tag": "socks-in", "listen": LOCAL, "port": socks_port, "protocol": "socks"},
-            {
-                "tag": "vmess-in",
-                "listen": LOCAL,
-                "port": vmess_port,
-                "protocol": "vmess",
-                "settings": {"clients": [{"id": uid, "alterId": 0, "email": EMAIL}]},
-            },
+            vmess_inbound(vmess_port, uid, EMAIL),
         ],
     )
 

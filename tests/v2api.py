@@ -222,3 +222,14 @@ def add_inbound(tag: str, port: int, settings: Message) -> pb.AddInboundRequest:
             tag=tag, receiver_settings=receiver(port), proxy_settings=pb.TypedMessage.of(settings)
         )
     )
+
+
+def vmess_inbound(port: int, user_id: str, email: str, tag: str = "vmess-in") -> dict[str, Any]:
+    """A VMess inbound on 127.0.0.1:``port`` with one AEAD user."""
+    return {
+        "tag": tag,
+        "listen": LOCAL,
+        "port": port,
+        "protocol": "vmess",
+        "settings": {"clients": [{"id": user_id, "alterId": 0, "email": email}]},
+    }

@@ -272,10 +272,14 @@ class HandlerService(Service):
         return pb.Empty()
 
     async def remove_outbound(self, request: pb.RemoveOutboundRequest) -> pb.Empty:
+        if not request.tag:
+            raise ApiError("no outbound tag given")
         try:
             self.node.remove_outbound(request.tag)
         except KeyError:
-            raise ApiError(f"handler not found: {request.tag}") from None
+            # V2Ray's outbound manager removes an absent tag without complaint; so do we.
+            logger.info("API: RemoveOutbound %s: there is no such outbound", request.tag)
+            return pb.Empty()
         logger.info("API: removed outbound %s", request.tag)
         return pb.Empty()
 
