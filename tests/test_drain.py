@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -126,6 +127,14 @@ def write(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 async def finish(proc: subprocess.Popen[bytes], within: float) -> str:
     """The process's output once it has exited (failing if it takes over ``within`` s)."""
     out = (await asyncio.to_thread(proc.communicate, timeout=within))[0]
@@ -139,7 +148,8 @@ async def test_sigterm_drains_then_second_signal_stops(tmp_path: Path, echo: Ech
         await wait_port_async(port)
         async with live(port, echo.port) as conn:
             proc.send_signal(signal.SIGTERM)
-            assert await refused(port, echo.port)  # it stopped accepting
+            await until(lambda: not listening(port), what="the listener closed")
+            assert await refused(port, echo.port)
             await conn.echo()  # the live connection goes on
             assert proc.poll() is None
             proc.send_signal(signal.SIGINT)  # a second signal: stop now

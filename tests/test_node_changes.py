@@ -136,8 +136,8 @@ async def test_replace_router(start_node: StartNode, echo: EchoServer) -> None:
         node.replace_router([rule_config(block)])
         assert await refused(port, echo.port)
         await conn.echo()
-    bad = rule_config({"type": "field", "ip": ["geoip:cn"], "outboundTag": "direct"})
-    with pytest.raises(ConfigError, match=r"routing\.rules\[0\].*geoip\.dat"):
+    bad = rule_config({"type": "field", "domain": ["regexp:("], "outboundTag": "direct"})
+    with pytest.raises(ConfigError, match=r"routing\.rules\[0\]\.domain: invalid regexp"):
         node.replace_router([bad])
     assert await refused(port, echo.port)  # the failed replacement changed nothing
 

@@ -164,7 +164,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     config = result.config
     if config is not None:
         try:
-            Node(config)  # what only the runtime checks (rule patterns, handlers)
+            # What only the runtime checks (rule patterns, handlers); kept so that the
+            # routing checks below reuse its geo lists (raybridge.matchers caches them weakly).
+            _validated = Node(config)
         except ConfigError as exc:
             if not any(str(e) == str(exc) for e in errors):
                 errors.append(exc)
@@ -194,10 +196,13 @@ async def serve(
     status: str | None = None,
     paths: Sequence[str] = (),
     log_format: str = "text",
+    pid_file: Path | None = None,
 ) -> int:
     """Run a node until SIGTERM/SIGINT: the first one drains it (no new clients, bridges
     say DRAIN, live connections get ``drainTimeout`` seconds), a second one stops it at
-    once. SIGHUP reloads ``paths`` (:mod:`raybridge.reload`)."""
+    once. SIGHUP reloads ``paths`` (:mod:`raybridge.reload`). ``pid_file`` is written once
+    the node serves and SIGHUP is handled (so ``raybridge reload`` can use it), and removed
+    at the end."""
     from raybridge.node import Node
 
     node = Node(config, status=status)
@@ -228,14 +233,16 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_stop)
-    if paths:
-        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await node.start()
     except OSError as exc:
         logger.error("failed to start: %s", exc)
         return 1
+    if paths:  # (a SIGHUP before this point is the default action's: it ends the process)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if pid_file is not None:
+        pid_file.write_text(f"{os.getpid()}\n")
     logger.warning("raybridge %s started (%s)", __version__, loop_name())
     trimmer = HeapTrimmer()
     trimmer.start()
@@ -260,6 +267,9 @@ async def serve(
         for task in list(tasks):
             task.cancel()
         await node.close()
+        if pid_file is not None:
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
     return 0
 
 
@@ -312,7 +322,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load(paths)
         from raybridge.node import Node
 
-        Node(config)  # validate fully before binding anything
+        # Validate fully before binding anything; kept until the end so that the node
+        # serve() builds shares its geo lists (raybridge.matchers caches them weakly).
+        _validated = Node(config)
         if args.status:
             from raybridge.status import parse_address
 
@@ -331,14 +343,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in findings(config):
         logger.warning("config: %s", warning)
     pid_file = Path(args.pid_file) if args.pid_file else None
-    if pid_file is not None:
-        pid_file.write_text(f"{os.getpid()}\n")
-    try:
-        return run_loop(serve(config, status=args.status, paths=paths, log_format=args.log_format))
-    finally:
-        if pid_file is not None:
-            with contextlib.suppress(OSError):
-                pid_file.unlink()
+    return run_loop(
+        serve(
+            config,
+            status=args.status,
+            paths=paths,
+            log_format=args.log_format,
+            pid_file=pid_file,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

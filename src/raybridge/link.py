@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from raybridge.address import Destination
+from raybridge.address import Destination, IPAddress
 
 #: Bytes an end buffers (before its medium is ready, or in its own queues) before it asks its
 #: peer to pause. Also used as the transports' high write-buffer mark.
@@ -206,8 +206,25 @@ class Outbound(abc.ABC):
         what it is given, up to :data:`PENDING_LIMIT`, then pauses its peer.
         """
 
+    def use_resolver(self, resolver: Resolver) -> None:  # noqa: B027 - optional hook
+        """Called once by the node with the resolver of its ``dns`` section, for outbounds
+        that look names up themselves (freedom's ``UseIP``)."""
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the node serves traffic."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Called once at shutdown."""
+
+
+class Resolver(abc.ABC):
+    """Turns a name into addresses: the system's resolver, or the ``dns`` section's client
+    (``raybridge.dns``)."""
+
+    @abc.abstractmethod
+    async def lookup(self, host: str, family: int = 0) -> list[IPAddress]:
+        """The addresses of ``host`` (``family``: ``socket.AF_INET``/``AF_INET6``, 0 for
+        both); an empty list when the name cannot be resolved. Never raises for a name."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Called once at shutdown."""

@@ -35,7 +35,8 @@ from raybridge.config.model import (
     RuleConfig,
     VMessUserConfig,
 )
-from raybridge.dispatcher import Dispatcher
+from raybridge.dispatcher import Dispatcher, SystemResolver
+from raybridge.dns import DnsClient
 from raybridge.link import Inbound, Outbound
 from raybridge.protocols.vmess import User
 from raybridge.proxy.base import StreamInbound
@@ -43,7 +44,7 @@ from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
 from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.registry import build_inbounds, build_outbound
-from raybridge.router import Router, compile_rule
+from raybridge.router import Router, compile_rules
 from raybridge.stats import Counters
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def build_router(
     """A router for these rules over the outbound ``tags`` (a ``ConfigError`` names the
     rule that cannot be compiled)."""
     return Router(
-        [compile_rule(r) for r in rules],
+        compile_rules(rules),
         list(tags),
         balancers={b.tag: list(b.selector) for b in balancers},
         domain_strategy=domain_strategy,
@@ -121,14 +122,23 @@ class Node:
     def __init__(self, config: Config, *, status: str | None = None) -> None:
         """``status``: ``"host:port"`` for the status server (overrides the config's)."""
         self.config = config
+        #: The ``dns`` section's client (``None``: the system resolver, no dns section).
+        self.dns = None if config.dns is None else DnsClient(config.dns)
+        resolver = self.dns or SystemResolver()
         self.outbounds: list[Outbound] = [build_outbound(o) for o in config.outbounds]
+        #: What outbounds and routing resolve domains with (a reload's new outbounds too).
+        self.resolver = resolver
+        for outbound in self.outbounds:
+            outbound.use_resolver(resolver)
         self.router = build_router(
             config.routing.rules,
             [o.tag for o in self.outbounds],
             config.routing.balancers,
             config.routing.domain_strategy,
         )
-        self.dispatcher = Dispatcher(self.router, self.outbounds)
+        self.dispatcher = Dispatcher(self.router, self.outbounds, resolver)
+        if self.dns is not None:
+            self.dns.attach(self.dispatcher)
         #: Removed inbounds that still serve their live connections (closed when drained).
         self.retiring: list[Inbound] = []
         self._retired_outbounds: list[Outbound] = []
@@ -315,6 +325,8 @@ class Node:
                 await inbound.close()
             except Exception:  # pragma: no cover - best effort at shutdown
                 logger.exception("closing inbound %s", inbound.tag)
+        if self.dns is not None:
+            await self.dns.close()
         for outbound in self.outbounds:
             try:
                 await outbound.close()
@@ -452,6 +464,7 @@ class Node:
             raise config.error(f"existing tag found: {config.tag}")
         outbound = build_outbound(config)
         self.bind_outbound_counters(outbound)
+        outbound.use_resolver(self.resolver)
         await outbound.start()
         self.outbounds.append(outbound)
         self.dispatcher.add_outbound(outbound)

@@ -178,6 +178,8 @@ def _plan(node: Node, config: Config) -> _Plan:
         new.status_hosts,
     ):
         plan.changes.append("raybridge.status: changed: takes effect at the next restart")
+    if not same(node.config.dns, config.dns):
+        plan.changes.append("dns: changed: takes effect at the next restart")
     if old.drain_timeout != new.drain_timeout:
         plan.changes.append(f"raybridge.drainTimeout: {new.drain_timeout}s")
     return plan
@@ -200,6 +202,7 @@ def _plan_outbounds(node: Node, config: Config, plan: _Plan) -> None:
             plan.sources[kept] = entry
             continue
         built = build_outbound(entry)
+        built.use_resolver(node.resolver)
         plan.outbounds.append(built)
         plan.new_outbounds.append(built)
         plan.sources[built] = entry

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict, TypeVar
 
+from raybridge.config.dns import build_dns
 from raybridge.config.fields import (
     INT32_MAX,
     INT32_MIN,
@@ -34,6 +35,7 @@ from raybridge.config.model import (
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
     ApiConfig,
+    DnsConfig,
     InboundConfig,
     LevelPolicy,
     LogConfig,
@@ -114,6 +116,7 @@ class FileConfig:
     stats: bool | None = None
     api: ApiConfig | None = None
     reverse: ReverseConfig | None = None
+    dns: DnsConfig | None = None
     inbound: PendingInbound | None = None
     inbound_detours: list[PendingInbound] | None = None
     inbounds: list[PendingInbound] = field(default_factory=list)
@@ -559,6 +562,7 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.reverse = _section(top, "reverse", build_reverse)
     fc.stats = _section(top, "stats", build_stats)
     fc.api = _section(top, "api", build_api)
+    fc.dns = _section(top, "dns", build_dns)
     ctx.transport = _section(top, "transport", parse_transport)
 
     fc.inbound = _section(top, "inbound", build_inbound)
@@ -568,13 +572,6 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.outbound = _section(top, "outbound", build_outbound)
     fc.outbound_detours = _entries(top, "outboundDetour", "outbound", build_outbound)
     fc.outbounds = _entries(top, "outbounds", "outbound", build_outbound) or []
-
-    for name, message in (
-        ("dns", "the dns section is ignored: raybridge uses the system resolver"),
-    ):
-        node = top.get(name)
-        if node is not None:
-            ctx.warn(node, name, message)
 
     for key, (name, parser) in _EXTRA_SECTIONS.items():
         node = top.get(key)

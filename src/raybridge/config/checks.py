@@ -93,6 +93,9 @@ def reference_checks(ck: Checker) -> Iterator[Finding]:
     """Rule tags that name nothing: the rule never matches (``inboundTag``), or its
     traffic goes to the default outbound (``outboundTag``, ``balancerTag``)."""
     known_in = set(ck.inbounds) | set(ck.bridges) | set(ck.broken_inbounds)
+    dns = ck.config.dns
+    if dns is not None and dns.tag:
+        known_in.add(dns.tag)  # the built-in DNS client's queries are routed with it
     known_out = set(ck.targets) | set(ck.broken_outbounds)
     for index, (rule, _) in enumerate(ck.rules):
         unknown = [t for t in rule.inbound_tags or () if t not in known_in]

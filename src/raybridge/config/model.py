@@ -31,8 +31,12 @@ __all__ = [
     "BlackholeSettings",
     "Config",
     "ConfigWarning",
+    "DnsConfig",
+    "DnsPattern",
+    "DnsServerConfig",
     "DokodemoSettings",
     "FreedomSettings",
+    "HostMapping",
     "HttpInboundSettings",
     "HttpRequestHeader",
     "HttpResponseHeader",
@@ -506,6 +510,64 @@ class RoutingConfig(Section):
     balancers: list[BalancerConfig] = field(default_factory=list)
 
 
+# --------------------------------------------------------------------------- dns
+
+#: How a ``hosts`` key or a server's ``domains`` entry matches a name: ``full`` the exact
+#: name, ``domain`` the name or a subdomain, ``keyword`` a substring, ``regexp`` a search;
+#: ``geosite`` a list of V2Ray's geosite.dat (``value`` is ``list`` or ``file:list``).
+DnsMatch = Literal["full", "domain", "keyword", "regexp", "geosite"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsPattern:
+    """A ``hosts`` key or a ``domains`` entry, as V2Ray 4.34 reads it (``dotless:`` is
+    written as the regexp 4.34 makes of it). ``file`` is the .dat file of ``geosite``
+    (``geosite.dat``, or the one named by ``ext:``)."""
+
+    kind: DnsMatch
+    value: str
+    text: str  # as written
+    file: str = "geosite.dat"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostMapping(Located):
+    """One ``dns.hosts`` entry: its key and either IPs (canonical strings) or an alias."""
+
+    section: ClassVar[str] = "dns.hosts"
+
+    pattern: DnsPattern
+    ips: tuple[str, ...] = ()
+    alias: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsServerConfig(Located):
+    """One ``dns.servers`` entry: plain UDP DNS to ``address`` (a canonical IP or a domain)
+    and ``port``, or the system resolver (``address`` ``"localhost"``, ``system`` True).
+    ``expect_ips`` are kept as written (CIDRs, IPs, ``geoip:``), as a rule's ``ip`` is."""
+
+    section: ClassVar[str] = "dns.servers"
+
+    address: str
+    port: int = 53
+    system: bool = False
+    domains: tuple[DnsPattern, ...] = ()
+    expect_ips: tuple[str, ...] = ()
+    client_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsConfig(Section):
+    """The ``dns`` section (docs/protocols.md 4.12). ``tag``: the inbound tag of the
+    queries it sends through routing (4.34 makes one up when empty)."""
+
+    servers: list[DnsServerConfig] = field(default_factory=list)
+    hosts: list[HostMapping] = field(default_factory=list)
+    client_ip: str | None = None
+    tag: str = ""
+
+
 # --------------------------------------------------------------------------- reverse
 
 
@@ -612,6 +674,8 @@ class Config:
     #: ``stats`` present: the traffic counters that ``policy`` enables exist.
     stats: bool = False
     api: ApiConfig | None = None
+    #: ``None``: no ``dns`` section (names are resolved by the system, as V2Ray does).
+    dns: DnsConfig | None = None
     sections: dict[str, object] = field(default_factory=dict)
     warnings: list[ConfigWarning] = field(default_factory=list)
     files: list[str] = field(default_factory=list)

@@ -34,6 +34,7 @@ from raybridge.config.model import (
 )
 from raybridge.errors import ConfigError
 from raybridge.link import Session
+from raybridge.matchers import GeoAssets
 from raybridge.router import DomainMatcher, Rule, compile_rule
 
 
@@ -180,12 +181,13 @@ class Checker:
         self.config = config
         self.documents = documents or {}
         self.rules: list[tuple[RuleConfig, Rule | None]] = []
-        for rule in config.routing.rules:
-            try:
-                compiled: Rule | None = compile_rule(rule)
-            except ConfigError:
-                compiled = None  # an error of its own (Node reports it); never matches here
-            self.rules.append((rule, compiled))
+        with GeoAssets([]) as assets:
+            for rule in config.routing.rules:
+                try:
+                    compiled: Rule | None = compile_rule(rule, assets)
+                except ConfigError:
+                    compiled = None  # an error of its own (Node reports it); never matches
+                self.rules.append((rule, compiled))
         self.targets: dict[str, Target] = {o.tag: o for o in config.outbounds if o.tag}
         self.targets.update((p.tag, p) for p in config.reverse.portals)
         if config.api is not None:
@@ -340,7 +342,10 @@ class Checker:
         if not isinstance(portal, ReverseEndpoint) or rule.domains is None:
             return None
         try:
-            matcher = DomainMatcher(rule.domains, lambda message: ConfigError(message))
+            with GeoAssets([]) as assets:
+                matcher = DomainMatcher(
+                    rule.domains, lambda message: ConfigError(message), assets.near(rule.file)
+                )
         except ConfigError:
             return None
         return portal if matcher(portal.domain) else None

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import binascii
 import contextlib
-import enum
 import ipaddress
 import re
 from collections import deque
@@ -92,7 +91,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 from raybridge.errors import LocalProtocolError
-from raybridge.protocols.stream import LayerError
+from raybridge.protocols.stream import LayerError, Role
 
 __all__ = [
     "CLIENT_SETTINGS",
@@ -167,11 +166,6 @@ if hasattr(hyperframe.frame, "_raw_data_repr"):
 
 class H2StreamError(LayerError):
     """The peer broke HTTP/2 (or the HTTP/1.1 before an h2c upgrade): the connection is dead."""
-
-
-class Role(enum.Enum):
-    CLIENT = "client"
-    SERVER = "server"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -53,7 +53,6 @@ import email.utils
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Protocol
 
 from raybridge.errors import ConfigError
@@ -65,6 +64,7 @@ from raybridge.protocols.stream import (
     QueuedLayer,
     Received,
     Refused,
+    Role,
 )
 
 __all__ = [
@@ -121,13 +121,6 @@ _ERROR_HEADERS: HeaderList = (
 
 class HttpHeaderError(LayerError):
     """The peer's fake HTTP header is unusable (client side: none within 8192 bytes)."""
-
-
-class Role(Enum):
-    """Which end of a connection a layer plays: CLIENT dials, SERVER accepts."""
-
-    CLIENT = "client"
-    SERVER = "server"
 
 
 class Picker(Protocol):

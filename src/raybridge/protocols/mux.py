@@ -80,11 +80,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import Enum, IntEnum, IntFlag, auto
+from enum import IntEnum, IntFlag
 from typing import TypeAlias
 
 from raybridge.address import VMESS_ADDRESS, Destination, Network
 from raybridge.errors import LocalProtocolError, RemoteProtocolError
+from raybridge.protocols.stream import Role
 
 __all__ = [
     "FC_HELLO",
@@ -150,13 +151,6 @@ class FrameOption(IntFlag):
 
     DATA = 1
     ERROR = 2
-
-
-class Role(Enum):
-    """Which end of a mux connection: CLIENT opens sessions, SERVER accepts them (2.3)."""
-
-    CLIENT = auto()
-    SERVER = auto()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

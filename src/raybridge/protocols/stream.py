@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, TypeAlias
 
 from raybridge.errors import RemoteProtocolError
@@ -51,8 +52,17 @@ __all__ = [
     "QueuedLayer",
     "Received",
     "Refused",
+    "Role",
     "StreamLayer",
 ]
+
+
+class Role(Enum):
+    """Which end of a connection a codec plays: CLIENT dials (and opens Mux.Cool sessions or
+    HTTP/2 streams), SERVER accepts. Shared by the layers, the mux and the HTTP/2 codec."""
+
+    CLIENT = "client"
+    SERVER = "server"
 
 
 class LayerError(RemoteProtocolError):
