@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -268,8 +269,11 @@ async def test_restart_logger_reopens_the_log_file(tmp_path: Path, start_node: S
         await grpc_error(api, HANDLER, "RemoveInbound", pb.RemoveInboundRequest(tag="two"))
         assert "handler not found: two" in error_log.read_text()
         assert "two" not in (tmp_path / "error.log.1").read_text()
-    finally:
+    finally:  # as tests/test_logs.py restores them, for caplog in later tests
         logs.setup(access=None, error=None, stream=sys.stderr)
+        for name in (logs.ERROR_LOGGER, logs.ACCESS_LOGGER):
+            logging.getLogger(name).propagate = True
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_handler_configs_become_config_entries() -> None:
