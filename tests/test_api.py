@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grpclib.client import Channel, StreamUnaryMethod
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -26,7 +27,7 @@ from raybridge import log as logs
 from raybridge.api import messages as pb
 from raybridge.api.client import ApiClient
 from raybridge.api.convert import ApiError, inbound_json, outbound_json, vmess_client
-from raybridge.api.server import HANDLER, LOGGER, STATS
+from raybridge.api.server import HANDLER, LOGGER, STATS, MessageCodec
 from raybridge.node import parse_inbound, parse_outbound
 from raybridge.protocols.protobuf import Message
 from tests.support import (
@@ -200,6 +201,21 @@ async def door_roundtrip(port: int) -> None:
             await writer.wait_closed()
 
 
+async def no_message(api: int) -> GRPCError:
+    """A call that ends without its request message."""
+    channel = Channel(LOCAL, api, codec=MessageCodec())
+    try:
+        # client streaming, which may end without a message; the server's method is unary
+        stub = StreamUnaryMethod(channel, f"/{STATS}/GetStats", pb.Empty, pb.Empty)
+        async with stub.open() as stream:
+            await stream.send_request(end=True)
+            with pytest.raises(GRPCError) as info:
+                await stream.recv_message()
+        return info.value
+    finally:
+        channel.close()
+
+
 class Raw(Message):
     """Whatever bytes a test wants on the wire as a request."""
 
@@ -230,6 +246,7 @@ async def test_bad_input_ends_the_call_and_the_node_goes_on(start_peer: StartPee
         bad = await grpc_error(api, STATS, "GetStats", Raw(b"\x0a\xff\xff\xff"))
         if kind == RB:
             assert bad.status == Status.INVALID_ARGUMENT
+            assert (await no_message(api)).status == Status.INVALID_ARGUMENT
             http = pb.AddInboundRequest(
                 inbound=pb.InboundHandlerConfig(
                     tag="h",

@@ -71,7 +71,7 @@ class MessageCodec(CodecBase):
         try:
             return message_type.decode(data)
         except ProtobufError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"undecodable request: {exc}") from None
+            raise GRPCError(Status.INVALID_ARGUMENT, f"undecodable message: {exc}") from None
 
 
 Method = Callable[[Any], Awaitable[Message]]
@@ -97,6 +97,8 @@ class Service:
 def _unary(call: Method) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
     async def handle(stream: Stream[Any, Any]) -> None:
         request = await stream.recv_message()
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
         try:
             reply = await call(request)
         except (ApiError, ConfigError, OSError, ValueError) as exc:
