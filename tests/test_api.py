@@ -408,3 +408,15 @@ async def test_raybridge_api_command(echo: EchoServer, start_peer: StartPeer) ->
         assert (await raybridge_api(api, "rmoutbound", ""))[0] == 1, kind
     code, _, err = await raybridge_api(free_port(), "stats")
     assert code == 1 and "cannot reach" in err
+
+
+async def test_an_open_api_channel_does_not_hold_a_drain(start_node: StartNode) -> None:
+    """Panels keep their gRPC channel open: a draining node ends it rather than wait for
+    it until drainTimeout."""
+    api = free_port()
+    node = await start_node(api_config(api, []))
+    async with ApiClient(LOCAL, api) as client:
+        await client.call(STATS, "QueryStats", pb.QueryStatsRequest(), pb.QueryStatsResponse)
+        assert node.live_connections == 1  # the channel, idle now
+        assert await node.drain(timeout=20)
+        assert node.live_connections == 0

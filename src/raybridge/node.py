@@ -364,6 +364,8 @@ class Node:
             inbound.stop_accepting()
         for bridge in self.bridges:
             bridge.drain()
+        if self.api is not None:
+            self.api.outbound.close_links()  # as V2Ray's API goes at once on SIGTERM
 
         def drained() -> bool:
             for inbound in [*self.inbounds, *self.retiring]:

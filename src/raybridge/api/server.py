@@ -324,15 +324,38 @@ class _Methods(dict[str, Handler]):
 # --------------------------------------------------------------------------- the outbound
 
 
+class _ApiLink(StreamEnd):
+    """A link's end at the gRPC server; its outbound keeps it while it is open."""
+
+    def __init__(self, session: Session, links: set[_ApiLink]) -> None:
+        super().__init__(session)
+        self._links = links
+        links.add(self)
+
+    def on_closed(self, exc: Exception | None) -> None:
+        self._links.discard(self)
+
+
 class ApiOutbound(Outbound):
     """The ``api`` tag: each link routed here is a connection to the gRPC server."""
 
     def __init__(self, tag: str, server: ApiServer) -> None:
         self.tag = tag
         self.server = server
+        self.links: set[_ApiLink] = set()
+
+    def close_links(self) -> None:
+        """End every API connection now (a draining node: a panel's channel stays open
+        for as long as the panel runs, and must not hold the node's exit)."""
+        for end in list(self.links):
+            peer = end.peer
+            end.abort()
+            if peer is not None:
+                peer.abort(ConnectionAbortedError("the node is stopping"))
+        self.links.clear()
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
-        end = StreamEnd(session)
+        end = _ApiLink(session, self.links)
         join(peer, end)
         path = self.server.path
 
