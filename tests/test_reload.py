@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import signal
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +133,14 @@ async def test_reload_changed_inbound_keeps_its_socket(
         assert [s.fileno() for s in renamed.server.sockets] == sockets
         await socks_echo(port, echo.port, 20_000)
         await conn.echo()
-    await until(lambda: old not in node.retiring, what="the old inbound drained")
+        async with live(port, echo.port):  # served by the newest inbound
+            assert renamed.live == 1 and new.live == 0 and old.live == 1
+    gone = [weakref.ref(old), weakref.ref(new)]
+    await until(lambda: not node.retiring, what="the replaced inbounds drained")
+    # Nothing keeps the replaced inbounds (a VMess one holds its users' tables).
+    del old, new
+    gc.collect()
+    assert [r() for r in gone] == [None, None]
 
 
 async def test_reload_broken_file(tmp_path: Path, start_node: StartNode, echo: EchoServer) -> None:

@@ -312,7 +312,7 @@ def _plan_inbounds(node: Node, config: Config, plan: _Plan) -> None:
         plan.gone_inbounds.extend(previous)
         if old is None:
             note(f"inbound {key}: added")
-        elif context_same:
+        elif context_same and built:
             kept = "listener kept" if any(h for _, h in plan.starts[-len(built) :]) else "rebound"
             note(f"inbound {key}: changed ({kept})")
     for key, (_entry, objects) in old_in.items():

@@ -239,6 +239,20 @@ class InboundEnd(StreamEnd):
         self.inbound.tracker.ends.discard(self)
 
 
+class _Acceptor:
+    """The inbound a listening socket's new connections go to (one per socket, handed
+    from inbound to inbound by :meth:`StreamInbound.take_over`)."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: StreamInbound) -> None:
+        self.owner = owner
+
+    def new_end(self) -> InboundEnd:
+        owner = self.owner
+        return owner.end_class(owner)
+
+
 def _refuse_flow(flow: UdpClientFlow) -> None:
     """A new UDP flow on an inbound that takes no new clients (it drains)."""
     flow.abort(ConnectionRefusedError("the inbound is draining"))
@@ -283,8 +297,9 @@ class StreamInbound(Inbound):
         #: UDP on the same port (socks with ``udp``, dokodemo-door with ``network`` udp).
         self.udp_server: UdpServer | None = None
         #: Who serves the connections this inbound's listener accepts: itself, or the
-        #: inbound that took the listener over on a reload (:meth:`take_over`).
-        self._owner: StreamInbound = self
+        #: inbound that took the listener over on a reload (:meth:`take_over`); the heir
+        #: takes the acceptor along, so no replaced inbound stays referenced.
+        self._acceptor = _Acceptor(self)
         self._adopted: asyncio.Server | None = None
         self._adopted_udp: UdpServer | None = None
         self._owns_transport = True  # False once an heir took our stream layers over
@@ -306,16 +321,12 @@ class StreamInbound(Inbound):
             logger.info("%s: listening socket kept", self.describe())
             return
         self.server = await start_tcp_server(
-            self.transport.factory(self._new_end),
+            self.transport.factory(self._acceptor.new_end),
             self.listen,
             self.port,
             sockopt=self.stream.sockopt,
         )
         logger.info("%s listening (%s)", self.describe(), self.stream.describe())
-
-    def _new_end(self) -> InboundEnd:
-        owner = self._owner
-        return owner.end_class(owner)
 
     async def start_udp(self, server: UdpServer) -> None:
         """Serve UDP with ``server``'s settings: on a socket taken over from the inbound
@@ -361,11 +372,13 @@ class StreamInbound(Inbound):
         assert isinstance(old, StreamInbound)
         self._adopted, old.server = old.server, None
         self._adopted_udp, old.udp_server = old.udp_server, None
-        old._owner = self
+        self._acceptor = old._acceptor
+        self._acceptor.owner = self
         old.accepting = False
         old._owns_transport = False
         own, self.transport = self.transport, old.transport  # the listener's stream layers
         own.close()
+        self.transport.on_failure = self._transport_failed  # (counted under our tag)
         await self.start()
         if self._adopted is not None:  # we take no TCP (dokodemo-door, network udp)
             self._adopted.close()
