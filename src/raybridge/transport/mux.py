@@ -160,22 +160,19 @@ class MuxSessionEnd(End):
         self._grace: asyncio.TimerHandle | None = None
         self._idle = IdleTimer(session, idle, self._expire) if idle > 0 else None
 
-    # -- byte counts: what the carrier delivered ("received") and what we send on it --
+    # -- byte counts: what the carrier delivered ("received") and what we send on it; a
+    # session's payload is counted by its inbound side only (raybridge.stats) --
     def _received(self, size: int) -> None:
         session = self.session
         session.active = True
         if self.inbound_side:
             session.bytes_up += size
-        else:
-            session.bytes_down += size
 
     def _sent(self, size: int) -> None:
         session = self.session
         session.active = True
         if self.inbound_side:
             session.bytes_down += size
-        else:
-            session.bytes_up += size
 
     # -- from the worker ---------------------------------------------------------------
     def deliver(self, data: bytes) -> None:
