@@ -153,7 +153,7 @@ class DnsClient(Resolver):
         self._closed = True
         self._driver.close()
         for link in list(self._links.values()):
-            link.close()
+            link.end(ConnectionAbortedError("DNS client closed"))
         for task in list(self._tasks):
             task.cancel()
         for waiter in self._waiters.values():
@@ -207,7 +207,7 @@ class DnsClient(Resolver):
             link = _QueryLink(self, index, session)
             self._links[index] = link
             dispatcher.dispatch(session, dest, link)
-        link.send(data)
+        link.deliver(data)
 
     def _received(self, index: int, data: bytes) -> None:
         self.policy.datagram_received(index, data, asyncio.get_running_loop().time())
@@ -229,27 +229,11 @@ class _QueryLink(FlowEnd):
         self.client = client
         self.index = index
 
-    def send(self, data: bytes) -> None:
-        self.session.active = True
-        self.session.bytes_up += len(data)
-        if self.peer is not None:
-            self.peer.write(data)
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.session.active = True
-        self.session.bytes_down += len(data)
+    def reply(self, data: bytes) -> None:
         self.client._received(self.index, data)
 
     def write_to(self, data: bytes, address: Destination) -> None:
         pass  # only the server's own answers count (a full-cone reply from elsewhere)
-
-    def close(self) -> None:
-        peer = self.peer
-        self._finish()
-        if peer is not None:
-            peer.abort(ConnectionAbortedError("DNS client closed"))
 
     def forget(self) -> None:
         self.client._dropped(self)
