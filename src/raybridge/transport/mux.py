@@ -160,26 +160,21 @@ class MuxSessionEnd(End):
         self._grace: asyncio.TimerHandle | None = None
         self._idle = IdleTimer(session, idle, self._expire) if idle > 0 else None
 
-    # -- byte counts: what the carrier delivered ("received") and what we send on it --
-    def _received(self, size: int) -> None:
+    # -- byte counts -----------------------------------------------------------------------
+    def _count(self, size: int, received: bool) -> None:
+        """``size`` bytes the carrier delivered (``received``) or that we send on it: up
+        when they travel from the client toward the destination (what an inbound side's
+        carrier delivers, what an outbound side sends), down otherwise."""
         session = self.session
         session.active = True
-        if self.inbound_side:
+        if received == self.inbound_side:
             session.bytes_up += size
         else:
             session.bytes_down += size
-
-    def _sent(self, size: int) -> None:
-        session = self.session
-        session.active = True
-        if self.inbound_side:
-            session.bytes_down += size
-        else:
-            session.bytes_up += size
 
     # -- from the worker ---------------------------------------------------------------
     def deliver(self, data: bytes) -> None:
-        self._received(len(data))
+        self._count(len(data), True)
         if self._paused:
             self._hold(data)
             return
@@ -249,7 +244,7 @@ class MuxSessionEnd(End):
         """An XUDP datagram that names its own address (the session is UDP)."""
         peer = self.peer
         if isinstance(peer, PacketEnd) and not self._paused:
-            self._received(len(data))
+            self._count(len(data), True)
             peer.write_to(data, address)
         else:
             self.deliver(data)
@@ -258,7 +253,7 @@ class MuxSessionEnd(End):
         """A datagram from (or to) ``address``: on an XUDP session the frame says so."""
         if self.closed:
             return
-        self._sent(len(data))
+        self._count(len(data), False)
         self.worker.send(self, data, address)
 
     def remote_eof(self) -> None:
@@ -303,13 +298,13 @@ class MuxSessionEnd(End):
     def write(self, data: bytes) -> None:
         if self.closed:
             return
-        self._sent(len(data))
+        self._count(len(data), False)
         self.worker.send(self, data)
 
     def write_many(self, parts: list[bytes]) -> None:
         if self.closed:
             return
-        self._sent(sum(len(p) for p in parts))
+        self._count(sum(len(p) for p in parts), False)
         self.worker.send_many(self, parts)
 
     def deliver_many(self, parts: list[bytes]) -> None:
@@ -317,7 +312,7 @@ class MuxSessionEnd(End):
             for data in parts:
                 self.deliver(data)
             return
-        self._received(sum(len(p) for p in parts))
+        self._count(sum(len(p) for p in parts), True)
         if self.peer is not None:
             self.peer.write_many(parts)
 
