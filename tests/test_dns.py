@@ -161,9 +161,7 @@ def config(
     return {
         "log": {"loglevel": "warning"},
         "dns": dns_section,
-        "inbounds": [
-            {"protocol": "socks", "listen": "127.0.0.1", "port": socks, "tag": "in"}
-        ],
+        "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": socks, "tag": "in"}],
         "outbounds": [
             {"protocol": "blackhole", "tag": "block"},
             {"protocol": "freedom", "tag": "direct", "settings": freedom or {}},
@@ -198,8 +196,11 @@ async def test_hosts_name_reaches_the_echo_server_with_use_ip(
             socks,
             dns_section={"hosts": {"example.test": TARGET, "domain:alias.test": "example.test"}},
             rules=[
-                {"type": "field", "domain": ["full:example.test", "domain:alias.test"],
-                 "outboundTag": "direct"},
+                {
+                    "type": "field",
+                    "domain": ["full:example.test", "domain:alias.test"],
+                    "outboundTag": "direct",
+                },
             ],
             freedom={"domainStrategy": "UseIP"},
         )
@@ -307,8 +308,11 @@ async def test_tag_routes_the_queries(kind: str, start_peer: StartPeer) -> None:
             strategy="IPIfNonMatch",
             freedom={"redirect": f"{TARGET}:0"},  # routing resolves; freedom needs no name
             extra_outbounds=[
-                {"protocol": "freedom", "tag": "to-dns",
-                 "settings": {"redirect": f"127.0.0.1:{server.port}"}},
+                {
+                    "protocol": "freedom",
+                    "tag": "to-dns",
+                    "settings": {"redirect": f"127.0.0.1:{server.port}"},
+                },
             ],
         )
         await start_peer(kind, cfg, socks)
@@ -329,8 +333,12 @@ async def test_unanswered_server_times_out_and_the_next_answers(start_node: Any)
                 ]
             },
             rules=[
-                {"type": "field", "network": "udp", "ip": ["127.0.0.1/32"],
-                 "outboundTag": "direct"},
+                {
+                    "type": "field",
+                    "network": "udp",
+                    "ip": ["127.0.0.1/32"],
+                    "outboundTag": "direct",
+                },
                 {"type": "field", "domain": ["full:slow.test"], "outboundTag": "direct"},
             ],
             freedom={"domainStrategy": "UseIPv4"},

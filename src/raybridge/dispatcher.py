@@ -58,6 +58,23 @@ class Dispatcher:
         if self.default is None:
             self.default = outbound
 
+    def remove_outbound(self, tag: str) -> Outbound:
+        """Unregister the outbound ``tag`` (``KeyError`` if there is none): new links can
+        no longer reach it, live ones keep their ends. Like V2Ray's ``RemoveHandler``, a
+        removed default leaves no default."""
+        outbound = self.outbounds.pop(tag)
+        self.router.remove_outbound(tag)
+        if self.default is outbound:
+            self.default = None
+        return outbound
+
+    def set_outbounds(self, outbounds: Sequence[Outbound], router: Router) -> None:
+        """Route new links with ``router`` to ``outbounds`` from now on (a reload; the
+        first is the default); live links keep the ends they have."""
+        self.outbounds = {o.tag: o for o in outbounds if o.tag}
+        self.default = outbounds[0] if outbounds else None
+        self.router = router
+
     def intercept(self, domain: str, handler: Interceptor) -> None:
         """Let ``handler`` take every destination with this domain, before routing."""
         self.interceptors[domain] = handler

@@ -116,9 +116,7 @@ class DnsClient(Resolver):
             assets = own.near(config.file)
             specs = [_spec(s, config.client_ip, assets) for s in self.servers]
             hosts = _hosts(config, assets)
-        self.policy = Policy(
-            specs, hosts, new_id=new_id or (lambda: secrets.randbelow(65536))
-        )
+        self.policy = Policy(specs, hosts, new_id=new_id or (lambda: secrets.randbelow(65536)))
         #: Servers given by name: looked up by the system, never by this client.
         self._server_names = {
             s.address

@@ -30,8 +30,12 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from raybridge.address import Destination, IPAddress
+
+if TYPE_CHECKING:
+    from raybridge.stats import Stats  # which imports this module
 
 #: Bytes an end buffers (before its medium is ready, or in its own queues) before it asks its
 #: peer to pause. Also used as the transports' high write-buffer mark.
@@ -159,6 +163,27 @@ class Inbound(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def stop_accepting(self) -> None:  # noqa: B027 - optional hook
+        """Take no new clients from now on; live connections go on (a removed inbound
+        drains, then :meth:`close` ends what is left)."""
+
+    @property
+    def live(self) -> int:
+        """Client connections open now (0 for an inbound that does not track them)."""
+        return 0
+
+    def close_idle_carriers(self) -> int:
+        """Close connections that only carry sessions and carry none now (idle mux)."""
+        return 0
+
+    def can_take_over(self, old: Inbound) -> bool:
+        """Whether this (new, not started) inbound can serve on ``old``'s sockets."""
+        return False
+
+    async def take_over(self, old: Inbound) -> None:
+        """Start on ``old``'s sockets (only if :meth:`can_take_over`)."""
+        raise NotImplementedError
+
 
 class Outbound(abc.ABC):
     """Carries links to their destination."""
@@ -176,6 +201,12 @@ class Outbound(abc.ABC):
     def use_resolver(self, resolver: Resolver) -> None:  # noqa: B027 - optional hook
         """Called once by the node with the resolver of its ``dns`` section, for outbounds
         that look names up themselves (freedom's ``UseIP``)."""
+
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
+        """``proxySettings``: carry this outbound's connections through ``hop`` from now
+        on (counted in ``stats`` as the hop's). ``False`` if it makes no connection of its
+        own to carry (blackhole)."""
+        return False
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the node serves traffic."""

@@ -236,6 +236,13 @@ class Router:
             self.outbound_tags.append(tag)
             self._update_balancers()
 
+    def remove_outbound(self, tag: str) -> None:
+        """An outbound removed at run time leaves the balancers (rules naming it fall back
+        to the default outbound, as for any unknown tag)."""
+        if tag in self.outbound_tags:
+            self.outbound_tags.remove(tag)
+            self._update_balancers()
+
     def match(self, session: Session, dest: Destination) -> Rule | None:
         for rule in self.rules:
             if rule.matches(session, dest):

@@ -241,8 +241,10 @@ def _hosts(obj: Obj) -> list[HostMapping]:
                 ip = normalize_ip(ctx.expect_string(item, join(path, i)))
                 if ip is None:
                     raise ctx.error(
-                        item, join(path, i), f"{describe(item)} is not an IP address (a list "
-                        "holds IP addresses; an alias is a single name)"
+                        item,
+                        join(path, i),
+                        f"{describe(item)} is not an IP address (a list "
+                        "holds IP addresses; an alias is a single name)",
                     )
                 found.append(ip)
             if not found:

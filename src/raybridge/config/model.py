@@ -25,6 +25,7 @@ __all__ = [
     "PLAIN",
     "SUPPORTED_INBOUNDS",
     "SUPPORTED_OUTBOUNDS",
+    "AllocateConfig",
     "BalancerConfig",
     "BlackholeSettings",
     "Config",
@@ -147,6 +148,9 @@ class LogConfig(Section):
     access: str | None = None
     error: str | None = ""
     level: LogLevel = "warning"
+    #: Lines of the ``access`` / ``error`` values, for messages about the files.
+    access_line: int | None = None
+    error_line: int | None = None
 
 
 # --------------------------------------------------------------------------- users
@@ -206,11 +210,16 @@ class HttpInboundSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VMessInboundSettings:
     """``vmess`` inbound settings. ``disable_insecure_encryption``: reject security NONE,
-    LEGACY and unknown (docs/protocols.md 4.3). The ``default`` block only matters for detour
-    users, which raybridge does not support, so it is validated and dropped."""
+    LEGACY and unknown (docs/protocols.md 4.3). ``detour_to``: the tag of a VMess inbound
+    with dynamic ports (``allocate`` ``random``) that each response tells the client to
+    move to (command 1, 1.8). ``default_alter_id``/``default_level`` (the ``default``
+    block): the users such an inbound makes for the clients sent to it."""
 
     clients: list[VMessUserConfig] = field(default_factory=list)
     disable_insecure_encryption: bool = False
+    detour_to: str | None = None
+    default_alter_id: int = 0
+    default_level: int = 0
     #: raybridge only (V2Ray ignores the key): refuse legacy headers, accept AEAD only.
     aead_forced: bool = False
 
@@ -301,11 +310,18 @@ class HttpSettings:
     path: str = "/"
 
 
+TProxyMode = Literal["off", "redirect", "tproxy"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SockOpt:
     mark: int = 0
     tcp_fast_open: bool | None = None
     accept_proxy_protocol: bool = False  # counts for h2 only, as in V2Ray (docs/transports.md 6)
+    #: ``"redirect"`` or ``"tproxy"``: IP_TRANSPARENT on the socket (as V2Ray sets it for
+    #: both); for dokodemo-door's ``followRedirect``, how the destination is found
+    #: (``"off"`` there means ``"redirect"``; transport/redirect.py).
+    tproxy: TProxyMode = "off"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -360,6 +376,17 @@ class TransportDefaults:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AllocateConfig:
+    """``allocate`` with ``strategy`` ``"random"`` (V2Ray's dynamic ports,
+    ``app/proxyman/inbound/dynamic.go``): listen on ``concurrency`` ports picked at random
+    from the inbound's range, picked again every ``refresh`` minutes (the old ones close
+    two periods later). ``"always"`` (every port) is no ``AllocateConfig`` at all."""
+
+    concurrency: int = 3
+    refresh: int = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InboundConfig(Located):
     """One inbound. ``ports`` is the expanded port list (``"1000-1002"`` -> three ports);
     the inbound listens on every one of them at ``listen`` (an IP address or
@@ -376,6 +403,7 @@ class InboundConfig(Located):
     stream: StreamSettings = PLAIN
     sniffing_enabled: bool = False
     sniffing_dest_override: frozenset[str] = frozenset()
+    allocate: AllocateConfig | None = None
 
 
 # --------------------------------------------------------------------------- outbound settings
@@ -675,3 +703,6 @@ class RaybridgeOptions(Section):
     #: :mod:`raybridge.replay`). ``None`` (unset): ``$STATE_DIRECTORY`` if set (systemd's
     #: ``StateDirectory=``), else nothing is kept; ``""``: nothing is kept.
     state_dir: str | None = None
+    #: ``"drainTimeout"``: seconds live connections may go on after SIGTERM (or after their
+    #: inbound or outbound was removed by a reload or the API) before they are closed.
+    drain_timeout: int = 30

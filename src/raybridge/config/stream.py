@@ -18,6 +18,7 @@ it); whether a key matches its certificate is checked when the TLS contexts are 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,7 @@ from raybridge.config.model import (
     TcpSettings,
     TlsCertificate,
     TlsSettings,
+    TProxyMode,
     TransportDefaults,
     WsSettings,
 )
@@ -361,15 +363,23 @@ def _sockopt(obj: Obj | None) -> SockOpt:
     mark = obj.integer("mark", INT32_MIN, INT32_MAX)
     tfo_node = obj.get("tcpFastOpen")
     tfo = obj.ctx.expect_bool(tfo_node, obj.sub("tcpFastOpen")) if tfo_node is not None else None
-    tproxy = obj.get("tproxy")
-    if tproxy is not None:
-        mode = obj.ctx.expect_string(tproxy, obj.sub("tproxy")).lower()
-        if mode == "tproxy":
-            raise obj.ctx.error(tproxy, obj.sub("tproxy"), "TPROXY is not supported by raybridge")
+    tproxy: TProxyMode = "off"
+    node = obj.get("tproxy")
+    if node is not None:
+        mode = obj.ctx.expect_string(node, obj.sub("tproxy")).lower()
+        if mode in ("redirect", "tproxy"):
+            tproxy = "redirect" if mode == "redirect" else "tproxy"
+            if not sys.platform.startswith("linux"):
+                message = f'"tproxy": "{mode}" needs Linux (IP_TRANSPARENT)'
+                raise obj.ctx.error(node, obj.sub("tproxy"), message)
+        elif mode != "off":
+            # V2Ray 4.34 takes anything else as "off" without a word.
+            obj.ctx.warn(node, obj.sub("tproxy"), f'unknown mode {describe(node)}: "off"')
     settings = SockOpt(
         mark=mark,
         tcp_fast_open=tfo,
         accept_proxy_protocol=obj.boolean("acceptProxyProtocol"),
+        tproxy=tproxy,
     )
     obj.finish()
     return settings

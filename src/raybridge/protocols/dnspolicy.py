@@ -466,9 +466,7 @@ class Resolver:
             if lookup is not None:
                 self._check(lookup, now, final=False)
 
-    def system_answer(
-        self, lookup: int, server: int, ips: Sequence[IPAddress], now: float
-    ) -> None:
+    def system_answer(self, lookup: int, server: int, ips: Sequence[IPAddress], now: float) -> None:
         """The system resolver's addresses for a :class:`SystemLookup` (empty: it failed)."""
         state = self._lookups.get(lookup)
         if state is None or state.position < 0 or state.order[state.position] != server:
@@ -547,9 +545,7 @@ class Resolver:
             self._query(index, fqdn, rdtype, now)
         self._check(lookup, now, final=False)
 
-    def _query(
-        self, index: int, fqdn: str, rdtype: dns.rdatatype.RdataType, now: float
-    ) -> None:
+    def _query(self, index: int, fqdn: str, rdtype: dns.rdatatype.RdataType, now: float) -> None:
         server = self.servers[index]
         query = _make_query(fqdn, rdtype, server.spec.client_ip)
         for _ in range(64):
@@ -646,6 +642,4 @@ def _make_query(
         return dns.message.make_query(fqdn, rdtype)
     prefix = 24 if client_ip.version == 4 else 96
     option = dns.edns.ECSOption(str(client_ip), prefix)
-    return dns.message.make_query(
-        fqdn, rdtype, use_edns=0, payload=EDNS_PAYLOAD, options=[option]
-    )
+    return dns.message.make_query(fqdn, rdtype, use_edns=0, payload=EDNS_PAYLOAD, options=[option])

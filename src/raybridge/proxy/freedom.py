@@ -19,6 +19,7 @@ from raybridge.config.model import PLAIN, FreedomSettings, OutboundConfig
 from raybridge.dispatcher import SystemResolver
 from raybridge.link import End, Outbound, Resolver, Session, join
 from raybridge.router import is_private
+from raybridge.stats import Stats
 from raybridge.transport.dial import ClientTransport
 from raybridge.transport.tcp import StreamEnd
 from raybridge.transport.udp import DatagramFlowEnd
@@ -63,6 +64,10 @@ class FreedomOutbound(Outbound):
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         dest = self.target(dest)
+        via = self.transport.via
+        if dest.network is Network.UDP and via is not None:
+            # V2Ray 4.34 dials UDP through the hop as well: it carries the datagrams.
+            return via.connect(session, dest, peer)
         if dest.network is Network.UDP:
             flow = DatagramFlowEnd(session)
             join(peer, flow)
@@ -70,8 +75,13 @@ class FreedomOutbound(Outbound):
             return flow
         end = StreamEnd(session)
         join(peer, end)
-        end.start_connect(lambda e: self._dial(e, dest))
+        end.start_connect(lambda e: self._dial(e, dest, session))
         return end
+
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
+        self.transport.via = hop
+        self.transport.via_stats = stats
+        return True
 
     async def _udp_address(self, dest: Destination) -> tuple[str, int]:
         return await self._address(dest), dest.port
@@ -95,7 +105,7 @@ class FreedomOutbound(Outbound):
             raise OSError(f"refused private destination {host}")
         return format_host(host)
 
-    async def _dial(self, end: StreamEnd, dest: Destination) -> None:
+    async def _dial(self, end: StreamEnd, dest: Destination, session: Session) -> None:
         try:
             address = await self._address(dest)
             local = (self.send_through, 0) if self.send_through else None
@@ -105,6 +115,7 @@ class FreedomOutbound(Outbound):
                 dest.port,
                 dial_address=address,
                 local_addr=local,
+                session=session,
             )
         except OSError as exc:
             logger.info("failed to open connection to %s: %s", dest, exc)

@@ -19,6 +19,7 @@ from raybridge.dispatcher import Dispatcher
 from raybridge.link import ClosedEnd, End, Outbound, PacketEnd, Session, join
 from raybridge.protocols.mux import Role, SessionOpened
 from raybridge.proxy.packetaddr import FanoutEnd
+from raybridge.stats import Stats
 from raybridge.transport.mux import MuxSessionEnd, MuxWorker
 
 logger = logging.getLogger("raybridge.mux")
@@ -92,6 +93,9 @@ class MuxOutbound(Outbound):
         self.concurrency = concurrency or 8
         self.workers: list[MuxWorker] = []
         self._idle: dict[MuxWorker, asyncio.TimerHandle] = {}
+
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
+        return self.inner.chain(hop, stats)
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         worker = self._pick()

@@ -135,17 +135,18 @@ class SocksInbound(StreamInbound):
     async def start(self) -> None:
         await super().start()
         if self.udp:
-            self.udp_server = UdpServer(
-                self._classify,
-                self.open_flow,
-                self.udp_session,
-                closed=self.dispatcher.stats.closed,
-                encode_reply=encode_udp_datagram,
-                group_for=self._association_of,
-                require_group=self.password,
-                name=self.describe(),
+            await self.start_udp(
+                UdpServer(
+                    self._classify,
+                    self.open_flow,
+                    self.udp_session,
+                    closed=self.dispatcher.stats.closed,
+                    encode_reply=encode_udp_datagram,
+                    group_for=self._association_of,
+                    require_group=self.password,
+                    name=self.describe(),
+                )
             )
-            await self.udp_server.start(self.listen, self.bound_port)
 
     # -- UDP associations -------------------------------------------------------------------
     def associate(self, end: SocksInboundEnd) -> FlowGroup | None:

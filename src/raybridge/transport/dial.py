@@ -23,14 +23,18 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from raybridge.address import Destination, Network, parse_host
 from raybridge.config.model import StreamSettings
 from raybridge.errors import ConfigError
+from raybridge.link import Outbound, Session
 from raybridge.protocols.httpheader import HttpHeaderLayer, HttpRequestConfig, HttpResponseConfig
 from raybridge.protocols.httpheader import Role as LayerRole
 from raybridge.protocols.proxyproto import ProxyProtocolLayer
 from raybridge.protocols.stream import StreamLayer
 from raybridge.protocols.tls import TlsLayer
 from raybridge.protocols.ws import MALFORMED_REQUEST_REPLY, WebSocketLayer, url_host
+from raybridge.stats import Stats
+from raybridge.transport.chain import connect_through
 from raybridge.transport.h2 import HANDSHAKE_TIMEOUT, H2ClientPool, H2ServerProtocol
 from raybridge.transport.stack import FailureHandler, LayerStack
 from raybridge.transport.tcp import open_tcp
@@ -174,6 +178,11 @@ class ClientTransport:
             )
         self._rng = random.SystemRandom()
         self.pool = H2ClientPool() if settings.network == "http" else None
+        #: ``proxySettings``: the outbound that carries each connection instead of a socket
+        #: of our own (set by the node once every outbound is built; transport/chain.py).
+        self.via: Outbound | None = None
+        #: The node's counters, for the links through ``via``.
+        self.via_stats: Stats | None = None
 
     @property
     def plain(self) -> bool:
@@ -220,10 +229,23 @@ class ClientTransport:
         attempts: int = 1,
         delays: Sequence[float] = (),
         local_addr: tuple[str, int] | None = None,
+        session: Session | None = None,
     ) -> None:
         """Connect ``protocol`` (an end) to the server at ``address:port`` (``dial_address``:
-        the IP to dial when the name was resolved already)."""
+        the IP to dial when the name was resolved already). With ``via`` set, the
+        connection is a link through that outbound, with only our TLS on it, as in V2Ray
+        4.34 (``session``: the link's session, for the hop's)."""
         target = dial_address or address
+        if self.via is not None:
+            top = protocol
+            if self.context is not None:
+                assert self.settings.tls is not None
+                name = client_server_name(self.settings.tls, address)
+                tls = TlsLayer(self.context, server_side=False, server_hostname=name)
+                top = LayerStack([tls], protocol, server_side=False)
+            dest = Destination(Network.TCP, parse_host(target), port)
+            connect_through(self.via, session, dest, top, self.via_stats)
+            return
         sockopt = self.settings.sockopt
 
         def dial(conn: asyncio.Protocol) -> Awaitable[None]:

@@ -406,6 +406,12 @@ class MuxWorker(End):
         self.keepalive_callbacks: list[Callable[[MuxWorker], None]] = []
         self.receive_callbacks: list[Callable[[MuxWorker], None]] = []  # each carrier read
         self.pause_callbacks: list[Callable[[MuxWorker], None]] = []  # out_paused changed
+        #: Data on a session the codec keeps to itself (a portal's control session, where
+        #: a raybridge bridge says DRAIN): (worker, session id, data).
+        self.control_callbacks: list[Callable[[MuxWorker, int, bytes], None]] = []
+        #: A portal's tunnel: its carrier is no client connection (a node that drains
+        #: does not wait for it).
+        self.carries_tunnel = False
         self._pending: list[MuxSessionEnd] = []  # client sessions whose New is not out yet
         self.out_paused = False  # the carrier cannot take more: every session waits
         self._flush_handle: asyncio.Handle | None = None
@@ -644,6 +650,8 @@ class MuxWorker(End):
             if type(event) is SessionData:
                 end = sessions.get(event.session_id)
                 if end is None:
+                    for control in self.control_callbacks:
+                        control(self, event.session_id, bytes(event.data))
                     continue
                 if event.address is not None:  # an XUDP datagram with its own address
                     if run_end is not None:

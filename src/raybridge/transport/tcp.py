@@ -20,6 +20,7 @@ from typing import cast
 
 from raybridge.config.model import SockOpt
 from raybridge.link import HIGH_WATER, LOW_WATER, Backlog, End, Session
+from raybridge.transport.redirect import IP_TRANSPARENT
 
 log = logging.getLogger("raybridge.transport")
 
@@ -275,7 +276,9 @@ async def connect_tcp(
     """One TCP connection with ``protocol``; ``sockopt`` ``mark`` and ``tcpFastOpen`` are
     set on the socket before it connects (they need a socket of our own)."""
     loop = asyncio.get_running_loop()
-    if sockopt is None or (not sockopt.mark and sockopt.tcp_fast_open is None):
+    if sockopt is None or (
+        not sockopt.mark and sockopt.tcp_fast_open is None and sockopt.tproxy == "off"
+    ):
         await loop.create_connection(
             lambda: protocol, host, port, local_addr=local_addr, family=family
         )
@@ -300,9 +303,12 @@ async def connect_tcp(
 
 
 def apply_sockopt(sock: socket.socket, sockopt: SockOpt, *, listening: bool) -> None:
-    """``sockopt.mark`` (SO_MARK, needs CAP_NET_ADMIN) and ``tcpFastOpen`` on a socket."""
+    """``sockopt.mark`` (SO_MARK, needs CAP_NET_ADMIN), ``tcpFastOpen`` and ``tproxy``
+    (IP_TRANSPARENT for either mode, as V2Ray 4.34 sets it; CAP_NET_ADMIN) on a socket."""
     if sockopt.mark:
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, sockopt.mark)
+    if sockopt.tproxy != "off":
+        sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
     if sockopt.tcp_fast_open is not None:
         if listening:
             queue = 4096 if sockopt.tcp_fast_open else 0

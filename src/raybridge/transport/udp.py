@@ -333,10 +333,8 @@ class UdpClientFlow(FlowEnd):
         group.flows.add(self)
 
     def reply(self, data: bytes) -> None:
-        transport = self.server.transport
-        if transport is not None:
-            header = self.reply_header
-            transport.sendto(header + data if header else data, self.client)
+        header = self.reply_header
+        self.server.reply(self, header + data if header else data)
 
     def write_to(self, data: bytes, address: Destination) -> None:
         encode = self.server.encode_reply
@@ -458,6 +456,11 @@ class UdpServer(asyncio.DatagramProtocol):
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
             self.transport.sendto(data, addr)
+
+    def reply(self, flow: UdpClientFlow, data: bytes) -> None:
+        """A reply of ``flow``'s destination to its client (from the listening socket)."""
+        if self.transport is not None:
+            self.transport.sendto(data, flow.client)
 
     def forget(self, flow: UdpClientFlow) -> None:
         if self.closed is not None:

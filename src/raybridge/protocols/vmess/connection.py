@@ -423,9 +423,12 @@ class ServerConnection(_Receiving[RequestReceived]):
         disable_insecure_encryption: bool = False,
         chunk_size: int = SEND_CHUNK_SIZE,
         aead_only: bool = False,
+        response_command: Callable[[User], tuple[int, bytes] | None] | None = None,
     ) -> None:
         """``aead_only``: refuse legacy (alterId > 0, MD5-based) headers, like V2Ray's
-        ``v2ray.vmess.aead.forced``; they fail as an unknown user would (drained)."""
+        ``v2ray.vmess.aead.forced``; they fail as an unknown user would (drained).
+        ``response_command``: given the authenticated user, the (id, data) of a command for
+        the response header (1.8), or ``None``; called once, when the request is in."""
         super().__init__(chunk_size)
         self._aead_only = aead_only
         self._validator = validator
@@ -443,6 +446,7 @@ class ServerConnection(_Receiving[RequestReceived]):
         self._session_checked = False
         self._writer: BodyWriter | None = None
         self._response_header = b""
+        self._response_command = response_command
         self.request: RequestHeader | None = None
 
     @property
@@ -598,7 +602,11 @@ class ServerConnection(_Receiving[RequestReceived]):
         """Seal the response header (it goes out with the first response bytes) and make
         the response body's writer."""
         resp_key, resp_iv = response_body_key_iv(header.body_key, header.body_iv, aead=self._aead)
-        plaintext = encode_response_plaintext(header.response_auth)
+        user = self._user
+        reply = None
+        if self._response_command is not None and user is not None:
+            reply = self._response_command(user)
+        plaintext = encode_response_plaintext(header.response_auth, *(reply or ()))
         writer_cfb: CipherContext | None
         if self._aead:
             self._response_header = seal_aead_response(resp_key, resp_iv, plaintext)
