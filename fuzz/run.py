@@ -32,6 +32,7 @@ HARNESSES = (
     "config",
     "dns",
     "geodata",
+    "api",
 )
 #: Seconds a harness may take beyond -max_total_time (start-up, seed loading) before it is
 #: killed and reported as hung.

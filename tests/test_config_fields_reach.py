@@ -46,17 +46,8 @@ PARSERS = frozenset(
 )
 
 #: Fields parsed today that no runtime code reads, each with why it may stay so for now.
-#: The lead shrinks this when the branches below are merged; test_allow_list_is_not_stale
-#: says which entries are reached already.
+#: test_allow_list_is_not_stale fails once an entry is reached.
 ALLOWED = {
-    # Being wired by the runtime-management work (issue 14: "api, stats and policy stats
-    # switches: handled in the runtime-management issue; until then, keep them as
-    # warnings"): per-user traffic counters.
-    "LevelPolicy.stats_user_uplink": "stats: the runtime-management helper wires it",
-    "LevelPolicy.stats_user_downlink": "stats: the runtime-management helper wires it",
-    # The "dns", "api" and "stats" sections and policy.system's switches are not in the
-    # model yet (the loader warns that they are ignored), so they need no entry here;
-    # the fields the dns and runtime-management helpers add must be read when merged.
     # Reported, not acted on: the loader's warnings are printed by `raybridge test` and
     # `raybridge run` through config/checks.py (which merges them with its findings).
     "Config.warnings": "printed through config/checks.py findings()",

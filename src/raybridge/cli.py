@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     from raybridge.init import add_parsers
 
     add_parsers(sub)  # init, link
+    from raybridge.api.cli import add_parser as add_api_parser
+
+    add_api_parser(sub)
     sub.add_parser("uuid", help="print a new random UUID")
     sub.add_parser("version", help="print the version")
     return parser
@@ -380,6 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raybridge.init import cmd_link
 
         return cmd_link(args)
+    if args.command == "api":
+        from raybridge.api.cli import cmd_api
+
+        return cmd_api(args)
     if args.command == "uuid":
         print(uuid.uuid4())
         return 0

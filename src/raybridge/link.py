@@ -30,7 +30,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from raybridge.address import Destination, IPAddress
 
@@ -138,6 +138,8 @@ class Session:
     active: bool = True  # set by ends on traffic; cleared by the idle timer
     outbound_tag: str = ""  # set when dispatched (for statistics)
     counted: bool = False  # folded into the node's totals (raybridge.stats)
+    #: The ``StatCounter``s following this session's byte counts (user counters).
+    counters: tuple[Any, ...] = ()
 
     def child(self, inbound_tag: str | None = None) -> Session:
         """A new session for a stream carried inside this one (mux sessions, tunnels)."""
@@ -189,6 +191,15 @@ class Outbound(abc.ABC):
     """Carries links to their destination."""
 
     tag: str
+    #: V2Ray's ``outbound>>>TAG>>>traffic>>>uplink/downlink`` counters for the connections
+    #: it opens (``raybridge.stats.StatCounter``), or ``None`` (the default: off).
+    uplink: Any = None
+    downlink: Any = None
+
+    def bind_counters(self, uplink: Any, downlink: Any) -> None:
+        """Count what this outbound's connections write (``uplink``) and read."""
+        self.uplink = uplink
+        self.downlink = downlink
 
     @abc.abstractmethod
     def connect(self, session: Session, dest: Destination, peer: End) -> End:

@@ -280,3 +280,11 @@ def rejected(source: Destination | None, reason: str, inbound_tag: str = "") -> 
             }
         },
     )
+
+
+def reopen() -> None:
+    """Close the log files; each is opened again (created if a rotation moved it) by its
+    next line. What V2Ray's ``LoggerService.RestartLogger`` is for."""
+    for handler in _handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.close()

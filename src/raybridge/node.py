@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from raybridge.config.model import (
+    ApiConfig,
     BalancerConfig,
     Config,
     InboundConfig,
@@ -41,6 +42,7 @@ from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
 from raybridge.log import check_files as check_log_files
 from raybridge.protocols.vmess import User
+from raybridge.proxy.base import StreamInbound
 from raybridge.proxy.dynamic import DynamicPorts
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
@@ -48,10 +50,12 @@ from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.proxy.vmess import Detour, VMessInbound
 from raybridge.registry import build_inbounds, build_outbound
 from raybridge.router import Router, compile_rules
+from raybridge.stats import Counters
 
 if TYPE_CHECKING:
     # Imported when a status server is asked for: prometheus_client and its imports cost
     # a node that runs without one about 8 MB of RSS.
+    from raybridge.api.server import ApiServer
     from raybridge.status import StatusServer
 
 logger = logging.getLogger("raybridge")
@@ -219,6 +223,14 @@ class Node:
             self.inbounds.extend(made)
             self.sources.update((b, inbound) for b in made)
         self._detours(built)
+        self.api: ApiServer | None = None
+        if config.api is not None:
+            from raybridge.api.server import ApiServer
+
+            self.api = ApiServer(self, config.api)
+            self.dispatcher.add_outbound(self.api.outbound)
+        self.counters: Counters | None = None
+        self.set_counting(config)
         self.started = False
 
     def _detours(self, built: list[tuple[InboundConfig, list[Inbound]]]) -> None:
@@ -264,6 +276,81 @@ class Node:
         check_chains(config.outbounds, set(self.dispatcher.outbounds))
         chain_outbounds(zip(config.outbounds, self.outbounds, strict=True), self.dispatcher)
 
+
+    def set_counting(
+        self,
+        config: Config,
+        inbounds: Iterable[Inbound] | None = None,
+        outbounds: Iterable[Outbound] | None = None,
+        *,
+        final: bool = True,
+    ) -> None:
+        """Count what ``config``'s ``stats`` and ``policy`` ask for (V2Ray's counters) on
+        ``inbounds`` and ``outbounds`` (the node's own by default): at start, and on a
+        reload (the counters that stay keep their values). Not ``final``: only bind, what
+        a reload does before the step that may still fail."""
+        stats = self.dispatcher.stats
+        if config.stats and self.counters is None:
+            self.counters = stats.counters = Counters()
+        if final:
+            if not config.stats:
+                self.counters = stats.counters = None
+            stats.user_levels = {
+                n: (p.stats_user_uplink, p.stats_user_downlink)
+                for n, p in config.policy.levels.items()
+                if p.stats_user_uplink or p.stats_user_downlink
+            }
+        for outbound in self.outbounds if outbounds is None else outbounds:
+            self.bind_outbound_counters(outbound, config)
+        for inbound in self.inbounds if inbounds is None else inbounds:
+            self.bind_inbound_counters(inbound, config)
+
+    def bind_inbound_counters(self, inbound: Inbound, config: Config | None = None) -> None:
+        """Give an inbound its ``inbound>>>TAG>>>traffic>>>*`` counters, where the config's
+        ``stats`` and ``policy.system`` ask for them (``None`` each otherwise)."""
+        if isinstance(inbound, StreamInbound):
+            system = (config or self.config).policy.system
+            inbound.uplink, inbound.downlink = self._pair(
+                "inbound", inbound.tag, system.stats_inbound_uplink, system.stats_inbound_downlink
+            )
+
+    def bind_outbound_counters(self, outbound: Outbound, config: Config | None = None) -> None:
+        """The same for an outbound: ``outbound>>>TAG>>>traffic>>>*``."""
+        system = (config or self.config).policy.system
+        outbound.bind_counters(
+            *self._pair(
+                "outbound",
+                outbound.tag,
+                system.stats_outbound_uplink,
+                system.stats_outbound_downlink,
+            )
+        )
+
+    def _pair(self, kind: str, tag: str, up: bool, down: bool) -> tuple[Any, Any]:
+        if self.counters is None:
+            return None, None
+        uplink, downlink = self.counters.pair(kind, tag, up, down)
+        return uplink, downlink
+
+    async def replace_api(self, config: ApiConfig | None) -> None:
+        """Serve ``config``'s API from now on (a reload that changed ``api``)."""
+        from raybridge.api.server import ApiServer
+
+        old, self.api = self.api, None
+        if old is not None:
+            if self.dispatcher.outbounds.get(old.config.tag) is old.outbound:
+                self.dispatcher.remove_outbound(old.config.tag)
+            await old.close()
+        if config is not None:
+            self.api = ApiServer(self, config)
+            await self.api.start()
+        self.restore_api_route()
+
+    def restore_api_route(self) -> None:
+        """Register the API's outbound again (a reload replaced the dispatcher's table)."""
+        if self.api is not None:
+            self.dispatcher.add_outbound(self.api.outbound)
+
     # -- running ---------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -274,6 +361,8 @@ class Node:
                 await outbound.start()
             for inbound in self.inbounds:
                 await inbound.start()
+            if self.api is not None:
+                await self.api.start()
             for bridge in self.bridges:
                 await bridge.start()
             if self.status_address:
@@ -314,6 +403,8 @@ class Node:
             self.status_server = None
         for bridge in self.bridges:
             await bridge.close()
+        if self.api is not None:
+            await self.api.close()
         for portal in self.portals:
             await portal.close()
         for inbound in self.inbounds:
@@ -360,6 +451,8 @@ class Node:
             inbound.stop_accepting()
         for bridge in self.bridges:
             bridge.drain()
+        if self.api is not None:
+            self.api.outbound.close_links()  # as V2Ray's API goes at once on SIGTERM
 
         def drained() -> bool:
             for inbound in [*self.inbounds, *self.retiring]:
@@ -412,6 +505,8 @@ class Node:
                 options=self.options,
             )
         )
+        for inbound in built:
+            self.bind_inbound_counters(inbound)
         started: list[Inbound] = []
         try:
             for inbound in built:
@@ -457,6 +552,7 @@ class Node:
         if config.tag in self.dispatcher.outbounds:
             raise config.error(f"existing tag found: {config.tag}")
         outbound = build_outbound(config)
+        self.bind_outbound_counters(outbound)
         outbound.use_resolver(self.resolver)
         await outbound.start()
         self.outbounds.append(outbound)

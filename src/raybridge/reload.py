@@ -406,6 +406,8 @@ async def _apply(node: Node, config: Config, plan: _Plan) -> None:
 
     router = plan.router
     assert router is not None
+    # The counters the new config asks for, on what it will run with (before it serves).
+    node.set_counting(config, [new for new, _ in plan.starts], plan.new_outbounds, final=False)
     # What can fail comes first, before anything the node serves with changes: new
     # outbounds, and new inbounds on ports no old inbound holds.
     held = {(i.listen, i.port) for i in node.inbounds if hasattr(i, "listen")}  # type: ignore[attr-defined]
@@ -440,6 +442,7 @@ async def _apply(node: Node, config: Config, plan: _Plan) -> None:
         ),
         node.dispatcher,
     )
+    node.restore_api_route()
     node.router = router
     node.outbounds = plan.outbounds
     for outbound in plan.gone_outbounds:
@@ -471,6 +474,12 @@ async def _apply(node: Node, config: Config, plan: _Plan) -> None:
     node.inbounds = plan.inbounds
     node.sources = plan.sources
     _relink_detours(node)
+    node.set_counting(config)  # the kept ones (a changed policy.system applies to them too)
+    if not same(node.config.api, config.api):
+        await node.replace_api(config.api)
+        plan.changes.append("api: changed")
+    if node.config.stats != config.stats:
+        plan.changes.append(f"stats: {'on' if config.stats else 'off'}")
     node.config = config
     node.options = options
     for error in late_errors:

@@ -31,9 +31,11 @@ from raybridge.config.fields import (
 )
 from raybridge.config.jsonc import JArray, JObject, JString, JValue
 from raybridge.config.model import (
+    API_SERVICES,
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
     AllocateConfig,
+    ApiConfig,
     DnsConfig,
     DokodemoSettings,
     InboundConfig,
@@ -48,6 +50,7 @@ from raybridge.config.model import (
     ReverseEndpoint,
     RoutingConfig,
     StreamSettings,
+    SystemPolicy,
 )
 from raybridge.config.rules import build_routing
 from raybridge.config.settings import (
@@ -113,6 +116,8 @@ class FileConfig:
     log: LogConfig | None = None
     routing: RoutingConfig | None = None
     policy: PolicyConfig | None = None
+    stats: bool | None = None
+    api: ApiConfig | None = None
     reverse: ReverseConfig | None = None
     dns: DnsConfig | None = None
     inbound: PendingInbound | None = None
@@ -492,18 +497,53 @@ def build_policy(obj: Obj) -> PolicyConfig:
             if value.kind == "null":
                 continue
             levels[int(key.value)] = _level_policy(ctx.expect_object(value, path))
-    system = obj.object("system")
-    if system is not None:
-        for name in (
-            "statsInboundUplink",
-            "statsInboundDownlink",
-            "statsOutboundUplink",
-            "statsOutboundDownlink",
-        ):
-            system.boolean(name)
-        system.finish()
+    system_obj = obj.object("system")
+    system = SystemPolicy()
+    if system_obj is not None:
+        system = SystemPolicy(
+            stats_inbound_uplink=system_obj.boolean("statsInboundUplink"),
+            stats_inbound_downlink=system_obj.boolean("statsInboundDownlink"),
+            stats_outbound_uplink=system_obj.boolean("statsOutboundUplink"),
+            stats_outbound_downlink=system_obj.boolean("statsOutboundDownlink"),
+        )
+        system_obj.finish()
     obj.finish()
-    return PolicyConfig(levels=levels, file=ctx.file, line=obj.line)
+    return PolicyConfig(levels=levels, system=system, file=ctx.file, line=obj.line)
+
+
+def build_api(obj: Obj) -> ApiConfig:
+    """``api`` (``infra/conf/api.go``): a non-empty ``tag`` and the ``services``. V2Ray
+    4.34 skips names it does not know; raybridge refuses them, and ReflectionService."""
+    tag = obj.string("tag")
+    if not tag:
+        raise obj.error("API tag can't be empty")
+    services: list[str] = []
+    node = obj.get("services")
+    known = {name.lower(): name for name in API_SERVICES}
+    for i, name in enumerate(obj.string_list("services") or []):
+        canonical = known.get(name.lower())
+        if canonical is None:
+            item = node.items[i] if isinstance(node, JArray) else node
+            why = (
+                "is not supported by raybridge"
+                if name.lower() == "reflectionservice"
+                else "is not a V2Ray 4.34 API service"
+            )
+            raise obj.ctx.error(
+                item,
+                join(obj.sub("services"), i),
+                f'"{name}" {why} (raybridge serves {", ".join(API_SERVICES)})',
+            )
+        if canonical not in services:
+            services.append(canonical)
+    obj.finish()
+    return ApiConfig(tag=tag, services=tuple(services), file=obj.ctx.file, line=obj.line)
+
+
+def build_stats(obj: Obj) -> bool:
+    """``stats``: an empty object in 4.34 (``StatsConfig``); its presence turns counting on."""
+    obj.finish()
+    return True
 
 
 def _endpoints(obj: Obj, name: str, kind: str) -> list[ReverseEndpoint]:
@@ -591,6 +631,8 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.routing = _section(top, "routing", build_routing)
     fc.policy = _section(top, "policy", build_policy)
     fc.reverse = _section(top, "reverse", build_reverse)
+    fc.stats = _section(top, "stats", build_stats)
+    fc.api = _section(top, "api", build_api)
     fc.dns = _section(top, "dns", build_dns)
     ctx.transport = _section(top, "transport", parse_transport)
 
@@ -601,14 +643,6 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.outbound = _section(top, "outbound", build_outbound)
     fc.outbound_detours = _entries(top, "outboundDetour", "outbound", build_outbound)
     fc.outbounds = _entries(top, "outbounds", "outbound", build_outbound) or []
-
-    for name, message in (
-        ("api", "the api section is ignored: raybridge has no gRPC API"),
-        ("stats", "the stats section is ignored: raybridge keeps no traffic statistics"),
-    ):
-        node = top.get(name)
-        if node is not None:
-            ctx.warn(node, name, message)
 
     for key, (name, parser) in _EXTRA_SECTIONS.items():
         node = top.get(key)

@@ -21,11 +21,13 @@ from typing import ClassVar, Literal
 from raybridge.errors import ConfigError
 
 __all__ = [
+    "API_SERVICES",
     "DEFAULT_LEVEL_POLICY",
     "PLAIN",
     "SUPPORTED_INBOUNDS",
     "SUPPORTED_OUTBOUNDS",
     "AllocateConfig",
+    "ApiConfig",
     "BalancerConfig",
     "BlackholeSettings",
     "Config",
@@ -57,6 +59,7 @@ __all__ = [
     "SockOpt",
     "SocksInboundSettings",
     "StreamSettings",
+    "SystemPolicy",
     "TcpSettings",
     "TlsCertificate",
     "TlsSettings",
@@ -641,15 +644,41 @@ DEFAULT_LEVEL_POLICY = LevelPolicy()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SystemPolicy:
+    """``policy.system``: which per-tag traffic counters exist (``app/policy/config.proto``
+    ``SystemPolicy.Stats``); they count only when the config also has a ``stats`` object."""
+
+    stats_inbound_uplink: bool = False
+    stats_inbound_downlink: bool = False
+    stats_outbound_uplink: bool = False
+    stats_outbound_downlink: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyConfig(Section):
-    """``policy.levels``; a level's unset fields take the defaults. ``policy.system``
-    (stats counters) is accepted and ignored: raybridge has no stats API."""
+    """``policy.levels`` (a level's unset fields take the defaults) and ``policy.system``."""
 
     levels: dict[int, LevelPolicy] = field(default_factory=dict)
+    system: SystemPolicy = field(default_factory=SystemPolicy)
 
     def level(self, n: int) -> LevelPolicy:
         """The policy for user level ``n`` (the defaults for levels not configured)."""
         return self.levels.get(n, DEFAULT_LEVEL_POLICY)
+
+
+# --------------------------------------------------------------------------- api
+
+#: The ``api.services`` raybridge serves (V2Ray 4.34's names; matched case-insensitively).
+API_SERVICES = ("HandlerService", "StatsService", "LoggerService")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiConfig(Section):
+    """``api``: the gRPC services (``app/commander``) reached through the outbound tag
+    ``tag``: a routing rule sends an inbound (a dokodemo-door) there."""
+
+    tag: str
+    services: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- top level
@@ -670,6 +699,9 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     reverse: ReverseConfig = field(default_factory=ReverseConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: ``stats`` present: the traffic counters that ``policy`` enables exist.
+    stats: bool = False
+    api: ApiConfig | None = None
     #: ``None``: no ``dns`` section (names are resolved by the system, as V2Ray does).
     dns: DnsConfig | None = None
     sections: dict[str, object] = field(default_factory=dict)

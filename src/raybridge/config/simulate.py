@@ -21,6 +21,7 @@ from raybridge.address import Destination
 from raybridge.config.fields import Skipped
 from raybridge.config.jsonc import JArray, JNumber, JObject, JString, JValue
 from raybridge.config.model import (
+    ApiConfig,
     Config,
     ConfigWarning,
     HttpInboundSettings,
@@ -49,7 +50,7 @@ class Finding(ConfigWarning):
         return f"{text} (fix: {self.fix})" if self.fix else text
 
 
-Target = OutboundConfig | ReverseEndpoint
+Target = OutboundConfig | ReverseEndpoint | ApiConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +190,8 @@ class Checker:
                 self.rules.append((rule, compiled))
         self.targets: dict[str, Target] = {o.tag: o for o in config.outbounds if o.tag}
         self.targets.update((p.tag, p) for p in config.reverse.portals)
+        if config.api is not None:
+            self.targets[config.api.tag] = config.api
         # V2Ray (and raybridge) make a portal the default only if there is no outbound.
         self.default: Target | None = (
             config.outbounds[0]
@@ -351,6 +354,8 @@ class Checker:
 def describe_target(target: Target) -> str:
     if isinstance(target, ReverseEndpoint):
         return f"portal {quote(target.tag)}"
+    if isinstance(target, ApiConfig):
+        return f"the API {quote(target.tag)}"
     name = quote(target.tag) if target.tag else f"({target.path}, untagged)"
     return f"{target.protocol} outbound {name}"
 

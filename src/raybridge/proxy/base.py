@@ -20,6 +20,7 @@ from raybridge.config.model import (
 )
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import End, IdleTimer, Inbound, Session
+from raybridge.stats import StatCounter
 from raybridge.transport.dial import ServerTransport
 from raybridge.transport.tcp import StreamEnd, describe_peer, start_tcp_server
 from raybridge.transport.udp import UdpClientFlow, UdpServer
@@ -113,6 +114,10 @@ class InboundEnd(StreamEnd):
     def __init__(self, inbound: StreamInbound) -> None:
         super().__init__(None)
         self.inbound = inbound
+        if inbound.uplink is not None:
+            self.rx = inbound.uplink
+        if inbound.downlink is not None:
+            self.tx = inbound.downlink
         self.source: Destination | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._idle: IdleTimer | None = None
@@ -140,11 +145,13 @@ class InboundEnd(StreamEnd):
         if self.relaying:
             super().data_received(data)
         else:
+            if self.rx is not None:
+                self.rx.value += len(data)
             self.handshake_received(data)
 
     def handshake_received(self, data: bytes) -> None:
-        """Hook: bytes from the client before the relay started (its handshake)."""
-        super().data_received(data)
+        """Hook: bytes from the client before the relay started (its handshake); nothing
+        takes them by default."""
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
@@ -217,7 +224,7 @@ class InboundEnd(StreamEnd):
         logs.rejected(self.source, reason, self.inbound.tag)
         transport = self.transport
         if transport is not None and reply:
-            transport.write(reply)
+            self.send_wire(reply)
             self.close()
         else:
             self.abort()
@@ -282,6 +289,10 @@ class StreamInbound(Inbound):
             describe=f"{self.protocol_name} inbound [{common.tag}]: " if common.tag else "",
         )
         self.tracker = Tracker()
+        #: V2Ray's ``inbound>>>TAG>>>traffic>>>uplink/downlink`` counters, bound on each
+        #: connection's end (``StreamEnd.rx``/``tx``); ``None``: off.
+        self.uplink: StatCounter | None = None
+        self.downlink: StatCounter | None = None
         self.server: asyncio.Server | None = None
         #: UDP on the same port (socks with ``udp``, dokodemo-door with ``network`` udp).
         self.udp_server: UdpServer | None = None
@@ -320,10 +331,12 @@ class StreamInbound(Inbound):
     async def start_udp(self, server: UdpServer) -> None:
         """Serve UDP with ``server``'s settings: on a socket taken over from the inbound
         this one replaces (its live flows go on), else on a new one."""
+        server.rx, server.tx = self.uplink, self.downlink  # V2Ray counts UDP inbounds too
         adopted, self._adopted_udp = self._adopted_udp, None
         if adopted is None:
+            port = self.bound_port  # the TCP listener's (port 0: the one it got), or ours
             self.udp_server = server
-            await server.start(self.listen, self.bound_port)
+            await server.start(self.listen, port)
             return
         for name in (
             "classify",
@@ -336,6 +349,8 @@ class StreamInbound(Inbound):
             "encode_reply",
             "group_for",
             "require_group",
+            "rx",
+            "tx",
         ):
             setattr(adopted, name, getattr(server, name))
         self.udp_server = adopted

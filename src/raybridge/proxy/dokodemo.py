@@ -34,7 +34,8 @@ class DokodemoInboundEnd(InboundEnd):
         if inbound.follow is not None:
             dest = self._redirected(inbound.follow)
         if dest is None:
-            if inbound.address is None or not inbound.target_port:
+            # Port 0 stays 0, as in V2Ray (an API door routes by its tag, not by port).
+            if inbound.address is None:
                 self.reject("dokodemo-door: unable to get the destination (not redirected)")
                 return
             dest = Destination(Network.TCP, inbound.address, inbound.target_port)
@@ -123,11 +124,12 @@ class DokodemoInbound(StreamInbound):
 
 
 def build_inbound(ctx: InboundContext, settings: DokodemoSettings) -> DokodemoInbound:
+    # Port 0 is allowed, as in V2Ray: the usual door to the API names only an address.
     follow = None
     if settings.follow_redirect:
         follow = "tproxy" if ctx.config.stream.sockopt.tproxy == "tproxy" else "redirect"
-    elif not settings.address or not settings.port:
-        raise ctx.config.error('dokodemo-door needs "address" and "port", or "followRedirect"')
+    elif not settings.address:
+        raise ctx.config.error('dokodemo-door needs "address", or "followRedirect"')
     return DokodemoInbound(
         ctx.common(settings.user_level),
         address=parse_host(settings.address) if settings.address else None,

@@ -70,10 +70,12 @@ class FreedomOutbound(Outbound):
             return via.connect(session, dest, peer)
         if dest.network is Network.UDP:
             flow = DatagramFlowEnd(session)
+            flow.rx, flow.tx = self.downlink, self.uplink
             join(peer, flow)
             flow.start_async(self._udp_address(dest))
             return flow
         end = StreamEnd(session)
+        end.rx, end.tx = self.downlink, self.uplink
         join(peer, end)
         end.start_connect(lambda e: self._dial(e, dest, session))
         return end

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
@@ -112,6 +113,10 @@ class MuxOutbound(Outbound):
         if timer is not None:
             timer.cancel()
         return worker.open_session(session, dest, peer)
+
+    def bind_counters(self, uplink: Any, downlink: Any) -> None:
+        super().bind_counters(uplink, downlink)
+        self.inner.bind_counters(uplink, downlink)  # the carriers are what goes on the wire
 
     def _pick(self) -> MuxWorker | None:
         for worker in self.workers:

@@ -117,6 +117,9 @@ class VMessBody(StreamEnd):
     udp: bool = False
 
     def data_received(self, data: bytes) -> None:
+        rx = self.rx
+        if rx is not None:
+            rx.value += len(data)
         if not self.relay_body(data):
             events = self.handshake(data)
             if events is not None:
@@ -171,11 +174,8 @@ class VMessBody(StreamEnd):
         session = self.session
         if session is not None:
             session.active = True
-            size = sum(map(len, payloads))
             if self.inbound_side:
-                session.bytes_up += size
-            else:
-                session.bytes_down += size
+                session.bytes_up += sum(map(len, payloads))
         if self.udp:
             for payload in payloads:
                 self.deliver_datagram(payload, peer)  # one datagram each
@@ -196,6 +196,9 @@ class VMessBody(StreamEnd):
 
     # -- the peer's data, sealed ---------------------------------------------------------
     def write(self, data: bytes) -> None:
+        session = self.session
+        if session is not None and self.inbound_side:
+            session.bytes_down += len(data)
         try:
             wire = self.codec.send(data)
         except LocalProtocolError as exc:
@@ -210,6 +213,9 @@ class VMessBody(StreamEnd):
             for data in parts:
                 self.write(data)
         else:
+            session = self.session
+            if session is not None and self.inbound_side:
+                session.bytes_down += sum(map(len, parts))
             self.send_wire_many(seal_many(self.codec.send, parts))
 
     def write_eof(self) -> None:
@@ -269,6 +275,8 @@ class VMessInboundEnd(InboundEnd, VMessBody):
 
     def data_received(self, data: bytes) -> None:
         if self.drain_to is not None:
+            if self.rx is not None:
+                self.rx.value += len(data)
             self.received += len(data)
             if self.received >= self.drain_to:
                 self.abort()
@@ -504,7 +512,7 @@ class VMessOutboundEnd(VMessBody):
             # Nothing to send yet: send the header alone so the server can dial early.
             header = self.codec.header()
             if header:
-                self.transport.write(header)
+                self.send_wire(header)
 
     def handshake(self, data: bytes) -> list[object] | None:
         try:
@@ -576,6 +584,8 @@ class XudpClientEnd(VMessOutboundEnd):
             self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.rx is not None:
+            self.rx.value += len(data)
         try:
             events = self.codec.receive_data(data)
         except VMessError as exc:
@@ -605,7 +615,6 @@ class XudpClientEnd(VMessOutboundEnd):
                 data = bytes(frame.data)
                 if session is not None:
                     session.active = True
-                    session.bytes_down += len(data)
                 address = frame.address
                 if address is None or address == self.dest or not isinstance(peer, PacketEnd):
                     peer.write(data)
@@ -715,6 +724,7 @@ class VMessOutbound(Outbound):
             end = PacketAddrClientEnd(session, codec, dest)
         else:
             end = VMessOutboundEnd(session, codec, command is Command.UDP)
+        end.rx, end.tx = self.downlink, self.uplink
         join(peer, end)
         end.on_switch = lambda data: self.learn(server, data)
         local = (self.send_through, 0) if self.send_through else None

@@ -71,6 +71,10 @@ class ChainTransport(asyncio.Transport):
         self._lost_early: tuple[BaseException | None] | None = None
         #: The hop's session and the node's counters it is folded into once the link ends.
         self.counted: tuple[Stats, Session] | None = None
+        #: That session, whose bytes this transport counts: the payload crossing the hop
+        #: (an inbound side counts a link's payload; here the chained outbound is the
+        #: hop link's inbound side).
+        self.session: Session | None = None
 
     def made(self) -> None:
         """Connect the protocol (after the hop's end exists, so that the protocol's first
@@ -83,6 +87,8 @@ class ChainTransport(asyncio.Transport):
     # -- from the hop ------------------------------------------------------------------
     def deliver(self, data: bytes) -> None:
         if not self._closing and data and self._made:
+            if self.session is not None:
+                self.session.bytes_down += len(data)
             self._protocol.data_received(data)
 
     def deliver_eof(self) -> None:
@@ -123,12 +129,17 @@ class ChainTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         hop = self._hop()
         if hop is not None and data:
+            if self.session is not None:
+                self.session.bytes_up += len(data)
             hop.write(bytes(data))
 
     def writelines(self, list_of_data: Any) -> None:
         hop = self._hop()
         if hop is not None:
-            hop.write_many([bytes(d) for d in list_of_data])
+            pieces = [bytes(d) for d in list_of_data]
+            if self.session is not None:
+                self.session.bytes_up += sum(map(len, pieces))
+            hop.write_many(pieces)
 
     def write_eof(self) -> None:
         hop = self._hop()
@@ -242,11 +253,12 @@ def connect_through(
     logger.debug("proxying to %s for dest %s", hop.tag, dest)
     transport = ChainTransport(protocol, (str(dest.host), dest.port))
     parent = session or Session(inbound_tag="")
-    # A session of its own: the hop's end counts the carried bytes, which the chained
-    # outbound's end counts already (as the session's traffic).
+    # A session of its own, counted by this transport as the hop's traffic (the chained
+    # outbound's session counts the same payload as its own).
     child = parent.child()
     if stats is not None:
         stats.opened(child, hop.tag)
         transport.counted = (stats, child)
+        transport.session = child
     hop.connect(child, dest, transport.end)  # joins its end to ours
     transport.made()

@@ -160,17 +160,16 @@ class MuxSessionEnd(End):
         self._grace: asyncio.TimerHandle | None = None
         self._idle = IdleTimer(session, idle, self._expire) if idle > 0 else None
 
-    # -- byte counts -----------------------------------------------------------------------
+    # -- byte counts: what the carrier delivered (``received``) or what we send on it; a
+    # session's payload is counted by its inbound side only (raybridge.stats) --
     def _count(self, size: int, received: bool) -> None:
-        """``size`` bytes the carrier delivered (``received``) or that we send on it: up
-        when they travel from the client toward the destination (what an inbound side's
-        carrier delivers, what an outbound side sends), down otherwise."""
         session = self.session
         session.active = True
-        if received == self.inbound_side:
-            session.bytes_up += size
-        else:
-            session.bytes_down += size
+        if self.inbound_side:
+            if received:
+                session.bytes_up += size
+            else:
+                session.bytes_down += size
 
     # -- from the worker ---------------------------------------------------------------
     def deliver(self, data: bytes) -> None:

@@ -147,6 +147,10 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, UnpacedEnd):
     the destination's own replies, as from a connected socket.
     """
 
+    #: The outbound's traffic counters (see ``StreamEnd.rx``/``tx``), bound by the outbound.
+    rx: Any = None
+    tx: Any = None
+
     def __init__(self, session: Session | None = None) -> None:
         self.peer: End | None = None
         self.session = session
@@ -203,7 +207,8 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, UnpacedEnd):
         session = self.session
         if session is not None:
             session.active = True
-            session.bytes_down += len(data)
+        if self.rx is not None:
+            self.rx.value += len(data)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: UDP carries on, as V2Ray does.
@@ -222,7 +227,8 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, UnpacedEnd):
         session = self.session
         if session is not None:
             session.active = True
-            session.bytes_up += len(data)
+        if self.tx is not None:
+            self.tx.value += len(data)
         if self.transport is not None:
             self.transport.sendto(data, self._remote)
         elif len(self._pending) < MAX_PENDING:
@@ -365,6 +371,10 @@ class UdpServer(asyncio.DatagramProtocol):
     the relay).
     """
 
+    #: The inbound's traffic counters for the datagrams read and sent (``StreamEnd.rx``).
+    rx: Any = None
+    tx: Any = None
+
     def __init__(
         self,
         classify: Callable[[bytes, tuple[str, int]], tuple[Destination, bytes, bytes] | None],
@@ -411,6 +421,8 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.rx is not None:
+            self.rx.value += len(data)
         try:
             parsed = self.classify(data, addr)
         except Exception as exc:  # a bad datagram is dropped, never fatal
@@ -455,12 +467,18 @@ class UdpServer(asyncio.DatagramProtocol):
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
+            if self.tx is not None:
+                self.tx.value += len(data)
             self.transport.sendto(data, addr)
 
     def reply(self, flow: UdpClientFlow, data: bytes) -> None:
-        """A reply of ``flow``'s destination to its client (from the listening socket)."""
-        if self.transport is not None:
-            self.transport.sendto(data, flow.client)
+        """A reply of ``flow``'s destination to its client (from the listening socket;
+        :meth:`send` inlined: this is once per datagram)."""
+        transport = self.transport
+        if transport is not None:
+            if self.tx is not None:
+                self.tx.value += len(data)
+            transport.sendto(data, flow.client)
 
     def forget(self, flow: UdpClientFlow) -> None:
         if self.closed is not None:
