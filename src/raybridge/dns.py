@@ -28,6 +28,7 @@ from typing import Any
 from raybridge.address import Destination, IPAddress, Network, parse_host
 from raybridge.config.model import DnsConfig, DnsPattern, DnsServerConfig, Located
 from raybridge.dispatcher import Dispatcher, resolve
+from raybridge.driver import PolicyDriver
 from raybridge.errors import ConfigError
 from raybridge.link import Resolver, Session
 from raybridge.matchers import DomainSet, GeoAssets, IPMatcher
@@ -126,8 +127,7 @@ class DnsClient(Resolver):
         self._waiters: dict[int, asyncio.Future[list[IPAddress]]] = {}
         self._links: dict[int, _QueryLink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._driver = PolicyDriver(self.policy, self._handle)
         self._closed = False
 
     def attach(self, dispatcher: Dispatcher) -> None:
@@ -140,7 +140,7 @@ class DnsClient(Resolver):
         lid = self.policy.lookup(host, _WANTS.get(family, Want.BOTH), loop.time())
         waiter: asyncio.Future[list[IPAddress]] = loop.create_future()
         self._waiters[lid] = waiter
-        self._pump()
+        self._driver.run()
         try:
             return await waiter
         finally:
@@ -149,11 +149,9 @@ class DnsClient(Resolver):
 
     async def close(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._driver.close()
         for link in list(self._links.values()):
-            link.close()
+            link.end(ConnectionAbortedError("DNS client closed"))
         for task in list(self._tasks):
             task.cancel()
         for waiter in self._waiters.values():
@@ -163,43 +161,23 @@ class DnsClient(Resolver):
 
     # -- the policy's events ---------------------------------------------------------------
 
-    def _pump(self) -> None:
-        policy = self.policy
-        while (event := policy.next_event()) is not None:
-            if isinstance(event, SendQuery):
-                self._send(event.server, event.data)
-            elif isinstance(event, SystemLookup):
-                self._spawn(self._system(event))
-            elif isinstance(event, Resolved):
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("dns: lookup %d: %s", event.lookup, [str(a) for a in event.ips])
-                self._finish(event.lookup, list(event.ips))
-            elif isinstance(event, Failed):
-                logger.info("dns: %s", event.reason)
-                self._finish(event.lookup, [])
-        self._arm()
+    def _handle(self, event: object) -> None:
+        if isinstance(event, SendQuery):
+            self._send(event.server, event.data)
+        elif isinstance(event, SystemLookup):
+            self._spawn(self._system(event))
+        elif isinstance(event, Resolved):
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("dns: lookup %d: %s", event.lookup, [str(a) for a in event.ips])
+            self._finish(event.lookup, list(event.ips))
+        elif isinstance(event, Failed):
+            logger.info("dns: %s", event.reason)
+            self._finish(event.lookup, [])
 
     def _finish(self, lookup: int, ips: list[IPAddress]) -> None:
         waiter = self._waiters.pop(lookup, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(ips)
-
-    def _arm(self) -> None:
-        when = self.policy.get_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None and not self._closed:
-            self._timer = asyncio.get_running_loop().call_at(when, self._expired)
-
-    def _expired(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.policy.handle_timer(asyncio.get_running_loop().time())
-        self._pump()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -211,7 +189,7 @@ class DnsClient(Resolver):
         self.policy.system_answer(
             event.lookup, event.server, ips, asyncio.get_running_loop().time()
         )
-        self._pump()
+        self._driver.run()
 
     # -- links to the servers --------------------------------------------------------------
 
@@ -227,11 +205,11 @@ class DnsClient(Resolver):
             link = _QueryLink(self, index, session)
             self._links[index] = link
             dispatcher.dispatch(session, dest, link)
-        link.send(data)
+        link.deliver(data)
 
     def _received(self, index: int, data: bytes) -> None:
         self.policy.datagram_received(index, data, asyncio.get_running_loop().time())
-        self._pump()
+        self._driver.run()
 
     def _dropped(self, link: _QueryLink) -> None:
         if self._links.get(link.index) is link:
@@ -249,27 +227,11 @@ class _QueryLink(FlowEnd):
         self.client = client
         self.index = index
 
-    def send(self, data: bytes) -> None:
-        self.session.active = True
-        self.session.bytes_up += len(data)
-        if self.peer is not None:
-            self.peer.write(data)
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.session.active = True
-        self.session.bytes_down += len(data)
+    def reply(self, data: bytes) -> None:
         self.client._received(self.index, data)
 
     def write_to(self, data: bytes, address: Destination) -> None:
         pass  # only the server's own answers count (a full-cone reply from elsewhere)
-
-    def close(self) -> None:
-        peer = self.peer
-        self._finish()
-        if peer is not None:
-            peer.abort(ConnectionAbortedError("DNS client closed"))
 
     def forget(self) -> None:
         self.client._dropped(self)

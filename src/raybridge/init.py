@@ -478,23 +478,18 @@ def _link_note(setup: Setup, paths: dict[str, Path], out: TextIO) -> None:
         )
 
 
+def _option(args: argparse.Namespace, flag: str) -> Any:
+    """The value given for ``flag`` (``--bridge-path`` is argparse's ``bridge_path``)."""
+    return getattr(args, flag[2:].replace("-", "_"))
+
+
 def _check_transport_options(
     args: argparse.Namespace, parser: argparse.ArgumentParser, transport: str, client_port: int
 ) -> None:
     """Usage errors in ``--transport`` and the options that go with it."""
     if transport == "tcp":
-        given = [
-            flag
-            for flag, value in (
-                ("--cert", args.cert),
-                ("--key", args.key),
-                ("--self-signed", args.self_signed),
-                ("--path", args.path),
-                ("--bridge-path", args.bridge_path),
-                ("--nginx-port", args.nginx_port),
-            )
-            if value
-        ]
+        not_tcp = ("--cert", "--key", "--self-signed", "--path", "--bridge-path", "--nginx-port")
+        given = [flag for flag in not_tcp if _option(args, flag)]
         if given:
             parser.error(
                 f"{', '.join(given)}: not with --transport tcp (bare TCP has no TLS and no "
@@ -654,15 +649,8 @@ def _ask_missing(
 ) -> int | None:
     """Ask for the options ``init`` needs that the command line left out (a usage error
     when ``inp`` is not a terminal). Returns the exit status when the user gives up."""
-    missing = [
-        flag
-        for flag, value in (
-            ("--portal-address", args.portal_address),
-            ("--portal-port", args.portal_port),
-            ("--out", args.out),
-        )
-        if value is None
-    ]
+    needed = ("--portal-address", "--portal-port", "--out")
+    missing = [flag for flag in needed if _option(args, flag) is None]
     if not missing:
         return None
     if not inp.isatty():

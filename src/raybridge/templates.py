@@ -439,6 +439,23 @@ def _client_stream_comment(s: Setup) -> str:
     return f"{name}{via}. {trust}"
 
 
+def _run_note(name: str, secrets: str = "The id below is a secret") -> str:
+    """The end of a node's opening comment: how to run it, and that the file is secret."""
+    return (
+        f"Run: raybridge run -c {name}   (or V2Ray 4.34: v2ray -config {name})\n"
+        f"Written by raybridge init. {secrets}: keep this file private."
+    )
+
+
+def _dialling_node(
+    s: Setup, config: dict[str, Any], comments: dict[Path, str], header: str
+) -> Commented:
+    """A's or C's file: its first outbound dials B (its streamSettings get their comment)."""
+    if "streamSettings" in config["outbounds"][0]:
+        comments["outbounds", 0, "streamSettings"] = _client_stream_comment(s)
+    return Commented(config, comments, header)
+
+
 def _outbound_to_portal(s: Setup, tag: str, user_id: str, port: int, path: str) -> dict[str, Any]:
     """A's tunnel or C's proxy: VMess to B with its own user, over the client transport."""
     user = {"id": user_id, "alterId": 0, "security": "auto"}
@@ -477,17 +494,13 @@ def safe_bridge_config(s: Setup) -> Commented:
             "the private network."
         ),
     }
-    if "streamSettings" in tunnel:
-        comments["outbounds", 0, "streamSettings"] = _client_stream_comment(s)
-    header = (
+    intro = (
         "Node A, the BRIDGE: runs inside the private network. It dials out to the portal B\n"
         f"at {s.portal_address}:{s.bridge_dial_port} and keeps tunnels open; it needs no open "
         "port.\n"
         "Clients of B reach, through it, whatever this machine can reach.\n"
-        "Run: raybridge run -c a.json   (or V2Ray 4.34: v2ray -config a.json)\n"
-        "Written by raybridge init. The id below is a secret: keep this file private."
     )
-    return Commented(config, comments, header)
+    return _dialling_node(s, config, comments, intro + _run_note("a.json"))
 
 
 def safe_portal_config(s: Setup) -> Commented:
@@ -579,8 +592,7 @@ def _portal_header(s: Setup) -> str:
         f"{s.portal_address}. Listens on {s.listen}:{s.portal_port}\n"
         f"(bridges) and {s.listen}:{s.client_port} {reachable}\n"
         + (f"Transport: {TRANSPORT_NAMES[s.transport]}.\n" if s.transport in TLS_TRANSPORTS else "")
-        + "Run: raybridge run -c b.json   (or V2Ray 4.34: v2ray -config b.json)\n"
-        f"Written by raybridge init. {secrets_note}: keep this file private."
+        + _run_note("b.json", secrets_note)
     )
 
 
@@ -606,16 +618,12 @@ def safe_client_config(s: Setup) -> Commented:
     }
     if s.http_port:
         comments["inbounds", 1] = f"HTTP proxy: 127.0.0.1:{s.http_port}."
-    if "streamSettings" in proxy:
-        comments["outbounds", 0, "streamSettings"] = _client_stream_comment(s)
-    header = (
+    intro = (
         "Node C, the CLIENT: local proxies on 127.0.0.1; everything goes through the portal\n"
         f"B ({s.portal_address}) and the bridge A. Phones and desktop clients (v2rayN,\n"
         "v2rayNG, ...) can import the share link instead: raybridge link -c c.json\n"
-        "Run: raybridge run -c c.json   (or V2Ray 4.34: v2ray -config c.json)\n"
-        "Written by raybridge init. The id below is a secret: keep this file private."
     )
-    return Commented(config, comments, header)
+    return _dialling_node(s, config, comments, intro + _run_note("c.json"))
 
 
 # --------------------------------------------------------------------------- nginx

@@ -108,6 +108,7 @@ __all__ = [
     "StreamClosed",
     "StreamData",
     "StreamEnded",
+    "StreamEvent",
     "StreamOpened",
     "StreamRefused",
     "StreamReset",
@@ -169,10 +170,17 @@ class H2StreamError(LayerError):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StreamOpened:
-    """Server: a stream passed the checks (its 200 is queued). Client: its 200 arrived."""
+class StreamEvent:
+    """An event about one stream (the adapter finds it by its id); the events but
+    :class:`ConnectionTerminated` and :class:`ConnectionRefused` are."""
 
     stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamOpened(StreamEvent):
+    """Server: a stream passed the checks (its 200 is queued). Client: its 200 arrived."""
+
     path: str
     authority: str
     #: Server: the first X-Forwarded-For element, if it is an IP address (V2Ray's source).
@@ -180,47 +188,40 @@ class StreamOpened:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StreamRefused:
+class StreamRefused(StreamEvent):
     """Server: a stream failed the checks; its 404 (or reset) is queued, the stream is gone."""
 
-    stream_id: int
     reason: str
     path: str = ""
     authority: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StreamData:
+class StreamData(StreamEvent):
     """Payload for a stream. Report it with :meth:`H2StreamConnection.consumed` once taken
     (or dropped): only then does the peer's window for the stream reopen."""
 
-    stream_id: int
     data: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StreamEnded:
+class StreamEnded(StreamEvent):
     """The peer ended its side of the stream (END_STREAM): deliver EOF."""
-
-    stream_id: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StreamReset:
+class StreamReset(StreamEvent):
     """The stream failed and is gone: the peer reset it (``remote``), a client got a status
     other than 200, or h2 reset it for a stream-level error."""
 
-    stream_id: int
     reason: str
     error_code: int = 0
     remote: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StreamClosed:
+class StreamClosed(StreamEvent):
     """Both sides of the stream ended cleanly (or our graceful close finished): it is gone."""
-
-    stream_id: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -254,6 +255,7 @@ H2Event: TypeAlias = (
 
 def normalize_path(path: str) -> str:
     """V2Ray's ``getNormalizedPath``: "" is "/", and a leading "/" is added if missing."""
+
     if not path:
         return "/"
     return path if path.startswith("/") else "/" + path

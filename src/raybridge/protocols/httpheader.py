@@ -53,19 +53,10 @@ import email.utils
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from raybridge.errors import ConfigError
-from raybridge.protocols.stream import (
-    EndReceived,
-    Established,
-    LayerError,
-    LayerEvent,
-    QueuedLayer,
-    Received,
-    Refused,
-    Role,
-)
+from raybridge.protocols.stream import HeaderLayer, LayerError, LayerEvent, Refused, Role
 
 __all__ = [
     "DEFAULT_REQUEST_HEADERS",
@@ -286,7 +277,7 @@ def _head(first: str, headers: HeaderList, rng: Picker, date: str | None) -> byt
     return "\r\n".join(lines).encode("utf-8")
 
 
-class HttpHeaderLayer(QueuedLayer):
+class HttpHeaderLayer(HeaderLayer):
     """One connection's fake HTTP exchange, client or server (see the module docstring).
 
     ``rng`` rolls the paths and header values (both roles); ``clock`` (Unix time) dates the
@@ -330,9 +321,7 @@ class HttpHeaderLayer(QueuedLayer):
         self._out: list[bytes] = []
 
     # -- from below ----------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> list[LayerEvent]:
-        if self._established:
-            return [Received(data)] if data else []
+    def _receive_header(self, data: bytes) -> list[LayerEvent]:
         if self._refused:
             return []
         self._in += data
@@ -342,12 +331,10 @@ class HttpHeaderLayer(QueuedLayer):
                 if len(self._in) >= self._max:
                     raise HttpHeaderError(f"no end of the response header in {self._max} bytes")
                 return []
-            return self._done(end, {})
+            return self._header_done(end, {})
         return self._serve(end)
 
-    def receive_eof(self) -> list[LayerEvent]:
-        if self._established:
-            return [EndReceived()]
+    def _eof_in_header(self) -> list[LayerEvent]:
         if self._refused:
             return []
         raise HttpHeaderError("connection closed inside the HTTP header")
@@ -358,15 +345,6 @@ class HttpHeaderLayer(QueuedLayer):
         end = self._in.find(b"\r\n\r\n", start, self._max)
         self._scanned = min(len(self._in), self._max)
         return end + 4 if end >= 0 else -1
-
-    def _done(self, end: int, info: dict[str, object]) -> list[LayerEvent]:
-        rest = bytes(self._in[end:])
-        self._in = bytearray()
-        self._established = True
-        events: list[LayerEvent] = [Established(info=dict(info))]
-        if rest:
-            events.append(Received(rest))
-        return events
 
     def _serve(self, end: int) -> list[LayerEvent]:
         # Go's readRequest fails on a bad request line as soon as it has one (V2Ray tries
@@ -391,10 +369,10 @@ class HttpHeaderLayer(QueuedLayer):
         shown = path.decode("utf-8", "replace")
         if path not in self._paths:  # Go compares bytes: so do we
             return self._refuse("404 Not Found", f"wrong path {shown!r}")
-        info: dict[str, object] = {"path": shown}
+        info: dict[str, Any] = {"path": shown}
         if b"host" in headers:
             info["host"] = headers[b"host"][0].decode("latin-1")
-        return self._done(end, info)
+        return self._header_done(end, info)
 
     def _refuse(self, status: str, reason: str) -> list[LayerEvent]:
         self._refused = True

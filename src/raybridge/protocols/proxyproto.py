@@ -45,14 +45,7 @@ import re
 from enum import IntEnum
 from typing import Any
 
-from raybridge.protocols.stream import (
-    EndReceived,
-    Established,
-    LayerError,
-    LayerEvent,
-    QueuedLayer,
-    Received,
-)
+from raybridge.protocols.stream import HeaderLayer, LayerError, LayerEvent
 
 __all__ = [
     "V1_MAX",
@@ -102,7 +95,7 @@ _PROXY_FAMILIES = frozenset(f.value for f in Family if f is not Family.UNSPEC)
 _ADDRESS_BYTES = {0x0: 0, 0x1: 12, 0x2: 36, 0x3: 216}
 
 
-class ProxyProtocolLayer(QueuedLayer):
+class ProxyProtocolLayer(HeaderLayer):
     """Reads one PROXY header (v1 or v2), then passes the stream through unchanged."""
 
     name = "proxy"
@@ -112,15 +105,13 @@ class ProxyProtocolLayer(QueuedLayer):
             raise ValueError("max_v2_length must be within 0..65535")
         self._max_v2 = max_v2_length
         self._error_reply = error_reply
-        self._buf = bytearray()
-        self._done = False
+        self._in = bytearray()
+        self._established = False
         self._out: list[bytes] = []
 
     # -- from below ----------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> list[LayerEvent]:
-        if self._done:
-            return [Received(data)] if data else []
-        self._buf += data
+    def _receive_header(self, data: bytes) -> list[LayerEvent]:
+        self._in += data
         try:
             parsed = self._parse()
         except ProxyProtocolError:
@@ -129,28 +120,20 @@ class ProxyProtocolLayer(QueuedLayer):
         if parsed is None:
             return []
         info, used = parsed
-        rest = bytes(self._buf[used:])
-        self._buf = bytearray()
-        self._done = True
-        events: list[LayerEvent] = [Established(info=info)]
-        if rest:
-            events.append(Received(rest))
-        return events
+        return self._header_done(used, info)
 
-    def receive_eof(self) -> list[LayerEvent]:
-        if self._done:
-            return [EndReceived()]
+    def _eof_in_header(self) -> list[LayerEvent]:
         self._fail()
         raise ProxyProtocolError("connection closed before the end of the PROXY header")
 
     def _fail(self) -> None:
-        self._buf = bytearray()
+        self._in = bytearray()
         if self._error_reply:
             self._out.append(self._error_reply)
             self._error_reply = b""
 
     def _parse(self) -> tuple[dict[str, Any], int] | None:
-        buf = self._buf
+        buf = self._in
         n = len(buf)
         if buf[:12] == V2_SIGNATURE[:n]:
             return self._parse_v2() if n >= 16 else None
@@ -159,12 +142,12 @@ class ProxyProtocolLayer(QueuedLayer):
         raise ProxyProtocolError("no PROXY protocol header")
 
     def _parse_v1(self) -> tuple[dict[str, Any], int] | None:
-        end = self._buf.find(b"\n", 0, V1_MAX)
+        end = self._in.find(b"\n", 0, V1_MAX)
         if end < 0:
-            if len(self._buf) >= V1_MAX:
+            if len(self._in) >= V1_MAX:
                 raise ProxyProtocolError(f"PROXY v1 header longer than {V1_MAX} bytes")
             return None
-        line = bytes(self._buf[: end + 1])
+        line = bytes(self._in[: end + 1])
         if not line.endswith(b"\r\n"):
             raise ProxyProtocolError("PROXY v1 header does not end with CRLF")
         try:
@@ -185,7 +168,7 @@ class ProxyProtocolLayer(QueuedLayer):
         return info, end + 1
 
     def _parse_v2(self) -> tuple[dict[str, Any], int] | None:
-        buf = self._buf
+        buf = self._in
         ver_cmd, fam = buf[12], buf[13]
         length = int.from_bytes(buf[14:16], "big")
         if ver_cmd >> 4 != 2:

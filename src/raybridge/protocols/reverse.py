@@ -27,6 +27,7 @@ from enum import IntEnum
 
 from raybridge.address import Destination, Network
 from raybridge.errors import RemoteProtocolError
+from raybridge.protocols.protobuf import encode_varint
 
 __all__ = [
     "CONTROL_DOMAIN",
@@ -71,22 +72,13 @@ def is_control_target(target: Destination) -> bool:
     return isinstance(target.host, str) and target.host in CONTROL_DOMAINS
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def encode_control(state: ControlState, random: bytes) -> bytes:
     """Serialize as Go's proto3 marshaller does: zero and empty fields omitted."""
     parts: list[bytes] = []
     if state != ControlState.ACTIVE:
-        parts.append(bytes((_KEY_STATE,)) + _varint(int(state)))
+        parts.append(bytes((_KEY_STATE,)) + encode_varint(int(state)))
     if random:
-        parts.append(_KEY_RANDOM + _varint(len(random)) + bytes(random))
+        parts.append(_KEY_RANDOM + encode_varint(len(random)) + bytes(random))
     return b"".join(parts)
 
 

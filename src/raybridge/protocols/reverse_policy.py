@@ -141,6 +141,7 @@ __all__ = [
     "SendKeepAlive",
     "Timings",
     "TunnelConfirmed",
+    "TunnelEvent",
     "TunnelStateChanged",
     "Uniform",
 ]
@@ -220,86 +221,81 @@ class Refusal(Enum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DialTunnel:
-    """Bridge: dial a new tunnel to the portal (``redial``: not the first one)."""
+class TunnelEvent:
+    """An event about one tunnel (the adapter finds it by the policy's id); every event
+    but :class:`RefuseClient` is one."""
 
     tunnel: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialTunnel(TunnelEvent):
+    """Bridge: dial a new tunnel to the portal (``redial``: not the first one)."""
+
     redial: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SendKeepAlive:
+class SendKeepAlive(TunnelEvent):
     """Bridge: send a Mux.Cool KeepAlive on the tunnel (a raybridge portal watches them)."""
-
-    tunnel: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SendDrain:
+class SendDrain(TunnelEvent):
     """Bridge: tell the portal on the tunnel's control session that this bridge drains
     (a Control message with state DRAIN, bridge to portal): a raybridge portal opens no
     new session on it and ends the control session to say so; V2Ray 4.34's portal never
     reads that direction (``app/reverse/portal.go``) and goes on choosing it."""
 
-    tunnel: int
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DropTunnel:
+class DropTunnel(TunnelEvent):
     """Abort the tunnel: nothing heard from the other end for ``silence`` seconds."""
 
-    tunnel: int
     reason: str
     silence: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CloseTunnel:
+class CloseTunnel(TunnelEvent):
     """Close the tunnel cleanly (drained and idle, or shutting down)."""
-
-    tunnel: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TunnelConfirmed:
+class TunnelConfirmed(TunnelEvent):
     """Bridge: the tunnel's first Control message: it reaches a portal (worth a log line;
     ``failures``: failed dials before it)."""
 
-    tunnel: int
     failures: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TunnelStateChanged:
+class TunnelStateChanged(TunnelEvent):
     """Bridge: the portal switched the tunnel to ``state`` (worth a log line)."""
 
-    tunnel: int
     state: ControlState
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OpenControl:
+class OpenControl(TunnelEvent):
     """Portal: open the tunnel's control session with ``payload`` in its New frame."""
 
-    tunnel: int
     payload: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SendControl:
+class SendControl(TunnelEvent):
     """Portal: send a Control message on the control session if it is open (``end``: end
     the session after it); then report ``sessions_changed`` if ``end``."""
 
-    tunnel: int
     payload: bytes
     end: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OpenSession:
+class OpenSession(TunnelEvent):
     """Portal: open a mux session on ``tunnel`` for ``client`` (counted already)."""
 
-    tunnel: int
     client: int
 
 

@@ -47,6 +47,7 @@ from raybridge.errors import RemoteProtocolError
 __all__ = [
     "EndReceived",
     "Established",
+    "HeaderLayer",
     "LayerError",
     "LayerEvent",
     "QueuedLayer",
@@ -151,3 +152,40 @@ class QueuedLayer(StreamLayer):
         out = b"".join(self._out)
         self._out.clear()
         return out
+
+
+class HeaderLayer(QueuedLayer):
+    """A layer that reads one header from the peer into ``_in`` (V2Ray's HTTP header, a
+    PROXY header), then passes the stream up unchanged. A subclass reads the header in
+    :meth:`_receive_header` and ends it with :meth:`_header_done`."""
+
+    _in: bytearray
+    _established: bool
+
+    def receive_data(self, data: bytes) -> list[LayerEvent]:
+        if self._established:
+            return [Received(data)] if data else []
+        return self._receive_header(data)
+
+    def receive_eof(self) -> list[LayerEvent]:
+        if self._established:
+            return [EndReceived()]
+        return self._eof_in_header()
+
+    @abc.abstractmethod
+    def _receive_header(self, data: bytes) -> list[LayerEvent]:
+        """Bytes from below while the header is not complete."""
+
+    @abc.abstractmethod
+    def _eof_in_header(self) -> list[LayerEvent]:
+        """The layer below ended before the header was complete."""
+
+    def _header_done(self, end: int, info: dict[str, Any]) -> list[LayerEvent]:
+        """The header is ``_in[:end]``: the layer is established, what follows goes up."""
+        rest = bytes(self._in[end:])
+        self._in = bytearray()
+        self._established = True
+        events: list[LayerEvent] = [Established(info=info)]
+        if rest:
+            events.append(Received(rest))
+        return events

@@ -47,10 +47,11 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
+from raybridge.driver import PolicyDriver
 from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Session, UnpacedEnd, join
 from raybridge.protocols.mux import Role, SessionOpened
 from raybridge.protocols.reverse import (
@@ -105,47 +106,6 @@ logger = logging.getLogger("raybridge.reverse")
 def _now() -> float:
     """The one clock: the running loop's (the timer's ``call_at`` is on it too)."""
     return asyncio.get_running_loop().time()
-
-
-class _Policy(Protocol):
-    def next_event(self) -> Any: ...
-
-    def get_timer(self) -> float | None: ...
-
-    def handle_timer(self, now: float) -> None: ...
-
-
-class _Driver:
-    """Carries out a policy machine's events and holds its one timer (aioquic's
-    ``_handle_timer``): after every entry point, drain the events, then re-arm the timer."""
-
-    def __init__(self, policy: _Policy, handle: Callable[[Any], None]) -> None:
-        self.policy = policy
-        self._handle = handle
-        self.handle: asyncio.TimerHandle | None = None
-        self._at: float | None = None
-
-    def run(self) -> None:
-        next_event = self.policy.next_event
-        while (event := next_event()) is not None:
-            self._handle(event)  # may call an entry point, whose events queue up behind
-        when = self.policy.get_timer()
-        if when == self._at:
-            return
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-        self._at = when
-        if when is not None:
-            self.handle = asyncio.get_running_loop().call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        at = self._at
-        self.handle = self._at = None
-        # The loop may run a timer a clock tick early: the machine is told it is due.
-        now = _now()
-        self.policy.handle_timer(now if at is None else max(now, at))
-        self.run()
 
 
 # -- bridge --------------------------------------------------------------------------------
@@ -267,7 +227,7 @@ class Bridge:
         self.timings = timings or Timings()
         self.policy = BridgePolicy(self.timings, rng=rng or random.SystemRandom())
         self._tunnels: dict[int, BridgeTunnel] = {}  # every open one, by policy id
-        self._driver = _Driver(self.policy, self._handle)
+        self._driver = PolicyDriver(self.policy, self._handle)
 
     @property
     def tunnels(self) -> list[BridgeTunnel]:
@@ -511,7 +471,7 @@ class Portal(Outbound):
         self.listeners: list[Callable[[Portal], None]] = []  # tunnel list changed
         self._by_id: dict[int, PortalTunnel] = {}
         self._clients: dict[int, _Client] = {}  # waiting, or being decided on
-        self._driver = _Driver(self.policy, self._handle)
+        self._driver = PolicyDriver(self.policy, self._handle)
 
     @property
     def waiting(self) -> int:

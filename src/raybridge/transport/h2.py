@@ -529,13 +529,17 @@ class _H2Protocol(asyncio.Protocol):
         """The peer broke HTTP/2 (or was refused as HTTP/1.1): send what the codec has for it
         (GOAWAY, an HTTP/1.1 answer), close, and end every stream."""
         self._failure(reason)
+        self._close_transport()
+        self._shut(ConnectionResetError(f"{self.name}: {reason}"))
+
+    def _close_transport(self) -> None:
+        """Write what the codec still has (GOAWAY, an HTTP/1.1 answer), then close."""
         transport = self.transport
         if transport is not None:
             out = self.codec.data_to_send()
             if out:
                 transport.write(out)
             transport.close()
-        self._shut(ConnectionResetError(f"{self.name}: {reason}"))
 
     def _terminated(self, reason: str) -> None:
         logger.info("%s: the peer sent %s", self.name, reason)
@@ -548,12 +552,7 @@ class _H2Protocol(asyncio.Protocol):
         if self.closed:
             return
         self.codec.close(ErrorCodes.NO_ERROR, reason)
-        transport = self.transport
-        if transport is not None:
-            out = self.codec.data_to_send()
-            if out:
-                transport.write(out)
-            transport.close()
+        self._close_transport()
         self._shut(ConnectionResetError(f"{self.name}: connection closed"))
 
     def abort(self) -> None:
@@ -732,18 +731,9 @@ class H2ClientPool:
     (address, port, TLS settings); ``dial``: see :data:`Dial`.
     """
 
-    def __init__(
-        self,
-        *,
-        urandom: Callable[[int], bytes] = os.urandom,
-        max_frame_size: int | None = CLIENT_MAX_FRAME_SIZE,
-        on_failure: FailureHandler | None = None,
-        name: str = "h2",
-        **options: Any,
-    ) -> None:
-        self._urandom = urandom
-        self._max_frame_size = max_frame_size
-        self._on_failure = on_failure
+    def __init__(self, *, name: str = "h2", **options: Any) -> None:
+        #: What every connection is made with: :class:`H2ClientProtocol`'s keyword arguments
+        #: (``urandom``, ``max_frame_size``, ``on_failure``, the codec's settings).
         self._options = options
         self.name = name
         self._connections: dict[Hashable, list[H2ClientProtocol]] = {}
@@ -779,13 +769,7 @@ class H2ClientPool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[H2ClientProtocol] = loop.create_future()
         self._dialing[key] = future
-        conn = H2ClientProtocol(
-            urandom=self._urandom,
-            max_frame_size=self._max_frame_size,
-            on_failure=self._on_failure,
-            name=f"{self.name} {key}",
-            **self._options,
-        )
+        conn = H2ClientProtocol(name=f"{self.name} {key}", **self._options)
         try:
             await dial(conn)
             if conn.transport is None or conn.closed:

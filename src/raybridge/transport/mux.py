@@ -160,23 +160,20 @@ class MuxSessionEnd(End):
         self._grace: asyncio.TimerHandle | None = None
         self._idle = IdleTimer(session, idle, self._expire) if idle > 0 else None
 
-    # -- byte counts: what the carrier delivered ("received") and what we send on it; a
+    # -- byte counts: what the carrier delivered (``received``) or what we send on it; a
     # session's payload is counted by its inbound side only (raybridge.stats) --
-    def _received(self, size: int) -> None:
+    def _count(self, size: int, received: bool) -> None:
         session = self.session
         session.active = True
         if self.inbound_side:
-            session.bytes_up += size
-
-    def _sent(self, size: int) -> None:
-        session = self.session
-        session.active = True
-        if self.inbound_side:
-            session.bytes_down += size
+            if received:
+                session.bytes_up += size
+            else:
+                session.bytes_down += size
 
     # -- from the worker ---------------------------------------------------------------
     def deliver(self, data: bytes) -> None:
-        self._received(len(data))
+        self._count(len(data), True)
         if self._paused:
             self._hold(data)
             return
@@ -246,7 +243,7 @@ class MuxSessionEnd(End):
         """An XUDP datagram that names its own address (the session is UDP)."""
         peer = self.peer
         if isinstance(peer, PacketEnd) and not self._paused:
-            self._received(len(data))
+            self._count(len(data), True)
             peer.write_to(data, address)
         else:
             self.deliver(data)
@@ -255,7 +252,7 @@ class MuxSessionEnd(End):
         """A datagram from (or to) ``address``: on an XUDP session the frame says so."""
         if self.closed:
             return
-        self._sent(len(data))
+        self._count(len(data), False)
         self.worker.send(self, data, address)
 
     def remote_eof(self) -> None:
@@ -300,13 +297,13 @@ class MuxSessionEnd(End):
     def write(self, data: bytes) -> None:
         if self.closed:
             return
-        self._sent(len(data))
+        self._count(len(data), False)
         self.worker.send(self, data)
 
     def write_many(self, parts: list[bytes]) -> None:
         if self.closed:
             return
-        self._sent(sum(len(p) for p in parts))
+        self._count(sum(len(p) for p in parts), False)
         self.worker.send_many(self, parts)
 
     def deliver_many(self, parts: list[bytes]) -> None:
@@ -314,7 +311,7 @@ class MuxSessionEnd(End):
             for data in parts:
                 self.deliver(data)
             return
-        self._received(sum(len(p) for p in parts))
+        self._count(sum(len(p) for p in parts), True)
         if self.peer is not None:
             self.peer.write_many(parts)
 

@@ -309,30 +309,33 @@ class LayerStack(asyncio.Protocol):
         for layer in reversed(self.layers):
             layer.send_eof()
         self._flush()
-        self.closing = True
-        if self.lower is not None:
-            self.lower.close()
+        self._close_lower()
 
     def abort(self) -> None:
+        self._close_lower(abort=True)
+
+    def _close_lower(self, *, abort: bool = False) -> None:
+        """Nothing more goes through; the socket closes once its buffer is flushed (at once
+        with ``abort``)."""
         self.closing = True
-        if self.lower is not None:
-            self.lower.abort()
+        lower = self.lower
+        if lower is not None:
+            if abort:
+                lower.abort()
+            else:
+                lower.close()
 
     def _refused(self, layer: str, reason: str) -> None:
         self._fail(layer, reason, logging.INFO)
         self._flush()  # the answer (a 404)
-        self.closing = True
-        if self.lower is not None:
-            self.lower.close()
+        self._close_lower()
 
     def _broken(self, exc: _LayerFailed) -> None:
         if self.closing:
             return
         self._fail(exc.layer, exc.reason, logging.INFO)
         self._flush()  # an alert or a close frame, if the layer queued one
-        self.closing = True
-        if self.lower is not None:
-            self.lower.close()
+        self._close_lower()
 
     def _expired(self) -> None:
         self._deadline = None

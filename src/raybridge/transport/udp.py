@@ -252,13 +252,39 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, UnpacedEnd):
 
 class FlowEnd(UnpacedEnd, PacketEnd):
     """The inbound end of one UDP flow: ends after ``idle`` seconds without traffic, or
-    when its peer ends; then :meth:`forget` tells its owner. UDP has no backpressure."""
+    when its peer ends; then :meth:`forget` tells its owner. UDP has no backpressure.
+
+    Datagrams from the flow's own side go in through :meth:`deliver` (counted up); those
+    the peer writes go out through :meth:`reply` (counted down)."""
 
     def __init__(self, session: Session, idle: float) -> None:
         self.peer: End | None = None
         self.session = session
         self.closed = False
         self.idle = IdleTimer(session, idle, self._expire)
+        #: The session whose idle timer this flow's traffic also feeds (its group's).
+        self._owner: Session | None = None
+
+    def deliver(self, payload: bytes) -> None:
+        """A datagram from this flow's own side, for the peer."""
+        self.session.active = True
+        self.session.bytes_up += len(payload)
+        if self._owner is not None:
+            self._owner.active = True
+        if self.peer is not None:
+            self.peer.write(payload)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.session.active = True
+        self.session.bytes_down += len(data)
+        if self._owner is not None:
+            self._owner.active = True
+        self.reply(data)
+
+    def reply(self, data: bytes) -> None:
+        """Hook: a datagram from the peer, for this flow's own side."""
 
     def forget(self) -> None:
         """Hook: the flow is over (its owner drops it and counts its session)."""
@@ -269,11 +295,15 @@ class FlowEnd(UnpacedEnd, PacketEnd):
     def abort(self, exc: BaseException | None = None) -> None:
         self._finish()
 
-    def _expire(self) -> None:
+    def end(self, exc: BaseException) -> None:
+        """End the flow from its own side: the peer is aborted with ``exc``."""
         peer = self.peer
         self._finish()
         if peer is not None:
-            peer.abort(TimeoutError("UDP flow idle"))
+            peer.abort(exc)
+
+    def _expire(self) -> None:
+        self.end(TimeoutError("UDP flow idle"))
 
     def _finish(self) -> None:
         if self.closed:
@@ -302,31 +332,15 @@ class UdpClientFlow(FlowEnd):
         self.dest = dest
         self.reply_header = reply_header  # prepended to every reply (SOCKS); b"" for raw
         self.group: FlowGroup | None = None
-        #: The session whose idle timer this flow's traffic also feeds (its group's).
-        self._owner: Session | None = None
 
     def join_group(self, group: FlowGroup) -> None:
         self.group = group
         self._owner = group.session
         group.flows.add(self)
 
-    def deliver(self, payload: bytes) -> None:
-        """A datagram from the client for this flow's destination."""
-        self.session.active = True
-        self.session.bytes_up += len(payload)
-        if self._owner is not None:
-            self._owner.active = True
-        if self.peer is not None:
-            self.peer.write(payload)
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.session.active = True
-        self.session.bytes_down += len(data)
-        if self._owner is not None:
-            self._owner.active = True
-        self.server.reply(self, self.reply_header + data if self.reply_header else data)
+    def reply(self, data: bytes) -> None:
+        header = self.reply_header
+        self.server.reply(self, header + data if header else data)
 
     def write_to(self, data: bytes, address: Destination) -> None:
         encode = self.server.encode_reply
@@ -458,8 +472,13 @@ class UdpServer(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
     def reply(self, flow: UdpClientFlow, data: bytes) -> None:
-        """A reply of ``flow``'s destination to its client (from the listening socket)."""
-        self.send(data, flow.client)
+        """A reply of ``flow``'s destination to its client (from the listening socket;
+        :meth:`send` inlined: this is once per datagram)."""
+        transport = self.transport
+        if transport is not None:
+            if self.tx is not None:
+                self.tx.value += len(data)
+            transport.sendto(data, flow.client)
 
     def forget(self, flow: UdpClientFlow) -> None:
         if self.closed is not None:

@@ -116,10 +116,46 @@ _SQUEEZE = 4096  # even, so 2-byte draws never straddle two squeezes
 _FIRST_SQUEEZE = 64
 
 
-class ShakeStream:
-    """Consecutive big-endian uint16 words of SHAKE128(seed), squeezed incrementally."""
+@functools.lru_cache(maxsize=64)
+def _unpack_words(count: int) -> Callable[[bytes, int], tuple[int, ...]]:
+    return struct.Struct(f">{count}H").unpack_from
 
-    __slots__ = ("_buf", "_next", "_pos", "_xof")
+
+class _WordStream:
+    """Consecutive big-endian uint16 words of SHAKE128(seed), read from ``_buf``; a subclass
+    says how the next part of the output is made (:meth:`_refill`, once per squeeze)."""
+
+    __slots__ = ("_buf", "_pos")
+
+    _buf: bytes
+    _pos: int
+
+    def _refill(self) -> bytes:
+        raise NotImplementedError
+
+    def next_u16(self) -> int:
+        pos = self._pos
+        buf = self._buf
+        if pos >= len(buf):
+            buf = self._buf = self._refill()
+            pos = 0
+        self._pos = pos + 2
+        return (buf[pos] << 8) | buf[pos + 1]
+
+    def next_words(self, count: int) -> tuple[int, ...]:
+        """The next ``count`` words at once (one unpack instead of ``count`` calls)."""
+        pos = self._pos
+        buf = self._buf
+        if pos + 2 * count <= len(buf):
+            self._pos = pos + 2 * count
+            return _unpack_words(count)(buf, pos)
+        return tuple(self.next_u16() for _ in range(count))
+
+
+class ShakeStream(_WordStream):
+    """SHAKE128(seed), squeezed incrementally."""
+
+    __slots__ = ("_next", "_xof")
 
     def __init__(self, seed: bytes) -> None:
         self._xof = hashes.XOFHash(hashes.SHAKE128(digest_size=2**63 - 1))
@@ -128,41 +164,17 @@ class ShakeStream:
         self._next = _FIRST_SQUEEZE
         self._pos = 0
 
-    def next_u16(self) -> int:
-        pos = self._pos
-        buf = self._buf
-        if pos >= len(buf):
-            size = self._next
-            self._next = min(2 * size, _SQUEEZE)
-            buf = self._buf = self._xof.squeeze(size)
-            pos = 0
-        self._pos = pos + 2
-        return (buf[pos] << 8) | buf[pos + 1]
-
-    def next_words(self, count: int) -> tuple[int, ...]:
-        """The next ``count`` words at once (one unpack instead of ``count`` calls)."""
-        return _next_words(self, count)
+    def _refill(self) -> bytes:
+        size = self._next
+        self._next = min(2 * size, _SQUEEZE)
+        return self._xof.squeeze(size)
 
 
-def _next_words(stream: ShakeStream | HashlibShakeStream, count: int) -> tuple[int, ...]:
-    pos = stream._pos
-    buf = stream._buf
-    if pos + 2 * count <= len(buf):
-        stream._pos = pos + 2 * count
-        return _unpack_words(count)(buf, pos)
-    return tuple(stream.next_u16() for _ in range(count))
-
-
-@functools.lru_cache(maxsize=64)
-def _unpack_words(count: int) -> Callable[[bytes, int], tuple[int, ...]]:
-    return struct.Struct(f">{count}H").unpack_from
-
-
-class HashlibShakeStream:
+class HashlibShakeStream(_WordStream):
     """Fallback for OpenSSL builds without XOF squeezing: ``shake_128(seed).digest(n)`` is a
     prefix of ``digest(m)`` for ``m > n``, so regenerate with a doubled length when exhausted."""
 
-    __slots__ = ("_buf", "_pos", "_shake", "_total")
+    __slots__ = ("_shake", "_total")
 
     def __init__(self, seed: bytes) -> None:
         self._shake = hashlib.shake_128(seed)
@@ -170,20 +182,11 @@ class HashlibShakeStream:
         self._total = _SQUEEZE
         self._pos = 0
 
-    def next_u16(self) -> int:
-        pos = self._pos
-        buf = self._buf
-        if pos >= len(buf):
-            # Keep only the new half: memory stays proportional to one refill.
-            total = self._total
-            buf = self._buf = self._shake.digest(2 * total)[total:]
-            self._total = 2 * total
-            pos = 0
-        self._pos = pos + 2
-        return (buf[pos] << 8) | buf[pos + 1]
-
-    def next_words(self, count: int) -> tuple[int, ...]:
-        return _next_words(self, count)
+    def _refill(self) -> bytes:
+        # Keep only the new half: memory stays proportional to one refill.
+        total = self._total
+        self._total = 2 * total
+        return self._shake.digest(2 * total)[total:]
 
 
 def _xof_works() -> bool:
