@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from raybridge.api import messages as pb
 from raybridge.protocols.protobuf import Message, ProtobufError
@@ -61,20 +61,33 @@ def address(value: pb.IPOrDomain | None) -> str | None:
     return value.domain or None
 
 
+_Handler = TypeVar("_Handler", pb.InboundHandlerConfig, pb.OutboundHandlerConfig)
+
+
+def _protocol(
+    config: _Handler | None, side: str, protocols: dict[str, str]
+) -> tuple[_Handler, str, str]:
+    """``config``, the type of its proxy settings and the protocol that names; refused if
+    there is no config (``side``: "inbound" or "outbound") or the API does not add it."""
+    if config is None:
+        raise ApiError(f"Add{side.capitalize()}: no {side} given")
+    kind = config.proxy_settings.type if config.proxy_settings is not None else ""
+    protocol = protocols.get(kind)
+    if protocol is None:
+        *names, last = protocols.values()
+        raise ApiError(
+            f"{side} {config.tag!r}: {kind or 'no proxy settings'} is not taken: raybridge's "
+            f"API adds {', '.join(names)} and {last} {side}s"
+        )
+    return config, kind, protocol
+
+
 # --------------------------------------------------------------------------- inbounds
 
 
 def inbound_json(config: pb.InboundHandlerConfig | None) -> dict[str, Any]:
     """The ``inbounds`` entry that ``config`` (``AddInboundRequest.inbound``) describes."""
-    if config is None:
-        raise ApiError("AddInbound: no inbound given")
-    kind = config.proxy_settings.type if config.proxy_settings is not None else ""
-    protocol = _INBOUND_PROTOCOLS.get(kind)
-    if protocol is None:
-        raise ApiError(
-            f"inbound {config.tag!r}: {kind or 'no proxy settings'} is not taken: raybridge's "
-            "API adds socks, vmess and dokodemo-door inbounds"
-        )
+    config, kind, protocol = _protocol(config, "inbound", _INBOUND_PROTOCOLS)
     receiver: pb.ReceiverConfig = unpack(
         config.receiver_settings, pb.ReceiverConfig, "receiver settings"
     )
@@ -178,15 +191,7 @@ def _dokodemo(config: pb.DokodemoConfig, follow: bool) -> dict[str, Any]:
 
 def outbound_json(config: pb.OutboundHandlerConfig | None) -> dict[str, Any]:
     """The ``outbounds`` entry that ``config`` (``AddOutboundRequest.outbound``) describes."""
-    if config is None:
-        raise ApiError("AddOutbound: no outbound given")
-    kind = config.proxy_settings.type if config.proxy_settings is not None else ""
-    protocol = _OUTBOUND_PROTOCOLS.get(kind)
-    if protocol is None:
-        raise ApiError(
-            f"outbound {config.tag!r}: {kind or 'no proxy settings'} is not taken: raybridge's "
-            "API adds freedom, blackhole and vmess outbounds"
-        )
+    config, kind, protocol = _protocol(config, "outbound", _OUTBOUND_PROTOCOLS)
     out: dict[str, Any] = {"protocol": protocol}
     if config.tag:
         out["tag"] = config.tag

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 import os
 import resource
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +84,18 @@ class Service:
 
     name = ""
 
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
     def methods(self) -> dict[str, tuple[Method, type[Message]]]:
-        raise NotImplementedError
+        """Each public coroutine of the service is one of its methods: ``get_sys_stats``
+        serves ``GetSysStats`` and takes the message type its ``request`` is annotated with."""
+        found: dict[str, tuple[Method, type[Message]]] = {}
+        for attr, func in vars(type(self)).items():
+            if not attr.startswith("_") and inspect.iscoroutinefunction(func):
+                request = typing.get_type_hints(func)["request"]
+                found[attr.title().replace("_", "")] = (getattr(self, attr), request)
+        return found
 
     def __mapping__(self) -> dict[str, Handler]:
         mapping = {}
@@ -116,16 +128,6 @@ class StatsService(Service):
     """``app/stats/command``: the node's named counters (:mod:`raybridge.stats`)."""
 
     name = STATS
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    def methods(self) -> dict[str, tuple[Method, type[Message]]]:
-        return {
-            "GetStats": (self.get_stats, pb.GetStatsRequest),
-            "QueryStats": (self.query_stats, pb.QueryStatsRequest),
-            "GetSysStats": (self.get_sys_stats, pb.SysStatsRequest),
-        }
 
     async def get_stats(self, request: pb.GetStatsRequest) -> pb.GetStatsResponse:
         counters = self.node.counters
@@ -221,19 +223,6 @@ class HandlerService(Service):
 
     name = HANDLER
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    def methods(self) -> dict[str, tuple[Method, type[Message]]]:
-        return {
-            "AddInbound": (self.add_inbound, pb.AddInboundRequest),
-            "RemoveInbound": (self.remove_inbound, pb.RemoveInboundRequest),
-            "AlterInbound": (self.alter_inbound, pb.AlterInboundRequest),
-            "AddOutbound": (self.add_outbound, pb.AddOutboundRequest),
-            "RemoveOutbound": (self.remove_outbound, pb.RemoveOutboundRequest),
-            "AlterOutbound": (self.alter_outbound, pb.AlterOutboundRequest),
-        }
-
     async def add_inbound(self, request: pb.AddInboundRequest) -> pb.Empty:
         settings = inbound_json(request.inbound)
         await self.node.add_inbound(settings)
@@ -298,9 +287,6 @@ class LoggerService(Service):
     """``app/log/command``: ``RestartLogger`` reopens the log files (after a rotation)."""
 
     name = LOGGER
-
-    def methods(self) -> dict[str, tuple[Method, type[Message]]]:
-        return {"RestartLogger": (self.restart_logger, pb.Empty)}
 
     async def restart_logger(self, request: pb.Empty) -> pb.Empty:
         logs.reopen()
@@ -380,7 +366,7 @@ class ApiServer:
             elif name == "HandlerService":
                 services.append(HandlerService(node))
             elif name == "LoggerService":
-                services.append(LoggerService())
+                services.append(LoggerService(node))
         self.services = services
         self.server: Server | None = None
         self.outbound = ApiOutbound(config.tag, self)
