@@ -224,10 +224,7 @@ class HandlerService(Service):
     name = HANDLER
 
     async def add_inbound(self, request: pb.AddInboundRequest) -> pb.Empty:
-        settings = inbound_json(request.inbound)
-        await self.node.add_inbound(settings)
-        logger.info("API: added inbound %s", settings.get("tag", "(untagged)"))
-        return pb.Empty()
+        return await _add(self.node.add_inbound, inbound_json(request.inbound), "inbound")
 
     async def remove_inbound(self, request: pb.RemoveInboundRequest) -> pb.Empty:
         try:
@@ -257,10 +254,7 @@ class HandlerService(Service):
         return pb.Empty()
 
     async def add_outbound(self, request: pb.AddOutboundRequest) -> pb.Empty:
-        settings = outbound_json(request.outbound)
-        await self.node.add_outbound(settings)
-        logger.info("API: added outbound %s", settings.get("tag", "(untagged)"))
-        return pb.Empty()
+        return await _add(self.node.add_outbound, outbound_json(request.outbound), "outbound")
 
     async def remove_outbound(self, request: pb.RemoveOutboundRequest) -> pb.Empty:
         if not request.tag:
@@ -278,6 +272,15 @@ class HandlerService(Service):
         # V2Ray 4.34 defines no outbound operation either.
         kind = request.operation.type if request.operation is not None else "(none)"
         raise ApiError(f"unknown operation {kind}: there are no outbound operations")
+
+
+async def _add(
+    add: Callable[[dict[str, Any]], Awaitable[object]], settings: dict[str, Any], side: str
+) -> pb.Empty:
+    """Add the inbound or outbound (``side``) that ``settings`` describe to the node."""
+    await add(settings)
+    logger.info("API: added %s %s", side, settings.get("tag", "(untagged)"))
+    return pb.Empty()
 
 
 # --------------------------------------------------------------------------- LoggerService
