@@ -352,17 +352,6 @@ def _mux(obj: Obj) -> MuxConfig:
     return MuxConfig(enabled=enabled, concurrency=concurrency or 8)
 
 
-def _send_through(obj: Obj) -> str | None:
-    node = obj.get("sendThrough")
-    if node is None:
-        return None
-    address = normalize_ip(obj.ctx.expect_string(node, obj.sub("sendThrough")))
-    if address is None:
-        message = f"unable to send through {describe(node)}: not an IP address"
-        raise obj.ctx.error(node, obj.sub("sendThrough"), message)
-    return address
-
-
 def _proxy_tag(obj: Obj) -> str | None:
     proxy = obj.object("proxySettings")
     if proxy is None:
@@ -404,7 +393,7 @@ def _chained(obj: Obj, protocol: str, stream: StreamSettings, send_through: str 
 def build_outbound(obj: Obj) -> OutboundConfig:
     protocol = _protocol(obj, SUPPORTED_OUTBOUNDS, KNOWN_V2RAY_OUTBOUNDS, "outbound")
     tag = obj.string("tag")
-    send_through = _send_through(obj)
+    send_through = obj.opt_ip("sendThrough", "unable to send through {}: not an IP address")
     stream = stream_for(obj)
     proxy_tag = _proxy_tag(obj)
     if proxy_tag is not None:

@@ -95,16 +95,6 @@ def _refuse_later(obj: Obj, keys: dict[str, str]) -> None:
             )
 
 
-def _client_ip(obj: Obj) -> str | None:
-    node = obj.get("clientIp")
-    if node is None:
-        return None
-    ip = normalize_ip(obj.ctx.expect_string(node, obj.sub("clientIp")))
-    if ip is None:
-        raise obj.ctx.error(node, obj.sub("clientIp"), f"{describe(node)} is not an IP address")
-    return ip
-
-
 def _address(obj: Obj, node: JValue, path: str) -> tuple[str, bool]:
     """A server address -> (canonical IP or domain, is the system resolver)."""
     text = obj.ctx.expect_string(node, path).strip()
@@ -175,7 +165,7 @@ def _server(obj: Obj, node: JValue, path: str, index: int) -> DnsServerConfig:
             if isinstance(item_node, JArray):
                 item_node, item_path = item_node.items[i], join(item_path, i)
             raise ctx.error(item_node, item_path, problem)
-    client_ip = _client_ip(server)
+    client_ip = server.opt_ip("clientIp", "{} is not an IP address")
     _refuse_later(server, _LATER_SERVER_KEYS)
     server.finish()
     if system and client_ip:
@@ -289,7 +279,7 @@ def build_dns(obj: Obj) -> DnsConfig:
     for i, (path, node) in enumerate(obj.array("servers") or ()):
         servers.append(_server(obj, node, path, i))
     hosts = _hosts(obj)
-    client_ip = _client_ip(obj)
+    client_ip = obj.opt_ip("clientIp", "{} is not an IP address")
     tag = obj.string("tag")
     _refuse_later(obj, _LATER_KEYS)
     obj.finish()

@@ -246,6 +246,17 @@ class Obj:
             raise self.ctx.error(value, self.sub(name), f'"{name}" must not be empty')
         return text
 
+    def opt_ip(self, name: str, problem: str) -> str | None:
+        """The IP address ``name`` holds, normalised; ``None`` if absent. Anything else is
+        refused with ``problem``, where ``{}`` stands for the value given."""
+        value = self.get(name)
+        if value is None:
+            return None
+        ip = normalize_ip(self.ctx.expect_string(value, self.sub(name)))
+        if ip is None:
+            raise self.ctx.error(value, self.sub(name), problem.format(describe(value)))
+        return ip
+
     def boolean(self, name: str, default: bool = False) -> bool:
         value = self.get(name)
         return default if value is None else self.ctx.expect_bool(value, self.sub(name))
