@@ -107,6 +107,16 @@ def vmess_user(user: User | VMessUserConfig | Mapping[str, Any]) -> User:
     return User(id=user.id, alter_id=user.alter_id, level=user.level, email=user.email)
 
 
+def no_detour_target(entry: InboundConfig, tag: str) -> ConfigError:
+    """The error for a VMess inbound whose ``detour.to`` names no dynamic-port VMess inbound."""
+    return ConfigError(
+        f'no VMess inbound with "allocate": {{"strategy": "random"}} has the tag "{tag}"',
+        file=entry.file,
+        line=entry.line,
+        path=f"inbounds[{entry.index}].settings.detour.to",
+    )
+
+
 def build_router(
     rules: Iterable[RuleConfig],
     tags: Sequence[str],
@@ -250,13 +260,7 @@ class Node:
             tag = settings.detour_to
             found = targets.get(tag)
             if found is None or not isinstance(found[0].settings, VMessInboundSettings):
-                raise ConfigError(
-                    f'no VMess inbound with "allocate": {{"strategy": "random"}} has the '
-                    f'tag "{tag}"',
-                    file=inbound_config.file,
-                    line=inbound_config.line,
-                    path=f"inbounds[{inbound_config.index}].settings.detour.to",
-                )
+                raise no_detour_target(inbound_config, tag)
             target_config, target = found
             assert isinstance(target_config.settings, VMessInboundSettings)
             detour = detours.get(tag)

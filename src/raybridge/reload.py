@@ -42,8 +42,8 @@ from raybridge.config.model import (
     ReverseEndpoint,
     VMessInboundSettings,
 )
-from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
+from raybridge.node import no_detour_target
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.registry import build_inbounds, build_outbound
@@ -381,13 +381,7 @@ def _check_detours(config: Config) -> None:
             and settings.detour_to is not None
             and settings.detour_to not in dynamic
         ):
-            raise ConfigError(
-                f'no VMess inbound with "allocate": {{"strategy": "random"}} has the '
-                f'tag "{settings.detour_to}"',
-                file=entry.file,
-                line=entry.line,
-                path=f"inbounds[{entry.index}].settings.detour.to",
-            )
+            raise no_detour_target(entry, settings.detour_to)
 
 
 def _relink_detours(node: Node) -> None:
