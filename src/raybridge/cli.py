@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -361,32 +362,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+#: The subcommands that are one function (module, name), imported when it runs: a node's
+#: RSS does not pay for ``init``'s or the API client's imports.
+_COMMANDS = {
+    "run": (__name__, "cmd_run"),
+    "test": (__name__, "cmd_test"),
+    "reload": (__name__, "cmd_reload"),
+    "init": ("raybridge.init", "cmd_init"),
+    "link": ("raybridge.init", "cmd_link"),
+    "api": ("raybridge.api.cli", "cmd_api"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "run":
-        return cmd_run(args)
-    if args.command == "test":
-        return cmd_test(args)
-    if args.command == "reload":
-        return cmd_reload(args)
+    command = _COMMANDS.get(args.command)
+    if command is not None:
+        module, name = command
+        run: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+        return run(args)
     if args.command == "demo":
         from raybridge.demo import demo
 
         logs.setup(level="warning")
         return run_loop(demo(check=args.check, directory=args.dir))
-    if args.command == "init":
-        from raybridge.init import cmd_init
-
-        return cmd_init(args)
-    if args.command == "link":
-        from raybridge.init import cmd_link
-
-        return cmd_link(args)
-    if args.command == "api":
-        from raybridge.api.cli import cmd_api
-
-        return cmd_api(args)
     if args.command == "uuid":
         print(uuid.uuid4())
         return 0
