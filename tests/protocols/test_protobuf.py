@@ -6,7 +6,7 @@ tests/test_stats.py (v2ctl) and tests/test_api.py (V2Ray 4.34 taking our request
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import pytest
 from hypothesis import given
@@ -29,7 +29,6 @@ from raybridge.protocols.protobuf import (
 )
 
 
-@dataclass
 class Sample(Message):
     FIELDS = (
         Field(1, "a", UINT32),
@@ -90,7 +89,6 @@ def test_malformed_input(data: bytes, message: str) -> None:
         Sample.decode(data)
 
 
-@dataclass
 class Deep(Message):
     inner: Deep | None = None
 

@@ -7,13 +7,11 @@ them, and read packed or not), and skipping the fields and wire types a message 
 declare (fixed32/fixed64 included), as any protobuf reader does. Groups (wire types 3 and
 4, proto2 only) and anything malformed raise :class:`ProtobufError`.
 
-A message is a dataclass listing its fields once::
+A message is a dataclass that declares each field once, on its attribute::
 
-    @dataclass
-    class Stat(Message):
-        FIELDS = (Field(1, "name", STRING), Field(2, "value", INT64))
-        name: str = ""
-        value: int = 0
+    class Stat(Message, name="v2ray.core.app.stats.command.Stat"):
+        name: str = proto(1, STRING)
+        value: int = proto(2, INT64)
 
     Stat(name="x", value=3).encode() == b"\\n\\x01x\\x10\\x03"
 
@@ -22,9 +20,10 @@ As in proto3, fields at their default value are not written.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 __all__ = [
     "BOOL",
@@ -40,6 +39,7 @@ __all__ = [
     "ProtobufError",
     "decode_varint",
     "encode_varint",
+    "proto",
 ]
 
 
@@ -132,13 +132,54 @@ class Field:
 
 M = TypeVar("M", bound="Message")
 
+_PROTO = "proto"  # the key of a field's declaration in its dataclass field's metadata
+_DEFAULTS: dict[str, object] = {
+    UINT32: 0,
+    UINT64: 0,
+    INT64: 0,
+    BOOL: False,
+    STRING: "",
+    BYTES: b"",
+    MESSAGE: None,
+}
 
+
+def proto(
+    number: int, kind: str, *, repeated: bool = False, message: type[Message] | None = None
+) -> Any:
+    """Declare a message's field on its attribute (``tag: str = proto(1, STRING)``), with
+    proto3's default: 0, ``False``, ``""``, ``b""``, ``None`` for a message, an empty list
+    for a repeated field and an empty dict for a map."""
+    declared = {_PROTO: Field(number, "", kind, repeated, message)}
+    if kind == MAP:
+        return dataclasses.field(default_factory=dict, metadata=declared)
+    if repeated:
+        return dataclasses.field(default_factory=list, metadata=declared)
+    return dataclasses.field(default=_DEFAULTS[kind], metadata=declared)
+
+
+@dataclass_transform()
 class Message:
-    """Base of the declared messages (dataclasses with a ``FIELDS`` table)."""
+    """Base of the declared messages. A subclass is made a dataclass, and its ``FIELDS``
+    table is gathered from the attributes declared with :func:`proto` (a message that
+    refers to itself sets ``FIELDS`` after its class instead); ``name`` is its ``TYPE``."""
 
     FIELDS: ClassVar[tuple[Field, ...]] = ()
     #: The full proto name, for ``TypedMessage.type`` (e.g. ``v2ray.core.proxy.socks.Account``).
     TYPE: ClassVar[str] = ""
+
+    def __init_subclass__(cls, name: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name:
+            cls.TYPE = name
+        declared = tuple(
+            dataclasses.replace(value.metadata[_PROTO], name=attr)
+            for attr, value in vars(cls).items()
+            if isinstance(value, dataclasses.Field) and _PROTO in value.metadata
+        )
+        if declared:  # after the fields a base message declares
+            cls.FIELDS = cls.FIELDS + declared
+        dataclass(cls)
 
     def encode(self) -> bytes:
         out = bytearray()
