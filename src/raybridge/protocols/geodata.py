@@ -36,9 +36,11 @@ always written once set.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple, Protocol, SupportsIndex, overload
+from typing import NamedTuple
 
 from raybridge.errors import RemoteProtocolError
+from raybridge.protocols.protobuf import Buffer as Buffer  # re-exported: matchers.py uses it
+from raybridge.protocols.protobuf import decode_varint
 
 PLAIN, REGEX, DOMAIN, FULL = 0, 1, 2, 3
 DOMAIN_TYPES = {PLAIN: "plain", REGEX: "regex", DOMAIN: "domain", FULL: "full"}
@@ -48,18 +50,6 @@ _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
 
 class GeoDataError(RemoteProtocolError):
     """A ``.dat`` file that is not a well-formed GeoIPList / GeoSiteList."""
-
-
-class Buffer(Protocol):
-    """What the reader needs of its input: ``bytes``, ``bytearray`` and ``mmap`` have it."""
-
-    def __len__(self) -> int: ...
-
-    @overload
-    def __getitem__(self, index: SupportsIndex, /) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice, /) -> bytes: ...
 
 
 class CIDR(NamedTuple):
@@ -94,25 +84,6 @@ Span = tuple[int, int]  # [start, end) of a message's body in the buffer
 # ---------------------------------------------------------------------------- reading
 
 
-def _varint(data: Buffer, pos: int, end: int) -> tuple[int, int]:
-    """The varint at ``pos`` and the position after it."""
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise GeoDataError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if shift == 63 and byte > 1:
-                raise GeoDataError("varint longer than 64 bits")
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise GeoDataError("varint longer than 10 bytes")
-
-
 def _field(data: Buffer, pos: int, end: int) -> tuple[int, int, int, int]:
     """The field at ``pos`` of a message body ending at ``end``: ``(field number, wire
     type, value, position after)``; for wire types 1, 2 and 5 the value is the start of
@@ -122,7 +93,7 @@ def _field(data: Buffer, pos: int, end: int) -> tuple[int, int, int, int]:
     if key < 0x80:
         pos += 1
     else:
-        key, pos = _varint(data, pos, end)
+        key, pos = decode_varint(data, pos, end, GeoDataError)
     number, wire = key >> 3, key & 7
     if number == 0:
         raise GeoDataError("field number 0")
@@ -131,12 +102,12 @@ def _field(data: Buffer, pos: int, end: int) -> tuple[int, int, int, int]:
         if length < 0x80:
             pos += 1
         else:
-            length, pos = _varint(data, pos, end)
+            length, pos = decode_varint(data, pos, end, GeoDataError)
         if length > end - pos:
             raise GeoDataError(f"field {number}: {length} bytes announced, {end - pos} left")
         return number, wire, pos, pos + length
     if wire == _VARINT:
-        value, after = _varint(data, pos, end)
+        value, after = decode_varint(data, pos, end, GeoDataError)
         return number, wire, value, after
     if wire in (_FIXED64, _FIXED32):
         size = 8 if wire == _FIXED64 else 4

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, dataclass_transform
+from typing import Any, ClassVar, Protocol, SupportsIndex, TypeVar, dataclass_transform, overload
 
 __all__ = [
     "BOOL",
@@ -73,21 +73,43 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def decode_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """The varint at ``data[pos:]`` and the position after it."""
-    result = shift = 0
-    end = len(data)
+class Buffer(Protocol):
+    """What the geodata reader needs of its input: ``bytes``, ``bytearray`` and ``mmap``
+    have it."""
+
+    def __len__(self) -> int: ...
+
+    @overload
+    def __getitem__(self, index: SupportsIndex, /) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice, /) -> bytes: ...
+
+
+def decode_varint(
+    data: Buffer | memoryview, pos: int, end: int = -1, error: type[Exception] = ProtobufError
+) -> tuple[int, int]:
+    """The varint at ``data[pos:end]`` (``end`` -1: to the end of ``data``) and the position
+    after it. Malformed (cut off by ``end``, more than 10 bytes, or more than 64 bits, which
+    Go's ``protowire`` refuses as an overflow), it raises ``error``: the geodata reader
+    passes its own."""
+    if end < 0:
+        end = len(data)
+    result = 0
+    shift = 0
     while True:
         if pos >= end:
-            raise ProtobufError("truncated varint")
+            raise error("truncated varint")
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
+        if byte < 0x80:
+            if shift == 63 and byte > 1:
+                raise error("varint longer than 64 bits")
+            return result, pos
         shift += 7
-        if shift >= 70:
-            raise ProtobufError("varint longer than 10 bytes")
+        if shift > 63:
+            raise error("varint longer than 10 bytes")
 
 
 def _fields(data: bytes | memoryview) -> Iterator[tuple[int, int, Any]]:
