@@ -346,20 +346,6 @@ async def test_wrong_path_and_host_fail_the_stream_not_the_connection() -> None:
         await pool.close()
 
 
-async def test_open_callback_form_and_its_failure() -> None:
-    async with h2_server() as server:
-        pool = H2ClientPool()
-        key, dial = ("h2", server.port), dialer(server.port)
-        good, bad = Client(10_000, 3), Client()
-        pool.open(good, key, dial, path="/ray", hosts=["a.test"])
-        pool.open(bad, key, dial, path="/x", hosts=["a.test"])
-        await asyncio.wait_for(good.done, 10)
-        assert good.got_hash.hexdigest() == good.sent_hash.hexdigest()
-        exc = await asyncio.wait_for(bad.lost, 10)
-        assert isinstance(exc, ConnectionResetError) and bad.transport is None
-        await pool.close()
-
-
 async def test_dial_failure_is_raised_and_not_pooled() -> None:
     pool = H2ClientPool()
 

@@ -14,9 +14,9 @@ subclasses) run on a stream exactly as on a socket::
 Server: ``loop.create_server(lambda: H2ServerProtocol(factory, hosts=..., path=...), ...)``
 (over TLS, or under a ``LayerStack``); every accepted stream gets ``factory()``'s protocol,
 connected at once (its 200 is on the way). Client: :meth:`H2ClientPool.connect` (awaitable,
-as ``StreamEnd.start_connect`` wants) or :meth:`H2ClientPool.open` (callbacks) gives the
-protocol ``connection_made`` once the stream's ``:status 200`` arrives, as V2Ray's dial
-waits for it; the caller's ``dial`` makes the TCP (+TLS, ALPN ``h2``) connection.
+as ``StreamEnd.start_connect`` wants) gives the protocol ``connection_made`` once the
+stream's ``:status 200`` arrives, as V2Ray's dial waits for it; the caller's ``dial`` makes
+the TCP (+TLS, ALPN ``h2``) connection.
 
 Flow control, both ways, per stream (a slow reader or writer holds up only its own stream):
 
@@ -827,31 +827,6 @@ class H2ClientPool:
             raise
         return stream
 
-    def open(
-        self,
-        protocol: asyncio.Protocol,
-        key: Hashable,
-        dial: Dial,
-        *,
-        path: str,
-        hosts: Sequence[str] | str = (),
-    ) -> asyncio.Task[H2StreamTransport]:
-        """Callback form of :meth:`connect`: ``protocol`` gets ``connection_made`` on the 200,
-        or ``connection_lost(exc)`` (without a ``connection_made``) if it fails."""
-
-        async def run() -> H2StreamTransport:
-            try:
-                return await self.connect(protocol, key, dial, path=path, hosts=hosts)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                protocol.connection_lost(exc)
-                raise
-
-        task = asyncio.ensure_future(run())
-        task.add_done_callback(_retrieve)
-        return task
-
     async def close(self) -> None:
         """Close every connection (GOAWAY, then the socket); their streams end."""
         self._closed = True
@@ -862,8 +837,3 @@ class H2ClientPool:
                 conn.close("shutting down")
         self._connections.clear()
         await asyncio.sleep(0)
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
