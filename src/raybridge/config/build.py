@@ -449,8 +449,7 @@ def build_log(obj: Obj) -> LogConfig:
         access=access,
         error=error,
         level=level,
-        file=obj.ctx.file,
-        line=obj.line,
+        **obj.where(),
         access_line=line("access"),
         error_line=line("error"),
     )
@@ -497,7 +496,7 @@ def build_policy(obj: Obj) -> PolicyConfig:
         )
         system_obj.finish()
     obj.finish()
-    return PolicyConfig(levels=levels, system=system, file=ctx.file, line=obj.line)
+    return PolicyConfig(levels=levels, system=system, **obj.where())
 
 
 def build_api(obj: Obj) -> ApiConfig:
@@ -526,7 +525,7 @@ def build_api(obj: Obj) -> ApiConfig:
         if canonical not in services:
             services.append(canonical)
     obj.finish()
-    return ApiConfig(tag=tag, services=tuple(services), file=obj.ctx.file, line=obj.line)
+    return ApiConfig(tag=tag, services=tuple(services), **obj.where())
 
 
 def build_stats(obj: Obj) -> bool:
@@ -563,8 +562,7 @@ def build_reverse(obj: Obj) -> ReverseConfig:
     config = ReverseConfig(
         bridges=_endpoints(obj, "bridges", "bridge"),
         portals=_endpoints(obj, "portals", "portal"),
-        file=obj.ctx.file,
-        line=obj.line,
+        **obj.where(),
     )
     obj.finish()
     return config
@@ -708,8 +706,7 @@ def _raybridge_options(obj: Obj) -> RaybridgeOptions:
         status_hosts=hosts,
         state_dir=obj.opt_string("stateDir"),
         drain_timeout=obj.integer("drainTimeout", 0, 86400, 30),
-        file=obj.ctx.file,
-        line=obj.line,
+        **obj.where(),
     )
     obj.finish()
     return options

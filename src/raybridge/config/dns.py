@@ -274,7 +274,6 @@ def _hosts(obj: Obj) -> list[HostMapping]:
 
 
 def build_dns(obj: Obj) -> DnsConfig:
-    ctx = obj.ctx
     servers: list[DnsServerConfig] = []
     for i, (path, node) in enumerate(obj.array("servers") or ()):
         servers.append(_server(obj, node, path, i))
@@ -288,6 +287,5 @@ def build_dns(obj: Obj) -> DnsConfig:
         hosts=hosts,
         client_ip=client_ip,
         tag=tag,
-        file=ctx.file,
-        line=obj.line,
+        **obj.where(),
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from raybridge.address import normalize_ip as normalize_ip  # re-exported: build.py uses it
 from raybridge.config.jsonc import JArray, JBool, JNumber, JObject, JString, JValue, fold_key
@@ -180,6 +180,13 @@ class Ctx:
         )
 
 
+class Where(TypedDict):
+    """Where a config record was written (its ``file`` and ``line`` fields)."""
+
+    file: str
+    line: int
+
+
 class Obj:
     """A JSON object being read field by field; remembers which keys were used so that
     :meth:`finish` can warn about the rest."""
@@ -209,6 +216,10 @@ class Obj:
     def ignore(self, *names: str) -> None:
         """Mark keys as known without reading them."""
         self._used.update(fold_key(n) for n in names)
+
+    def where(self) -> Where:
+        """This object's file and line, for the record built from it."""
+        return {"file": self.ctx.file, "line": self.line}
 
     def get(self, name: str) -> JValue | None:
         """The value of ``name`` (case-insensitive, last duplicate wins); ``None`` if

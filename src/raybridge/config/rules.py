@@ -54,7 +54,6 @@ def _non_empty(values: list[str] | None) -> list[str] | None:
 
 
 def build_rule(obj: Obj, index: int) -> RuleConfig:
-    ctx = obj.ctx
     _check_type(obj)
     outbound_tag, balancer_tag = _target(obj)
     domains: list[str] = []
@@ -76,8 +75,7 @@ def build_rule(obj: Obj, index: int) -> RuleConfig:
         users=_non_empty(obj.string_list("user")),
         protocols=_non_empty(obj.string_list("protocol")),
         attrs=obj.string("attrs") or None,
-        file=ctx.file,
-        line=obj.line,
+        **obj.where(),
         index=index,
         path=obj.path,
     )
@@ -159,7 +157,7 @@ def build_balancer(obj: Obj) -> BalancerConfig:
     if not selector:
         raise obj.error("empty selector list")
     obj.finish()
-    return BalancerConfig(tag=tag, selector=selector, file=obj.ctx.file, line=obj.line)
+    return BalancerConfig(tag=tag, selector=selector, **obj.where())
 
 
 def build_routing(obj: Obj) -> RoutingConfig:
@@ -202,6 +200,5 @@ def build_routing(obj: Obj) -> RoutingConfig:
         domain_strategy=strategy,
         rules=rules,
         balancers=balancers,
-        file=obj.ctx.file,
-        line=obj.line,
+        **obj.where(),
     )

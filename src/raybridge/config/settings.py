@@ -99,8 +99,7 @@ def vmess_user(obj: Obj, *, server: bool) -> VMessUserConfig:
         email=obj.string("email"),
         security=_security(obj, server=server),
         experiments=_experiments(obj, server=server),
-        file=obj.ctx.file,
-        line=obj.line,
+        **obj.where(),
     )
     obj.finish()
     return user
