@@ -556,6 +556,30 @@ def start_target() -> tuple[subprocess.Popen[bytes], int, int]:
     return target, target_port, greeter_port
 
 
+def alternate(
+    systems: list[str], rounds: int, run: Callable[[str, Path, int], dict[str, float]]
+) -> dict[str, list[dict[str, float]]]:
+    """``run(system, workdir, target port)`` for each round and system in turn, with one
+    target process for all; each round's figures printed as they come."""
+    target, target_port, _ = start_target()
+    results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(rounds):
+                for system in systems:
+                    res = run(system, Path(tmp), target_port)
+                    results[system].append(res)
+                    print(
+                        f"round {r + 1} {system}: "
+                        + ", ".join(f"{k}={v:.3g}" for k, v in res.items()),
+                        flush=True,
+                    )
+    finally:
+        target.terminate()
+        target.wait()
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="abc")

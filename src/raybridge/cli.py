@@ -13,17 +13,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from raybridge import __version__
 from raybridge import log as logs
 from raybridge.errors import ConfigError
-from raybridge.runtime import HeapTrimmer, loop_name, raise_fd_limit, tune_allocator
+from raybridge.runtime import (
+    HeapTrimmer,
+    loop_name,
+    raise_fd_limit,
+    trim_heap,
+    tune_allocator,
+)
 
 #: V2Ray exits with 23 when its configuration cannot be loaded; scripts may rely on it.
 EXIT_CONFIG = 23
@@ -62,7 +69,14 @@ def _config_paths(args: argparse.Namespace) -> list[str]:
     return paths
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands whose arguments are defined here; the others (init, link) are raybridge.init's,
+#: which imports the config templates, share links and QR codes: only loaded for them.
+OWN_COMMANDS = frozenset({"run", "test", "demo", "uuid", "version"})
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; for one of :data:`OWN_COMMANDS` (``command``) without the init and link
+    subcommands, which only their own command line needs."""
     parser = argparse.ArgumentParser(
         prog="raybridge",
         description="A V2Ray 4.34 compatible proxy with reverse (bridge/portal) tunnels.",
@@ -87,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="fetch once through the chain and exit 0 or 1"
     )
     demo.add_argument("--dir", help="write the three configs here (default: a temp folder)")
-    from raybridge.init import add_parsers
+    if command not in OWN_COMMANDS:
+        from raybridge.init import add_parsers
 
-    add_parsers(sub)  # init, link
+        add_parsers(sub)  # init, link
     sub.add_parser("uuid", help="print a new random UUID")
     sub.add_parser("version", help="print the version")
     return parser
@@ -111,6 +126,24 @@ def findings(config: Any, *, documents: Any = None, skipped: Sequence[Any] = ())
     if documents is None:
         documents = parse_files(config.files)
     return all_findings(config, documents=documents, skipped=skipped)
+
+
+def unloaded(function: Callable[..., list[Any]], *args: Any) -> list[str]:
+    """``function(*args)`` as strings, with the raybridge modules it imported taken out of
+    ``sys.modules`` again: a running node checks its config once at start
+    (``raybridge.config.checks`` and ``simulate``, about 1 MB) and never again. Only
+    modules first imported by the call go, and nothing of them is kept but the strings."""
+    before = set(sys.modules)
+    try:
+        return [str(item) for item in function(*args)]
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith("raybridge."):
+                module = sys.modules.pop(name)
+                parent, _, child = name.rpartition(".")
+                if getattr(sys.modules.get(parent), child, None) is module:
+                    delattr(sys.modules[parent], child)  # the package held it too
+        gc.collect()
 
 
 def _report(label: str, item: Any, fix: str = "") -> None:
@@ -187,6 +220,7 @@ async def serve(
         logger.error("failed to start: %s", exc)
         return 1
     logger.warning("raybridge %s started (%s)", __version__, loop_name())
+    trim_heap()  # what parsing and checking the config freed goes back to the kernel now
     trimmer = HeapTrimmer()
     trimmer.start()
     if ready is not None:
@@ -221,14 +255,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     lc = config.log
     logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=args.log_format)
-    for warning in findings(config):
+    for warning in unloaded(findings, config):
         logger.warning("config: %s", warning)
     return run_loop(serve(config, status=args.status))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words[0] if words else None)
+    args = parser.parse_args(words)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "test":

@@ -18,11 +18,13 @@ from raybridge.dispatcher import Dispatcher
 from raybridge.link import Inbound, Outbound
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
-from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.registry import build_inbounds, build_outbound
 from raybridge.router import Router, compile_rule
 
 if TYPE_CHECKING:
+    # Imported where configured: a node without portals or bridges never loads them.
+    from raybridge.proxy.reverse import Bridge, Portal
+
     # Imported when a status server is asked for: prometheus_client and its imports cost
     # a node that runs without one about 8 MB of RSS.
     from raybridge.status import StatusServer
@@ -64,15 +66,20 @@ class Node:
         install_packetaddr_server(self.dispatcher)
         # Portals are outbounds registered after the configured ones (never the default
         # unless there is no other); bridges dial through the dispatcher.
-        self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
+        self.portals: list[Portal] = []
+        self.bridges: list[Bridge] = []
+        if config.reverse.portals or config.reverse.bridges:
+            from raybridge.proxy.reverse import Bridge, Portal
+
+            self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
+            self.bridges = [
+                Bridge(b.tag, b.domain, self.dispatcher, max_sessions=options.mux_max_sessions)
+                for b in config.reverse.bridges
+            ]
         for portal in self.portals:
             self.dispatcher.add_outbound(portal)
         self.status_address = status or options.status
         self.status_server: StatusServer | None = None
-        self.bridges = [
-            Bridge(b.tag, b.domain, self.dispatcher, max_sessions=options.mux_max_sessions)
-            for b in config.reverse.bridges
-        ]
         self.inbounds: list[Inbound] = []
         for inbound in config.inbounds:
             self.inbounds.extend(
