@@ -4,14 +4,26 @@
     python bench/chain.py --topology cb    # a plain C+B pair (SOCKS -> VMess -> freedom)
     python bench/chain.py --size 512 --rounds 3
     python bench/chain.py --transport wss  # the VMess links (C->B, A->B) over WebSocket+TLS
+    python bench/chain.py --figures echo,conc --rounds 5     # only some figures
+    python bench/chain.py --figures scale --scale 1000,5000,10000
 
 Each system runs its nodes as separate processes on loopback with the same configs; a
-separate target process (bench/target.py) is the destination. Figures: one TCP stream
-down and up through C's SOCKS port, time to open a connection through the chain and echo
-one byte (median), time from process start until the chain carries traffic, peak RSS of
-each node, CPU seconds per GB moved, and (reverse chain) seconds of failed connections
-while A, then B, is killed and restarted. Rounds alternate between the systems; the table shows
-medians and the raybridge/V2Ray ratio.
+separate target process (bench/target.py) is the destination. Figures (``--figures``):
+
+* ``ready``: time from process start until the chain carries traffic;
+* ``echo``: open a connection through the chain and echo one byte, median and p99 of
+  ``--echoes`` (and the same for a server that speaks first, ``greet``);
+* ``stream``: one TCP stream down and up through C's SOCKS port, CPU seconds per GB moved;
+* ``conc``: 1000 concurrent connections each echoing 10 KB: seconds, failures;
+* ``stall``: RSS growth while a reader stalls (backpressure);
+* ``restart`` (reverse chain): seconds of failed connections while A, then B, is killed
+  and restarted;
+* ``scale`` (with ``--scale N,...``): N connections opened and held open through the
+  chain, then per node the RSS per open connection, the open+echo latency (p50/p99) of new
+  connections meanwhile, and how many of the N echo afterwards (``ulimit -n`` is raised).
+
+Peak RSS of each node is always shown. Rounds alternate between the systems; the table
+shows medians and the raybridge/V2Ray ratio.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,15 +84,17 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return out
 
 
+def socks_request(target_port: int) -> bytes:
+    """A SOCKS5 greeting (no auth) and CONNECT to 127.0.0.1:``target_port``, in one go."""
+    return (
+        b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton(LOCAL) + struct.pack("!H", target_port)
+    )
+
+
 def socks_open(port: int, target_port: int, timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection((LOCAL, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(
-        b"\x05\x01\x00"
-        + b"\x05\x01\x00\x01"
-        + socket.inet_aton(LOCAL)
-        + struct.pack("!H", target_port)
-    )
+    sock.sendall(socks_request(target_port))
     reply = recv_exact(sock, 2 + 10)
     if reply[:2] != b"\x05\x00" or reply[3] != 0:
         raise ConnectionError(f"SOCKS refused: {reply!r}")
@@ -142,13 +156,31 @@ def open_echo_ms(port: int, target: int) -> float:
     return elapsed * 1000
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
+
+def run_async(main: Any) -> Any:
+    """The same fast client for both systems: the nodes should be what is measured."""
+    import asyncio
+
+    try:
+        import uvloop
+
+        return uvloop.run(main)
+    except ImportError:
+        return asyncio.run(main)
+
+
 def concurrent_echo(port: int, target: int, count: int, size: int) -> tuple[float, int]:
     """``count`` connections at once, each echoing ``size`` bytes (checked). Returns the
     seconds until all finished and how many failed."""
     import asyncio
 
     payload = os.urandom(size)
-    request = b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton(LOCAL) + struct.pack("!H", target)
+    request = socks_request(target)
 
     async def one() -> bool:
         try:
@@ -169,12 +201,88 @@ def concurrent_echo(port: int, target: int, count: int, size: int) -> tuple[floa
         results = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 120)
         return time.perf_counter() - start, results.count(False)
 
-    try:  # the same fast client for both systems: the nodes should be what is measured
-        import uvloop
+    result: tuple[float, int] = run_async(run())
+    return result
 
-        return uvloop.run(run())
-    except ImportError:
-        return asyncio.run(run())
+
+def scale(chain: Chain, echo_port: int, count: int, probes: int = 50) -> dict[str, float]:
+    """Open ``count`` connections through the chain to ``echo_port`` (bench/target.py
+    --echo), each checked with one echoed byte, and hold them open. Then: each node's RSS
+    growth per open connection, the open+echo latency of ``probes`` new connections one
+    after another (p50, p99, ms) while they are open, and how many of the ``count`` still
+    echo 100 bytes. Figures are keyed by ``count``."""
+    import asyncio
+
+    request = socks_request(echo_port)
+    before = {n.name: rss_now(n.proc.pid) for n in chain.nodes if n.proc is not None}
+
+    async def open_one(gate: asyncio.Semaphore) -> tuple[Any, Any] | None:
+        async with gate:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(LOCAL, chain.socks), 30
+                )
+                writer.write(request + b"E")
+                reply = await asyncio.wait_for(reader.readexactly(13), 30)
+                if reply[:2] != b"\x05\x00" or reply[12:] != b"E":
+                    writer.close()
+                    return None
+                return reader, writer
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                return None
+
+    async def echo(conn: tuple[Any, Any], payload: bytes) -> bool:
+        reader, writer = conn
+        try:
+            writer.write(payload)
+            return bool(await asyncio.wait_for(reader.readexactly(len(payload)), 30) == payload)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            return False
+
+    async def run() -> dict[str, float]:
+        out: dict[str, float] = {}
+        gate = asyncio.Semaphore(200)  # handshakes in flight: within every listen backlog
+        conns = await asyncio.gather(*(open_one(gate) for _ in range(count)))
+        live = [c for c in conns if c is not None]
+        await asyncio.sleep(1.0)  # let the nodes settle (buffers freed, timers armed)
+        for node in chain.nodes:
+            if node.proc is not None:
+                grown = rss_now(node.proc.pid) - before[node.name]
+                out[f"scale{count}_{node.name}_kB_per_conn"] = grown / 1024 / max(1, len(live))
+        latencies = []
+        for _ in range(probes):
+            start = time.perf_counter()
+            conn = await open_one(asyncio.Semaphore(1))
+            if conn is not None:
+                latencies.append((time.perf_counter() - start) * 1000)
+                conn[1].close()
+        out[f"scale{count}_open_p50_ms"] = percentile(latencies, 0.5) if latencies else 0.0
+        out[f"scale{count}_open_p99_ms"] = percentile(latencies, 0.99) if latencies else 0.0
+        payload = os.urandom(100)
+        echoed = await asyncio.gather(*(echo(c, payload) for c in live))
+        out[f"scale{count}_failed"] = count - sum(echoed)
+        for _, writer in live:
+            writer.close()
+        await asyncio.sleep(0.5)
+        return out
+
+    result: dict[str, float] = run_async(run())
+    return result
+
+
+def raise_nofile(want: int = 1 << 17) -> int:
+    """Raise this process's open-file limits (and so the nodes', which inherit them) as far
+    as allowed: the scale runs hold 2-3 sockets per connection in each node."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limits in ((max(want, hard), max(want, hard)), (hard, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return limits[0]
+        except (ValueError, OSError):
+            continue
+    return soft
 
 
 def stall_growth(chain: Chain, target: int, size: int, stall: float = 3.0) -> float:
@@ -484,39 +592,63 @@ def ready_time(chain: Chain, target: int, timeout: float = 30.0) -> float:
             time.sleep(0.005)
 
 
+#: What ``--figures`` can name, in the order they are measured.
+FIGURES = ("ready", "echo", "stream", "conc", "stall", "restart", "scale")
+
+
+@dataclass
+class Ports:
+    """The destinations of a run: bench/target.py's ports (``echo``: its event-loop echo
+    server for the scale runs, 0 when not started)."""
+
+    target: int
+    greeter: int
+    echo: int = 0
+
+
 def measure(
     chain: Chain,
-    target: int,
+    ports: Ports,
     size: int,
     echoes: int,
-    restarts: bool = False,
-    greeter: int = 0,
+    figures: frozenset[str] = frozenset(FIGURES),
+    scales: Sequence[int] = (),
 ) -> dict[str, float]:
     out: dict[str, float] = {}
+    target = ports.target
     chain.start()
     try:
         out["ready_s"] = ready_time(chain, target)
         for _ in range(5):
             open_echo_ms(chain.socks, target)  # warm up
-        out["echo_ms"] = statistics.median(open_echo_ms(chain.socks, target) for _ in range(echoes))
-        if greeter:
-            out["greet_ms"] = statistics.median(
-                greet_ms(chain.socks, greeter) for _ in range(echoes)
+        if "echo" in figures:
+            times = [open_echo_ms(chain.socks, target) for _ in range(echoes)]
+            out["echo_ms"] = statistics.median(times)
+            out["echo_p99_ms"] = percentile(times, 0.99)
+            if ports.greeter:
+                out["greet_ms"] = statistics.median(
+                    greet_ms(chain.socks, ports.greeter) for _ in range(echoes)
+                )
+        if "stream" in figures:
+            cpu0 = sum(c for c, _ in chain.stats().values())
+            out["down_MBps"] = download(chain.socks, target, size)
+            out["up_MBps"] = upload(chain.socks, target, size)
+            cpu1 = sum(c for c, _ in chain.stats().values())
+            out["cpu_s_per_GB"] = (cpu1 - cpu0) / (2 * size / 1e9)
+        if "conc" in figures:
+            out["conc1000_s"], out["conc1000_failed"] = concurrent_echo(
+                chain.socks, target, 1000, 10_000
             )
-        cpu0 = sum(c for c, _ in chain.stats().values())
-        out["down_MBps"] = download(chain.socks, target, size)
-        out["up_MBps"] = upload(chain.socks, target, size)
-        cpu1 = sum(c for c, _ in chain.stats().values())
-        out["cpu_s_per_GB"] = (cpu1 - cpu0) / (2 * size / 1e9)
-        out["conc1000_s"], out["conc1000_failed"] = concurrent_echo(
-            chain.socks, target, 1000, 10_000
-        )
-        out["stall_growth_MB"] = stall_growth(chain, target, 1_000_000_000)
-        if restarts:
+        if "stall" in figures:
+            out["stall_growth_MB"] = stall_growth(chain, target, 1_000_000_000)
+        if "restart" in figures and any(n.name == "A" for n in chain.nodes):
             for name in ("A", "B"):
                 failed, slowest = failure_window(chain, target, name)
                 out[f"restart_{name}_fail_s"] = failed
                 out[f"restart_{name}_slowest_s"] = slowest
+        if "scale" in figures:
+            for count in scales:
+                out.update(scale(chain, ports.echo, count))
         for name, (_, rss) in chain.stats().items():
             out[f"rss_{name}_MB"] = rss / 1e6
     finally:
@@ -544,6 +676,17 @@ def print_table(title: str, results: dict[str, list[dict[str, float]]]) -> dict[
     return med
 
 
+def start_echo_target() -> tuple[subprocess.Popen[bytes], int]:
+    """bench/target.py --echo in its own process: (process, port)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "target.py"), "--echo", str(port)], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return proc, port
+
+
 def start_target() -> tuple[subprocess.Popen[bytes], int, int]:
     """bench/target.py in its own process: (process, target port, greeter port)."""
     target_port, greeter_port = free_port(), free_port()
@@ -557,17 +700,22 @@ def start_target() -> tuple[subprocess.Popen[bytes], int, int]:
 
 
 def alternate(
-    systems: list[str], rounds: int, run: Callable[[str, Path, int], dict[str, float]]
+    systems: list[str],
+    rounds: int,
+    run: Callable[[str, Path, Ports], dict[str, float]],
+    echo_target: bool = False,
 ) -> dict[str, list[dict[str, float]]]:
-    """``run(system, workdir, target port)`` for each round and system in turn, with one
-    target process for all; each round's figures printed as they come."""
-    target, target_port, _ = start_target()
+    """``run(system, workdir, ports)`` for each round and system in turn, with one set of
+    target processes for all; each round's figures printed as they come."""
+    target, target_port, greeter_port = start_target()
+    echo = start_echo_target() if echo_target else None
+    ports = Ports(target_port, greeter_port, echo[1] if echo else 0)
     results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(rounds):
                 for system in systems:
-                    res = run(system, Path(tmp), target_port)
+                    res = run(system, Path(tmp), ports)
                     results[system].append(res)
                     print(
                         f"round {r + 1} {system}: "
@@ -575,8 +723,10 @@ def alternate(
                         flush=True,
                     )
     finally:
-        target.terminate()
-        target.wait()
+        for proc in (target, echo[0] if echo else None):
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
     return results
 
 
@@ -585,7 +735,7 @@ def main() -> int:
     parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="abc")
     parser.add_argument("--size", type=int, default=512, help="MB per throughput run")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--echoes", type=int, default=50)
+    parser.add_argument("--echoes", type=int, default=200, help="open+echo samples")
     parser.add_argument("--systems", default="raybridge,v2ray")
     parser.add_argument(
         "--transport",
@@ -593,10 +743,26 @@ def main() -> int:
         default="tcp",
         help="stream transport of the VMess links (TLS ones use a private CA made here)",
     )
+    parser.add_argument(
+        "--figures",
+        default=",".join(f for f in FIGURES if f != "scale"),
+        help=f"which figures, comma-separated, of {','.join(FIGURES)} (default: all but scale)",
+    )
+    parser.add_argument(
+        "--scale",
+        default="1000,5000,10000",
+        help="connection counts of the scale figure (with --figures ...,scale)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     systems = args.systems.split(",")
     size = args.size * 1_000_000
+    figures = frozenset(args.figures.split(","))
+    if not figures <= set(FIGURES):
+        parser.error(f"--figures: not one of {','.join(FIGURES)}: {sorted(figures - set(FIGURES))}")
+    scales = [int(n) for n in args.scale.split(",") if n] if "scale" in figures else []
+    if scales:
+        raise_nofile(8 * max(scales))
 
     # Byte-compile raybridge first, as an installed wheel is: start-up then measures the
     # program, not the compiler (matters where PYTHONDONTWRITEBYTECODE is set).
@@ -605,38 +771,25 @@ def main() -> int:
         check=False,
         stdout=subprocess.DEVNULL,
     )
-    target, target_port, greeter_port = start_target()
-    results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for r in range(args.rounds):
-                for system in systems:
-                    chain = apply_transport(
-                        TOPOLOGIES[args.topology](system, Path(tmp)), args.transport
-                    )
-                    res = measure(
-                        chain,
-                        target_port,
-                        size,
-                        args.echoes,
-                        restarts=args.topology == "abc",
-                        greeter=greeter_port,
-                    )
-                    results[system].append(res)
-                    print(
-                        f"round {r + 1} {system}: "
-                        + ", ".join(f"{k}={v:.3g}" for k, v in res.items()),
-                        flush=True,
-                    )
-    finally:
-        target.terminate()
-        target.wait()
+    results = alternate(
+        systems,
+        args.rounds,
+        lambda system, tmp, ports: measure(
+            apply_transport(TOPOLOGIES[args.topology](system, tmp), args.transport),
+            ports,
+            size,
+            args.echoes,
+            figures,
+            scales,
+        ),
+        echo_target=bool(scales),
+    )
 
     med = print_table(
         f"{args.topology} over {args.transport}: {platform.node()} {platform.machine()} "
         f"{os.cpu_count()} cpus, "
         f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
-        f"{args.rounds} rounds, {args.size} MB per stream",
+        f"{args.rounds} rounds, {args.size} MB per stream, {args.echoes} echoes",
         results,
     )
     if args.json:

@@ -4,7 +4,9 @@
     python bench/idle.py --topology cb --rounds 5
 
 For each round and system: the chain's processes are started together; figures are the
-seconds from start until each listening node accepts a connection (``listen_<node>_s``),
+seconds from start until each listening node accepts a connection (``listen_<node>_s``)
+and the CPU seconds it had used by then (``cpu_<node>_s``, less disturbed by other load
+on the machine than the wall time),
 until the chain echoes a byte (``ready_s``), and each node's RSS once the chain is ready
 and has been idle for a second (``idle_<node>_MB``). Rounds alternate between the systems;
 the table shows medians and the raybridge/V2Ray ratio.
@@ -42,6 +44,9 @@ def measure(chain: bench.Chain, target: int, settle: float) -> dict[str, float]:
             for name, port in list(own.items()):
                 if listening(port):
                     out[f"listen_{name}_s"] = time.perf_counter() - chain.started
+                    node = chain.node(name)
+                    assert node.proc is not None
+                    out[f"cpu_{name}_s"] = bench.proc_stat(node.proc.pid)[0]
                     del own[name]
             time.sleep(0.002)
         out["ready_s"] = bench.ready_time(chain, target)
@@ -64,8 +69,8 @@ def main() -> int:
     results = bench.alternate(
         args.systems.split(","),
         args.rounds,
-        lambda system, tmp, target: measure(
-            bench.TOPOLOGIES[args.topology](system, tmp), target, args.settle
+        lambda system, tmp, ports: measure(
+            bench.TOPOLOGIES[args.topology](system, tmp), ports.target, args.settle
         ),
     )
     bench.print_table(f"{args.topology}: start-up and idle RSS, {args.rounds} rounds", results)
