@@ -40,7 +40,7 @@ from raybridge.protocols.vmess.kdf import (
     kdf,
     kdf16,
 )
-from raybridge.protocols.vmess.primitives import fnv1a32_pure, md5, sha256_16
+from raybridge.protocols.vmess.primitives import fnv1a32, md5, sha256_16
 
 __all__ = [
     "AEAD_HEADER_PREFIX",
@@ -165,7 +165,7 @@ def encode_request_plaintext(
             raise ValueError("TCP/UDP request needs a target")
         out += VMESS_ADDRESS.encode(target.host, target.port)
     out += padding
-    out += fnv1a32_pure(out).to_bytes(4, "big")
+    out += fnv1a32(out).to_bytes(4, "big")
     return bytes(out)
 
 
@@ -238,7 +238,7 @@ def parse_request_plaintext(p: bytes | bytearray | memoryview) -> ParsedRequest 
     end = pos + padding_len + 4
     if n < end:
         return end
-    checksum_ok = fnv1a32_pure(p[: end - 4]) == int.from_bytes(p[end - 4 : end], "big")
+    checksum_ok = fnv1a32(p[: end - 4]) == int.from_bytes(p[end - 4 : end], "big")
     return ParsedRequest(
         version=p[0],
         body_iv=bytes(p[1:17]),
