@@ -348,21 +348,35 @@ class Chain:
     started: float = 0.0
     logs: list[Path] = field(default_factory=list)
 
+    @property
+    def name(self) -> str:
+        """The system's name in file names: ``NAME`` of ``NAME=SRC``."""
+        return self.system.partition("=")[0]
+
     def command(self, path: Path) -> list[str]:
         if self.system == "v2ray":
             return [V2RAY, "-config", str(path)]
         return [sys.executable, "-m", "raybridge", "run", "-c", str(path)]
 
+    def env(self) -> dict[str, str] | None:
+        """``NAME=SRC`` (``--systems``) runs raybridge from the source tree ``SRC``, for a
+        before/after comparison in one run (e.g. ``main=/work/main/src``)."""
+        _, sep, src = self.system.partition("=")
+        return {**os.environ, "PYTHONPATH": src} if sep else None
+
+    def popen(self, path: Path, log: Path, mode: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command(path), stdout=log.open(mode), stderr=subprocess.STDOUT, env=self.env()
+        )
+
     def start(self) -> None:
         self.started = time.perf_counter()
         for node in self.nodes:
-            path = self.workdir / f"{self.system}-{node.name}.json"
+            path = self.workdir / f"{self.name}-{node.name}.json"
             path.write_text(json.dumps(node.config, indent=1))
-            log = self.workdir / f"{self.system}-{node.name}.log"
+            log = self.workdir / f"{self.name}-{node.name}.log"
             self.logs.append(log)
-            node.proc = subprocess.Popen(
-                self.command(path), stdout=log.open("wb"), stderr=subprocess.STDOUT
-            )
+            node.proc = self.popen(path, log, "wb")
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -385,11 +399,9 @@ class Chain:
         assert node.proc is not None
         node.proc.kill()
         node.proc.wait()
-        path = self.workdir / f"{self.system}-{node.name}.json"
-        log = self.workdir / f"{self.system}-{node.name}.log"
-        node.proc = subprocess.Popen(
-            self.command(path), stdout=log.open("ab"), stderr=subprocess.STDOUT
-        )
+        path = self.workdir / f"{self.name}-{node.name}.json"
+        log = self.workdir / f"{self.name}-{node.name}.log"
+        node.proc = self.popen(path, log, "ab")
 
     def stats(self) -> dict[str, tuple[float, int]]:
         return {n.name: proc_stat(n.proc.pid) for n in self.nodes if n.proc is not None}
@@ -657,21 +669,23 @@ def measure(
 
 
 def print_table(title: str, results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    """Medians per system and, for two systems, the first's over the second's."""
+    """Medians per system and each system's over the last one's (V2Ray, by default)."""
     systems = list(results)
     keys = list(results[systems[0]][0])
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k in keys} for s in systems}
+    names = [s.partition("=")[0] for s in systems]
+    base = systems[-1]
+    ratios = systems[:-1]
     print()
     print(title)
-    header = f"| figure | {' | '.join(systems)} |"
-    if len(systems) == 2:
-        header += f" {systems[0]}/{systems[1]} |"
+    header = f"| figure | {' | '.join(names)} |"
+    header += "".join(f" {s.partition('=')[0]}/{names[-1]} |" for s in ratios)
     print(header)
-    print("|---" * (len(systems) + 1 + (len(systems) == 2)) + "|")
+    print("|---" * (len(systems) + 1 + len(ratios)) + "|")
     for k in keys:
         row = f"| {k} | " + " | ".join(f"{med[s][k]:.3g}" for s in systems) + " |"
-        if len(systems) == 2 and med[systems[1]][k]:
-            row += f" {med[systems[0]][k] / med[systems[1]][k]:.2f} |"
+        if med[base][k]:
+            row += "".join(f" {med[s][k] / med[base][k]:.2f} |" for s in ratios)
         print(row)
     return med
 
@@ -736,7 +750,12 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512, help="MB per throughput run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--echoes", type=int, default=200, help="open+echo samples")
-    parser.add_argument("--systems", default="raybridge,v2ray")
+    parser.add_argument(
+        "--systems",
+        default="raybridge,v2ray",
+        help="comma-separated; NAME=SRC runs raybridge from source tree SRC (e.g. "
+        "main=/work/main/src); ratios are to the last one",
+    )
     parser.add_argument(
         "--transport",
         choices=sorted(TRANSPORTS),
