@@ -95,3 +95,25 @@ def test_status_loaded_when_asked_for(tmp_path: Path) -> None:
     modules = modules_after_run(config, tmp_path)
     assert "raybridge.status" in modules and "prometheus_client" in modules
     assert loaded(modules, COMMAND_ONLY[:-3]) == ["raybridge.status"]
+
+
+def test_unloaded_takes_out_what_the_call_imported() -> None:
+    script = """
+import sys
+from raybridge import cli
+import raybridge.config
+def check():
+    import raybridge.config.simulate  # noqa: F401
+    return [1, "two"]
+assert "raybridge.config.simulate" not in sys.modules
+assert cli.unloaded(check) == ["1", "two"]
+assert "raybridge.config.simulate" not in sys.modules
+assert not hasattr(raybridge.config, "simulate")
+assert "raybridge.cli" in sys.modules
+cli.settle()
+import gc
+assert gc.get_freeze_count() > 0
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
