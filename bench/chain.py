@@ -205,25 +205,27 @@ def concurrent_echo(port: int, target: int, count: int, size: int) -> tuple[floa
     return result
 
 
-def scale(chain: Chain, echo_port: int, count: int, probes: int = 50) -> dict[str, float]:
+def scale(
+    chain: Chain, echo_port: int, count: int, idle: dict[str, int], probes: int = 50
+) -> dict[str, float]:
     """Open ``count`` connections through the chain to ``echo_port`` (bench/target.py
     --echo), each checked with one echoed byte, and hold them open. Then: each node's RSS
-    growth per open connection, the open+echo latency of ``probes`` new connections one
-    after another (p50, p99, ms) while they are open, and how many of the ``count`` still
-    echo 100 bytes. Figures are keyed by ``count``."""
+    growth over its ``idle`` RSS (taken before any scale run: a process keeps the heap an
+    earlier run grew) per open connection, the open+echo latency of ``probes`` new
+    connections one after another (p50, p99, ms) while they are open, and how many of the
+    ``count`` still echo 100 bytes. Figures are keyed by ``count``."""
     import asyncio
 
     request = socks_request(echo_port)
-    before = {n.name: rss_now(n.proc.pid) for n in chain.nodes if n.proc is not None}
 
-    async def open_one(gate: asyncio.Semaphore) -> tuple[Any, Any] | None:
+    async def open_one(gate: asyncio.Semaphore, timeout: float = 30) -> tuple[Any, Any] | None:
         async with gate:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(LOCAL, chain.socks), 30
+                    asyncio.open_connection(LOCAL, chain.socks), timeout
                 )
                 writer.write(request + b"E")
-                reply = await asyncio.wait_for(reader.readexactly(13), 30)
+                reply = await asyncio.wait_for(reader.readexactly(13), timeout)
                 if reply[:2] != b"\x05\x00" or reply[12:] != b"E":
                     writer.close()
                     return None
@@ -247,15 +249,16 @@ def scale(chain: Chain, echo_port: int, count: int, probes: int = 50) -> dict[st
         await asyncio.sleep(1.0)  # let the nodes settle (buffers freed, timers armed)
         for node in chain.nodes:
             if node.proc is not None:
-                grown = rss_now(node.proc.pid) - before[node.name]
+                grown = rss_now(node.proc.pid) - idle[node.name]
                 out[f"scale{count}_{node.name}_kB_per_conn"] = grown / 1024 / max(1, len(live))
         latencies = []
         for _ in range(probes):
             start = time.perf_counter()
-            conn = await open_one(asyncio.Semaphore(1))
+            conn = await open_one(asyncio.Semaphore(1), 5)  # a failure: counted, not waited on
             if conn is not None:
                 latencies.append((time.perf_counter() - start) * 1000)
                 conn[1].close()
+        out[f"scale{count}_probes_failed"] = probes - len(latencies)
         out[f"scale{count}_open_p50_ms"] = percentile(latencies, 0.5) if latencies else 0.0
         out[f"scale{count}_open_p99_ms"] = percentile(latencies, 0.99) if latencies else 0.0
         payload = os.urandom(100)
@@ -659,8 +662,9 @@ def measure(
                 out[f"restart_{name}_fail_s"] = failed
                 out[f"restart_{name}_slowest_s"] = slowest
         if "scale" in figures:
+            idle = {n.name: rss_now(n.proc.pid) for n in chain.nodes if n.proc is not None}
             for count in scales:
-                out.update(scale(chain, ports.echo, count))
+                out.update(scale(chain, ports.echo, count, idle))
         for name, (_, rss) in chain.stats().items():
             out[f"rss_{name}_MB"] = rss / 1e6
     finally:
