@@ -30,6 +30,9 @@ HARNESSES = (
     "http",
     "control",
     "config",
+    "dns",
+    "geodata",
+    "api",
 )
 #: Seconds a harness may take beyond -max_total_time (start-up, seed loading) before it is
 #: killed and reported as hung.

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -301,6 +302,38 @@ def v2ray(
         if proc.stdout is not None:
             proc.stdout.close()
         os.unlink(path)
+
+
+#: The environment of a raybridge subprocess: this tree's sources first.
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [str(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))]
+        + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    ),
+}
+
+
+@contextlib.contextmanager
+def raybridge_process(
+    config: str | os.PathLike[str], *args: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m raybridge run -c config *args`` as a process of its own (for tests that
+    signal it), output on its stdout pipe; killed at the end of the block if still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raybridge", "run", "-c", os.fspath(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=SUBPROCESS_ENV,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 async def wait_port_async(port: int, timeout: float = 10.0) -> None:

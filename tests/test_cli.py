@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+
+import pytest
 
 from tests.support import EchoServer, free_port, socks_echo, wait_port_async
 
@@ -92,7 +95,6 @@ def test_console_script_is_installed() -> None:
 
 async def test_json_log_format(tmp_path: Path) -> None:
     """--log-format json: one JSON object per line, access lines included."""
-    import json
 
     port = free_port()
     config = tmp_path / "n.json"
@@ -130,7 +132,6 @@ async def test_json_log_format(tmp_path: Path) -> None:
 async def test_logs_to_files_and_several_configs(tmp_path: Path) -> None:
     """Access and error logs go to the files the config names; two -c files merge as in
     V2Ray (here: the second file's log section replaces the first's)."""
-    import json
 
     port = free_port()
     base = tmp_path / "base.json"
@@ -163,3 +164,83 @@ async def test_logs_to_files_and_several_configs(tmp_path: Path) -> None:
         await asyncio.wait_for(proc.wait(), 10)
     assert re.search(r"accepted tcp:127\.0\.0\.1:\d+ \[in -> out\]", access.read_text())
     assert "[Warning] core: raybridge" in error.read_text()
+
+
+def _log_config(tmp_path: Path, field: str, target: str) -> Path:
+    """A valid node config whose ``log.<field>`` is ``target``; ``field`` on line 3."""
+    path = tmp_path / "logs.json"
+    path.write_text(
+        "{\n"
+        '  "log": {\n'
+        f'    "{field}": {json.dumps(target)},\n'
+        '    "loglevel": "info"\n'
+        "  },\n"
+        f'  "inbounds": [{{"protocol": "socks", "listen": "127.0.0.1", "port": {free_port()}}}],\n'
+        '  "outbounds": [{"protocol": "freedom"}]\n'
+        "}\n"
+    )
+    return path
+
+
+def _log_cases(tmp_path: Path) -> list[tuple[str, str]]:
+    """(target, what the message says) for log paths that cannot be opened."""
+    regular = tmp_path / "regular"
+    regular.write_text("")
+    cases = [
+        (str(tmp_path / "missing" / "v2ray" / "error.log"), "does not exist"),
+        (str(tmp_path), "is a directory"),
+        # A path under a regular file fails even for root.
+        (str(regular / "x.log"), "is not a directory"),
+    ]
+    if os.geteuid() != 0:  # root may write anywhere: no permission case to make
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases.append((str(locked / "x.log"), "no permission"))
+    return cases
+
+
+@pytest.mark.parametrize("field", ["access", "error"])
+def test_unopenable_log_file_is_a_config_error(tmp_path: Path, field: str) -> None:
+    """issue 14: a log file that cannot be opened is a config error naming file, line and
+    field, from ``test`` and from ``run`` alike (exit 23, no traceback, nothing created)."""
+    for target, reason in _log_cases(tmp_path):
+        config = _log_config(tmp_path, field, target)
+        for command in ("test", "run"):
+            out = rb(command, "-c", str(config))
+            assert out.returncode == 23, (command, target, out.stderr)
+            assert f"logs.json:3: log.{field}: cannot open the log file" in out.stderr, out.stderr
+            assert reason in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_log_file_in_existing_directory_is_fine(tmp_path: Path) -> None:
+    out = rb("test", "-c", str(_log_config(tmp_path, "error", str(tmp_path / "new.log"))))
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "new.log").exists()  # checked, not created, by "test"
+
+
+def test_both_log_files_are_reported(tmp_path: Path) -> None:
+    regular = tmp_path / "regular"
+    regular.write_text("")
+    config = tmp_path / "both.json"
+    access, error = tmp_path / "no" / "a.log", regular / "e.log"
+    config.write_text(
+        json.dumps({"log": {"access": str(access), "error": str(error)}}, indent=1) + "\n"
+    )
+    out = rb("test", "-c", str(config))
+    assert out.returncode == 23
+    assert "both.json:3: log.access: cannot open the log file" in out.stderr, out.stderr
+    assert "both.json:4: log.error: cannot open the log file" in out.stderr, out.stderr
+
+
+def test_a_log_section_replaced_by_a_later_file_is_not_checked(tmp_path: Path) -> None:
+    """Files merge first (a later "log" replaces an earlier one, as in V2Ray); only the
+    log files of the merged config must open."""
+    base = _log_config(tmp_path, "error", str(tmp_path / "missing" / "e.log"))
+    override = tmp_path / "override.json"
+    override.write_text(json.dumps({"log": {"error": str(tmp_path / "e.log")}}))
+    out = rb("test", "-c", str(base), "-c", str(override))
+    assert out.returncode == 0, out.stderr
+    out = rb("test", "-c", str(override), "-c", str(base))
+    assert out.returncode == 23 and "logs.json:3: log.error:" in out.stderr, out.stderr

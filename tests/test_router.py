@@ -96,10 +96,11 @@ def test_bad_rules_are_config_errors() -> None:
         router('[{"type": "field", "domain": ["regexp:("], "outboundTag": "b"}]')
     with pytest.raises(ConfigError, match="CIDR"):
         router('[{"type": "field", "ip": ["10.0.0.0/33"], "outboundTag": "b"}]')
+    # A list no file has: "not found" without the file, "no list" with one (tests/test_geo*.py)
     with pytest.raises(ConfigError, match=r"geoip\.dat"):
-        router('[{"type": "field", "ip": ["geoip:cn"], "outboundTag": "b"}]')
+        router('[{"type": "field", "ip": ["geoip:no-such-list"], "outboundTag": "b"}]')
     with pytest.raises(ConfigError, match=r"geosite\.dat"):
-        router('[{"type": "field", "domain": ["geosite:cn"], "outboundTag": "b"}]')
+        router('[{"type": "field", "domain": ["geosite:no-such-list"], "outboundTag": "b"}]')
 
 
 def test_balancer_picks_among_prefixed_tags() -> None:

@@ -4,11 +4,13 @@ real headless Chromium."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -461,28 +463,34 @@ def test_status_config_errors(status: Any, message: str | None) -> None:
     reason="needs Debian's chromium and the playwright package",
 )
 async def test_dashboard_with_a_token_in_headless_chromium() -> None:
-    from playwright.async_api import async_playwright
-
     port = free_port()
     b = status_config({"listen": f"127.0.0.1:{port}", "token": TOKEN})
-    async with node(b), async_playwright() as pw:
+    async with node(b), headless_page() as page:
+        await page.goto(f"http://127.0.0.1:{port}/#token={TOKEN}")
+        state = page.locator('[data-portal="portal"] .state')
+        await state.wait_for()
+        assert await state.text_content() == "offline"
+        assert await page.locator("#conn").text_content() == "live"
+        # Without the fragment the page loads but says what it needs.
+        await page.goto("about:blank")
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await page.wait_for_function(
+            "document.querySelector('#conn').textContent.includes('token')",
+            timeout=10_000,
+        )
+
+
+@contextlib.asynccontextmanager
+async def headless_page() -> AsyncIterator[Any]:
+    """A page of headless Chromium (Debian's, driven by playwright), closed at the end."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
         )
         try:
-            page = await browser.new_page()
-            await page.goto(f"http://127.0.0.1:{port}/#token={TOKEN}")
-            state = page.locator('[data-portal="portal"] .state')
-            await state.wait_for()
-            assert await state.text_content() == "offline"
-            assert await page.locator("#conn").text_content() == "live"
-            # Without the fragment the page loads but says what it needs.
-            await page.goto("about:blank")
-            await page.goto(f"http://127.0.0.1:{port}/")
-            await page.wait_for_function(
-                "document.querySelector('#conn').textContent.includes('token')",
-                timeout=10_000,
-            )
+            yield await browser.new_page()
         finally:
             await browser.close()
 

@@ -74,6 +74,26 @@ def parse_host(text: str) -> Host:
     return ip
 
 
+def normalize_ip(text: str) -> str | None:
+    """``text`` as a canonical IP string, or ``None`` if it is not an IP address.
+
+    Like V2Ray's ``net.ParseAddress``: ``[v6]`` brackets are removed, surrounding spaces
+    are trimmed, and IPv4-mapped IPv6 becomes IPv4.
+    """
+    if len(text) >= 2 and text[0] == "[" and text[-1] == "]":
+        text = text[1:-1]
+    text = text.strip()
+    if not text or "%" in text:
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def format_host(host: Host) -> str:
     return host if isinstance(host, str) else str(host)
 

@@ -1,6 +1,8 @@
 """The ``raybridge`` command line, shaped like V2Ray's.
 
-raybridge run -c a.json [-c b.json ...]   run a node (several files merge as in V2Ray 4.34)
+raybridge run -c a.json [-c b.json ...]   run a node (several files merge as in V2Ray 4.34);
+                                          SIGHUP reloads the files, SIGTERM/Ctrl-C drains
+raybridge reload --pid-file FILE          make the node with that pid file reload (SIGHUP)
 raybridge test -c a.json                  validate only; non-zero exit with a clear message
 raybridge init --portal-address HOST ...  write matched bridge/portal/client configs
 raybridge link -c c.json                  print a client config's vmess:// link and QR code
@@ -15,10 +17,13 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from raybridge import __version__
@@ -69,14 +74,14 @@ def _config_paths(args: argparse.Namespace) -> list[str]:
     return paths
 
 
-#: Commands whose arguments are defined here; the others (init, link) are raybridge.init's,
-#: which imports the config templates, share links and QR codes: only loaded for them.
-OWN_COMMANDS = frozenset({"run", "test", "demo", "uuid", "version"})
+#: Commands whose arguments are defined here; the others (init, link: raybridge.init's,
+#: which imports the config templates, share links and QR codes; api) are loaded for them.
+OWN_COMMANDS = frozenset({"run", "reload", "test", "demo", "uuid", "version"})
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; for one of :data:`OWN_COMMANDS` (``command``) without the init and link
-    subcommands, which only their own command line needs."""
+    """The parser; for one of :data:`OWN_COMMANDS` (``command``) without the init, link
+    and api subcommands, which only their own command lines need."""
     parser = argparse.ArgumentParser(
         prog="raybridge",
         description="A V2Ray 4.34 compatible proxy with reverse (bridge/portal) tunnels.",
@@ -92,6 +97,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         metavar="ADDR:PORT",
         help="serve /metrics, /api/status and a dashboard here (default host 127.0.0.1)",
     )
+    run.add_argument(
+        "--pid-file",
+        metavar="FILE",
+        help="write the process id here while running (for raybridge reload)",
+    )
+    reload = sub.add_parser(
+        "reload", help="make a running node re-read its config files (sends it SIGHUP)"
+    )
+    reload.add_argument("--pid-file", metavar="FILE", required=True, help="the node's --pid-file")
     test = sub.add_parser("test", help="validate config files and exit")
     _add_config_args(test)
     demo = sub.add_parser(
@@ -105,6 +119,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from raybridge.init import add_parsers
 
         add_parsers(sub)  # init, link
+        from raybridge.api.cli import add_parser as add_api_parser
+
+        add_api_parser(sub)
     sub.add_parser("uuid", help="print a new random UUID")
     sub.add_parser("version", help="print the version")
     return parser
@@ -180,7 +197,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     config = result.config
     if config is not None:
         try:
-            Node(config)  # what only the runtime checks (rule patterns, handlers)
+            # What only the runtime checks (rule patterns, handlers); kept so that the
+            # routing checks below reuse its geo lists (raybridge.matchers caches them weakly).
+            _validated = Node(config)
         except ConfigError as exc:
             if not any(str(e) == str(exc) for e in errors):
                 errors.append(exc)
@@ -220,21 +239,59 @@ def settle() -> None:
 
 
 async def serve(
-    config: Any, *, ready: asyncio.Event | None = None, status: str | None = None
+    config: Any,
+    *,
+    ready: asyncio.Event | None = None,
+    status: str | None = None,
+    paths: Sequence[str] = (),
+    log_format: str = "text",
+    pid_file: Path | None = None,
 ) -> int:
+    """Run a node until SIGTERM/SIGINT: the first one drains it (no new clients, bridges
+    say DRAIN, live connections get ``drainTimeout`` seconds), a second one stops it at
+    once. SIGHUP reloads ``paths`` (:mod:`raybridge.reload`). ``pid_file`` is written once
+    the node serves and SIGHUP is handled (so ``raybridge reload`` can use it), and removed
+    at the end."""
     from raybridge.node import Node
 
     node = Node(config, status=status)
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # stop now
+    drain = asyncio.Event()  # the first SIGTERM/SIGINT
     loop = asyncio.get_running_loop()
+
+    def on_stop() -> None:
+        if drain.is_set():
+            logger.warning("second signal: stopping now")
+            stop.set()
+        drain.set()
+
+    reloading = asyncio.Lock()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def do_reload(requested: float) -> None:
+        async with reloading:
+            if drain.is_set():
+                return
+            await reload_files(node, paths, requested=requested, log_format=log_format)
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(do_reload(time.monotonic()))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop)
     try:
         await node.start()
     except OSError as exc:
         logger.error("failed to start: %s", exc)
         return 1
+    if paths:  # (a SIGHUP before this point is the default action's: it ends the process)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if pid_file is not None:
+        pid_file.write_text(f"{os.getpid()}\n")
     logger.warning("raybridge %s started (%s)", __version__, loop_name())
     settling = loop.call_later(SETTLE_DELAY, settle)
     trimmer = HeapTrimmer()
@@ -242,11 +299,71 @@ async def serve(
     if ready is not None:
         ready.set()
     try:
-        await stop.wait()
+        await drain.wait()
+        if not stop.is_set():
+            drained = asyncio.ensure_future(node.drain())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({drained, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if drained.done() and not drained.result():
+                logger.warning(
+                    "drain timeout (%gs): closing %d connections",
+                    node.drain_timeout,
+                    node.live_connections,
+                )
+            drained.cancel()
     finally:
         settling.cancel()
         trimmer.stop()
+        for task in list(tasks):
+            task.cancel()
         await node.close()
+        if pid_file is not None:
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+    return 0
+
+
+async def reload_files(
+    node: Any, paths: Sequence[str], *, requested: float, log_format: str = "text"
+) -> Any:
+    """Re-read and merge ``paths`` and move ``node`` to them; a file that cannot be read
+    or built leaves the node as it is, and the error (``file:line: field: message``) is
+    logged and recorded. Returns the :class:`~raybridge.reload.ReloadRecord`."""
+    from raybridge.reload import ReloadRecord, keep_record, same
+
+    logger.warning("reload: reading %s", ", ".join(paths))
+    try:
+        # Read and parsed in a thread: the loop goes on relaying meanwhile (a config with
+        # 1,000 users takes ~0.3 s to parse).
+        config = await asyncio.to_thread(load, paths)
+    except (ConfigError, OSError) as exc:
+        logger.error("reload failed, still running the previous config: %s", exc)
+        record = ReloadRecord(
+            at=time.time(), ok=False, error=str(exc), seconds=time.monotonic() - requested
+        )
+        keep_record(node, record)
+        return record
+    old_log = node.config.log
+    record = await node.reload(config, requested=requested)
+    if record.ok and not same(config.log, old_log):
+        lc = config.log
+        logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=log_format)
+        logger.warning("reload: log settings applied")
+    if record.ok:
+        logger.warning("reload: done in %.3fs", record.seconds)
+    return record
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Signal the node whose pid file is given (SIGHUP): it reloads, and logs the result."""
+    try:
+        pid = int(Path(args.pid_file).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"raybridge: reload: {args.pid_file}: {exc}", file=sys.stderr)
+        return 1
+    print(f"raybridge: asked process {pid} to reload (its log says how it went)")
     return 0
 
 
@@ -256,7 +373,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load(paths)
         from raybridge.node import Node
 
-        Node(config)  # validate fully before binding anything
+        # Validate fully before binding anything; kept until the end so that the node
+        # serve() builds shares its geo lists (raybridge.matchers caches them weakly).
+        _validated = Node(config)
         if args.status:
             from raybridge.status import parse_address
 
@@ -271,10 +390,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"raybridge: cannot read configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     lc = config.log
-    logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=args.log_format)
+    try:
+        logs.setup(access=lc.access, error=lc.error, level=lc.level, fmt=args.log_format)
+    except OSError as exc:  # checked when loading; this is a change since then
+        error = ConfigError(
+            f"cannot open a log file: {exc}", file=lc.file, line=lc.line, path="log"
+        )
+        print(f"raybridge: invalid configuration: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     for warning in unloaded(findings, config):
         logger.warning("config: %s", warning)
-    return run_loop(serve(config, status=args.status))
+    pid_file = Path(args.pid_file) if args.pid_file else None
+    return run_loop(
+        serve(
+            config,
+            status=args.status,
+            paths=paths,
+            log_format=args.log_format,
+            pid_file=pid_file,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "test":
         return cmd_test(args)
+    if args.command == "reload":
+        return cmd_reload(args)
     if args.command == "demo":
         from raybridge.demo import demo
 
@@ -298,6 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raybridge.init import cmd_link
 
         return cmd_link(args)
+    if args.command == "api":
+        from raybridge.api.cli import cmd_api
+
+        return cmd_api(args)
     if args.command == "uuid":
         print(uuid.uuid4())
         return 0

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from raybridge import log as logs
 from raybridge.address import Destination, IPAddress, Network, parse_host
-from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Session, join
+from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Resolver, Session, join
 from raybridge.protocols.sniff import Outcome, Sniffed, Sniffer
 from raybridge.router import Router
 from raybridge.stats import Stats
@@ -36,8 +36,13 @@ class NoRouteError(ConnectionRefusedError):
 
 
 class Dispatcher:
-    def __init__(self, router: Router, outbounds: Sequence[Outbound]) -> None:
+    def __init__(
+        self, router: Router, outbounds: Sequence[Outbound], resolver: Resolver | None = None
+    ) -> None:
+        """``resolver``: what ``routing.domainStrategy`` resolves names with (the ``dns``
+        section's client; the system's by default)."""
         self.router = router
+        self.resolver = resolver or SystemResolver()
         #: The first outbound is the default (V2Ray's rule), tagged or not.
         self.default: Outbound | None = outbounds[0] if outbounds else None
         self.outbounds: dict[str, Outbound] = {o.tag: o for o in outbounds if o.tag}
@@ -52,6 +57,23 @@ class Dispatcher:
         self.router.add_outbound(outbound.tag)
         if self.default is None:
             self.default = outbound
+
+    def remove_outbound(self, tag: str) -> Outbound:
+        """Unregister the outbound ``tag`` (``KeyError`` if there is none): new links can
+        no longer reach it, live ones keep their ends. Like V2Ray's ``RemoveHandler``, a
+        removed default leaves no default."""
+        outbound = self.outbounds.pop(tag)
+        self.router.remove_outbound(tag)
+        if self.default is outbound:
+            self.default = None
+        return outbound
+
+    def set_outbounds(self, outbounds: Sequence[Outbound], router: Router) -> None:
+        """Route new links with ``router`` to ``outbounds`` from now on (a reload; the
+        first is the default); live links keep the ends they have."""
+        self.outbounds = {o.tag: o for o in outbounds if o.tag}
+        self.default = outbounds[0] if outbounds else None
+        self.router = router
 
     def intercept(self, domain: str, handler: Interceptor) -> None:
         """Let ``handler`` take every destination with this domain, before routing."""
@@ -93,7 +115,7 @@ class Dispatcher:
         join(peer, deferred)
 
         async def route() -> None:
-            ips = await resolve(str(dest.host))
+            ips = await self.resolver.lookup(str(dest.host))
             if deferred.aborted:
                 return
             tag = self.router.pick(session, dest, ips)
@@ -201,3 +223,10 @@ async def resolve(host: str, family: int = 0) -> list[IPAddress]:
         if not isinstance(ip, str) and ip not in out:
             out.append(ip)
     return out
+
+
+class SystemResolver(Resolver):
+    """The system's resolver (``getaddrinfo``): what a node without a ``dns`` section uses."""
+
+    async def lookup(self, host: str, family: int = 0) -> list[IPAddress]:
+        return await resolve(host, family)

@@ -416,8 +416,31 @@ def cmd_init(
         cert = _portal_cert(args)
     except _Refused as exc:
         return _fail("init", str(exc))
+    setup = _setup(args, transport, client_port, http_port, cert)
+    files = _render(setup, directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            write_private(paths[name], data, replace=args.force)
+    except OSError as exc:
+        return _fail("init", f"cannot write the configs: {exc}")
+
+    link = link_from_config(str(files["c.json"]), str(paths["c.json"]), name=args.name or None)
+    _summary(setup, paths, out)
+    _link_note(setup, paths, out)
+    return _show_link("init", link, args, out)
+
+
+def _setup(
+    args: argparse.Namespace,
+    transport: str,
+    client_port: int,
+    http_port: int | None,
+    cert: PortalCert | None,
+) -> Setup:
+    """What the answers and options decide, with fresh ids (and domain, if none given)."""
     bridge_path, client_path = _paths(args, transport)
-    setup = Setup(
+    return Setup(
         portal_address=args.portal_address,
         portal_port=args.portal_port,
         client_port=client_port,
@@ -433,16 +456,10 @@ def cmd_init(
         client_path=client_path,
         nginx_port=args.nginx_port or NGINX_PORT,
     )
-    files = _render(setup, directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            write_private(paths[name], data, replace=args.force)
-    except OSError as exc:
-        return _fail("init", f"cannot write the configs: {exc}")
 
-    link = link_from_config(str(files["c.json"]), str(paths["c.json"]), name=args.name or None)
-    _summary(setup, paths, out)
+
+def _link_note(setup: Setup, paths: dict[str, Path], out: TextIO) -> None:
+    """What to know about C's share link, before it is shown."""
     print(
         "\nC's share link (v2rayN, v2rayNG and most VMess clients import it; it holds the", file=out
     )
@@ -459,7 +476,6 @@ def cmd_init(
             "(not done here).",
             file=out,
         )
-    return _show_link("init", link, args, out)
 
 
 def _check_transport_options(

@@ -28,10 +28,14 @@ import abc
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from raybridge.address import Destination
+from raybridge.address import Destination, IPAddress
+
+if TYPE_CHECKING:
+    from raybridge.stats import Stats  # which imports this module
 
 #: Bytes an end buffers (before its medium is ready, or in its own queues) before it asks its
 #: peer to pause. Also used as the transports' high write-buffer mark.
@@ -77,6 +81,17 @@ class End(abc.ABC):
         """The peer's medium drained: read again."""
 
 
+class UnpacedEnd(End):
+    """An end with nothing to pace: its medium has no backpressure (UDP) or it reads
+    nothing (a sink, a refusal), so pausing and resuming its reading do nothing."""
+
+    def pause_reading(self) -> None:
+        """Nothing to pause."""
+
+    def resume_reading(self) -> None:
+        """Nothing to resume."""
+
+
 class PacketEnd(End):
     """An end of a UDP link whose datagrams may each name their own address (XUDP,
     packetaddr): a source with many destinations, or replies from many sources."""
@@ -90,6 +105,16 @@ class PacketEnd(End):
 def join(a: End, b: End) -> None:
     a.peer = b
     b.peer = a
+
+
+def abort_links(ends: Iterable[End], exc: BaseException | None = None) -> None:
+    """Abort each of ``ends`` and then the peer it had (``exc``: what the peers are told),
+    so that both sides of each link go down: an end's own abort never calls its peer."""
+    for end in list(ends):
+        peer = end.peer
+        end.abort()
+        if peer is not None:
+            peer.abort(exc)
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
@@ -113,6 +138,8 @@ class Session:
     active: bool = True  # set by ends on traffic; cleared by the idle timer
     outbound_tag: str = ""  # set when dispatched (for statistics)
     counted: bool = False  # folded into the node's totals (raybridge.stats)
+    #: The ``StatCounter``s following this session's byte counts (user counters).
+    counters: tuple[Any, ...] = ()
 
     def child(self, inbound_tag: str | None = None) -> Session:
         """A new session for a stream carried inside this one (mux sessions, tunnels)."""
@@ -138,11 +165,41 @@ class Inbound(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def stop_accepting(self) -> None:  # noqa: B027 - optional hook
+        """Take no new clients from now on; live connections go on (a removed inbound
+        drains, then :meth:`close` ends what is left)."""
+
+    @property
+    def live(self) -> int:
+        """Client connections open now (0 for an inbound that does not track them)."""
+        return 0
+
+    def close_idle_carriers(self) -> int:
+        """Close connections that only carry sessions and carry none now (idle mux)."""
+        return 0
+
+    def can_take_over(self, old: Inbound) -> bool:
+        """Whether this (new, not started) inbound can serve on ``old``'s sockets."""
+        return False
+
+    async def take_over(self, old: Inbound) -> None:
+        """Start on ``old``'s sockets (only if :meth:`can_take_over`)."""
+        raise NotImplementedError
+
 
 class Outbound(abc.ABC):
     """Carries links to their destination."""
 
     tag: str
+    #: V2Ray's ``outbound>>>TAG>>>traffic>>>uplink/downlink`` counters for the connections
+    #: it opens (``raybridge.stats.StatCounter``), or ``None`` (the default: off).
+    uplink: Any = None
+    downlink: Any = None
+
+    def bind_counters(self, uplink: Any, downlink: Any) -> None:
+        """Count what this outbound's connections write (``uplink``) and read."""
+        self.uplink = uplink
+        self.downlink = downlink
 
     @abc.abstractmethod
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
@@ -152,8 +209,31 @@ class Outbound(abc.ABC):
         what it is given, up to :data:`PENDING_LIMIT`, then pauses its peer.
         """
 
+    def use_resolver(self, resolver: Resolver) -> None:  # noqa: B027 - optional hook
+        """Called once by the node with the resolver of its ``dns`` section, for outbounds
+        that look names up themselves (freedom's ``UseIP``)."""
+
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
+        """``proxySettings``: carry this outbound's connections through ``hop`` from now
+        on (counted in ``stats`` as the hop's). ``False`` if it makes no connection of its
+        own to carry (blackhole)."""
+        return False
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the node serves traffic."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Called once at shutdown."""
+
+
+class Resolver(abc.ABC):
+    """Turns a name into addresses: the system's resolver, or the ``dns`` section's client
+    (``raybridge.dns``)."""
+
+    @abc.abstractmethod
+    async def lookup(self, host: str, family: int = 0) -> list[IPAddress]:
+        """The addresses of ``host`` (``family``: ``socket.AF_INET``/``AF_INET6``, 0 for
+        both); an empty list when the name cannot be resolved. Never raises for a name."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Called once at shutdown."""
@@ -316,7 +396,7 @@ class DeferredEnd(End):
             self.peer.abort(exc)
 
 
-class ClosedEnd(End):
+class ClosedEnd(UnpacedEnd):
     """An end for a link that was refused: it aborts its peer as soon as it is joined."""
 
     def __init__(self, reason: BaseException) -> None:
@@ -334,10 +414,4 @@ class ClosedEnd(End):
         pass
 
     def abort(self, exc: BaseException | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
         pass

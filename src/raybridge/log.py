@@ -15,6 +15,7 @@ named by email, else by :func:`user_label` (a short hash): no UUID is ever logge
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -27,6 +28,8 @@ import uuid
 from typing import Any, TextIO
 
 from raybridge.address import Destination
+from raybridge.config.model import LogConfig
+from raybridge.errors import ConfigError
 
 ERROR_LOGGER = "raybridge"
 ACCESS_LOGGER = "raybridge.access"
@@ -112,6 +115,56 @@ class JsonFormatter(logging.Formatter):
 
 
 _handlers: list[logging.Handler] = []
+
+
+def file_problem(path: str) -> str | None:
+    """Why a log file at ``path`` cannot be opened for appending, or ``None`` if it can.
+
+    V2Ray 4.34 opens the file once while it builds the config (``CreateFileLogWriter`` in
+    ``common/log/logger.go``), so ``v2ray -test`` reports it. This checks without creating
+    the file: an existing one is opened for appending (neither created nor truncated); for
+    a new one the directory must exist and be writable."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.exists(parent):
+            return f"the directory {parent} does not exist"
+        if not os.path.isdir(parent):
+            return f"{parent} is not a directory"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"no permission to create a file in {parent}"
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            return "it is a directory"
+        if exc.errno == errno.ENOTDIR:
+            return "a part of the path is not a directory"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "no permission to write it"
+        return exc.strerror or str(exc)
+    os.close(fd)
+    return None
+
+
+def check_files(config: LogConfig) -> None:
+    """A :class:`~raybridge.errors.ConfigError` naming file, line and ``log.access`` /
+    ``log.error`` (both, if both fail) for log files of the merged config that cannot be
+    opened."""
+    problems = []
+    for name, target, line in (
+        ("access", config.access, config.access_line),
+        ("error", config.error, config.error_line),
+    ):
+        problem = file_problem(target) if target else None
+        if problem is not None:
+            message = f"cannot open the log file {json.dumps(target)}: {problem}"
+            problems.append(
+                ConfigError(message, file=config.file, line=line or config.line, path=f"log.{name}")
+            )
+    if problems:
+        problems[0].also.extend(problems[1:])
+        raise problems[0]
 
 
 class _PrivateFileHandler(logging.FileHandler):
@@ -227,3 +280,11 @@ def rejected(source: Destination | None, reason: str, inbound_tag: str = "") -> 
             }
         },
     )
+
+
+def reopen() -> None:
+    """Close the log files; each is opened again (created if a rotation moved it) by its
+    next line. What V2Ray's ``LoggerService.RestartLogger`` is for."""
+    for handler in _handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.close()

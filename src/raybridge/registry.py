@@ -32,8 +32,9 @@ from raybridge.config.model import (
     VMessOutboundSettings,
 )
 from raybridge.dispatcher import Dispatcher
-from raybridge.link import Outbound
+from raybridge.link import Inbound, Outbound
 from raybridge.proxy.base import InboundContext, StreamInbound
+from raybridge.proxy.dynamic import DynamicPorts
 
 if TYPE_CHECKING:
     from raybridge.proxy import blackhole, dokodemo, freedom, http, socks, vmess
@@ -126,19 +127,19 @@ def build_inbounds(
     dispatcher: Dispatcher,
     policies: PolicyConfig,
     options: RaybridgeOptions,
-) -> list[StreamInbound]:
-    """One inbound per port of ``config``, dispatching to ``dispatcher``."""
-    return [
-        _build(
-            INBOUNDS,
-            config,
-            InboundContext(
-                config=config,
-                port=port,
-                dispatcher=dispatcher,
-                policies=policies,
-                options=options,
-            ),
+) -> list[Inbound]:
+    """One inbound per port of ``config``, dispatching to ``dispatcher``; with
+    ``allocate`` ``random``, one :class:`DynamicPorts` that makes them as it picks ports
+    (the first port is built now, so that a config error shows before anything runs)."""
+
+    def make(port: int) -> StreamInbound:
+        context = InboundContext(
+            config=config, port=port, dispatcher=dispatcher, policies=policies, options=options
         )
-        for port in config.ports
-    ]
+        return _build(INBOUNDS, config, context)
+
+    if config.allocate is not None:
+        if config.ports:
+            make(config.ports[0])
+        return [DynamicPorts(config.tag, config.ports, config.allocate, make)]
+    return [make(port) for port in config.ports]

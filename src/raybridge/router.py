@@ -6,16 +6,17 @@ unknown outbound) means the default outbound, the first in ``outbounds``.
 
 Domain conditions: ``full:x`` exact, ``domain:x`` x or a subdomain, ``regexp:re`` an
 unanchored search, ``keyword:x`` and a bare string a substring; case-sensitive as in V2Ray.
-IP conditions: CIDRs, bare IPs and ``geoip:private``. ``geoip:``/``geosite:`` country lists
-need V2Ray's ``.dat`` files, which neither raybridge nor Debian's V2Ray ships; they are
-rejected with a clear error, as V2Ray itself refuses to start on them here.
+``geosite:LIST[@attr]`` and ``ext:FILE:LIST`` the entries of a V2Ray geosite list.
+IP conditions: CIDRs, bare IPs, ``geoip:private`` (built in), ``geoip:CC`` and
+``ext:FILE:CC`` lists of a geoip file. The matchers are :mod:`raybridge.matchers`; the
+``.dat`` files are found as V2Ray finds them (next to the config or in
+``V2RAY_LOCATION_ASSET``, then the system directories; docs/protocols.md 4.11), each file
+opened once for all the rules of a config.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,120 +24,26 @@ from typing import Any
 from raybridge.address import Destination, IPAddress, Network
 from raybridge.errors import ConfigError
 from raybridge.link import Session
-
-# Private, loopback, link-local, CGNAT, multicast and other reserved ranges: what V2Ray's
-# geoip.dat lists under "private".
-PRIVATE_NETWORKS = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.0.0.0/24",
-        "192.0.2.0/24",
-        "192.88.99.0/24",
-        "192.168.0.0/16",
-        "198.18.0.0/15",
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-        "224.0.0.0/3",
-        "::/127",
-        "fc00::/7",
-        "fe80::/10",
-        "ff00::/8",
-    )
+from raybridge.matchers import (
+    PRIVATE_NETWORKS,
+    DomainMatcher,
+    GeoAssets,
+    IPMatcher,
+    is_private,
 )
 
+__all__ = [
+    "PRIVATE_NETWORKS",
+    "DomainMatcher",
+    "IPMatcher",
+    "Router",
+    "Rule",
+    "compile_rule",
+    "compile_rules",
+    "is_private",
+]
+
 Predicate = Callable[[Session, Destination], bool]
-
-
-def is_private(ip: IPAddress) -> bool:
-    """In one of the ``geoip:private`` ranges (loopback, RFC 1918, link-local, ...)."""
-    return any(ip in net for net in PRIVATE_NETWORKS if net.version == ip.version)
-
-
-class DomainMatcher:
-    """All domain patterns of one rule, compiled into a few fast checks."""
-
-    def __init__(self, patterns: Iterable[str], where: Callable[[str], ConfigError]) -> None:
-        self.full: set[str] = set()
-        self.suffixes: set[str] = set()
-        self.keywords: list[str] = []
-        regexps: list[str] = []
-        for pattern in patterns:
-            kind, sep, value = pattern.partition(":")
-            if not sep:
-                kind, value = "keyword", pattern
-            if kind == "full":
-                self.full.add(value)
-            elif kind == "domain":
-                self.suffixes.add(value)
-            elif kind == "keyword":
-                self.keywords.append(value)
-            elif kind == "regexp":
-                try:
-                    re.compile(value)
-                except re.error as exc:
-                    raise where(f"invalid regexp {value!r}: {exc}") from None
-                regexps.append(value)
-            elif kind in ("geosite", "ext", "ext-domain"):
-                raise where(
-                    f"{pattern!r} needs V2Ray's geosite.dat, which raybridge does not read; "
-                    "list the domains with full:/domain:/keyword:/regexp: instead"
-                )
-            elif kind == "dotless":
-                # dotless: a name without dots; dotless:x a name without dots containing x.
-                regexps.append(r"^[^.]*" + re.escape(value) + r"[^.]*$")
-            else:
-                # V2Ray treats an unknown prefix like a plain keyword of the whole string.
-                self.keywords.append(pattern)
-        self.regexp = re.compile("|".join(f"(?:{r})" for r in regexps)) if regexps else None
-
-    def __call__(self, domain: str) -> bool:
-        if domain in self.full:
-            return True
-        if self.suffixes:
-            if domain in self.suffixes:
-                return True
-            dot = domain.find(".")
-            while dot != -1:
-                if domain[dot + 1 :] in self.suffixes:
-                    return True
-                dot = domain.find(".", dot + 1)
-        for keyword in self.keywords:
-            if keyword in domain:
-                return True
-        return self.regexp is not None and self.regexp.search(domain) is not None
-
-
-class IPMatcher:
-    def __init__(self, patterns: Iterable[str], where: Callable[[str], ConfigError]) -> None:
-        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for pattern in patterns:
-            lower = pattern.lower()
-            if lower == "geoip:private":
-                nets.extend(PRIVATE_NETWORKS)
-            elif lower.startswith(("geoip:", "ext:", "ext-ip:")):
-                raise where(
-                    f"{pattern!r} needs V2Ray's geoip.dat, which raybridge does not read; "
-                    "only geoip:private is built in; list the CIDRs instead"
-                )
-            else:
-                try:
-                    nets.append(ipaddress.ip_network(pattern, strict=False))
-                except ValueError:
-                    raise where(f"invalid IP or CIDR {pattern!r}") from None
-        self.v4 = [n for n in nets if n.version == 4]
-        self.v6 = [n for n in nets if n.version == 6]
-
-    def __call__(self, ip: IPAddress) -> bool:
-        nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (
-            self.v4 if ip.version == 4 else self.v6
-        )
-        return any(ip in n for n in nets)
 
 
 def _port_matcher(ranges: Sequence[tuple[int, int]]) -> Callable[[int], bool]:
@@ -156,51 +63,52 @@ class Rule:
 
 
 _Where = Callable[[str], ConfigError]
+_Condition = Callable[[Any, _Where, GeoAssets], Predicate]
 
 
-def _inbound_tags(values: Sequence[str], where: _Where) -> Predicate:
+def _inbound_tags(values: Sequence[str], where: _Where, assets: GeoAssets) -> Predicate:
     tags = frozenset(values)
     return lambda s, d: s.inbound_tag in tags
 
 
-def _networks(values: Sequence[str], where: _Where) -> Predicate:
+def _networks(values: Sequence[str], where: _Where, assets: GeoAssets) -> Predicate:
     nets = frozenset(Network.TCP if n == "tcp" else Network.UDP for n in values)
     return lambda s, d: d.network in nets
 
 
-def _domains(values: Sequence[str], where: _Where) -> Predicate:
-    dm = DomainMatcher(values, where)
+def _domains(values: Sequence[str], where: _Where, assets: GeoAssets) -> Predicate:
+    dm = DomainMatcher(values, where, assets)
     return lambda s, d: isinstance(d.host, str) and dm(d.host)
 
 
-def _ips(values: Sequence[str], where: _Where) -> Predicate:
-    im = IPMatcher(values, where)
+def _ips(values: Sequence[str], where: _Where, assets: GeoAssets) -> Predicate:
+    im = IPMatcher(values, where, assets)
     return lambda s, d: not isinstance(d.host, str) and im(d.host)
 
 
-def _ports(values: Sequence[tuple[int, int]], where: _Where) -> Predicate:
+def _ports(values: Sequence[tuple[int, int]], where: _Where, assets: GeoAssets) -> Predicate:
     pm = _port_matcher(values)
     return lambda s, d: pm(d.port)
 
 
-def _source_ports(values: Sequence[tuple[int, int]], where: _Where) -> Predicate:
+def _source_ports(values: Sequence[tuple[int, int]], where: _Where, assets: GeoAssets) -> Predicate:
     spm = _port_matcher(values)
     return lambda s, d: s.source is not None and spm(s.source.port)
 
 
-def _sources(values: Sequence[str], where: _Where) -> Predicate:
-    sm = IPMatcher(values, where)
+def _sources(values: Sequence[str], where: _Where, assets: GeoAssets) -> Predicate:
+    sm = IPMatcher(values, where, assets)
     return lambda s, d: (
         s.source is not None and not isinstance(s.source.host, str) and sm(s.source.host)
     )
 
 
-def _users(values: Sequence[str], where: _Where) -> Predicate:
+def _users(values: Sequence[str], where: _Where, assets: GeoAssets) -> Predicate:
     user_set = frozenset(values)
     return lambda s, d: s.user is not None and s.user in user_set
 
 
-def _protocols(values: Sequence[str], where: _Where) -> Predicate:
+def _protocols(values: Sequence[str], where: _Where, assets: GeoAssets) -> Predicate:
     # V2Ray's ProtocolMatcher: a listed name is a prefix of the session's protocol ("http"
     # matches the sniffed "http1" and the HTTP inbound's "http/1.1"); empty names are
     # dropped (else "bittorrent," would match everything), so a list of them never matches.
@@ -210,7 +118,7 @@ def _protocols(values: Sequence[str], where: _Where) -> Predicate:
 
 #: A rule's conditions by the ``RuleConfig`` field that holds them (``None``: no such
 #: condition), in the order they are checked.
-_CONDITIONS: tuple[tuple[str, Callable[[Any, _Where], Predicate]], ...] = (
+_CONDITIONS: tuple[tuple[str, _Condition], ...] = (
     ("inbound_tags", _inbound_tags),
     ("networks", _networks),
     ("domains", _domains),
@@ -223,11 +131,30 @@ _CONDITIONS: tuple[tuple[str, Callable[[Any, _Where], Predicate]], ...] = (
 )
 
 
-def compile_rule(rule: object) -> Rule:
-    """Build a :class:`Rule` from a config rule (``raybridge.config.model.RuleConfig``)."""
+#: The JSON field each condition comes from, for error messages.
+_FIELDS = {
+    "inbound_tags": "inboundTag",
+    "networks": "network",
+    "domains": "domain",
+    "ips": "ip",
+    "ports": "port",
+    "source_ports": "sourcePort",
+    "sources": "source",
+    "users": "user",
+    "protocols": "protocol",
+}
+
+
+def compile_rule(rule: object, assets: GeoAssets | None = None) -> Rule:
+    """Build a :class:`Rule` from a config rule (``raybridge.config.model.RuleConfig``).
+    Geo lists come from ``assets`` (its open files), looked for near the rule's file."""
+    if assets is None:
+        with GeoAssets([]) as own:
+            return compile_rule(rule, own)
     file = getattr(rule, "file", None)
     line = getattr(rule, "line", None)
     index = getattr(rule, "index", 0)
+    near = assets.near(file)
 
     def where(message: str) -> ConfigError:
         return ConfigError(message, file=file, line=line, path=f"routing.rules[{index}]")
@@ -236,7 +163,14 @@ def compile_rule(rule: object) -> Rule:
     for name, condition in _CONDITIONS:
         values = getattr(rule, name, None)
         if values is not None:
-            conds.append(condition(values, where))
+            field = _FIELDS.get(name, name)
+
+            def located(message: str, field: str = field) -> ConfigError:
+                return ConfigError(
+                    message, file=file, line=line, path=f"routing.rules[{index}].{field}"
+                )
+
+            conds.append(condition(values, located, near))
     if getattr(rule, "attrs", None):
         raise where('"attrs" (Starlark expressions) is not supported by raybridge')
     if not conds:
@@ -251,6 +185,23 @@ def compile_rule(rule: object) -> Rule:
         raise where('a rule needs "outboundTag" or "balancerTag"')
     needs_ip = getattr(rule, "ips", None) is not None
     return Rule(target, balancer, conds, needs_ip, f"rule {index}")
+
+
+def compile_rules(rules: Iterable[object]) -> list[Rule]:
+    """:func:`compile_rule` for each rule, opening each geo file once for all of them.
+    Every rule's error is reported: the first raised, the others in its ``also``."""
+    compiled: list[Rule] = []
+    errors: list[ConfigError] = []
+    with GeoAssets([]) as assets:
+        for rule in rules:
+            try:
+                compiled.append(compile_rule(rule, assets))
+            except ConfigError as exc:
+                errors.append(exc)
+    if errors:
+        errors[0].also.extend(errors[1:])
+        raise errors[0]
+    return compiled
 
 
 class Router:
@@ -283,6 +234,13 @@ class Router:
         """Outbounds registered at run time (reverse portals) take part in balancers too."""
         if tag not in self.outbound_tags:
             self.outbound_tags.append(tag)
+            self._update_balancers()
+
+    def remove_outbound(self, tag: str) -> None:
+        """An outbound removed at run time leaves the balancers (rules naming it fall back
+        to the default outbound, as for any unknown tag)."""
+        if tag in self.outbound_tags:
+            self.outbound_tags.remove(tag)
             self._update_balancers()
 
     def match(self, session: Session, dest: Destination) -> Rule | None:

@@ -119,8 +119,11 @@ def status(node: Node) -> dict[str, Any]:
         "version": __version__,
         "time": time.time(),
         "uptime": round(time.time() - stats.started, 1),
+        "state": node.state,  # "running", or "draining" after SIGTERM
         "portals": portals,
         "bridges": bridges,
+        "reloads": [r.as_dict() for r in node.reloads],  # the newest last
+        "reload_totals": dict(node.reload_totals),
         **traffic,
         **_events(stats),
     }
@@ -157,6 +160,7 @@ def _reverse(node: Node) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 "sessions": t.sessions,  # without the control one
                 "sessions_total": t.sessions_total,
                 "draining": t.draining,
+                "bridge_draining": t.bridge_draining,  # the bridge said DRAIN: it stops
                 "source": t.source,
                 "silent": round(t.silent, 1),
                 "keepalives": t.keepalives,
@@ -169,6 +173,7 @@ def _reverse(node: Node) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 "domain": portal.domain,
                 "online": any(not t["draining"] for t in tunnels),
                 "tunnels": tunnels,
+                "draining_bridges": sum(1 for t in tunnels if t["bridge_draining"]),
                 "waiting": portal.waiting,
             }
         )
@@ -188,6 +193,7 @@ def _reverse(node: Node) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 "tag": bridge.tag,
                 "domain": bridge.domain,
                 "online": any(t["connected"] and t["state"] == "active" for t in tunnels),
+                "draining": bridge.draining,  # it said DRAIN (SIGTERM, or left the config)
                 "tunnels": tunnels,
                 "reconnects": stats.reconnects.get(bridge.tag, 0),
                 "failures": bridge.failures,
@@ -257,6 +263,7 @@ class NodeCollector:
         yield from _reverse_metrics(data)
         yield from _traffic_metrics(data)
         yield from _event_metrics(data)
+        yield from _reload_metrics(data)
         uptime = GaugeMetricFamily("raybridge_uptime_seconds", "Seconds since the node started")
         uptime.add_metric([], data["uptime"])
         yield uptime
@@ -345,6 +352,45 @@ def _event_metrics(data: dict[str, Any]) -> Iterator[Metric]:
     for item in data["tunnel_drops"]:
         drops.add_metric([item["role"], item["tag"], item["reason"]], item["count"])
     yield drops
+
+
+def _reload_metrics(data: dict[str, Any]) -> Iterator[Metric]:
+    """Reloads by result, the last one's time and duration, draining node and bridges."""
+    reloads = CounterMetricFamily(
+        "raybridge_reloads", "Reloads (SIGHUP), by result", labels=["result"]
+    )
+    for result in ("ok", "failed"):
+        reloads.add_metric([result], data["reload_totals"].get(result, 0))
+    yield reloads
+    if data["reloads"]:
+        last = data["reloads"][-1]
+        at = GaugeMetricFamily(
+            "raybridge_last_reload_timestamp_seconds", "When the last reload was asked for"
+        )
+        at.add_metric([], last["at"])
+        yield at
+        took = GaugeMetricFamily(
+            "raybridge_last_reload_seconds", "Signal to new config live, last reload"
+        )
+        took.add_metric([], last["seconds"])
+        yield took
+        ok = GaugeMetricFamily("raybridge_last_reload_ok", "1 if the last reload succeeded")
+        ok.add_metric([], 1 if last["ok"] else 0)
+        yield ok
+    draining = GaugeMetricFamily(
+        "raybridge_draining", "1 while the node drains (SIGTERM: no new clients)"
+    )
+    draining.add_metric([], 1 if data["state"] == "draining" else 0)
+    yield draining
+    bridges = GaugeMetricFamily(
+        "raybridge_draining_bridges", "Bridges draining: a bridge of this node, or tunnels "
+        "of a portal whose bridge said DRAIN", labels=["role", "tag"],
+    )  # fmt: skip
+    for item in data["bridges"]:
+        bridges.add_metric(["bridge", item["tag"]], 1 if item["draining"] else 0)
+    for item in data["portals"]:
+        bridges.add_metric(["portal", item["tag"]], item["draining_bridges"])
+    yield bridges
 
 
 class _ProcessCollector(ProcessCollector):

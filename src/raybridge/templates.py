@@ -439,13 +439,19 @@ def _client_stream_comment(s: Setup) -> str:
     return f"{name}{via}. {trust}"
 
 
+def _outbound_to_portal(s: Setup, tag: str, user_id: str, port: int, path: str) -> dict[str, Any]:
+    """A's tunnel or C's proxy: VMess to B with its own user, over the client transport."""
+    user = {"id": user_id, "alterId": 0, "security": "auto"}
+    outbound = _vmess_out(tag, s.portal_address, port, user)
+    stream = _client_stream(s, path)
+    if stream is not None:
+        outbound["streamSettings"] = stream
+    return outbound
+
+
 def safe_bridge_config(s: Setup) -> Commented:
     """Node A, the bridge, inside the private network: it dials B and serves its tunnels."""
-    user = {"id": s.bridge_id, "alterId": 0, "security": "auto"}
-    tunnel = _vmess_out("tunnel", s.portal_address, s.bridge_dial_port, user)
-    stream = _client_stream(s, s.bridge_path)
-    if stream is not None:
-        tunnel["streamSettings"] = stream
+    tunnel = _outbound_to_portal(s, "tunnel", s.bridge_id, s.bridge_dial_port, s.bridge_path)
     config: dict[str, Any] = {
         "log": _log(),
         "reverse": {"bridges": [{"tag": "bridge", "domain": s.domain}]},
@@ -471,7 +477,7 @@ def safe_bridge_config(s: Setup) -> Commented:
             "the private network."
         ),
     }
-    if stream is not None:
+    if "streamSettings" in tunnel:
         comments["outbounds", 0, "streamSettings"] = _client_stream_comment(s)
     header = (
         "Node A, the BRIDGE: runs inside the private network. It dials out to the portal B\n"
@@ -511,6 +517,11 @@ def safe_portal_config(s: Setup) -> Commented:
             ]
         },
     }
+    return Commented(config, _portal_comments(s), _portal_header(s))
+
+
+def _portal_comments(s: Setup) -> dict[Path, str]:
+    """What b.json's comments say, by the path of what they sit above."""
     if s.behind_nginx:
         reach = f"through nginx on port {s.nginx_port}; keep port {{}} closed"
     else:
@@ -546,6 +557,11 @@ def safe_portal_config(s: Setup) -> Commented:
     if s.transport != "tcp":
         comments["inbounds", 0, "streamSettings"] = _server_stream_comment(s, s.bridge_path)
         comments["inbounds", 1, "streamSettings"] = _server_stream_comment(s, s.client_path)
+    return comments
+
+
+def _portal_header(s: Setup) -> str:
+    """b.json's opening comment: what node B is, where it listens, what is secret."""
     if s.behind_nginx:
         reachable = (
             f"(clients), on loopback only: nginx (nginx.conf) ends TLS on port {s.nginx_port}\n"
@@ -558,7 +574,7 @@ def safe_portal_config(s: Setup) -> Commented:
         if s.cert is not None and s.cert.key_pem and s.transport in TLS_TRANSPORTS
         else "The ids below are secrets"
     )
-    header = (
+    return (
         "Node B, the PORTAL: the public node, at "
         f"{s.portal_address}. Listens on {s.listen}:{s.portal_port}\n"
         f"(bridges) and {s.listen}:{s.client_port} {reachable}\n"
@@ -566,16 +582,11 @@ def safe_portal_config(s: Setup) -> Commented:
         + "Run: raybridge run -c b.json   (or V2Ray 4.34: v2ray -config b.json)\n"
         f"Written by raybridge init. {secrets_note}: keep this file private."
     )
-    return Commented(config, comments, header)
 
 
 def safe_client_config(s: Setup) -> Commented:
     """Node C, the client: local SOCKS5 (with UDP) and HTTP proxies, VMess to B."""
-    user = {"id": s.client_id, "alterId": 0, "security": "auto"}
-    proxy = _vmess_out("proxy", s.portal_address, s.client_dial_port, user)
-    stream = _client_stream(s, s.client_path)
-    if stream is not None:
-        proxy["streamSettings"] = stream
+    proxy = _outbound_to_portal(s, "proxy", s.client_id, s.client_dial_port, s.client_path)
     config: dict[str, Any] = {
         "log": _log(),
         "inbounds": _local_proxies(s.socks_port, s.http_port),
@@ -595,7 +606,7 @@ def safe_client_config(s: Setup) -> Commented:
     }
     if s.http_port:
         comments["inbounds", 1] = f"HTTP proxy: 127.0.0.1:{s.http_port}."
-    if stream is not None:
+    if "streamSettings" in proxy:
         comments["outbounds", 0, "streamSettings"] = _client_stream_comment(s)
     header = (
         "Node C, the CLIENT: local proxies on 127.0.0.1; everything goes through the portal\n"
@@ -617,6 +628,26 @@ def _nginx_backend(listen: str) -> str:
     return f"[{listen}]" if ":" in listen else listen
 
 
+def _nginx_location(backend: str, what: str, path: str, port: int) -> str:
+    """One WebSocket path of nginx's server block, passed to B's inbound on ``port``."""
+    return (
+        f"    # {what}: to B's inbound on {backend}:{port}.\n"
+        f"    location = {path} {{\n"
+        f"        proxy_pass http://{backend}:{port};\n"
+        "        proxy_http_version 1.1;\n"
+        "        proxy_set_header Upgrade $http_upgrade;\n"
+        '        proxy_set_header Connection "upgrade";\n'
+        "        proxy_set_header Host $host;\n"
+        "        # B logs the client's address from this header.\n"
+        "        proxy_set_header X-Forwarded-For $remote_addr;\n"
+        "        # Tunnels live long and may be quiet; stream, do not buffer.\n"
+        "        proxy_read_timeout 24h;\n"
+        "        proxy_send_timeout 24h;\n"
+        "        proxy_buffering off;\n"
+        "    }\n"
+    )
+
+
 def nginx_config(s: Setup, cert_file: str, key_file: str, *, placeholder: bool = False) -> str:
     """A ``server`` block for nginx in front of B (``--transport ws``): TLS on
     ``s.nginx_port``, each of the two WebSocket paths passed to its inbound on loopback,
@@ -636,24 +667,6 @@ def nginx_config(s: Setup, cert_file: str, key_file: str, *, placeholder: bool =
         else ""
     )
 
-    def location(what: str, path: str, port: int) -> str:
-        return (
-            f"    # {what}: to B's inbound on {backend}:{port}.\n"
-            f"    location = {path} {{\n"
-            f"        proxy_pass http://{backend}:{port};\n"
-            "        proxy_http_version 1.1;\n"
-            "        proxy_set_header Upgrade $http_upgrade;\n"
-            '        proxy_set_header Connection "upgrade";\n'
-            "        proxy_set_header Host $host;\n"
-            "        # B logs the client's address from this header.\n"
-            "        proxy_set_header X-Forwarded-For $remote_addr;\n"
-            "        # Tunnels live long and may be quiet; stream, do not buffer.\n"
-            "        proxy_read_timeout 24h;\n"
-            "        proxy_send_timeout 24h;\n"
-            "        proxy_buffering off;\n"
-            "    }\n"
-        )
-
     return (
         "# nginx in front of raybridge's portal B, written by raybridge init --transport ws.\n"
         f"# It ends TLS on port {s.nginx_port} and passes two WebSocket paths to B's "
@@ -670,9 +683,9 @@ def nginx_config(s: Setup, cert_file: str, key_file: str, *, placeholder: bool =
         f"    ssl_certificate_key {key_file};\n"
         "    ssl_protocols TLSv1.2 TLSv1.3;\n"
         "\n"
-        f"{location('The bridge A', s.bridge_path, s.portal_port)}"
+        f"{_nginx_location(backend, 'The bridge A', s.bridge_path, s.portal_port)}"
         "\n"
-        f"{location('Clients C', s.client_path, s.client_port)}"
+        f"{_nginx_location(backend, 'Clients C', s.client_path, s.client_port)}"
         "\n"
         "    # Anything else: nothing here.\n"
         "    location / {\n"

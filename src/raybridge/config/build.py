@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict, TypeVar
 
+from raybridge.config.dns import build_dns
 from raybridge.config.fields import (
     INT32_MAX,
     INT32_MIN,
@@ -30,8 +31,13 @@ from raybridge.config.fields import (
 )
 from raybridge.config.jsonc import JArray, JObject, JString, JValue
 from raybridge.config.model import (
+    API_SERVICES,
     SUPPORTED_INBOUNDS,
     SUPPORTED_OUTBOUNDS,
+    AllocateConfig,
+    ApiConfig,
+    DnsConfig,
+    DokodemoSettings,
     InboundConfig,
     LevelPolicy,
     LogConfig,
@@ -43,6 +49,8 @@ from raybridge.config.model import (
     ReverseConfig,
     ReverseEndpoint,
     RoutingConfig,
+    StreamSettings,
+    SystemPolicy,
 )
 from raybridge.config.rules import build_routing
 from raybridge.config.settings import (
@@ -108,7 +116,10 @@ class FileConfig:
     log: LogConfig | None = None
     routing: RoutingConfig | None = None
     policy: PolicyConfig | None = None
+    stats: bool | None = None
+    api: ApiConfig | None = None
     reverse: ReverseConfig | None = None
+    dns: DnsConfig | None = None
     inbound: PendingInbound | None = None
     inbound_detours: list[PendingInbound] | None = None
     inbounds: list[PendingInbound] = field(default_factory=list)
@@ -202,8 +213,10 @@ def _listen(obj: Obj) -> str:
     raise obj.ctx.error(node, path, f"cannot listen on {describe(node)}: not an IP address")
 
 
-def _check_allocate(alloc: Obj) -> None:
-    """``allocate``: validated; raybridge always listens on every port."""
+def _allocate(alloc: Obj, ports: list[int]) -> AllocateConfig | None:
+    """``allocate``: ``"always"`` (every port of the range: ``None``), ``"random"``
+    (dynamic ports, :class:`AllocateConfig`); ``"external"`` is refused, as V2Ray 4.34
+    does not start with it (``app/proxyman/inbound/inbound.go``)."""
     ctx = alloc.ctx
     strategy_node = alloc.get("strategy")
     strategy = (
@@ -217,15 +230,26 @@ def _check_allocate(alloc: Obj) -> None:
             alloc.sub("strategy"),
             f"unknown allocation strategy {describe(strategy_node) if strategy_node else ''}",
         )
-    alloc.integer("concurrency", 0, UINT32)
-    alloc.integer("refresh", 0, UINT32)
-    if strategy != "always":
-        ctx.warn(
+    concurrency = alloc.integer("concurrency", 0, UINT32, 3)
+    refresh = alloc.integer("refresh", 0, UINT32, 5)
+    if strategy == "external":
+        raise ctx.error(
             strategy_node,
             alloc.sub("strategy"),
-            f'strategy "{strategy}" is not supported: raybridge listens on every port',
+            'strategy "external" is not implemented (V2Ray 4.34 refuses to start with it '
+            'too): use "always"',
         )
     alloc.finish()
+    if strategy != "random":
+        return None
+    if concurrency >= len(ports):  # V2Ray's check, in infra/conf/v2ray.go
+        node = alloc.get("concurrency") or alloc.node
+        message = f"not enough ports: concurrency {concurrency}, {len(ports)} in the range"
+        raise ctx.error(node, alloc.sub("concurrency"), message)
+    for name, value in (("concurrency", concurrency), ("refresh", refresh)):
+        if value == 0:
+            raise ctx.error(alloc.get(name), alloc.sub(name), f"{name} must be at least 1")
+    return AllocateConfig(concurrency=concurrency, refresh=refresh)
 
 
 def _sniffing(obj: Obj) -> tuple[bool, frozenset[str]]:
@@ -274,11 +298,23 @@ def build_inbound(obj: Obj) -> PendingInbound:
     port_node = obj.get("port")
     ports = [] if port_node is None else inbound_ports(ctx, port_node, obj.sub("port"))
     alloc = obj.object("allocate")
-    if alloc is not None:
-        _check_allocate(alloc)
+    allocate = None if alloc is None else _allocate(alloc, ports)
     stream = stream_for(obj)
     sniffing_enabled, dest_override = _sniffing(obj)
-    settings = INBOUND_SETTINGS[protocol](_settings(obj))
+    settings_obj = _settings(obj)
+    settings = INBOUND_SETTINGS[protocol](settings_obj)
+    if (
+        isinstance(settings, DokodemoSettings)
+        and settings.follow_redirect
+        and "udp" in settings.networks
+        and stream.sockopt.tproxy != "tproxy"
+    ):
+        raise ctx.error(
+            settings_obj.get("followRedirect"),
+            settings_obj.sub("followRedirect"),
+            'followRedirect for UDP needs TPROXY ("streamSettings": {"sockopt": {"tproxy": '
+            '"tproxy"}}): after a REDIRECT a datagram no longer says where it was going',
+        )
     obj.finish()
     return PendingInbound(
         InboundConfig(
@@ -290,6 +326,7 @@ def build_inbound(obj: Obj) -> PendingInbound:
             stream=stream,
             sniffing_enabled=sniffing_enabled,
             sniffing_dest_override=dest_override,
+            allocate=allocate,
             **_where(obj),
         ),
         has_port=port_node is not None,
@@ -337,12 +374,41 @@ def _proxy_tag(obj: Obj) -> str | None:
     return tag
 
 
+def _chained(obj: Obj, protocol: str, stream: StreamSettings, send_through: str | None) -> None:
+    """Warn about what V2Ray 4.34 does not apply to an outbound with ``proxySettings``
+    (``Handler.Dial`` in ``app/proxyman/outbound/handler.go``: the hop carries the
+    connection and only the TLS of ``streamSettings`` is put on it)."""
+    path = obj.sub("proxySettings")
+    node = obj.get("proxySettings")
+    if protocol == "blackhole":
+        obj.ctx.warn(node, path, "has no effect: blackhole makes no connection to carry")
+        return
+    unused = []
+    if stream.network != "tcp":
+        unused.append(f'"network": "{stream.network}"')
+    if stream.tcp.header != "none":
+        unused.append("the tcp http header")
+    if stream.sockopt.mark or stream.sockopt.tcp_fast_open is not None:
+        unused.append("sockopt")
+    if send_through is not None:
+        unused.append("sendThrough")
+    if unused:
+        obj.ctx.warn(
+            node,
+            path,
+            f"{', '.join(unused)} not applied: the connection is carried by the outbound "
+            '"proxySettings" names, with only the TLS of streamSettings on it (as in V2Ray 4.34)',
+        )
+
+
 def build_outbound(obj: Obj) -> OutboundConfig:
     protocol = _protocol(obj, SUPPORTED_OUTBOUNDS, KNOWN_V2RAY_OUTBOUNDS, "outbound")
     tag = obj.string("tag")
     send_through = _send_through(obj)
     stream = stream_for(obj)
     proxy_tag = _proxy_tag(obj)
+    if proxy_tag is not None:
+        _chained(obj, protocol, stream, send_through)
     mux_obj = obj.object("mux")
     mux = MuxConfig() if mux_obj is None else _mux(mux_obj)
     settings = OUTBOUND_SETTINGS[protocol](_settings(obj))
@@ -385,7 +451,20 @@ def build_log(obj: Obj) -> LogConfig:
     if level == "none":
         access = error = None
     obj.finish()
-    return LogConfig(access=access, error=error, level=level, file=obj.ctx.file, line=obj.line)
+
+    def line(name: str) -> int | None:
+        node = obj.get(name)
+        return None if node is None else node.line
+
+    return LogConfig(
+        access=access,
+        error=error,
+        level=level,
+        file=obj.ctx.file,
+        line=obj.line,
+        access_line=line("access"),
+        error_line=line("error"),
+    )
 
 
 def _level_policy(obj: Obj) -> LevelPolicy:
@@ -418,18 +497,53 @@ def build_policy(obj: Obj) -> PolicyConfig:
             if value.kind == "null":
                 continue
             levels[int(key.value)] = _level_policy(ctx.expect_object(value, path))
-    system = obj.object("system")
-    if system is not None:
-        for name in (
-            "statsInboundUplink",
-            "statsInboundDownlink",
-            "statsOutboundUplink",
-            "statsOutboundDownlink",
-        ):
-            system.boolean(name)
-        system.finish()
+    system_obj = obj.object("system")
+    system = SystemPolicy()
+    if system_obj is not None:
+        system = SystemPolicy(
+            stats_inbound_uplink=system_obj.boolean("statsInboundUplink"),
+            stats_inbound_downlink=system_obj.boolean("statsInboundDownlink"),
+            stats_outbound_uplink=system_obj.boolean("statsOutboundUplink"),
+            stats_outbound_downlink=system_obj.boolean("statsOutboundDownlink"),
+        )
+        system_obj.finish()
     obj.finish()
-    return PolicyConfig(levels=levels, file=ctx.file, line=obj.line)
+    return PolicyConfig(levels=levels, system=system, file=ctx.file, line=obj.line)
+
+
+def build_api(obj: Obj) -> ApiConfig:
+    """``api`` (``infra/conf/api.go``): a non-empty ``tag`` and the ``services``. V2Ray
+    4.34 skips names it does not know; raybridge refuses them, and ReflectionService."""
+    tag = obj.string("tag")
+    if not tag:
+        raise obj.error("API tag can't be empty")
+    services: list[str] = []
+    node = obj.get("services")
+    known = {name.lower(): name for name in API_SERVICES}
+    for i, name in enumerate(obj.string_list("services") or []):
+        canonical = known.get(name.lower())
+        if canonical is None:
+            item = node.items[i] if isinstance(node, JArray) else node
+            why = (
+                "is not supported by raybridge"
+                if name.lower() == "reflectionservice"
+                else "is not a V2Ray 4.34 API service"
+            )
+            raise obj.ctx.error(
+                item,
+                join(obj.sub("services"), i),
+                f'"{name}" {why} (raybridge serves {", ".join(API_SERVICES)})',
+            )
+        if canonical not in services:
+            services.append(canonical)
+    obj.finish()
+    return ApiConfig(tag=tag, services=tuple(services), file=obj.ctx.file, line=obj.line)
+
+
+def build_stats(obj: Obj) -> bool:
+    """``stats``: an empty object in 4.34 (``StatsConfig``); its presence turns counting on."""
+    obj.finish()
+    return True
 
 
 def _endpoints(obj: Obj, name: str, kind: str) -> list[ReverseEndpoint]:
@@ -517,6 +631,9 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.routing = _section(top, "routing", build_routing)
     fc.policy = _section(top, "policy", build_policy)
     fc.reverse = _section(top, "reverse", build_reverse)
+    fc.stats = _section(top, "stats", build_stats)
+    fc.api = _section(top, "api", build_api)
+    fc.dns = _section(top, "dns", build_dns)
     ctx.transport = _section(top, "transport", parse_transport)
 
     fc.inbound = _section(top, "inbound", build_inbound)
@@ -526,15 +643,6 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
     fc.outbound = _section(top, "outbound", build_outbound)
     fc.outbound_detours = _entries(top, "outboundDetour", "outbound", build_outbound)
     fc.outbounds = _entries(top, "outbounds", "outbound", build_outbound) or []
-
-    for name, message in (
-        ("dns", "the dns section is ignored: raybridge uses the system resolver"),
-        ("api", "the api section is ignored: raybridge has no gRPC API"),
-        ("stats", "the stats section is ignored: raybridge keeps no traffic statistics"),
-    ):
-        node = top.get(name)
-        if node is not None:
-            ctx.warn(node, name, message)
 
     for key, (name, parser) in _EXTRA_SECTIONS.items():
         node = top.get(key)
@@ -611,6 +719,7 @@ def _raybridge_options(obj: Obj) -> RaybridgeOptions:
         status_token=token,
         status_hosts=hosts,
         state_dir=obj.opt_string("stateDir"),
+        drain_timeout=obj.integer("drainTimeout", 0, 86400, 30),
         file=obj.ctx.file,
         line=obj.line,
     )

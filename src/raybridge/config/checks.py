@@ -23,6 +23,7 @@ one does not say it again):
 * :func:`open_proxies`: SOCKS/HTTP inbounds without authentication beyond loopback;
 * :func:`bridge_exposure`: who may register as a bridge of a portal (on loopback too);
 * :func:`status_exposure`: a status server beyond loopback without a token;
+* :func:`api_exposure`: an inbound routed to the API that listens beyond loopback;
 * :func:`protocol_rules`: ``protocol`` rules that cannot match (a name nothing reports, or
   no inbound of the rule sniffs).
 
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Finding",
+    "api_exposure",
     "bridge_checks",
     "bridge_exposure",
     "check_config",
@@ -91,6 +93,9 @@ def reference_checks(ck: Checker) -> Iterator[Finding]:
     """Rule tags that name nothing: the rule never matches (``inboundTag``), or its
     traffic goes to the default outbound (``outboundTag``, ``balancerTag``)."""
     known_in = set(ck.inbounds) | set(ck.bridges) | set(ck.broken_inbounds)
+    dns = ck.config.dns
+    if dns is not None and dns.tag:
+        known_in.add(dns.tag)  # the built-in DNS client's queries are routed with it
     known_out = set(ck.targets) | set(ck.broken_outbounds)
     for index, (rule, _) in enumerate(ck.rules):
         unknown = [t for t in rule.inbound_tags or () if t not in known_in]
@@ -495,6 +500,8 @@ def _bridge_fate(route: Route, domain: str) -> str:
         return "no tunnel is ever opened"
     if isinstance(target, ReverseEndpoint):
         return "that is a portal of this node, not the remote one: no tunnel is ever opened"
+    if not isinstance(target, OutboundConfig):
+        return "that is the API: no tunnel is ever opened"
     if target.protocol == "freedom":
         return (
             f"freedom would connect to {domain}, a name that does not exist (it is only a "
@@ -544,18 +551,29 @@ def open_proxies(ck: Checker) -> Iterator[Finding]:
         else:
             reach = "a public address"
         name = quote(inbound.tag) if inbound.tag else f"({inbound.path})"
-        ports = ",".join(map(str, inbound.ports))
-        host = f"[{inbound.listen}]" if ":" in inbound.listen else inbound.listen
-        yield Finding(
-            file=inbound.file,
-            line=ck.line(inbound.file, inbound.path, inbound.line, "listen"),
-            path=inbound.path + ".listen",
-            message=(
-                f"{inbound.protocol.upper()} inbound {name} listens on {host}:{ports} "
-                f"({reach}) {without}"
-            ),
-            fix=f"{fix} in its settings: {auth}",
+        yield _at_listen(
+            ck,
+            inbound,
+            f"{inbound.protocol.upper()} inbound {name} listens on {_where_listening(inbound)} "
+            f"({reach}) {without}",
+            f"{fix} in its settings: {auth}",
         )
+
+
+def _where_listening(inbound: InboundConfig) -> str:
+    host = f"[{inbound.listen}]" if ":" in inbound.listen else inbound.listen
+    return f"{host}:{','.join(map(str, inbound.ports))}"
+
+
+def _at_listen(ck: Checker, inbound: InboundConfig, message: str, fix: str) -> Finding:
+    """A finding about where ``inbound`` listens, on its ``listen`` line."""
+    return Finding(
+        file=inbound.file,
+        line=ck.line(inbound.file, inbound.path, inbound.line, "listen"),
+        path=inbound.path + ".listen",
+        message=message,
+        fix=fix,
+    )
 
 
 # --------------------------------------------------------------------------- bridge exposure
@@ -659,6 +677,35 @@ def _exposure_text(
 
 
 # --------------------------------------------------------------------------- status server
+
+
+def api_exposure(ck: Checker) -> Iterator[Finding]:
+    """An inbound that routing sends to the API (``api.tag``) and that listens beyond
+    loopback lets anyone who reaches its port read the counters and, with
+    HandlerService, add inbounds, outbounds and users: V2Ray's API has no authentication."""
+    api = ck.config.api
+    if api is None:
+        return
+    routed = {
+        tag
+        for rule in ck.config.routing.rules
+        if rule.outbound_tag == api.tag
+        for tag in rule.inbound_tags or ()
+    }
+    for inbound in ck.config.inbounds:
+        if inbound.tag not in routed or is_loopback(inbound.listen):
+            continue
+        can = "change this node (HandlerService)" if "HandlerService" in api.services else (
+            "read its traffic counters"
+        )
+        yield _at_listen(
+            ck,
+            inbound,
+            f"inbound {quote(inbound.tag)} leads to the API ({quote(api.tag)}) and listens on "
+            f"{_where_listening(inbound)}, beyond loopback: the API has no authentication, so "
+            f"anyone who can reach the port can {can}",
+            '"listen": "127.0.0.1" (reach it from elsewhere through an SSH tunnel)',
+        )
 
 
 def status_exposure(ck: Checker) -> Iterator[Finding]:
@@ -793,6 +840,7 @@ _CHECKS: tuple[Callable[[Checker], Iterable[Finding]], ...] = (
     open_proxies,
     lambda ck: bridge_exposure(ck.config, ck),
     status_exposure,
+    api_exposure,
     tls_checks,
     protocol_rules,
 )

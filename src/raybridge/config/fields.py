@@ -14,12 +14,12 @@ object that lacks a key) and a JSON path such as ``inbounds[1].port``.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from raybridge.address import normalize_ip as normalize_ip  # re-exported: build.py uses it
 from raybridge.config.jsonc import JArray, JBool, JNumber, JObject, JString, JValue, fold_key
 from raybridge.config.model import ConfigWarning, TransportDefaults
 from raybridge.errors import ConfigError
@@ -297,26 +297,6 @@ class Obj:
 
 
 # --------------------------------------------------------------------------- addresses
-
-
-def normalize_ip(text: str) -> str | None:
-    """``text`` as a canonical IP string, or ``None`` if it is not an IP address.
-
-    Like V2Ray's ``net.ParseAddress``: ``[v6]`` brackets are removed, surrounding spaces
-    are trimmed, and IPv4-mapped IPv6 becomes IPv4.
-    """
-    if len(text) >= 2 and text[0] == "[" and text[-1] == "]":
-        text = text[1:-1]
-    text = text.strip()
-    if not text or "%" in text:
-        return None
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 def parse_address(text: str) -> str:

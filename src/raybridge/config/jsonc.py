@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -99,7 +99,7 @@ class JNull(JValue):
 
 
 class _JScalar(JValue, Generic[_T]):
-    """A value held as one Python scalar: :class:`JBool`, :class:`JString`."""
+    """A value held as one Python scalar: :class:`JBool`, :class:`JNumber`, :class:`JString`."""
 
     __slots__ = ("value",)
 
@@ -119,34 +119,31 @@ class JBool(_JScalar[bool]):
     kind = "boolean"
 
 
-class JNumber(JValue):
+class JNumber(_JScalar[int | float]):
     """A number; ``raw`` is its text. ``is_integer`` is True only for integer *literals*
     (no fraction, no exponent): Go refuses ``80.0`` or ``8e1`` for an integer field."""
 
-    __slots__ = ("is_integer", "raw", "value")
+    __slots__ = ("is_integer", "raw")
     kind = "number"
 
     def __init__(self, raw: str, line: int, col: int) -> None:
-        super().__init__(line, col)
+        is_integer = not any(c in raw for c in ".eE")
+        super().__init__(_number(raw, is_integer), line, col)
         self.raw = raw
-        self.is_integer = not any(c in raw for c in ".eE")
-        self.value: int | float
-        if self.is_integer:
-            # Python refuses to convert very long digit strings (int_max_str_digits); no
-            # config field takes anything near 10**40, so clamp instead of converting.
-            digits = raw.lstrip("-")
-            if len(digits) > 40:
-                self.value = -(10**40) if raw.startswith("-") else 10**40
-            else:
-                self.value = int(raw)
-        else:
-            self.value = float(raw)  # "1e999" -> inf; never raises for the JSON grammar
-
-    def to_python(self) -> int | float:
-        return self.value
+        self.is_integer = is_integer
 
     def __repr__(self) -> str:
         return f"JNumber({self.raw})@{self.line}:{self.col}"
+
+
+def _number(raw: str, is_integer: bool) -> int | float:
+    if not is_integer:
+        return float(raw)  # "1e999" -> inf; never raises for the JSON grammar
+    # Python refuses to convert very long digit strings (int_max_str_digits); no config
+    # field takes anything near 10**40, so clamp instead of converting.
+    if len(raw.lstrip("-")) > 40:
+        return -(10**40) if raw.startswith("-") else 10**40
+    return int(raw)
 
 
 class JString(_JScalar[str]):
@@ -482,53 +479,55 @@ class _Parser:
             raise self.fail(pos, f"exceeded max depth ({MAX_DEPTH} nested arrays/objects)")
 
     def obj(self, pos: int, depth: int) -> tuple[JValue, int]:
-        self._check_depth(pos, depth)
-        text = self.text
         items: list[tuple[JString, JValue]] = []
-        i = self.skip_ws(pos + 1)
-        if i < self.n and text[i] == "}":
-            line, col = self.where(pos)
-            return JObject(items, line, col), i + 1
-        while True:
-            if i >= self.n or text[i] != '"':
+
+        def member(i: int) -> int:
+            if i >= self.n or self.text[i] != '"':
                 raise self.bad_char(i, "looking for beginning of object key string")
             key_value, after = self.string(i)
             kline, kcol = self.where(i)
-            key = JString(key_value, kline, kcol)
             i = self.skip_ws(after)
-            if i >= self.n or text[i] != ":":
+            if i >= self.n or self.text[i] != ":":
                 raise self.bad_char(i, "after object key")
-            i = self.skip_ws(i + 1)
-            value, i = self.value(i, depth)
-            items.append((key, value))
-            i = self.skip_ws(i)
-            if i < self.n and text[i] == ",":
-                i = self.skip_ws(i + 1)
-                continue
-            if i < self.n and text[i] == "}":
-                line, col = self.where(pos)
-                return JObject(items, line, col), i + 1
-            raise self.bad_char(i, "after object key:value pair")
+            value, end = self.value(self.skip_ws(i + 1), depth)
+            items.append((JString(key_value, kline, kcol), value))
+            return end
+
+        end = self._sequence(pos, depth, "}", member, "after object key:value pair")
+        line, col = self.where(pos)
+        return JObject(items, line, col), end
 
     def arr(self, pos: int, depth: int) -> tuple[JValue, int]:
+        items: list[JValue] = []
+
+        def element(i: int) -> int:
+            value, end = self.value(i, depth)
+            items.append(value)
+            return end
+
+        end = self._sequence(pos, depth, "]", element, "after array element")
+        line, col = self.where(pos)
+        return JArray(items, line, col), end
+
+    def _sequence(
+        self, pos: int, depth: int, close: str, item: Callable[[int], int], after: str
+    ) -> int:
+        """The comma-separated items of the object or array whose bracket is at ``pos``,
+        each read by ``item`` (from its first character to just after it); returns where
+        the text after ``close`` starts. ``after``: what a bad separator is reported as."""
         self._check_depth(pos, depth)
         text = self.text
-        items: list[JValue] = []
         i = self.skip_ws(pos + 1)
-        if i < self.n and text[i] == "]":
-            line, col = self.where(pos)
-            return JArray(items, line, col), i + 1
+        if i < self.n and text[i] == close:
+            return i + 1
         while True:
-            value, i = self.value(i, depth)
-            items.append(value)
-            i = self.skip_ws(i)
+            i = self.skip_ws(item(i))
             if i < self.n and text[i] == ",":
                 i = self.skip_ws(i + 1)
                 continue
-            if i < self.n and text[i] == "]":
-                line, col = self.where(pos)
-                return JArray(items, line, col), i + 1
-            raise self.bad_char(i, "after array element")
+            if i < self.n and text[i] == close:
+                return i + 1
+            raise self.bad_char(i, after)
 
 
 def parse_document(text: str, file: str | None = None) -> Document:

@@ -261,6 +261,9 @@ def merge_files(
         routing=_last(fc.routing for fc in files) or RoutingConfig(),
         reverse=_last(fc.reverse for fc in files) or ReverseConfig(),
         policy=_last(fc.policy for fc in files) or PolicyConfig(),
+        dns=_last(fc.dns for fc in files),
+        stats=bool(_last(fc.stats for fc in files)),
+        api=_last(fc.api for fc in files),
         sections=sections,
         warnings=warnings,
         files=[fc.file for fc in files],
@@ -385,9 +388,13 @@ def _check_references(
     :func:`raybridge.config.checks.reference_checks` instead."""
     outbound_tags = {o.tag for o in config.outbounds if o.tag}
     outbound_tags.update(p.tag for p in config.reverse.portals)
+    if config.api is not None:
+        outbound_tags.add(config.api.tag)  # the commander's outbound
     outbound_tags.update(s.tag for s in skipped if s.kind == "outbound" and s.tag)
     inbound_tags = {i.tag for i in config.inbounds if i.tag}
     inbound_tags.update(b.tag for b in config.reverse.bridges)
+    if config.dns is not None and config.dns.tag:
+        inbound_tags.add(config.dns.tag)  # the built-in DNS client's queries
     inbound_tags.update(s.tag for s in skipped if s.kind == "inbound" and s.tag)
     balancers = {b.tag for b in config.routing.balancers}
     for rule in config.routing.rules:

@@ -21,16 +21,23 @@ from typing import ClassVar, Literal
 from raybridge.errors import ConfigError
 
 __all__ = [
+    "API_SERVICES",
     "DEFAULT_LEVEL_POLICY",
     "PLAIN",
     "SUPPORTED_INBOUNDS",
     "SUPPORTED_OUTBOUNDS",
+    "AllocateConfig",
+    "ApiConfig",
     "BalancerConfig",
     "BlackholeSettings",
     "Config",
     "ConfigWarning",
+    "DnsConfig",
+    "DnsPattern",
+    "DnsServerConfig",
     "DokodemoSettings",
     "FreedomSettings",
+    "HostMapping",
     "HttpInboundSettings",
     "HttpRequestHeader",
     "HttpResponseHeader",
@@ -52,6 +59,7 @@ __all__ = [
     "SockOpt",
     "SocksInboundSettings",
     "StreamSettings",
+    "SystemPolicy",
     "TcpSettings",
     "TlsCertificate",
     "TlsSettings",
@@ -143,6 +151,9 @@ class LogConfig(Section):
     access: str | None = None
     error: str | None = ""
     level: LogLevel = "warning"
+    #: Lines of the ``access`` / ``error`` values, for messages about the files.
+    access_line: int | None = None
+    error_line: int | None = None
 
 
 # --------------------------------------------------------------------------- users
@@ -202,11 +213,16 @@ class HttpInboundSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VMessInboundSettings:
     """``vmess`` inbound settings. ``disable_insecure_encryption``: reject security NONE,
-    LEGACY and unknown (docs/protocols.md 4.3). The ``default`` block only matters for detour
-    users, which raybridge does not support, so it is validated and dropped."""
+    LEGACY and unknown (docs/protocols.md 4.3). ``detour_to``: the tag of a VMess inbound
+    with dynamic ports (``allocate`` ``random``) that each response tells the client to
+    move to (command 1, 1.8). ``default_alter_id``/``default_level`` (the ``default``
+    block): the users such an inbound makes for the clients sent to it."""
 
     clients: list[VMessUserConfig] = field(default_factory=list)
     disable_insecure_encryption: bool = False
+    detour_to: str | None = None
+    default_alter_id: int = 0
+    default_level: int = 0
     #: raybridge only (V2Ray ignores the key): refuse legacy headers, accept AEAD only.
     aead_forced: bool = False
 
@@ -297,11 +313,18 @@ class HttpSettings:
     path: str = "/"
 
 
+TProxyMode = Literal["off", "redirect", "tproxy"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SockOpt:
     mark: int = 0
     tcp_fast_open: bool | None = None
     accept_proxy_protocol: bool = False  # counts for h2 only, as in V2Ray (docs/transports.md 6)
+    #: ``"redirect"`` or ``"tproxy"``: IP_TRANSPARENT on the socket (as V2Ray sets it for
+    #: both); for dokodemo-door's ``followRedirect``, how the destination is found
+    #: (``"off"`` there means ``"redirect"``; transport/redirect.py).
+    tproxy: TProxyMode = "off"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -356,6 +379,17 @@ class TransportDefaults:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AllocateConfig:
+    """``allocate`` with ``strategy`` ``"random"`` (V2Ray's dynamic ports,
+    ``app/proxyman/inbound/dynamic.go``): listen on ``concurrency`` ports picked at random
+    from the inbound's range, picked again every ``refresh`` minutes (the old ones close
+    two periods later). ``"always"`` (every port) is no ``AllocateConfig`` at all."""
+
+    concurrency: int = 3
+    refresh: int = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InboundConfig(Located):
     """One inbound. ``ports`` is the expanded port list (``"1000-1002"`` -> three ports);
     the inbound listens on every one of them at ``listen`` (an IP address or
@@ -372,6 +406,7 @@ class InboundConfig(Located):
     stream: StreamSettings = PLAIN
     sniffing_enabled: bool = False
     sniffing_dest_override: frozenset[str] = frozenset()
+    allocate: AllocateConfig | None = None
 
 
 # --------------------------------------------------------------------------- outbound settings
@@ -503,6 +538,64 @@ class RoutingConfig(Section):
     balancers: list[BalancerConfig] = field(default_factory=list)
 
 
+# --------------------------------------------------------------------------- dns
+
+#: How a ``hosts`` key or a server's ``domains`` entry matches a name: ``full`` the exact
+#: name, ``domain`` the name or a subdomain, ``keyword`` a substring, ``regexp`` a search;
+#: ``geosite`` a list of V2Ray's geosite.dat (``value`` is ``list`` or ``file:list``).
+DnsMatch = Literal["full", "domain", "keyword", "regexp", "geosite"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsPattern:
+    """A ``hosts`` key or a ``domains`` entry, as V2Ray 4.34 reads it (``dotless:`` is
+    written as the regexp 4.34 makes of it). ``file`` is the .dat file of ``geosite``
+    (``geosite.dat``, or the one named by ``ext:``)."""
+
+    kind: DnsMatch
+    value: str
+    text: str  # as written
+    file: str = "geosite.dat"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostMapping(Located):
+    """One ``dns.hosts`` entry: its key and either IPs (canonical strings) or an alias."""
+
+    section: ClassVar[str] = "dns.hosts"
+
+    pattern: DnsPattern
+    ips: tuple[str, ...] = ()
+    alias: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsServerConfig(Located):
+    """One ``dns.servers`` entry: plain UDP DNS to ``address`` (a canonical IP or a domain)
+    and ``port``, or the system resolver (``address`` ``"localhost"``, ``system`` True).
+    ``expect_ips`` are kept as written (CIDRs, IPs, ``geoip:``), as a rule's ``ip`` is."""
+
+    section: ClassVar[str] = "dns.servers"
+
+    address: str
+    port: int = 53
+    system: bool = False
+    domains: tuple[DnsPattern, ...] = ()
+    expect_ips: tuple[str, ...] = ()
+    client_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsConfig(Section):
+    """The ``dns`` section (docs/protocols.md 4.12). ``tag``: the inbound tag of the
+    queries it sends through routing (4.34 makes one up when empty)."""
+
+    servers: list[DnsServerConfig] = field(default_factory=list)
+    hosts: list[HostMapping] = field(default_factory=list)
+    client_ip: str | None = None
+    tag: str = ""
+
+
 # --------------------------------------------------------------------------- reverse
 
 
@@ -551,15 +644,41 @@ DEFAULT_LEVEL_POLICY = LevelPolicy()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SystemPolicy:
+    """``policy.system``: which per-tag traffic counters exist (``app/policy/config.proto``
+    ``SystemPolicy.Stats``); they count only when the config also has a ``stats`` object."""
+
+    stats_inbound_uplink: bool = False
+    stats_inbound_downlink: bool = False
+    stats_outbound_uplink: bool = False
+    stats_outbound_downlink: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyConfig(Section):
-    """``policy.levels``; a level's unset fields take the defaults. ``policy.system``
-    (stats counters) is accepted and ignored: raybridge has no stats API."""
+    """``policy.levels`` (a level's unset fields take the defaults) and ``policy.system``."""
 
     levels: dict[int, LevelPolicy] = field(default_factory=dict)
+    system: SystemPolicy = field(default_factory=SystemPolicy)
 
     def level(self, n: int) -> LevelPolicy:
         """The policy for user level ``n`` (the defaults for levels not configured)."""
         return self.levels.get(n, DEFAULT_LEVEL_POLICY)
+
+
+# --------------------------------------------------------------------------- api
+
+#: The ``api.services`` raybridge serves (V2Ray 4.34's names; matched case-insensitively).
+API_SERVICES = ("HandlerService", "StatsService", "LoggerService")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiConfig(Section):
+    """``api``: the gRPC services (``app/commander``) reached through the outbound tag
+    ``tag``: a routing rule sends an inbound (a dokodemo-door) there."""
+
+    tag: str
+    services: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- top level
@@ -580,6 +699,11 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     reverse: ReverseConfig = field(default_factory=ReverseConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: ``stats`` present: the traffic counters that ``policy`` enables exist.
+    stats: bool = False
+    api: ApiConfig | None = None
+    #: ``None``: no ``dns`` section (names are resolved by the system, as V2Ray does).
+    dns: DnsConfig | None = None
     sections: dict[str, object] = field(default_factory=dict)
     warnings: list[ConfigWarning] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -611,3 +735,6 @@ class RaybridgeOptions(Section):
     #: :mod:`raybridge.replay`). ``None`` (unset): ``$STATE_DIRECTORY`` if set (systemd's
     #: ``StateDirectory=``), else nothing is kept; ``""``: nothing is kept.
     state_dir: str | None = None
+    #: ``"drainTimeout"``: seconds live connections may go on after SIGTERM (or after their
+    #: inbound or outbound was removed by a reload or the API) before they are closed.
+    drain_timeout: int = 30

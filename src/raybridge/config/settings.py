@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
@@ -236,6 +237,23 @@ def http_inbound(obj: Obj) -> HttpInboundSettings:
     return settings
 
 
+def _detour_to(obj: Obj) -> str | None:
+    """``detour.to`` (or ``features.detour.to``, which ``detour`` wins over, as in
+    ``infra/conf/vmess.go``): the tag of the dynamic-port inbound clients are sent to."""
+    found: str | None = None
+    for holder in (obj, obj.object("features")):
+        if holder is None:
+            continue
+        detour = holder.object("detour")
+        if detour is not None:
+            to = detour.required_string("to")
+            detour.finish()
+            found = found or to
+        if holder is not obj:
+            holder.finish()
+    return found
+
+
 def vmess_inbound(obj: Obj) -> VMessInboundSettings:
     clients: list[VMessUserConfig] = []
     emails: dict[str, str] = {}
@@ -250,27 +268,26 @@ def vmess_inbound(obj: Obj) -> VMessInboundSettings:
                 )
             emails[key] = f"clients[{i}]"
         clients.append(user)
+    default_alter_id = default_level = 0
     default = obj.object("default")
     if default is not None:
-        default.integer("alterId", 0, UINT16)
-        default.integer("level", 0, 255)
+        default_alter_id = default.integer("alterId", 0, UINT16)
+        default_level = default.integer("level", 0, 255)
         default.finish()
-    for name in ("detour", "features"):
-        node = obj.get(name)
-        if node is not None:
-            obj.ctx.warn(
-                node,
-                obj.sub(name),
-                "dynamic ports (detour) are not supported by raybridge: ignored; clients "
-                "keep using this port",
-            )
     settings = VMessInboundSettings(
         clients=clients,
         disable_insecure_encryption=obj.boolean("disableInsecureEncryption"),
         aead_forced=obj.boolean("aeadForced"),
+        detour_to=_detour_to(obj),
+        default_alter_id=default_alter_id,
+        default_level=default_level,
     )
     if not clients:
-        obj.ctx.warn(obj.node, obj.path, "no clients: every connection will be refused")
+        obj.ctx.warn(
+            obj.node,
+            obj.path,
+            "no clients: every connection will be refused (but those a detour sends here)",
+        )
     obj.finish()
     return settings
 
@@ -316,6 +333,12 @@ def dokodemo(obj: Obj) -> DokodemoSettings:
         obj.ctx.warn(
             obj.node, obj.path, 'no "address" and followRedirect is off: every connection fails'
         )
+    if settings.follow_redirect:
+        node = obj.get("followRedirect")
+        where = obj.sub("followRedirect")
+        if not sys.platform.startswith("linux"):
+            message = "followRedirect needs Linux (SO_ORIGINAL_DST, IP_TRANSPARENT)"
+            raise obj.ctx.error(node, where, message)
     obj.finish()
     return settings
 

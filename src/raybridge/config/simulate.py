@@ -21,6 +21,7 @@ from raybridge.address import Destination
 from raybridge.config.fields import Skipped
 from raybridge.config.jsonc import JArray, JNumber, JObject, JString, JValue
 from raybridge.config.model import (
+    ApiConfig,
     Config,
     ConfigWarning,
     HttpInboundSettings,
@@ -33,6 +34,7 @@ from raybridge.config.model import (
 )
 from raybridge.errors import ConfigError
 from raybridge.link import Session
+from raybridge.matchers import GeoAssets
 from raybridge.router import DomainMatcher, Rule, compile_rule
 
 
@@ -48,7 +50,7 @@ class Finding(ConfigWarning):
         return f"{text} (fix: {self.fix})" if self.fix else text
 
 
-Target = OutboundConfig | ReverseEndpoint
+Target = OutboundConfig | ReverseEndpoint | ApiConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,14 +181,17 @@ class Checker:
         self.config = config
         self.documents = documents or {}
         self.rules: list[tuple[RuleConfig, Rule | None]] = []
-        for rule in config.routing.rules:
-            try:
-                compiled: Rule | None = compile_rule(rule)
-            except ConfigError:
-                compiled = None  # an error of its own (Node reports it); never matches here
-            self.rules.append((rule, compiled))
+        with GeoAssets([]) as assets:
+            for rule in config.routing.rules:
+                try:
+                    compiled: Rule | None = compile_rule(rule, assets)
+                except ConfigError:
+                    compiled = None  # an error of its own (Node reports it); never matches
+                self.rules.append((rule, compiled))
         self.targets: dict[str, Target] = {o.tag: o for o in config.outbounds if o.tag}
         self.targets.update((p.tag, p) for p in config.reverse.portals)
+        if config.api is not None:
+            self.targets[config.api.tag] = config.api
         # V2Ray (and raybridge) make a portal the default only if there is no outbound.
         self.default: Target | None = (
             config.outbounds[0]
@@ -337,7 +342,10 @@ class Checker:
         if not isinstance(portal, ReverseEndpoint) or rule.domains is None:
             return None
         try:
-            matcher = DomainMatcher(rule.domains, lambda message: ConfigError(message))
+            with GeoAssets([]) as assets:
+                matcher = DomainMatcher(
+                    rule.domains, lambda message: ConfigError(message), assets.near(rule.file)
+                )
         except ConfigError:
             return None
         return portal if matcher(portal.domain) else None
@@ -346,6 +354,8 @@ class Checker:
 def describe_target(target: Target) -> str:
     if isinstance(target, ReverseEndpoint):
         return f"portal {quote(target.tag)}"
+    if isinstance(target, ApiConfig):
+        return f"the API {quote(target.tag)}"
     name = quote(target.tag) if target.tag else f"({target.path}, untagged)"
     return f"{target.protocol} outbound {name}"
 

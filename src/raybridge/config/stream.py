@@ -18,6 +18,7 @@ it); whether a key matches its certificate is checked when the TLS contexts are 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,7 @@ from raybridge.config.model import (
     TcpSettings,
     TlsCertificate,
     TlsSettings,
+    TProxyMode,
     TransportDefaults,
     WsSettings,
 )
@@ -98,17 +100,8 @@ def parse_transport(obj: Obj) -> TransportDefaults:
     """The top-level ``transport`` section (V2Ray's ``TransportConfig``)."""
     problems = _Problems()
     out: dict[str, object] = {}
-    for key, name, parse in (
-        ("tcp", "tcpSettings", _tcp),
-        ("ws", "wsSettings", _ws),
-        ("http", "httpSettings", _http),
-    ):
-        sub = obj.object(name)
-        if sub is not None:
-            problems.run(_setter(out, key, parse, sub))
-    for name in ("kcpSettings", "quicSettings", "dsSettings"):
-        if obj.get(name) is not None:
-            obj.ctx.warn(obj.get(name), obj.sub(name), "ignored: raybridge has no such network")
+    _network_settings(obj, out, problems)
+    _warn_other_networks(obj)
     problems.run(obj.finish)
     problems.raise_all()
     return TransportDefaults(**out)  # type: ignore[arg-type]
@@ -130,45 +123,20 @@ def parse_stream_settings(
                 if v is not None
             }
         )
+    problems.run(lambda: _network(obj, out))
+    problems.run(lambda: _security(obj, out, base_dir))
+    _network_settings(obj, out, problems)
+    problems.run(lambda: out.__setitem__("sockopt", _sockopt(obj.object("sockopt"))))
+    _warn_other_networks(obj)
+    if "tls" not in out:
+        obj.ignore("tlsSettings")  # V2Ray reads it only with security "tls"
+    problems.run(obj.finish)
+    problems.raise_all()
+    return StreamSettings(**out)  # type: ignore[arg-type]
 
-    def network() -> None:
-        node = obj.get("network")
-        if node is None:
-            return
-        raw = obj.ctx.expect_string(node, obj.sub("network")).lower()
-        if raw in _UNSUPPORTED:
-            raise obj.ctx.error(
-                node,
-                obj.sub("network"),
-                f"{_UNSUPPORTED[raw]} ({describe(node)}) is not supported by raybridge",
-            )
-        value = _NETWORKS.get(raw)
-        if value is None:
-            raise obj.ctx.error(node, obj.sub("network"), f"unknown network {describe(node)}")
-        out["network"] = value
 
-    def security() -> None:
-        node = obj.get("security")
-        if node is None:
-            return
-        raw = obj.ctx.expect_string(node, obj.sub("security")).lower()
-        if raw == "tls":
-            sub = obj.object("tlsSettings")
-            out["tls"] = (
-                _tls(sub, base_dir)
-                if sub is not None
-                else TlsSettings(where=_where(obj, "tlsSettings"))
-            )
-        elif raw not in ("", "none"):
-            raise obj.ctx.error(
-                node,
-                obj.sub("security"),
-                f'unknown security {describe(node)} ("tls" or "none"; V2Ray would send it '
-                "in the clear)",
-            )
-
-    problems.run(network)
-    problems.run(security)
+def _network_settings(obj: Obj, out: dict[str, object], problems: _Problems) -> None:
+    """The settings of each network raybridge has, whichever ``network`` is chosen."""
     for key, name, parse in (
         ("tcp", "tcpSettings", _tcp),
         ("ws", "wsSettings", _ws),
@@ -177,15 +145,53 @@ def parse_stream_settings(
         sub = obj.object(name)
         if sub is not None:
             problems.run(_setter(out, key, parse, sub))
-    problems.run(lambda: out.__setitem__("sockopt", _sockopt(obj.object("sockopt"))))
+
+
+def _warn_other_networks(obj: Obj) -> None:
+    """V2Ray's other networks' settings are accepted, and ignored with a warning."""
     for name in ("kcpSettings", "quicSettings", "dsSettings"):
         if obj.get(name) is not None:
             obj.ctx.warn(obj.get(name), obj.sub(name), "ignored: raybridge has no such network")
-    if "tls" not in out:
-        obj.ignore("tlsSettings")  # V2Ray reads it only with security "tls"
-    problems.run(obj.finish)
-    problems.raise_all()
-    return StreamSettings(**out)  # type: ignore[arg-type]
+
+
+def _network(obj: Obj, out: dict[str, object]) -> None:
+    """``network``: one raybridge has, or a clear refusal."""
+    node = obj.get("network")
+    if node is None:
+        return
+    raw = obj.ctx.expect_string(node, obj.sub("network")).lower()
+    if raw in _UNSUPPORTED:
+        raise obj.ctx.error(
+            node,
+            obj.sub("network"),
+            f"{_UNSUPPORTED[raw]} ({describe(node)}) is not supported by raybridge",
+        )
+    value = _NETWORKS.get(raw)
+    if value is None:
+        raise obj.ctx.error(node, obj.sub("network"), f"unknown network {describe(node)}")
+    out["network"] = value
+
+
+def _security(obj: Obj, out: dict[str, object], base_dir: Path | None) -> None:
+    """``security``: "tls" (with its ``tlsSettings``) or none; anything else is refused."""
+    node = obj.get("security")
+    if node is None:
+        return
+    raw = obj.ctx.expect_string(node, obj.sub("security")).lower()
+    if raw == "tls":
+        sub = obj.object("tlsSettings")
+        out["tls"] = (
+            _tls(sub, base_dir)
+            if sub is not None
+            else TlsSettings(where=_where(obj, "tlsSettings"))
+        )
+    elif raw not in ("", "none"):
+        raise obj.ctx.error(
+            node,
+            obj.sub("security"),
+            f'unknown security {describe(node)} ("tls" or "none"; V2Ray would send it '
+            "in the clear)",
+        )
 
 
 def _setter(
@@ -357,15 +363,23 @@ def _sockopt(obj: Obj | None) -> SockOpt:
     mark = obj.integer("mark", INT32_MIN, INT32_MAX)
     tfo_node = obj.get("tcpFastOpen")
     tfo = obj.ctx.expect_bool(tfo_node, obj.sub("tcpFastOpen")) if tfo_node is not None else None
-    tproxy = obj.get("tproxy")
-    if tproxy is not None:
-        mode = obj.ctx.expect_string(tproxy, obj.sub("tproxy")).lower()
-        if mode == "tproxy":
-            raise obj.ctx.error(tproxy, obj.sub("tproxy"), "TPROXY is not supported by raybridge")
+    tproxy: TProxyMode = "off"
+    node = obj.get("tproxy")
+    if node is not None:
+        mode = obj.ctx.expect_string(node, obj.sub("tproxy")).lower()
+        if mode in ("redirect", "tproxy"):
+            tproxy = "redirect" if mode == "redirect" else "tproxy"
+            if not sys.platform.startswith("linux"):
+                message = f'"tproxy": "{mode}" needs Linux (IP_TRANSPARENT)'
+                raise obj.ctx.error(node, obj.sub("tproxy"), message)
+        elif mode != "off":
+            # V2Ray 4.34 takes anything else as "off" without a word.
+            obj.ctx.warn(node, obj.sub("tproxy"), f'unknown mode {describe(node)}: "off"')
     settings = SockOpt(
         mark=mark,
         tcp_fast_open=tfo,
         accept_proxy_protocol=obj.boolean("acceptProxyProtocol"),
+        tproxy=tproxy,
     )
     obj.finish()
     return settings

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import binascii
 import contextlib
-import enum
 import ipaddress
 import re
 from collections import deque
@@ -92,7 +91,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 from raybridge.errors import LocalProtocolError
-from raybridge.protocols.stream import LayerError
+from raybridge.protocols.stream import LayerError, Role
 
 __all__ = [
     "CLIENT_SETTINGS",
@@ -167,11 +166,6 @@ if hasattr(hyperframe.frame, "_raw_data_repr"):
 
 class H2StreamError(LayerError):
     """The peer broke HTTP/2 (or the HTTP/1.1 before an h2c upgrade): the connection is dead."""
-
-
-class Role(enum.Enum):
-    CLIENT = "client"
-    SERVER = "server"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,6 +313,62 @@ class _Stream:
         return b"".join(pieces)
 
 
+def _request_fields(
+    headers: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]],
+) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The authority (Go's ``request.Host``: :authority, else the first Host header), the
+    path and the first X-Forwarded-For of a request's headers."""
+    authority: bytes | None = None
+    host: bytes | None = None
+    path: bytes | None = None
+    xff: bytes | None = None
+    for raw_name, raw_value in headers:
+        name = bytes(raw_name) if not isinstance(raw_name, str) else raw_name.encode()
+        value = bytes(raw_value) if not isinstance(raw_value, str) else raw_value.encode()
+        if name == b":authority":
+            authority = value
+        elif name == b":path":
+            path = value
+        elif name == b"host" and host is None:
+            host = value
+        elif name == b"x-forwarded-for" and xff is None:
+            xff = value
+    return authority or host, path, xff
+
+
+def _role_settings(
+    client: bool,
+    initial_window: int | None,
+    max_frame_size: int | None,
+    max_concurrent_streams: int | None,
+) -> dict[SettingCodes, int]:
+    """The SETTINGS we advertise: V2Ray's for the role, with the caller's overrides."""
+    settings = dict(CLIENT_SETTINGS if client else SERVER_SETTINGS)
+    if initial_window is not None and initial_window < 65535:
+        raise ValueError("initial_window below HTTP/2's default (see below)")
+    if initial_window is not None:
+        settings[SettingCodes.INITIAL_WINDOW_SIZE] = initial_window
+    if max_frame_size is not None:
+        settings[SettingCodes.MAX_FRAME_SIZE] = max_frame_size
+    if max_concurrent_streams is not None and not client:
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = max_concurrent_streams
+    return settings
+
+
+def _h2_connection(client: bool, settings: dict[SettingCodes, int]) -> h2.connection.H2Connection:
+    """An h2 connection that holds itself to ``settings`` from the start."""
+    config = h2.config.H2Configuration(client_side=client, header_encoding=None)
+    conn = h2.connection.H2Connection(config)
+    # What we advertise takes effect at once: only larger limits than the protocol's
+    # defaults, which the peer uses until it reads our SETTINGS, so it never breaks them.
+    initial = dict(settings)
+    initial.setdefault(SettingCodes.MAX_CONCURRENT_STREAMS, 100)  # h2's own default
+    conn.local_settings = Settings(client=client, initial_values=initial)
+    conn.max_inbound_frame_size = settings.get(SettingCodes.MAX_FRAME_SIZE, 16384)
+    conn.decoder.max_header_list_size = HEADER_LIST_LIMIT
+    return conn
+
+
 class H2StreamConnection:
     """One HTTP/2 connection carrying VMess streams, either role (see the module docstring).
 
@@ -355,15 +405,7 @@ class H2StreamConnection:
         self.path = normalize_path(path)
         self._prefix = self.path.encode("utf-8", "surrogateescape")
 
-        settings = dict(CLIENT_SETTINGS if client else SERVER_SETTINGS)
-        if initial_window is not None and initial_window < 65535:
-            raise ValueError("initial_window below HTTP/2's default (see below)")
-        if initial_window is not None:
-            settings[SettingCodes.INITIAL_WINDOW_SIZE] = initial_window
-        if max_frame_size is not None:
-            settings[SettingCodes.MAX_FRAME_SIZE] = max_frame_size
-        if max_concurrent_streams is not None and not client:
-            settings[SettingCodes.MAX_CONCURRENT_STREAMS] = max_concurrent_streams
+        settings = _role_settings(client, initial_window, max_frame_size, max_concurrent_streams)
         self._settings = settings
         window = connection_window
         if window is None:
@@ -374,16 +416,7 @@ class H2StreamConnection:
         self._connection_step = max(self._connection_window // 4, 1)
         self._buffer_limit = buffer_limit
 
-        config = h2.config.H2Configuration(client_side=client, header_encoding=None)
-        conn = h2.connection.H2Connection(config)
-        # What we advertise takes effect at once: only larger limits than the protocol's
-        # defaults, which the peer uses until it reads our SETTINGS, so it never breaks them.
-        initial = dict(settings)
-        initial.setdefault(SettingCodes.MAX_CONCURRENT_STREAMS, 100)  # h2's own default
-        conn.local_settings = Settings(client=client, initial_values=initial)
-        conn.max_inbound_frame_size = settings.get(SettingCodes.MAX_FRAME_SIZE, 16384)
-        conn.decoder.max_header_list_size = HEADER_LIST_LIMIT
-        self._conn = conn
+        self._conn = conn = _h2_connection(client, settings)
 
         self._out = bytearray()  # our own bytes that go before h2's (preface, HTTP/1.1)
         self._streams: dict[int, _Stream] = {}
@@ -829,25 +862,33 @@ class H2StreamConnection:
         *,
         request_ended: bool = False,
     ) -> None:
-        authority: bytes | None = None
-        host: bytes | None = None
-        path: bytes | None = None
-        xff: bytes | None = None
-        for raw_name, raw_value in headers:
-            name = bytes(raw_name) if not isinstance(raw_name, str) else raw_name.encode()
-            value = bytes(raw_value) if not isinstance(raw_value, str) else raw_value.encode()
-            if name == b":authority":
-                authority = value
-            elif name == b":path":
-                path = value
-            elif name == b"host" and host is None:
-                host = value
-            elif name == b"x-forwarded-for" and xff is None:
-                xff = value
-        # Go's server: request.Host is :authority, else the Host header.
-        if not authority:
-            authority = host
+        authority, path, xff = _request_fields(headers)
         status, reason = self._check(authority, path)
+        self._answer(sid, status)
+        if status:
+            events.append(
+                StreamRefused(
+                    stream_id=sid, reason=reason, path=_text(path), authority=_text(authority)
+                )
+            )
+            return
+        stream = _Stream(sid, opened=True, path=_text(path), authority=_text(authority))
+        self._streams[sid] = stream
+        events.append(
+            StreamOpened(
+                stream_id=sid,
+                path=stream.path,
+                authority=stream.authority,
+                forwarded_for=_forwarded_for(xff),
+            )
+        )
+        if request_ended:
+            stream.remote_ended = True
+            events.append(StreamEnded(stream_id=sid))
+
+    def _answer(self, sid: int, status: int) -> None:
+        """Answer a request: 200 and the stream stays open (``status`` 0), 404 and a reset,
+        or a bare reset (any other refusal)."""
         conn = self._conn
         # A stream the client reset in the same read as its HEADERS gets no answer, but the
         # same events as if the reset had come later (so events never depend on where the
@@ -873,26 +914,6 @@ class H2StreamConnection:
                 if status and not h2_stream.closed:
                     code = ErrorCodes.NO_ERROR if status == 404 else ErrorCodes.PROTOCOL_ERROR
                     conn.reset_stream(sid, code)
-        if status:
-            events.append(
-                StreamRefused(
-                    stream_id=sid, reason=reason, path=_text(path), authority=_text(authority)
-                )
-            )
-            return
-        stream = _Stream(sid, opened=True, path=_text(path), authority=_text(authority))
-        self._streams[sid] = stream
-        events.append(
-            StreamOpened(
-                stream_id=sid,
-                path=stream.path,
-                authority=stream.authority,
-                forwarded_for=_forwarded_for(xff),
-            )
-        )
-        if request_ended:
-            stream.remote_ended = True
-            events.append(StreamEnded(stream_id=sid))
 
     def _receive_first(self, data: bytes) -> list[H2Event]:
         """Server, before the connection is known to be HTTP/2: prior knowledge or h2c."""

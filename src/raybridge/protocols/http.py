@@ -269,40 +269,38 @@ class HttpProxyServer:
                 target=_parse_authority(authority, 80), user=user, trailing=trailing
             )
 
-        scheme = ""
-        url_host = ""
+        return self._forward(event, headers, user, host_header_text, trailing)
+
+    def _split_target(self, target: str) -> tuple[str, str, str]:
+        """Scheme, host and origin form (path and query) of a request target."""
         if target.startswith("/") or target == "*":
-            origin = target
-        else:
-            match = _ABSOLUTE_URI.match(target)
-            if match is None:
-                raise self._fail(_BAD_REQUEST, f"unsupported request target {target[:64]!r}")
-            scheme, authority, rest = match.groups()
-            url_host = authority.rpartition("@")[2]
-            rest = rest.partition("#")[0]
-            origin = rest if rest.startswith("/") else "/" + rest
+            return "", "", target
+        match = _ABSOLUTE_URI.match(target)
+        if match is None:
+            raise self._fail(_BAD_REQUEST, f"unsupported request target {target[:64]!r}")
+        scheme, authority, rest = match.groups()
+        rest = rest.partition("#")[0]
+        return scheme, authority.rpartition("@")[2], rest if rest.startswith("/") else "/" + rest
+
+    def _forward(
+        self,
+        event: h11.Request,
+        headers: _Headers,
+        user: str | None,
+        host_header: str,
+        trailing: bytes,
+    ) -> ForwardRequest:
+        """A plain request to forward: its target and the head to send upstream."""
+        scheme, url_host, origin = self._split_target(event.target.decode("ascii"))
         if not url_host and not self._allow_transparent:
             # RFC 7230 5.3.2: a proxy gets absolute URIs; V2Ray answers 400 otherwise.
             raise self._fail(_BAD_REQUEST, "request target is not an absolute URI")
         # As in Go's ReadRequest, the URL's host wins over the Host header (RFC 7230 5.4).
-        host = url_host or host_header_text
+        host = url_host or host_header
         if not host:
             raise self._fail(_BAD_REQUEST, "request names no host")
         destination = _parse_authority(host, 443 if scheme.lower() == "https" else 80)
-
-        # Hop-by-hop headers, plus whatever every Connection header names.
-        named = {
-            token.strip().lower()
-            for lname, _, value in headers
-            if lname == b"connection"
-            for token in value.split(b",")
-        }
-        drop = _HOP_BY_HOP | (named - _PROTECTED)
-        # RFC 7230 3.3.3: with chunked framing a proxy must not forward Content-Length.
-        if any(lname == b"transfer-encoding" for lname, _, _ in headers):
-            drop |= {b"content-length"}
-        kept = [(lname, name, v) for lname, name, v in headers if lname not in drop]
-
+        kept = _end_to_end(headers)
         parts = [
             b"%s %s HTTP/%s\r\nHost: %s\r\n"
             % (event.method, origin.encode("ascii"), event.http_version, host.encode("ascii"))
@@ -311,7 +309,7 @@ class HttpProxyServer:
             if lname != b"host":
                 parts.append(b"%s: %s\r\n" % (name, value))
         parts.append(b"Connection: close\r\n\r\n")
-
+        method = event.method.decode("ascii")
         path = unquote(origin.partition("?")[0])
         attrs = {":method": method.upper(), ":path": path}
         for lname, _, value in kept:
@@ -327,6 +325,22 @@ class HttpProxyServer:
             path=path,
             attrs=attrs,
         )
+
+
+def _end_to_end(headers: _Headers) -> _Headers:
+    """``headers`` less the hop-by-hop ones and whatever every Connection header names; less
+    Content-Length too when there is Transfer-Encoding (RFC 7230 3.3.3: with chunked
+    framing a proxy must not forward it)."""
+    named = {
+        token.strip().lower()
+        for lname, _, value in headers
+        if lname == b"connection"
+        for token in value.split(b",")
+    }
+    drop = _HOP_BY_HOP | (named - _PROTECTED)
+    if any(lname == b"transfer-encoding" for lname, _, _ in headers):
+        drop |= {b"content-length"}
+    return [header for header in headers if header[0] not in drop]
 
 
 def _parse_authority(text: str, default_port: int) -> Destination:
@@ -422,16 +436,7 @@ class ResponseRewriter:
 
 def _response_head(event: h11.Response | h11.InformationalResponse, *, final: bool) -> bytes:
     headers = [(n.lower(), n, v) for n, v in event.headers.raw_items()]
-    named = {
-        token.strip().lower()
-        for lname, _, value in headers
-        if lname == b"connection"
-        for token in value.split(b",")
-    }
-    drop = _HOP_BY_HOP | (named - _PROTECTED)
-    if any(lname == b"transfer-encoding" for lname, _, _ in headers):
-        drop |= {b"content-length"}
     parts = [b"HTTP/%s %d %s\r\n" % (event.http_version, event.status_code, event.reason)]
-    parts.extend(b"%s: %s\r\n" % (name, v) for lname, name, v in headers if lname not in drop)
+    parts.extend(b"%s: %s\r\n" % (name, v) for _, name, v in _end_to_end(headers))
     parts.append(b"Connection: close\r\n\r\n" if final else b"\r\n")
     return b"".join(parts)

@@ -53,7 +53,6 @@ import email.utils
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Protocol
 
 from raybridge.errors import ConfigError
@@ -62,9 +61,10 @@ from raybridge.protocols.stream import (
     Established,
     LayerError,
     LayerEvent,
+    QueuedLayer,
     Received,
     Refused,
-    StreamLayer,
+    Role,
 )
 
 __all__ = [
@@ -121,13 +121,6 @@ _ERROR_HEADERS: HeaderList = (
 
 class HttpHeaderError(LayerError):
     """The peer's fake HTTP header is unusable (client side: none within 8192 bytes)."""
-
-
-class Role(Enum):
-    """Which end of a connection a layer plays: CLIENT dials, SERVER accepts."""
-
-    CLIENT = "client"
-    SERVER = "server"
 
 
 class Picker(Protocol):
@@ -293,7 +286,7 @@ def _head(first: str, headers: HeaderList, rng: Picker, date: str | None) -> byt
     return "\r\n".join(lines).encode("utf-8")
 
 
-class HttpHeaderLayer(StreamLayer):
+class HttpHeaderLayer(QueuedLayer):
     """One connection's fake HTTP exchange, client or server (see the module docstring).
 
     ``rng`` rolls the paths and header values (both roles); ``clock`` (Unix time) dates the
@@ -440,10 +433,3 @@ class HttpHeaderLayer(StreamLayer):
         # nothing). Then the TCP half-close below carries the end.
         if self.role is Role.SERVER and not self._header_sent and not self._refused:
             self._send_error("400 Bad Request")
-
-    def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out

@@ -80,11 +80,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import Enum, IntEnum, IntFlag, auto
+from enum import IntEnum, IntFlag
 from typing import TypeAlias
 
 from raybridge.address import VMESS_ADDRESS, Destination, Network
 from raybridge.errors import LocalProtocolError, RemoteProtocolError
+from raybridge.protocols.stream import Role
 
 __all__ = [
     "FC_HELLO",
@@ -150,13 +151,6 @@ class FrameOption(IntFlag):
 
     DATA = 1
     ERROR = 2
-
-
-class Role(Enum):
-    """Which end of a mux connection: CLIENT opens sessions, SERVER accepts them (2.3)."""
-
-    CLIENT = auto()
-    SERVER = auto()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,9 +302,11 @@ def _decode_target(buf: _Buffer, start: int, meta_end: int) -> Destination:
     return Destination(Network(network), host, port)
 
 
-def _decode_header(
-    buf: _Buffer, pos: int, length: int
-) -> tuple[int, int, int, Destination | None, int]:
+#: A decoded header: session ID, status, option, target (New and XUDP Keep), DATA length.
+_Header = tuple[int, int, int, Destination | None, int]
+
+
+def _decode_header(buf: _Buffer, pos: int, length: int) -> _Header:
     """Decode a complete header of ``length`` bytes at ``pos``.
 
     Returns ``(session_id, status, option, target, data_len)``, ``data_len = -1`` without
@@ -760,19 +756,10 @@ class MuxConnection:
                 continue
             # HEADER phase.
             if header:
-                # A header split across calls: top it up with just the bytes it needs.
-                while True:
-                    need = _header_length(header, 0, len(header))
-                    have = len(header)
-                    if have >= need:
-                        break
-                    if pos >= end:
-                        return events
-                    stop = min(end, pos + need - have)
-                    header += view[pos:stop]
-                    pos = stop
-                parsed = _decode_header(header, 0, need)
-                header.clear()
+                topped, pos = self._top_up_header(view, pos, end)
+                if topped is None:
+                    return events  # still not whole: wait for more
+                parsed = topped
             else:
                 if pos >= end:
                     break
@@ -784,6 +771,24 @@ class MuxConnection:
                 pos += need
             self._on_header(*parsed, events)
         return events
+
+    def _top_up_header(self, view: memoryview, pos: int, end: int) -> tuple[_Header | None, int]:
+        """A header split across calls: top it up with just the bytes it needs. Returns it
+        decoded (None while it is still short) and where the bytes after it start."""
+        header = self._header
+        while True:
+            need = _header_length(header, 0, len(header))
+            have = len(header)
+            if have >= need:
+                break
+            if pos >= end:
+                return None, pos
+            stop = min(end, pos + need - have)
+            header += view[pos:stop]
+            pos = stop
+        parsed = _decode_header(header, 0, need)
+        header.clear()
+        return parsed, pos
 
     def _on_header(
         self,
@@ -815,33 +820,7 @@ class MuxConnection:
                 # an End from us would read as the end of our direction, which may go on.
                 mode = _DISCARD
         elif status == _END:
-            if session_id not in sessions:
-                pass  # ignored, as 4.34 does (2.3)
-            elif option & _OPT_ERROR:
-                # The peer aborted both directions (2.3): forget it, nothing to send back.
-                del sessions[session_id]
-                self._xudp.discard(session_id)
-                self._half_closed.discard(session_id)
-                self._remote_ended.discard(session_id)
-                events.append(SessionEnded(session_id=session_id, error=True))
-            elif session_id in self._half_closed:
-                # The second End: both directions are done.
-                del sessions[session_id]
-                self._xudp.discard(session_id)
-                self._half_closed.remove(session_id)
-                events.append(SessionEnded(session_id=session_id, error=False))
-            elif session_id not in self._remote_ended:
-                # The peer's direction ends; ours stays open (see the module docstring).
-                self._remote_ended.add(session_id)
-                events.append(SessionEnded(session_id=session_id, error=False))
-            else:
-                # A second End: the peer has forgotten the session. A 4.34 peer drops a
-                # session once it has sent End and answers our later Keep frames with End,
-                # discarding their data (2.3), so what we still send goes nowhere: abort.
-                del sessions[session_id]
-                self._xudp.discard(session_id)
-                self._remote_ended.remove(session_id)
-                events.append(SessionEnded(session_id=session_id, error=True))
+            self._on_end(session_id, option, events)
         elif status == _KEEPALIVE:
             if data_len <= 0:
                 events.append(KeepAliveReceived(session_id=session_id))
@@ -849,23 +828,55 @@ class MuxConnection:
                 mode = _KEEPALIVE_DATA
         elif self.role is Role.SERVER:  # New (the client role ignores New: 2.3)
             assert target is not None  # _decode_header guarantees one for New
-            if sessions.pop(session_id, None) is not None:
-                # Duplicate ID: replace the old session (see the module docstring).
-                self._xudp.discard(session_id)
-                self._half_closed.discard(session_id)
-                self._remote_ended.discard(session_id)
-                events.append(SessionEnded(session_id=session_id, error=True))
-            if self._max_sessions and len(sessions) >= self._max_sessions:
-                self._out.append(_META.pack(4, session_id, _END, _OPT_ERROR))
-            elif data_len <= 0:
-                self._open(session_id, target, b"", events)
-            else:
-                mode = _OPEN
-                self._current_target = target
+            mode = self._on_new(session_id, target, data_len, events)
         if data_len > 0:
             self._remaining = data_len
             self._mode = mode
             self._current_id = session_id
+
+    def _forget(self, session_id: int, error: bool, events: list[MuxEvent]) -> None:
+        """The session is over in both directions: drop it and report it ended."""
+        del self._sessions[session_id]
+        self._xudp.discard(session_id)
+        self._half_closed.discard(session_id)
+        self._remote_ended.discard(session_id)
+        events.append(SessionEnded(session_id=session_id, error=error))
+
+    def _on_end(self, session_id: int, option: int, events: list[MuxEvent]) -> None:
+        """The peer's End for ``session_id`` (docs/protocols.md 2.3)."""
+        if session_id not in self._sessions:
+            pass  # ignored, as 4.34 does (2.3)
+        elif option & _OPT_ERROR:
+            # The peer aborted both directions (2.3): forget it, nothing to send back.
+            self._forget(session_id, True, events)
+        elif session_id in self._half_closed:
+            # The second End: both directions are done.
+            self._forget(session_id, False, events)
+        elif session_id not in self._remote_ended:
+            # The peer's direction ends; ours stays open (see the module docstring).
+            self._remote_ended.add(session_id)
+            events.append(SessionEnded(session_id=session_id, error=False))
+        else:
+            # A second End: the peer has forgotten the session. A 4.34 peer drops a
+            # session once it has sent End and answers our later Keep frames with End,
+            # discarding their data (2.3), so what we still send goes nowhere: abort.
+            self._forget(session_id, True, events)
+
+    def _on_new(
+        self, session_id: int, target: Destination, data_len: int, events: list[MuxEvent]
+    ) -> int:
+        """A New frame (server role); returns how to take its DATA, if it has any."""
+        if session_id in self._sessions:
+            # Duplicate ID: replace the old session (see the module docstring).
+            self._forget(session_id, True, events)
+        if self._max_sessions and len(self._sessions) >= self._max_sessions:
+            self._out.append(_META.pack(4, session_id, _END, _OPT_ERROR))
+        elif data_len <= 0:
+            self._open(session_id, target, b"", events)
+        else:
+            self._current_target = target
+            return _OPEN
+        return _DISCARD
 
     def _finish(self, payload: bytes, events: list[MuxEvent]) -> None:
         """The DATA of a collected frame (datagram or New payload) is complete."""

@@ -50,8 +50,8 @@ from raybridge.protocols.stream import (
     Established,
     LayerError,
     LayerEvent,
+    QueuedLayer,
     Received,
-    StreamLayer,
 )
 
 __all__ = [
@@ -102,7 +102,7 @@ _PROXY_FAMILIES = frozenset(f.value for f in Family if f is not Family.UNSPEC)
 _ADDRESS_BYTES = {0x0: 0, 0x1: 12, 0x2: 36, 0x3: 216}
 
 
-class ProxyProtocolLayer(StreamLayer):
+class ProxyProtocolLayer(QueuedLayer):
     """Reads one PROXY header (v1 or v2), then passes the stream through unchanged."""
 
     name = "proxy"
@@ -220,13 +220,6 @@ class ProxyProtocolLayer(StreamLayer):
 
     def send_eof(self) -> None:
         """Nothing of its own: the TCP half-close below carries the end."""
-
-    def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
 
 
 def _v1_ip(text: str, version: int) -> str:

@@ -41,6 +41,8 @@ DIALLED      control_received(ACTIVE)            ACTIVE       TunnelConfirmed; f
 DIALLED      control_received(DRAIN)             DRAIN        TunnelConfirmed,
                                                               TunnelStateChanged; wake now
 ACTIVE       control_received(DRAIN)             DRAIN        TunnelStateChanged; wake now
+any open     drain (bridge stops)                retired      SendDrain; CloseTunnel once it
+                                                              has no session (then no dials)
 DRAIN        control_received(ACTIVE)            ACTIVE       TunnelStateChanged (stays
                                                               retired: V2Ray never undrains)
 DIALLED,     monitor: no Control message for     CLOSED       DropTunnel("no heartbeat"),
@@ -68,6 +70,8 @@ LIVE         heard / keepalive                   LIVE         (keepalive: serves
 LIVE         heartbeat timer                     LIVE         SendControl(heartbeat)
 LIVE         heartbeat timer, over               DRAINING     SendControl(DRAIN, end=True);
              ``drain_after`` sessions opened                  CloseTunnel if idle
+LIVE         bridge_drained (the bridge's DRAIN)  DRAINING     SendControl(end=True); never
+                                                              chosen again
 DRAINING     sessions_changed(0)                 CLOSED       CloseTunnel
 LIVE,        heartbeat timer, KeepAlives seen    CLOSED       DropTunnel("bridge silent")
 DRAINING     and silent over ``peer_timeout``
@@ -133,6 +137,7 @@ __all__ = [
     "Refusal",
     "RefuseClient",
     "SendControl",
+    "SendDrain",
     "SendKeepAlive",
     "Timings",
     "TunnelConfirmed",
@@ -230,6 +235,16 @@ class SendKeepAlive:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SendDrain:
+    """Bridge: tell the portal on the tunnel's control session that this bridge drains
+    (a Control message with state DRAIN, bridge to portal): a raybridge portal opens no
+    new session on it and ends the control session to say so; V2Ray 4.34's portal never
+    reads that direction (``app/reverse/portal.go``) and goes on choosing it."""
+
+    tunnel: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DropTunnel:
     """Abort the tunnel: nothing heard from the other end for ``silence`` seconds."""
 
@@ -301,7 +316,13 @@ class RefuseClient:
 
 #: What :meth:`BridgePolicy.next_event` returns.
 BridgeEvent = (
-    DialTunnel | SendKeepAlive | DropTunnel | CloseTunnel | TunnelConfirmed | TunnelStateChanged
+    DialTunnel
+    | SendKeepAlive
+    | SendDrain
+    | DropTunnel
+    | CloseTunnel
+    | TunnelConfirmed
+    | TunnelStateChanged
 )
 #: What :meth:`PortalPolicy.next_event` returns.
 PortalEvent = OpenControl | SendControl | OpenSession | RefuseClient | DropTunnel | CloseTunnel
@@ -343,6 +364,8 @@ class BridgePolicy:
         #: Seconds of the last redial wait chosen (0 when the portal was reachable).
         self.redial_delay = 0.0
         self.running = False
+        #: ``drain`` was called: nothing is dialled; tunnels close once idle.
+        self.draining = False
         self._known: dict[int, BridgeTunnelState] = {}
         self._events: deque[BridgeEvent] = deque()
         self._next_tick = 0.0
@@ -393,6 +416,32 @@ class BridgePolicy:
         self.retired.clear()
         self._known.clear()
 
+    def drain(self, now: float) -> None:
+        """Stop taking work (SIGTERM, or the bridge left the config): ``SendDrain`` on
+        every open tunnel, no more dials or heartbeat drops; each tunnel gets
+        ``CloseTunnel`` once it has no session left (the portal ends the control session
+        when it has heard the DRAIN; a V2Ray portal never does, so its tunnels stay open,
+        serving, until the bridge is closed)."""
+        if self.draining or not self.running:
+            return
+        self.draining = True
+        self.wake_at = None
+        self.retired += self.tunnels
+        self.tunnels = []
+        for tunnel in list(self.retired):
+            self._events.append(SendDrain(tunnel=tunnel.id))
+            self._close_if_idle(tunnel)
+
+    @property
+    def drained(self) -> bool:
+        """Draining, and every tunnel is closed."""
+        return self.draining and not self._known
+
+    def _close_if_idle(self, tunnel: BridgeTunnelState) -> None:
+        if self.draining and tunnel.sessions == 0 and not tunnel.closed:
+            self._events.append(CloseTunnel(tunnel=tunnel.id))
+            self._lost(0.0, tunnel)
+
     def wake(self, now: float, delay: float = 0.0) -> None:
         """Run the monitor ``delay`` seconds from ``now`` instead of at the next tick; an
         earlier request replaces a later one still pending."""
@@ -407,6 +456,8 @@ class BridgePolicy:
         timings = self.timings
         for tunnel in [*self.tunnels, *self.retired]:
             self._events.append(SendKeepAlive(tunnel=tunnel.id))  # lets a portal see us
+        if self.draining:
+            return
         for tunnel in list(self.tunnels):
             silence = now - tunnel.last_control
             if tunnel.active and silence > timings.heartbeat_timeout:
@@ -463,6 +514,7 @@ class BridgePolicy:
         record = self._known.get(tunnel)
         if record is not None:
             record.sessions = count
+            self._close_if_idle(record)
 
     def write_paused(self, now: float, tunnel: int, paused: bool) -> None:
         """The tunnel's link is full (``paused``) or takes more again."""
@@ -478,7 +530,7 @@ class BridgePolicy:
             self.tunnels.remove(tunnel)
         if tunnel in self.retired:
             self.retired.remove(tunnel)
-        if not self.running:
+        if not self.running or self.draining:
             return
         if not tunnel.heard and not any(t.heard and t.active for t in self.tunnels):
             # A dial that failed while another tunnel is up says nothing about the portal
@@ -515,6 +567,8 @@ class PortalTunnelState:
     keepalives: bool = False  # the bridge sends KeepAlives (raybridge): silence counts
     paused: bool = False  # its link is full
     draining: bool = False
+    #: The bridge said DRAIN (it is stopping): never chosen again, not even as a fallback.
+    bridge_draining: bool = False
     closed: bool = False
 
     def silence(self, now: float) -> float:
@@ -623,6 +677,20 @@ class PortalPolicy:
         if record is not None:
             record.paused = paused
 
+    def bridge_drained(self, now: float, tunnel: int) -> None:
+        """The bridge sent DRAIN on the control session (raybridge's graceful stop): new
+        clients go to the other tunnels at once (or wait for one); the control session is
+        ended (``SendControl(end=True)``, which tells the bridge that no New frame follows)
+        and the tunnel is closed when its last session ends."""
+        record = self._tunnels.get(tunnel)
+        if record is None or record.bridge_draining:
+            return
+        record.bridge_draining = True
+        if not record.draining:
+            record.draining = True
+            self._events.append(SendControl(tunnel=tunnel, payload=b"", end=True))
+        self._maybe_close(record)
+
     def sessions_changed(self, now: float, tunnel: int, count: int) -> None:
         """The tunnel now has ``count`` open mux sessions (the control one included)."""
         record = self._tunnels.get(tunnel)
@@ -678,6 +746,8 @@ class PortalPolicy:
         suspect_after = self.timings.suspect_after
         for tunnel in self._tunnels.values():
             if tunnel.keepalives and now - tunnel.last_heard > suspect_after:
+                continue
+            if tunnel.bridge_draining:
                 continue
             count = tunnel.sessions + (_FULL_LINK if tunnel.paused else 0)
             if tunnel.draining:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from functools import lru_cache
+from typing import ClassVar
 
 from raybridge.address import SOCKS_ADDRESS, Destination, Network, decode_domain
 from raybridge.errors import LocalProtocolError, RemoteProtocolError
@@ -202,103 +203,115 @@ class SocksServer:
         return SocksError(message)
 
     def _advance(self) -> SocksRequest | None:
+        # One step per stage (see _STEPS): each returns where the next stage starts in the
+        # buffer, or None while its bytes are not all there yet.
         buf = self._buf
-        n = len(buf)
         pos = 0
-        while True:
-            state = self._state
-            if state is _State.GREETING:
-                if n - pos < 2:
-                    break
-                version, second = buf[pos], buf[pos + 1]
-                if version == 5:
-                    end = pos + 2 + second
-                    if n < end:
-                        break
-                    if self._method not in buf[pos + 2 : end]:
-                        raise self._fail(
-                            bytes((5, AuthMethod.NO_ACCEPTABLE)), "no acceptable auth method"
-                        )
-                    self._out += bytes((5, self._method))
-                    pos = end
-                    self._state = (
-                        _State.AUTH if self._method is AuthMethod.PASSWORD else _State.REQUEST
-                    )
-                elif version == 4:
-                    if not self._socks4:
-                        raise self._fail(_SOCKS4_REJECTED, "SOCKS4 is not allowed")
-                    if second != SocksCommand.CONNECT:
-                        raise self._fail(_SOCKS4_REJECTED, f"unsupported SOCKS4 command {second}")
-                    self._state = _State.SOCKS4  # the header is parsed from `pos` as a whole
-                else:
-                    raise SocksError(f"unknown SOCKS version {version}")
-            elif state is _State.AUTH:
-                # RFC 1929; V2Ray does not check VER, nor do we.
-                if n - pos < 2:
-                    break
-                plen_at = pos + 2 + buf[pos + 1]
-                if n <= plen_at:
-                    break
-                end = plen_at + 1 + buf[plen_at]
-                if n < end:
-                    break
-                name = bytes(buf[pos + 2 : plen_at])
-                password = bytes(buf[plen_at + 1 : end])
-                pos = end
-                expected = self._accounts.get(name)
-                if expected is None or not hmac.compare_digest(expected, password):
-                    raise self._fail(b"\x01\xff", "invalid username or password")
-                self._out += b"\x01\x00"
-                self._user = name.decode()  # it matched an account, so it is UTF-8
-                self._state = _State.REQUEST
-            elif state is _State.REQUEST:
-                if n - pos < 3:
-                    break
-                # V2Ray judges the command before the address has arrived, and ignores VER
-                # and RSV; so do we.
-                cmd = buf[pos + 1]
-                if cmd in _CONNECT_LIKE:
-                    command = SocksCommand.CONNECT
-                elif cmd == SocksCommand.UDP_ASSOCIATE and self._udp:
-                    command = SocksCommand.UDP_ASSOCIATE
-                else:
-                    raise self._fail(_SOCKS5_NOT_SUPPORTED, f"unsupported SOCKS5 command {cmd}")
-                decoded = SOCKS_ADDRESS.decode(buf, pos + 3, SocksError)
-                if decoded is None:
-                    break
-                host, port, pos = decoded
-                network = Network.UDP if command is SocksCommand.UDP_ASSOCIATE else Network.TCP
-                return self._finish(command, Destination(network, host, port), 5, pos)
-            else:  # _State.SOCKS4
-                if n - pos < 8:
-                    break
-                user_end = buf.find(0, pos + 8)
-                if user_end < 0:
-                    break
-                port = (buf[pos + 2] << 8) | buf[pos + 3]
-                if buf[pos + 4] == 0:  # SOCKS4a: the domain follows the user id
-                    domain_end = buf.find(0, user_end + 1)
-                    if domain_end < 0:
-                        break
-                    raw = bytes(buf[user_end + 1 : domain_end])
-                    if len(raw) > 255:
-                        raise SocksError("SOCKS4a domain longer than 255 bytes")
-                    host = decode_domain(raw, SocksError)
-                    end = domain_end + 1
-                else:
-                    host = ipaddress.IPv4Address(bytes(buf[pos + 4 : pos + 8]))
-                    end = user_end + 1
-                target = Destination(Network.TCP, host, port)
-                return self._finish(SocksCommand.CONNECT, target, 4, end)
-        if n - pos > _MAX_PENDING:
+        while self._state is not _State.DONE:
+            step = self._STEPS[self._state](self, buf, pos)
+            if step is None:
+                break
+            pos = step
+        else:
+            return self._request  # _finish has taken the trailing bytes and cleared buf
+        if len(buf) - pos > _MAX_PENDING:
             raise SocksError("SOCKS handshake too long")
         if pos:
             del buf[:pos]
         return None
 
-    def _finish(
-        self, command: SocksCommand, target: Destination, version: int, end: int
-    ) -> SocksRequest:
+    def _greeting(self, buf: bytearray, pos: int) -> int | None:
+        if len(buf) - pos < 2:
+            return None
+        version, second = buf[pos], buf[pos + 1]
+        if version == 5:
+            end = pos + 2 + second
+            if len(buf) < end:
+                return None
+            if self._method not in buf[pos + 2 : end]:
+                raise self._fail(bytes((5, AuthMethod.NO_ACCEPTABLE)), "no acceptable auth method")
+            self._out += bytes((5, self._method))
+            self._state = _State.AUTH if self._method is AuthMethod.PASSWORD else _State.REQUEST
+            return end
+        if version == 4:
+            if not self._socks4:
+                raise self._fail(_SOCKS4_REJECTED, "SOCKS4 is not allowed")
+            if second != SocksCommand.CONNECT:
+                raise self._fail(_SOCKS4_REJECTED, f"unsupported SOCKS4 command {second}")
+            self._state = _State.SOCKS4  # the header is parsed from `pos` as a whole
+            return pos
+        raise SocksError(f"unknown SOCKS version {version}")
+
+    def _auth(self, buf: bytearray, pos: int) -> int | None:
+        # RFC 1929; V2Ray does not check VER, nor do we.
+        n = len(buf)
+        if n - pos < 2:
+            return None
+        plen_at = pos + 2 + buf[pos + 1]
+        if n <= plen_at:
+            return None
+        end = plen_at + 1 + buf[plen_at]
+        if n < end:
+            return None
+        name = bytes(buf[pos + 2 : plen_at])
+        password = bytes(buf[plen_at + 1 : end])
+        expected = self._accounts.get(name)
+        if expected is None or not hmac.compare_digest(expected, password):
+            raise self._fail(b"\x01\xff", "invalid username or password")
+        self._out += b"\x01\x00"
+        self._user = name.decode()  # it matched an account, so it is UTF-8
+        self._state = _State.REQUEST
+        return end
+
+    def _socks5_request(self, buf: bytearray, pos: int) -> int | None:
+        if len(buf) - pos < 3:
+            return None
+        # V2Ray judges the command before the address has arrived, and ignores VER and RSV;
+        # so do we.
+        cmd = buf[pos + 1]
+        if cmd in _CONNECT_LIKE:
+            command = SocksCommand.CONNECT
+        elif cmd == SocksCommand.UDP_ASSOCIATE and self._udp:
+            command = SocksCommand.UDP_ASSOCIATE
+        else:
+            raise self._fail(_SOCKS5_NOT_SUPPORTED, f"unsupported SOCKS5 command {cmd}")
+        decoded = SOCKS_ADDRESS.decode(buf, pos + 3, SocksError)
+        if decoded is None:
+            return None
+        host, port, end = decoded
+        network = Network.UDP if command is SocksCommand.UDP_ASSOCIATE else Network.TCP
+        return self._finish(command, Destination(network, host, port), 5, end)
+
+    def _socks4_request(self, buf: bytearray, pos: int) -> int | None:
+        if len(buf) - pos < 8:
+            return None
+        user_end = buf.find(0, pos + 8)
+        if user_end < 0:
+            return None
+        port = (buf[pos + 2] << 8) | buf[pos + 3]
+        if buf[pos + 4] == 0:  # SOCKS4a: the domain follows the user id
+            domain_end = buf.find(0, user_end + 1)
+            if domain_end < 0:
+                return None
+            raw = bytes(buf[user_end + 1 : domain_end])
+            if len(raw) > 255:
+                raise SocksError("SOCKS4a domain longer than 255 bytes")
+            host = decode_domain(raw, SocksError)
+            end = domain_end + 1
+        else:
+            host = ipaddress.IPv4Address(bytes(buf[pos + 4 : pos + 8]))
+            end = user_end + 1
+        return self._finish(SocksCommand.CONNECT, Destination(Network.TCP, host, port), 4, end)
+
+    _STEPS: ClassVar[dict[_State, Callable[[SocksServer, bytearray, int], int | None]]] = {
+        _State.GREETING: _greeting,
+        _State.AUTH: _auth,
+        _State.REQUEST: _socks5_request,
+        _State.SOCKS4: _socks4_request,
+    }
+
+    def _finish(self, command: SocksCommand, target: Destination, version: int, end: int) -> int:
+        """Record the request and the bytes after it; the state becomes DONE."""
         self._trailing = bytes(self._buf[end:])
         self._buf.clear()
         self._state = _State.DONE
@@ -306,7 +319,7 @@ class SocksServer:
         self._request = SocksRequest(
             command=command, target=target, user=self._user, version=version
         )
-        return self._request
+        return 0
 
     def _replied(self) -> SocksRequest:
         if self._state is not _State.DONE or self._request is None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, TypeAlias
 
 from raybridge.errors import RemoteProtocolError
@@ -48,10 +49,20 @@ __all__ = [
     "Established",
     "LayerError",
     "LayerEvent",
+    "QueuedLayer",
     "Received",
     "Refused",
+    "Role",
     "StreamLayer",
 ]
+
+
+class Role(Enum):
+    """Which end of a connection a codec plays: CLIENT dials (and opens Mux.Cool sessions or
+    HTTP/2 streams), SERVER accepts. Shared by the layers, the mux and the HTTP/2 codec."""
+
+    CLIENT = "client"
+    SERVER = "server"
 
 
 class LayerError(RemoteProtocolError):
@@ -127,3 +138,16 @@ class StreamLayer(abc.ABC):
         """After :meth:`send_eof`, may the layer below still end its own direction (TCP
         FIN) while we keep reading? True unless the protocol's end is final both ways."""
         return True
+
+
+class QueuedLayer(StreamLayer):
+    """A layer that queues its output as pieces in ``_out``, joined when it is asked for."""
+
+    _out: list[bytes]
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out

@@ -81,7 +81,6 @@ header), ``source`` (``(ip, 0)`` from X-Forwarded-For, absent otherwise) and
 from __future__ import annotations
 
 import base64
-import ipaddress
 import re
 import struct
 from collections.abc import Callable, Mapping
@@ -91,6 +90,7 @@ import h11
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 from wsproto.utilities import generate_accept_token
 
+from raybridge.address import normalize_ip
 from raybridge.errors import ConfigError
 from raybridge.protocols.httpheader import Role, http_date, request_path
 from raybridge.protocols.stream import (
@@ -98,9 +98,9 @@ from raybridge.protocols.stream import (
     Established,
     LayerError,
     LayerEvent,
+    QueuedLayer,
     Received,
     Refused,
-    StreamLayer,
 )
 
 __all__ = [
@@ -283,19 +283,8 @@ def _b64url(text: bytes) -> bytes | None:
 
 def _forwarded_source(value: bytes) -> tuple[str, int] | None:
     """V2Ray's ``ParseXForwardedFor(...)[0]`` if it is an IP (``net.ParseAddress``)."""
-    text = value.split(b",", 1)[0].decode("latin-1")
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    text = text.strip()
-    if "%" in text:
-        return None
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (str(ip), 0)
+    ip = normalize_ip(value.split(b",", 1)[0].decode("latin-1"))
+    return None if ip is None else (ip, 0)
 
 
 def _first(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -328,7 +317,7 @@ def _go_empty(status: str, date: str) -> bytes:
     return f"HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: 0\r\n\r\n".encode("ascii")
 
 
-class WebSocketLayer(StreamLayer):
+class WebSocketLayer(QueuedLayer):
     """One WebSocket connection, client or server (see the module docstring).
 
     Client: ``path``, ``host`` (the URL host, see :func:`url_host`; a Host in ``headers``
@@ -698,10 +687,3 @@ class WebSocketLayer(StreamLayer):
             return
         self._close_sent = True
         self._out.append(_frame(Opcode.CLOSE, _close_payload(1000), self._mask()))
-
-    def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out

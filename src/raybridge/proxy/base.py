@@ -20,6 +20,7 @@ from raybridge.config.model import (
 )
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import End, IdleTimer, Inbound, Session
+from raybridge.stats import StatCounter
 from raybridge.transport.dial import ServerTransport
 from raybridge.transport.tcp import StreamEnd, describe_peer, start_tcp_server
 from raybridge.transport.udp import UdpClientFlow, UdpServer
@@ -113,6 +114,10 @@ class InboundEnd(StreamEnd):
     def __init__(self, inbound: StreamInbound) -> None:
         super().__init__(None)
         self.inbound = inbound
+        if inbound.uplink is not None:
+            self.rx = inbound.uplink
+        if inbound.downlink is not None:
+            self.tx = inbound.downlink
         self.source: Destination | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._idle: IdleTimer | None = None
@@ -140,11 +145,13 @@ class InboundEnd(StreamEnd):
         if self.relaying:
             super().data_received(data)
         else:
+            if self.rx is not None:
+                self.rx.value += len(data)
             self.handshake_received(data)
 
     def handshake_received(self, data: bytes) -> None:
-        """Hook: bytes from the client before the relay started (its handshake)."""
-        super().data_received(data)
+        """Hook: bytes from the client before the relay started (its handshake); nothing
+        takes them by default."""
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
@@ -217,7 +224,7 @@ class InboundEnd(StreamEnd):
         logs.rejected(self.source, reason, self.inbound.tag)
         transport = self.transport
         if transport is not None and reply:
-            transport.write(reply)
+            self.send_wire(reply)
             self.close()
         else:
             self.abort()
@@ -230,6 +237,25 @@ class InboundEnd(StreamEnd):
         if idle is not None:
             idle.cancel()
         self.inbound.tracker.ends.discard(self)
+
+
+class _Acceptor:
+    """The inbound a listening socket's new connections go to (one per socket, handed
+    from inbound to inbound by :meth:`StreamInbound.take_over`)."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: StreamInbound) -> None:
+        self.owner = owner
+
+    def new_end(self) -> InboundEnd:
+        owner = self.owner
+        return owner.end_class(owner)
+
+
+def _refuse_flow(flow: UdpClientFlow) -> None:
+    """A new UDP flow on an inbound that takes no new clients (it drains)."""
+    flow.abort(ConnectionRefusedError("the inbound is draining"))
 
 
 def short_reason(reason: str) -> str:
@@ -263,9 +289,21 @@ class StreamInbound(Inbound):
             describe=f"{self.protocol_name} inbound [{common.tag}]: " if common.tag else "",
         )
         self.tracker = Tracker()
+        #: V2Ray's ``inbound>>>TAG>>>traffic>>>uplink/downlink`` counters, bound on each
+        #: connection's end (``StreamEnd.rx``/``tx``); ``None``: off.
+        self.uplink: StatCounter | None = None
+        self.downlink: StatCounter | None = None
         self.server: asyncio.Server | None = None
         #: UDP on the same port (socks with ``udp``, dokodemo-door with ``network`` udp).
         self.udp_server: UdpServer | None = None
+        #: Who serves the connections this inbound's listener accepts: itself, or the
+        #: inbound that took the listener over on a reload (:meth:`take_over`); the heir
+        #: takes the acceptor along, so no replaced inbound stays referenced.
+        self._acceptor = _Acceptor(self)
+        self._adopted: asyncio.Server | None = None
+        self._adopted_udp: UdpServer | None = None
+        self._owns_transport = True  # False once an heir took our stream layers over
+        self.accepting = True
 
     def describe(self) -> str:
         tag = f" [{self.tag}]" if self.tag else ""
@@ -278,13 +316,111 @@ class StreamInbound(Inbound):
         return self.port
 
     async def start(self) -> None:
+        if self._adopted is not None:
+            self.server, self._adopted = self._adopted, None
+            logger.info("%s: listening socket kept", self.describe())
+            return
         self.server = await start_tcp_server(
-            self.transport.factory(lambda: self.end_class(self)),
+            self.transport.factory(self._acceptor.new_end),
             self.listen,
             self.port,
             sockopt=self.stream.sockopt,
         )
         logger.info("%s listening (%s)", self.describe(), self.stream.describe())
+
+    async def start_udp(self, server: UdpServer) -> None:
+        """Serve UDP with ``server``'s settings: on a socket taken over from the inbound
+        this one replaces (its live flows go on), else on a new one."""
+        server.rx, server.tx = self.uplink, self.downlink  # V2Ray counts UDP inbounds too
+        adopted, self._adopted_udp = self._adopted_udp, None
+        if adopted is None:
+            port = self.bound_port  # the TCP listener's (port 0: the one it got), or ours
+            self.udp_server = server
+            await server.start(self.listen, port)
+            return
+        for name in (
+            "classify",
+            "open_flow",
+            "new_session",
+            "idle",
+            "max_flows",
+            "max_client_flows",
+            "closed",
+            "encode_reply",
+            "group_for",
+            "require_group",
+            "rx",
+            "tx",
+        ):
+            setattr(adopted, name, getattr(server, name))
+        self.udp_server = adopted
+
+    def can_take_over(self, old: Inbound) -> bool:
+        """Whether this inbound can serve on ``old``'s sockets: the same protocol, address,
+        port and transport (only then are its listener's stream layers right for us)."""
+        return (
+            type(old) is type(self)
+            and isinstance(old, StreamInbound)
+            and (old.server is not None or old.udp_server is not None)
+            and (old.listen, old.port) == (self.listen, self.port)
+            and old.stream == self.stream
+        )
+
+    async def take_over(self, old: Inbound) -> None:
+        """Start on ``old``'s listening sockets (nothing is rebound): connections accepted
+        from now on are ours, ``old``'s live ones stay with it (it drains)."""
+        assert isinstance(old, StreamInbound)
+        self._adopted, old.server = old.server, None
+        self._adopted_udp, old.udp_server = old.udp_server, None
+        self._acceptor = old._acceptor
+        self._acceptor.owner = self
+        old.accepting = False
+        old._owns_transport = False
+        own, self.transport = self.transport, old.transport  # the listener's stream layers
+        own.close()
+        self.transport.on_failure = self._transport_failed  # (counted under our tag)
+        await self.start()
+        if self._adopted is not None:  # we take no TCP (dokodemo-door, network udp)
+            self._adopted.close()
+            self._adopted = None
+        if self._adopted_udp is not None:  # we take no UDP
+            self._adopted_udp.close()
+            self._adopted_udp = None
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; live connections (and UDP flows) go on."""
+        self.accepting = False
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+        udp = self.udp_server
+        if udp is not None:
+            udp.open_flow = _refuse_flow
+
+    def close_idle_carriers(self) -> int:
+        """Close the Mux.Cool connections (``v1.mux.cool``) that carry no session now: a
+        draining node does not wait for a client's idle mux connection. Returns how many."""
+        from raybridge.protocols.mux import Role
+        from raybridge.transport.mux import MuxWorker
+
+        closed = 0
+        for end in list(self.tracker.ends):
+            worker = end.peer
+            if (
+                isinstance(worker, MuxWorker)
+                and worker.role is Role.SERVER
+                and not worker.closed
+                and worker.session_count == 0
+            ):
+                worker.close()
+                closed += 1
+        return closed
+
+    @property
+    def live(self) -> int:
+        """Open client connections: TCP, without the tunnels a portal holds (they carry no
+        client of their own); UDP flows are not waited for (they end when idle)."""
+        return sum(1 for end in self.tracker.ends if not getattr(end.peer, "carries_tunnel", False))
 
     def _transport_failed(self, layer: str, reason: str) -> None:
         """A transport layer refused a client or broke: counted by layer and reason."""
@@ -299,7 +435,8 @@ class StreamInbound(Inbound):
             udp_server.close()
         if server is not None:
             server.close()
-        self.transport.close()  # HTTP/2 connections outlive the listener
+        if self._owns_transport:
+            self.transport.close()  # HTTP/2 connections outlive the listener
         for end in list(self.tracker.ends):
             peer = end.peer
             end.abort()

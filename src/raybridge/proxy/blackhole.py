@@ -10,7 +10,7 @@ import asyncio
 
 from raybridge.address import Destination
 from raybridge.config.model import BlackholeSettings, OutboundConfig
-from raybridge.link import End, Outbound, Session, join
+from raybridge.link import End, Outbound, Session, UnpacedEnd, join
 
 HTTP_RESPONSE = (
     b"HTTP/1.1 403 Forbidden\nConnection: close\nCache-Control: max-age=3600, public\n"
@@ -18,7 +18,7 @@ HTTP_RESPONSE = (
 )
 
 
-class BlackholeEnd(End):
+class BlackholeEnd(UnpacedEnd):
     def __init__(self, response: bytes) -> None:
         self.peer: End | None = None
         self.response = response
@@ -51,12 +51,6 @@ class BlackholeEnd(End):
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class BlackholeOutbound(Outbound):

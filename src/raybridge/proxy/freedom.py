@@ -1,7 +1,10 @@
 """The ``freedom`` outbound: connect to the destination directly (TCP or UDP).
 
 ``domainStrategy`` (docs/protocols.md 4.4): ``AsIs`` leaves resolution to the dialer; ``UseIP``,
-``UseIPv4`` and ``UseIPv6`` resolve the domain first and dial an address of that family.
+``UseIPv4`` and ``UseIPv6`` resolve the domain first with the node's resolver (its ``dns``
+section, docs/protocols.md 4.12) and dial an address of that family; with ``sendThrough``,
+``UseIP`` asks for its family, as 4.34 does. A name that does not resolve is dialled as it
+is (4.34's fallback to the system resolver), unless ``blockPrivate`` needs the address.
 ``redirect: "host:port"`` replaces the destination's host (when non-empty and not
 ``0.0.0.0``) and port (when non-zero): the port-mapping mode of the reverse chapter.
 """
@@ -13,9 +16,10 @@ import socket
 
 from raybridge.address import Destination, Host, Network, format_host, parse_host
 from raybridge.config.model import PLAIN, FreedomSettings, OutboundConfig
-from raybridge.dispatcher import resolve
-from raybridge.link import End, Outbound, Session, join
+from raybridge.dispatcher import SystemResolver
+from raybridge.link import End, Outbound, Resolver, Session, join
 from raybridge.router import is_private
+from raybridge.stats import Stats
 from raybridge.transport.dial import ClientTransport
 from raybridge.transport.tcp import StreamEnd
 from raybridge.transport.udp import DatagramFlowEnd
@@ -44,6 +48,10 @@ class FreedomOutbound(Outbound):
         self.domain_strategy = domain_strategy
         self.redirect = redirect
         self.send_through = send_through
+        self.resolver: Resolver = SystemResolver()
+
+    def use_resolver(self, resolver: Resolver) -> None:
+        self.resolver = resolver
 
     def target(self, dest: Destination) -> Destination:
         if self.redirect is None:
@@ -56,15 +64,26 @@ class FreedomOutbound(Outbound):
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         dest = self.target(dest)
+        via = self.transport.via
+        if dest.network is Network.UDP and via is not None:
+            # V2Ray 4.34 dials UDP through the hop as well: it carries the datagrams.
+            return via.connect(session, dest, peer)
         if dest.network is Network.UDP:
             flow = DatagramFlowEnd(session)
+            flow.rx, flow.tx = self.downlink, self.uplink
             join(peer, flow)
             flow.start_async(self._udp_address(dest))
             return flow
         end = StreamEnd(session)
+        end.rx, end.tx = self.downlink, self.uplink
         join(peer, end)
-        end.start_connect(lambda e: self._dial(e, dest))
+        end.start_connect(lambda e: self._dial(e, dest, session))
         return end
+
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
+        self.transport.via = hop
+        self.transport.via_stats = stats
+        return True
 
     async def _udp_address(self, dest: Destination) -> tuple[str, int]:
         return await self._address(dest), dest.port
@@ -73,18 +92,22 @@ class FreedomOutbound(Outbound):
         host = dest.host
         family = _FAMILIES.get(self.domain_strategy)
         if isinstance(host, str) and (family is not None or self.block_private):
-            ips = await resolve(host, family or 0)
+            if family == 0 and self.send_through:
+                family = socket.AF_INET6 if ":" in self.send_through else socket.AF_INET
+            ips = await self.resolver.lookup(host, family or 0)
             if self.block_private:
                 ips = [ip for ip in ips if not is_private(ip)]
+                if not ips:
+                    raise OSError(f"refused private or unresolvable destination {host}")
             if not ips:
-                reason = "private" if self.block_private else "unresolvable"
-                raise OSError(f"refused {reason} destination {host} ({self.domain_strategy})")
+                logger.info("failed to get an IP address for %s: dialling the name", host)
+                return host
             return str(ips[0])
         if self.block_private and not isinstance(host, str) and is_private(host):
             raise OSError(f"refused private destination {host}")
         return format_host(host)
 
-    async def _dial(self, end: StreamEnd, dest: Destination) -> None:
+    async def _dial(self, end: StreamEnd, dest: Destination, session: Session) -> None:
         try:
             address = await self._address(dest)
             local = (self.send_through, 0) if self.send_through else None
@@ -94,6 +117,7 @@ class FreedomOutbound(Outbound):
                 dest.port,
                 dial_address=address,
                 local_addr=local,
+                session=session,
             )
         except OSError as exc:
             logger.info("failed to open connection to %s: %s", dest, exc)

@@ -43,7 +43,7 @@ class HttpInboundEnd(InboundEnd):
         assert self.transport is not None
         self.new_session(user=request.user, level=self.inbound.user_level)
         if isinstance(request, ConnectRequest):
-            self.transport.write(codec.connect_established())
+            self.send_wire(codec.connect_established())
             self.start_relay(request.target, request.trailing)
             return
         assert self.session is not None
@@ -65,7 +65,7 @@ class HttpInboundEnd(InboundEnd):
                 if peer is not None:
                     peer.abort(exc)
                 return
-        self.send_wire(data)
+        super().write(data)
 
     def write_eof(self) -> None:
         if self.rewriter is not None:

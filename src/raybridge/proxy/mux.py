@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import ClosedEnd, End, Outbound, PacketEnd, Session, join
 from raybridge.protocols.mux import Role, SessionOpened
 from raybridge.proxy.packetaddr import FanoutEnd
+from raybridge.stats import Stats
 from raybridge.transport.mux import MuxSessionEnd, MuxWorker
 
 logger = logging.getLogger("raybridge.mux")
@@ -93,6 +95,9 @@ class MuxOutbound(Outbound):
         self.workers: list[MuxWorker] = []
         self._idle: dict[MuxWorker, asyncio.TimerHandle] = {}
 
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
+        return self.inner.chain(hop, stats)
+
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         worker = self._pick()
         if worker is None:
@@ -108,6 +113,10 @@ class MuxOutbound(Outbound):
         if timer is not None:
             timer.cancel()
         return worker.open_session(session, dest, peer)
+
+    def bind_counters(self, uplink: Any, downlink: Any) -> None:
+        super().bind_counters(uplink, downlink)
+        self.inner.bind_counters(uplink, downlink)  # the carriers are what goes on the wire
 
     def _pick(self) -> MuxWorker | None:
         for worker in self.workers:

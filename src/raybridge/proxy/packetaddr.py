@@ -10,7 +10,7 @@ import logging
 from raybridge.address import Destination
 from raybridge.dispatcher import Dispatcher
 from raybridge.errors import LocalProtocolError
-from raybridge.link import End, Session, join
+from raybridge.link import End, Session, UnpacedEnd, join
 from raybridge.protocols.packetaddr import (
     MAGIC_DOMAIN,
     PacketAddrError,
@@ -22,7 +22,7 @@ from raybridge.transport.packet import PacketFanout, Reply
 logger = logging.getLogger("raybridge.proxy.packetaddr")
 
 
-class FanoutEnd(End):
+class FanoutEnd(UnpacedEnd):
     """The outbound end of a link whose datagrams each go to their own destination,
     through a :class:`PacketFanout` (packetaddr here, XUDP in ``proxy/mux.py``)."""
 
@@ -36,12 +36,6 @@ class FanoutEnd(End):
 
     def abort(self, exc: BaseException | None = None) -> None:
         self.fanout.close()
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class PacketAddrEnd(FanoutEnd):

@@ -51,13 +51,14 @@ from typing import Any, Protocol
 
 from raybridge.address import Destination, Network
 from raybridge.dispatcher import Dispatcher
-from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Session, join
+from raybridge.link import ClosedEnd, DeferredEnd, End, Outbound, Session, UnpacedEnd, join
 from raybridge.protocols.mux import Role, SessionOpened
 from raybridge.protocols.reverse import (
     CONTROL_TARGET,
     ControlError,
     ControlState,
     decode_control,
+    encode_control,
     is_control_target,
 )
 from raybridge.protocols.reverse_policy import (
@@ -76,6 +77,7 @@ from raybridge.protocols.reverse_policy import (
     Refusal,
     RefuseClient,
     SendControl,
+    SendDrain,
     SendKeepAlive,
     Timings,
     TunnelConfirmed,
@@ -174,6 +176,8 @@ class BridgeTunnel:
             limits=bridge.limits,
         )
         self.session: Session | None = None
+        #: The control session's end (the portal opened it), to send our DRAIN on.
+        self.control_end: End | None = None
 
     @property
     def state(self) -> ControlState:
@@ -199,6 +203,9 @@ class BridgeTunnel:
         self.bridge._sessions_changed(self)
         if control:
             join(end, ControlReader(self))
+            self.control_end = end
+            if self.bridge.draining:  # the portal opened it after our DRAIN went nowhere
+                end.write(encode_control(ControlState.DRAIN, os.urandom(8)))
             if not event.data:
                 # The portal's first heartbeat drew no padding: an empty Control message
                 # (ACTIVE) that the New frame still carries. The session's opening is what
@@ -219,7 +226,7 @@ class BridgeTunnel:
         self.bridge._control(self, state)
 
 
-class ControlReader(End):
+class ControlReader(UnpacedEnd):
     """The bridge's end of the control session: every datagram is one Control message."""
 
     def __init__(self, tunnel: BridgeTunnel) -> None:
@@ -235,12 +242,6 @@ class ControlReader(End):
             self.peer.write_eof()
 
     def abort(self, exc: BaseException | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
         pass
 
 
@@ -328,6 +329,23 @@ class Bridge:
         self.policy.wake(_now(), delay)
         self._driver.run()
 
+    def drain(self) -> None:
+        """Stop: tell the portal DRAIN on every tunnel, dial no more, close each tunnel
+        once its sessions have ended (see ``BridgePolicy.drain``)."""
+        if not self.policy.draining:
+            logger.warning("bridge [%s]: draining", self.tag)
+        self.policy.drain(_now())
+        self._driver.run()
+
+    @property
+    def draining(self) -> bool:
+        return self.policy.draining
+
+    @property
+    def drained(self) -> bool:
+        """Draining, and no tunnel is left open."""
+        return self.policy.drained
+
     def _control(self, tunnel: BridgeTunnel, state: ControlState) -> None:
         self.policy.control_received(_now(), tunnel.record.id, state)
         self._driver.run()
@@ -358,6 +376,10 @@ class Bridge:
         worker = tunnel.worker
         if isinstance(event, SendKeepAlive):
             worker.send_keepalive()  # lets a raybridge portal tell we are alive
+        elif isinstance(event, SendDrain):
+            end = tunnel.control_end
+            if end is not None and not worker.closed:
+                end.write(encode_control(ControlState.DRAIN, os.urandom(8)))
         elif isinstance(event, DropTunnel):
             logger.warning(
                 "bridge [%s]: no heartbeat for %.0fs: dropping the tunnel", self.tag, event.silence
@@ -405,6 +427,7 @@ class PortalTunnelStatus:
     sessions: int  # open now, without the control session
     sessions_total: int  # ever opened, without the control session
     draining: bool
+    bridge_draining: bool  # the bridge said DRAIN (it is stopping)
     source: str  # the bridge's address as the carrier saw it, if known
     silent: float  # seconds since the bridge last sent anything
     keepalives: bool  # the bridge sends KeepAlives (its silence counts)
@@ -513,6 +536,7 @@ class Portal(Outbound):
                     sessions=max(0, worker.session_count - 1),
                     sessions_total=max(0, worker.codec.allocated_total - 1),
                     draining=tunnel.draining,
+                    bridge_draining=tunnel.record.bridge_draining,
                     source=f"{source.host}:{source.port}" if source else "",
                     silent=max(0.0, now - tunnel.record.last_heard),
                     keepalives=tunnel.keepalives,
@@ -553,6 +577,8 @@ class Portal(Outbound):
         # Every carrier read (the hot path): only a time to note, never an event.
         worker.receive_callbacks.append(lambda w: policy.heard(w.last_received, tid))
         worker.pause_callbacks.append(lambda _w: self._paused(tunnel))
+        worker.control_callbacks.append(lambda _w, sid, data: self._control(tunnel, sid, data))
+        worker.carries_tunnel = True
         self.tunnels.append(tunnel)
         self._by_id[tid] = tunnel
         logger.info("portal [%s]: tunnel up (%d now)", self.tag, len(self.tunnels))
@@ -560,6 +586,24 @@ class Portal(Outbound):
         for listener in self.listeners:
             listener(self)
         return worker
+
+    def _control(self, tunnel: PortalTunnel, sid: int, data: bytes) -> None:
+        """Data from the bridge on the control session: a raybridge bridge's DRAIN."""
+        if sid != tunnel.control_sid:
+            return
+        try:
+            state = decode_control(data)
+        except ControlError as exc:
+            logger.info("portal [%s]: bad control message from a bridge: %s", self.tag, exc)
+            return
+        if state is ControlState.DRAIN and not tunnel.record.bridge_draining:
+            logger.info(
+                "portal [%s]: a bridge drains: its tunnel takes no new sessions (%d open)",
+                self.tag,
+                max(0, tunnel.worker.session_count - 1),
+            )
+            self.policy.bridge_drained(_now(), tunnel.record.id)
+            self._driver.run()
 
     def _keepalive(self, tunnel: PortalTunnel) -> None:
         self.policy.keepalive(tunnel.worker.last_received, tunnel.record.id)
@@ -612,7 +656,9 @@ class Portal(Outbound):
             tunnel.control_sid = worker.open_control(CONTROL_TARGET, event.payload)
         elif isinstance(event, SendControl):
             worker.send_control(tunnel.control_sid, event.payload, end=event.end)
-            if event.end:
+            if event.end and tunnel.record.bridge_draining:
+                self.policy.sessions_changed(_now(), tunnel.record.id, worker.session_count)
+            elif event.end:
                 logger.info(
                     "portal [%s]: draining a tunnel after %d sessions",
                     self.tag,

@@ -63,7 +63,7 @@ class SocksInboundEnd(InboundEnd):
         out = codec.data_to_send()
         if request is None:
             if out and self.transport is not None:
-                self.transport.write(out)
+                self.send_wire(out)
             return
         # The method reply (when the request came with the greeting, as most clients send
         # it) goes out with the request's reply: one write, one wake-up of the client.
@@ -71,7 +71,7 @@ class SocksInboundEnd(InboundEnd):
         local = sockname(self.transport) or (self.inbound.listen, self.inbound.port)
         self.new_session(user=request.user, level=self.inbound.user_level)
         if request.command is SocksCommand.UDP_ASSOCIATE:
-            self.transport.write(out + codec.accept(self._udp_reply_address(local)))
+            self.send_wire(out + codec.accept(self._udp_reply_address(local)))
             self.udp_control = True
             self.relaying = True  # no handshake deadline for the control connection
             self._cancel_handshake_deadline()
@@ -80,7 +80,7 @@ class SocksInboundEnd(InboundEnd):
             self._idle = IdleTimer(self.session, self.policy.conn_idle, self._on_idle)
             return
         bind = Destination(Network.TCP, parse_host(local[0]), local[1])
-        self.transport.write(out + codec.accept(bind))
+        self.send_wire(out + codec.accept(bind))
         self.start_relay(request.target, codec.trailing)
 
     def _udp_reply_address(self, local: tuple[str, int]) -> Destination:
@@ -137,17 +137,18 @@ class SocksInbound(StreamInbound):
     async def start(self) -> None:
         await super().start()
         if self.udp:
-            self.udp_server = UdpServer(
-                self._classify,
-                self.open_flow,
-                self.udp_session,
-                closed=self.dispatcher.stats.closed,
-                encode_reply=encode_udp_datagram,
-                group_for=self._association_of,
-                require_group=self.password,
-                name=self.describe(),
+            await self.start_udp(
+                UdpServer(
+                    self._classify,
+                    self.open_flow,
+                    self.udp_session,
+                    closed=self.dispatcher.stats.closed,
+                    encode_reply=encode_udp_datagram,
+                    group_for=self._association_of,
+                    require_group=self.password,
+                    name=self.describe(),
+                )
             )
-            await self.udp_server.start(self.listen, self.bound_port)
 
     # -- UDP associations -------------------------------------------------------------------
     def associate(self, end: SocksInboundEnd) -> FlowGroup | None:

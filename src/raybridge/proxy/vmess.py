@@ -13,11 +13,11 @@ the response header before sending.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +31,7 @@ from raybridge.config.model import (
     VMessUserConfig,
 )
 from raybridge.errors import LocalProtocolError
-from raybridge.link import End, Outbound, PacketEnd, Session, join
+from raybridge.link import End, Inbound, Outbound, PacketEnd, Session, join
 from raybridge.log import user_label
 from raybridge.protocols.mux import (
     MuxConnection,
@@ -54,6 +54,7 @@ from raybridge.protocols.vmess import (
     EndOfStream,
     Option,
     RequestReceived,
+    ResponseReceived,
     Security,
     ServerConnection,
     User,
@@ -63,6 +64,11 @@ from raybridge.protocols.vmess import (
     client_profile,
     security_from_config,
 )
+from raybridge.protocols.vmess.header import (
+    SWITCH_ACCOUNT,
+    decode_switch_account,
+    encode_switch_account,
+)
 from raybridge.proxy.base import (
     InboundCommon,
     InboundContext,
@@ -70,7 +76,9 @@ from raybridge.proxy.base import (
     StreamInbound,
     short_reason,
 )
+from raybridge.proxy.dynamic import DynamicPorts
 from raybridge.proxy.mux import MUX_DOMAIN, MuxOutbound
+from raybridge.stats import Stats
 from raybridge.transport.dial import ClientTransport
 from raybridge.transport.tcp import StreamEnd
 
@@ -109,6 +117,9 @@ class VMessBody(StreamEnd):
     udp: bool = False
 
     def data_received(self, data: bytes) -> None:
+        rx = self.rx
+        if rx is not None:
+            rx.value += len(data)
         if not self.relay_body(data):
             events = self.handshake(data)
             if events is not None:
@@ -163,11 +174,8 @@ class VMessBody(StreamEnd):
         session = self.session
         if session is not None:
             session.active = True
-            size = sum(map(len, payloads))
             if self.inbound_side:
-                session.bytes_up += size
-            else:
-                session.bytes_down += size
+                session.bytes_up += sum(map(len, payloads))
         if self.udp:
             for payload in payloads:
                 self.deliver_datagram(payload, peer)  # one datagram each
@@ -188,6 +196,9 @@ class VMessBody(StreamEnd):
 
     # -- the peer's data, sealed ---------------------------------------------------------
     def write(self, data: bytes) -> None:
+        session = self.session
+        if session is not None and self.inbound_side:
+            session.bytes_down += len(data)
         try:
             wire = self.codec.send(data)
         except LocalProtocolError as exc:
@@ -202,6 +213,9 @@ class VMessBody(StreamEnd):
             for data in parts:
                 self.write(data)
         else:
+            session = self.session
+            if session is not None and self.inbound_side:
+                session.bytes_down += sum(map(len, parts))
             self.send_wire_many(seal_many(self.codec.send, parts))
 
     def write_eof(self) -> None:
@@ -253,6 +267,7 @@ class VMessInboundEnd(InboundEnd, VMessBody):
             urandom=os.urandom,
             disable_insecure_encryption=self.inbound.disable_insecure_encryption,
             aead_only=self.inbound.aead_only,
+            response_command=None if self.inbound.detour is None else self.inbound.detour.command,
         )
         self.drain_to: int | None = None
         self.received = 0
@@ -260,6 +275,8 @@ class VMessInboundEnd(InboundEnd, VMessBody):
 
     def data_received(self, data: bytes) -> None:
         if self.drain_to is not None:
+            if self.rx is not None:
+                self.rx.value += len(data)
             self.received += len(data)
             if self.received >= self.drain_to:
                 self.abort()
@@ -363,6 +380,8 @@ class VMessInbound(StreamInbound):
         self.aead_only = aead_only
         self.state_dir = replay.state_dir(state_dir)
         self._replay_file: str | None = None
+        #: ``detour``: sends each client on to a port of a dynamic-port inbound.
+        self.detour: Detour | None = None
 
     async def start(self) -> None:
         # Replays of headers seen before a restart stay refused (beyond V2Ray).
@@ -374,6 +393,99 @@ class VMessInbound(StreamInbound):
         replay.persist(self._replay_file, self.validator)
         self._replay_file = None
 
+    async def take_over(self, old: Inbound) -> None:
+        """As :meth:`StreamInbound.take_over`; the AuthIDs ``old`` has seen stay refused."""
+        if isinstance(old, VMessInbound):
+            self.validator.import_replay(old.validator.export_replay())
+        await super().take_over(old)
+
+    # -- users at run time (V2Ray's AlterInbound; a reload's changed ``clients``) ----------
+    @property
+    def users(self) -> list[User]:
+        return self.validator.users
+
+    def add_user(self, user: User) -> None:
+        """Accept ``user`` on new connections. A second user with the same (non-empty)
+        email is refused, as V2Ray 4.34's ``AddUser`` does."""
+        if user.email and any(u.email.lower() == user.email.lower() for u in self.users):
+            raise ValueError(f"User {user.email} already exists.")
+        self.validator.add(user)
+
+    def remove_user(self, email: str) -> None:
+        """Refuse new connections of the user with this email (case-insensitive); live
+        ones go on. Errors as V2Ray 4.34's ``RemoveUser``."""
+        if not email:
+            raise ValueError("Email must not be empty.")
+        if not self.validator.remove(email):
+            raise ValueError(f"User {email} not found.")
+
+    def set_users(self, users: Sequence[User]) -> tuple[list[User], list[User]]:
+        """Make the user set ``users`` (a reload): returns (added, removed). Users in both
+        sets keep their records (and their replay and legacy state)."""
+        current = self.users
+        before, after = set(current), set(users)
+        added = [u for u in dict.fromkeys(users) if u not in before]
+        removed = [u for u in current if u not in after]
+        for user in removed:
+            self.validator.discard(user)
+        for user in added:
+            self.validator.add(user)
+        return added, removed
+
+
+class Detour:
+    """VMess ``detour`` (``proxy/vmess/inbound/inbound.go``, ``generateCommand``): each
+    response of an inbound with ``detour.to`` carries command 1, "switch account", naming
+    a port of the target's current set (proxy/dynamic.py), a user for the client to use
+    there and how many minutes it holds. Users are made on demand, one per email (lower
+    case; all clients without an email share one), with the target's ``default`` alterId
+    and level, and are valid on every port of the target (V2Ray keeps one table per port
+    and per refresh; one table means a client told of any port may use all)."""
+
+    def __init__(self, target: DynamicPorts, *, alter_id: int = 0, level: int = 0) -> None:
+        self.target = target
+        self.alter_id = alter_id
+        self.level = level
+        self.validator = UserValidator((), clock=time.time)
+        self._users: dict[str, User] = {}
+        self._seeded = False
+        target.adopt = self._adopt
+
+    def _adopt(self, inbound: StreamInbound) -> None:
+        """A new port of the target: it takes the shared users (and brings the configured
+        ``clients``, the same on every port, the first time)."""
+        if isinstance(inbound, VMessInbound) and inbound.validator is not self.validator:
+            if not self._seeded:
+                self._seeded = True
+                for user in inbound.validator.users:
+                    self.validator.add(user)
+            inbound.validator = self.validator
+
+    def user(self, email: str) -> User:
+        key = email.lower()
+        user = self._users.get(key)
+        if user is None:
+            user = User(id=uuid.uuid4(), alter_id=self.alter_id, level=self.level, email=key)
+            self._users[key] = user
+            self.validator.add(user)
+        return user
+
+    def command(self, client: User) -> tuple[int, bytes] | None:
+        picked = self.target.pick()
+        if picked is None:
+            return None
+        inbound, minutes = picked
+        user = self.user(client.email)
+        logger.debug("detour: port %s for %s minutes", inbound.port, minutes)
+        data = encode_switch_account(
+            port=inbound.port,
+            user_id=user.id.bytes,
+            alter_ids=user.alter_id,
+            level=user.level,
+            valid_minutes=minutes,
+        )
+        return SWITCH_ACCOUNT, data
+
 
 class VMessOutboundEnd(VMessBody):
     codec: ClientConnection
@@ -382,6 +494,17 @@ class VMessOutboundEnd(VMessBody):
         super().__init__(session)
         self.codec = codec
         self.udp = udp
+        #: Called with the data of a response command 1 (detour), by the outbound.
+        self.on_switch: Callable[[bytes], None] | None = None
+
+    def on_event(self, event: object) -> None:
+        on_switch = self.on_switch
+        if (
+            type(event) is ResponseReceived
+            and event.command_id == SWITCH_ACCOUNT
+            and on_switch is not None
+        ):
+            on_switch(event.command_data)
 
     def connection_made(self, transport: object) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -389,7 +512,7 @@ class VMessOutboundEnd(VMessBody):
             # Nothing to send yet: send the header alone so the server can dial early.
             header = self.codec.header()
             if header:
-                self.transport.write(header)
+                self.send_wire(header)
 
     def handshake(self, data: bytes) -> list[object] | None:
         try:
@@ -461,6 +584,8 @@ class XudpClientEnd(VMessOutboundEnd):
             self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.rx is not None:
+            self.rx.value += len(data)
         try:
             events = self.codec.receive_data(data)
         except VMessError as exc:
@@ -490,7 +615,6 @@ class XudpClientEnd(VMessOutboundEnd):
                 data = bytes(frame.data)
                 if session is not None:
                     session.active = True
-                    session.bytes_down += len(data)
                 address = frame.address
                 if address is None or address == self.dest or not isinstance(peer, PacketEnd):
                     peer.write(data)
@@ -520,6 +644,8 @@ class ClientUser:
     def profile(self, command: Command) -> tuple[Security, Option]:
         if self.security == "zero":
             return client_profile(None, command, zero=True)
+        if self.security == "legacy":  # a detour's user (never from a config)
+            return client_profile(Security.LEGACY, command)
         return client_profile(
             security_from_config(self.security),
             command,
@@ -554,13 +680,15 @@ class VMessOutbound(Outbound):
         self.tag = tag
         self.servers = list(servers)
         self.send_through = send_through
-        self._next = itertools.cycle(range(len(self.servers)))
+        self._turn = 0
+        #: Servers a detour told us of (response command 1), until they expire.
+        self.learned: dict[tuple[str, int, bytes], tuple[VMessServer, float]] = {}
         self._rng = rng or random.SystemRandom()
         self.packet_encoding = packet_encoding
         self.transport = transport or ClientTransport(PLAIN)
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
-        server = self.servers[next(self._next)]
+        server = self._pick_server()
         client = self._rng.choice(server.users)
         target: Destination | None
         encoding = "none"
@@ -596,7 +724,9 @@ class VMessOutbound(Outbound):
             end = PacketAddrClientEnd(session, codec, dest)
         else:
             end = VMessOutboundEnd(session, codec, command is Command.UDP)
+        end.rx, end.tx = self.downlink, self.uplink
         join(peer, end)
+        end.on_switch = lambda data: self.learn(server, data)
         local = (self.send_through, 0) if self.send_through else None
         transport = self.transport
         end.start_connect(
@@ -607,9 +737,50 @@ class VMessOutbound(Outbound):
                 attempts=DIAL_ATTEMPTS,
                 delays=DIAL_DELAYS,
                 local_addr=local,
+                session=session,
             )
         )
         return end
+
+    def chain(self, hop: Outbound, stats: Stats | None = None) -> bool:
+        self.transport.via = hop
+        self.transport.via_stats = stats
+        return True
+
+    def _pick_server(self) -> VMessServer:
+        """The configured servers and the unexpired learned ones, in turn (V2Ray's
+        round-robin server picker over its server list)."""
+        if self.learned:
+            now = time.monotonic()
+            for key, (_, until) in list(self.learned.items()):
+                if until <= now:
+                    del self.learned[key]
+        servers = self.servers + [server for server, _ in self.learned.values()]
+        server = servers[self._turn % len(servers)]
+        self._turn = (self._turn + 1) % (len(servers) * 1024)
+        return server
+
+    def learn(self, origin: VMessServer, data: bytes) -> None:
+        """Response command 1 from ``origin``: use that port and user as one more server
+        for ``valid_minutes`` (``handleSwitchAccount`` in ``proxy/vmess/outbound``, whose
+        account has security LEGACY). The same server told again only lives longer; at
+        most :data:`LEARNED_LIMIT` are kept (V2Ray appends every one)."""
+        command = decode_switch_account(data)
+        if command is None:
+            logger.debug("ignored a detour command that does not check out")
+            return
+        key = (command.host or origin.address, command.port, command.user_id)
+        if key not in self.learned and len(self.learned) >= LEARNED_LIMIT:
+            return
+        user = User(
+            id=uuid.UUID(bytes=command.user_id), alter_id=command.alter_ids, level=command.level
+        )
+        server = VMessServer(address=key[0], port=command.port, users=(ClientUser(user, "legacy"),))
+        self.learned[key] = (server, time.monotonic() + command.valid_minutes * 60)
+
+
+#: Servers a VMess outbound keeps from detour commands at once.
+LEARNED_LIMIT = 16
 
 
 # -- building from the config ---------------------------------------------------------------

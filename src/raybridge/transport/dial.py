@@ -23,11 +23,15 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from raybridge.address import Destination, Network, parse_host
 from raybridge.config.model import StreamSettings
 from raybridge.errors import ConfigError
+from raybridge.link import Outbound, Session
 from raybridge.protocols.proxyproto import ProxyProtocolLayer
 from raybridge.protocols.stream import StreamLayer
 from raybridge.protocols.tls import TlsLayer
+from raybridge.stats import Stats
+from raybridge.transport.chain import connect_through
 from raybridge.transport.stack import FailureHandler, LayerStack
 from raybridge.transport.tcp import open_tcp
 from raybridge.transport.tls import (
@@ -195,6 +199,11 @@ class ClientTransport:
             from raybridge.transport.h2 import H2ClientPool
 
             self.pool = H2ClientPool()
+        #: ``proxySettings``: the outbound that carries each connection instead of a socket
+        #: of our own (set by the node once every outbound is built; transport/chain.py).
+        self.via: Outbound | None = None
+        #: The node's counters, for the links through ``via``.
+        self.via_stats: Stats | None = None
 
     @property
     def plain(self) -> bool:
@@ -246,22 +255,24 @@ class ClientTransport:
         attempts: int = 1,
         delays: Sequence[float] = (),
         local_addr: tuple[str, int] | None = None,
+        session: Session | None = None,
     ) -> None:
         """Connect ``protocol`` (an end) to the server at ``address:port`` (``dial_address``:
-        the IP to dial when the name was resolved already)."""
+        the IP to dial when the name was resolved already). With ``via`` set, the
+        connection is a link through that outbound, with only our TLS on it, as in V2Ray
+        4.34 (``session``: the link's session, for the hop's)."""
         target = dial_address or address
-        sockopt = self.settings.sockopt
-        if self.pool is None:
-            await open_tcp(
-                self.wrap(protocol, address, port),
-                target,
-                port,
-                attempts=attempts,
-                delays=delays,
-                local_addr=local_addr,
-                sockopt=sockopt,
-            )
+        if self.via is not None:
+            top = protocol
+            if self.context is not None:
+                assert self.settings.tls is not None
+                name = client_server_name(self.settings.tls, address)
+                tls = TlsLayer(self.context, server_side=False, server_hostname=name)
+                top = LayerStack([tls], protocol, server_side=False)
+            dest = Destination(Network.TCP, parse_host(target), port)
+            connect_through(self.via, session, dest, top, self.via_stats)
             return
+        sockopt = self.settings.sockopt
 
         def dial(conn: asyncio.Protocol) -> Awaitable[None]:
             return open_tcp(
@@ -274,6 +285,9 @@ class ClientTransport:
                 sockopt=sockopt,
             )
 
+        if self.pool is None:
+            await dial(protocol)
+            return
         http = self.settings.http
         await self.pool.connect(
             protocol, (target, port, local_addr), dial, path=http.path, hosts=http.hosts

@@ -246,13 +246,7 @@ class H2StreamTransport(asyncio.Transport):
             self._lost(None)
 
     def abort(self) -> None:
-        if self._gone:
-            return
-        self._closing = True
-        self._drop_held()
-        self._conn.codec.reset(self.stream_id, ErrorCodes.CANCEL)
-        self._conn.schedule_flush()
-        self._lost(None)
+        self._reset(ErrorCodes.CANCEL, None)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -331,11 +325,15 @@ class H2StreamTransport(asyncio.Transport):
         self._lost(exc)
 
     def _fail(self, exc: Exception) -> None:
+        self._reset(ErrorCodes.INTERNAL_ERROR, exc)
+
+    def _reset(self, code: ErrorCodes, exc: Exception | None) -> None:
+        """Reset the stream with ``code`` and report it lost (``exc``: why, if it failed)."""
         if self._gone:
             return
         self._closing = True
         self._drop_held()
-        self._conn.codec.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+        self._conn.codec.reset(self.stream_id, code)
         self._conn.schedule_flush()
         self._lost(exc)
 

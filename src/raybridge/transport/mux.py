@@ -160,22 +160,19 @@ class MuxSessionEnd(End):
         self._grace: asyncio.TimerHandle | None = None
         self._idle = IdleTimer(session, idle, self._expire) if idle > 0 else None
 
-    # -- byte counts: what the carrier delivered ("received") and what we send on it --
+    # -- byte counts: what the carrier delivered ("received") and what we send on it; a
+    # session's payload is counted by its inbound side only (raybridge.stats) --
     def _received(self, size: int) -> None:
         session = self.session
         session.active = True
         if self.inbound_side:
             session.bytes_up += size
-        else:
-            session.bytes_down += size
 
     def _sent(self, size: int) -> None:
         session = self.session
         session.active = True
         if self.inbound_side:
             session.bytes_down += size
-        else:
-            session.bytes_up += size
 
     # -- from the worker ---------------------------------------------------------------
     def deliver(self, data: bytes) -> None:
@@ -411,6 +408,12 @@ class MuxWorker(End):
         self.keepalive_callbacks: list[Callable[[MuxWorker], None]] = []
         self.receive_callbacks: list[Callable[[MuxWorker], None]] = []  # each carrier read
         self.pause_callbacks: list[Callable[[MuxWorker], None]] = []  # out_paused changed
+        #: Data on a session the codec keeps to itself (a portal's control session, where
+        #: a raybridge bridge says DRAIN): (worker, session id, data).
+        self.control_callbacks: list[Callable[[MuxWorker, int, bytes], None]] = []
+        #: A portal's tunnel: its carrier is no client connection (a node that drains
+        #: does not wait for it).
+        self.carries_tunnel = False
         self._pending: list[MuxSessionEnd] = []  # client sessions whose New is not out yet
         self.out_paused = False  # the carrier cannot take more: every session waits
         self._flush_handle: asyncio.Handle | None = None
@@ -649,6 +652,8 @@ class MuxWorker(End):
             if type(event) is SessionData:
                 end = sessions.get(event.session_id)
                 if end is None:
+                    for control in self.control_callbacks:
+                        control(self, event.session_id, bytes(event.data))
                     continue
                 if event.address is not None:  # an XUDP datagram with its own address
                     if run_end is not None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from raybridge.address import Destination
 from raybridge.dispatcher import Dispatcher
-from raybridge.link import Session
+from raybridge.link import Session, abort_links
 from raybridge.transport.udp import FlowEnd
 
 logger = logging.getLogger("raybridge.transport")
@@ -108,9 +108,5 @@ class PacketFanout:
         if self.closed:
             return
         self.closed = True
-        for flow in list(self.flows.values()):
-            peer = flow.peer
-            flow.abort()
-            if peer is not None:
-                peer.abort()
+        abort_links(self.flows.values())
         self.flows.clear()

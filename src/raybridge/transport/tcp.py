@@ -16,10 +16,11 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from raybridge.config.model import SockOpt
 from raybridge.link import HIGH_WATER, LOW_WATER, Backlog, End, Session
+from raybridge.transport.redirect import IP_TRANSPARENT
 
 log = logging.getLogger("raybridge.transport")
 
@@ -27,9 +28,15 @@ log = logging.getLogger("raybridge.transport")
 class StreamEnd(asyncio.Protocol, End):
     """A stream connection as one end of a link."""
 
-    #: Count traffic into ``session.bytes_up`` when read from this end's medium (inbound
-    #: side) or into ``bytes_down`` (outbound side).
+    #: An inbound-side end counts the link's payload into ``session.bytes_up`` (what it
+    #: reads and hands its peer) and ``bytes_down`` (what its peer hands it); an
+    #: outbound-side end leaves them alone, so each byte is counted once (raybridge.stats).
     inbound_side = False
+    #: V2Ray's inbound/outbound traffic counters (``raybridge.stats.StatCounter``) for
+    #: what this end reads from (``rx``) and writes to (``tx``) its medium, bound when the
+    #: end is made; ``None`` when off.
+    rx: Any = None
+    tx: Any = None
 
     def __init__(self, session: Session | None = None) -> None:
         self.peer: End | None = None
@@ -77,13 +84,14 @@ class StreamEnd(asyncio.Protocol, End):
             self._finish_write()
 
     def data_received(self, data: bytes) -> None:
+        rx = self.rx
+        if rx is not None:
+            rx.value += len(data)
         session = self.session
         if session is not None:
             session.active = True
             if self.inbound_side:
                 session.bytes_up += len(data)
-            else:
-                session.bytes_down += len(data)
         peer = self.peer
         if peer is not None:
             peer.write(data)
@@ -123,6 +131,9 @@ class StreamEnd(asyncio.Protocol, End):
 
     # -- End ---------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
+        session = self.session
+        if session is not None and self.inbound_side:
+            session.bytes_down += len(data)
         self.send_wire(data)
 
     def write_many(self, parts: list[bytes]) -> None:
@@ -130,6 +141,9 @@ class StreamEnd(asyncio.Protocol, End):
             for data in parts:  # a subclass transforms what it writes: let it see each part
                 self.write(data)
             return
+        session = self.session
+        if session is not None and self.inbound_side:
+            session.bytes_down += sum(map(len, parts))
         self.send_wire_many(parts)
 
     def send_wire_many(self, parts: list[bytes] | list[bytes | bytearray]) -> None:
@@ -147,12 +161,10 @@ class StreamEnd(asyncio.Protocol, End):
             return
         session = self.session
         if session is not None:
-            size = sum(len(p) for p in parts)
             session.active = True
-            if self.inbound_side:
-                session.bytes_down += size
-            else:
-                session.bytes_up += size
+        tx = self.tx
+        if tx is not None:
+            tx.value += sum(map(len, parts))
         transport.writelines(parts)
 
     def send_wire(self, data: bytes | bytearray | memoryview) -> None:
@@ -162,10 +174,9 @@ class StreamEnd(asyncio.Protocol, End):
         session = self.session
         if session is not None:
             session.active = True
-            if self.inbound_side:
-                session.bytes_down += len(data)
-            else:
-                session.bytes_up += len(data)
+        tx = self.tx
+        if tx is not None:
+            tx.value += len(data)
         transport = self.transport
         if transport is not None:
             if type(data) is memoryview and len(data) < 4096 and transport.get_write_buffer_size():
@@ -275,7 +286,9 @@ async def connect_tcp(
     """One TCP connection with ``protocol``; ``sockopt`` ``mark`` and ``tcpFastOpen`` are
     set on the socket before it connects (they need a socket of our own)."""
     loop = asyncio.get_running_loop()
-    if sockopt is None or (not sockopt.mark and sockopt.tcp_fast_open is None):
+    if sockopt is None or (
+        not sockopt.mark and sockopt.tcp_fast_open is None and sockopt.tproxy == "off"
+    ):
         await loop.create_connection(
             lambda: protocol, host, port, local_addr=local_addr, family=family
         )
@@ -300,9 +313,12 @@ async def connect_tcp(
 
 
 def apply_sockopt(sock: socket.socket, sockopt: SockOpt, *, listening: bool) -> None:
-    """``sockopt.mark`` (SO_MARK, needs CAP_NET_ADMIN) and ``tcpFastOpen`` on a socket."""
+    """``sockopt.mark`` (SO_MARK, needs CAP_NET_ADMIN), ``tcpFastOpen`` and ``tproxy``
+    (IP_TRANSPARENT for either mode, as V2Ray 4.34 sets it; CAP_NET_ADMIN) on a socket."""
     if sockopt.mark:
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, sockopt.mark)
+    if sockopt.tproxy != "off":
+        sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
     if sockopt.tcp_fast_open is not None:
         if listening:
             queue = 4096 if sockopt.tcp_fast_open else 0

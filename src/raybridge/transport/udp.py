@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from raybridge.address import Destination, Network, parse_host
-from raybridge.link import End, IdleTimer, PacketEnd, Session
+from raybridge.link import End, IdleTimer, PacketEnd, Session, UnpacedEnd, abort_links
 
 logger = logging.getLogger("raybridge.transport")
 
@@ -134,15 +134,11 @@ class FlowGroup:
 
     def close(self) -> None:
         self.closed = True
-        for flow in list(self.flows):
-            peer = flow.peer
-            flow.abort()
-            if peer is not None:
-                peer.abort(ConnectionResetError("UDP association closed"))
+        abort_links(self.flows, ConnectionResetError("UDP association closed"))
         self.flows.clear()
 
 
-class DatagramFlowEnd(asyncio.DatagramProtocol, End):
+class DatagramFlowEnd(asyncio.DatagramProtocol, UnpacedEnd):
     """A UDP socket for one destination, as the outbound end of a UDP link.
 
     The socket is not connected, so that replies from other addresses reach it too
@@ -150,6 +146,10 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
     :class:`~raybridge.link.PacketEnd` gets those with their source; any other peer gets only
     the destination's own replies, as from a connected socket.
     """
+
+    #: The outbound's traffic counters (see ``StreamEnd.rx``/``tx``), bound by the outbound.
+    rx: Any = None
+    tx: Any = None
 
     def __init__(self, session: Session | None = None) -> None:
         self.peer: End | None = None
@@ -207,7 +207,8 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         session = self.session
         if session is not None:
             session.active = True
-            session.bytes_down += len(data)
+        if self.rx is not None:
+            self.rx.value += len(data)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: UDP carries on, as V2Ray does.
@@ -226,7 +227,8 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         session = self.session
         if session is not None:
             session.active = True
-            session.bytes_up += len(data)
+        if self.tx is not None:
+            self.tx.value += len(data)
         if self.transport is not None:
             self.transport.sendto(data, self._remote)
         elif len(self._pending) < MAX_PENDING:
@@ -247,14 +249,8 @@ class DatagramFlowEnd(asyncio.DatagramProtocol, End):
         if self.transport is not None:
             self.transport.close()
 
-    def pause_reading(self) -> None:
-        pass
 
-    def resume_reading(self) -> None:
-        pass
-
-
-class FlowEnd(PacketEnd):
+class FlowEnd(UnpacedEnd, PacketEnd):
     """The inbound end of one UDP flow: ends after ``idle`` seconds without traffic, or
     when its peer ends; then :meth:`forget` tells its owner. UDP has no backpressure."""
 
@@ -285,12 +281,6 @@ class FlowEnd(PacketEnd):
         self.closed = True
         self.idle.cancel()
         self.forget()
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class UdpClientFlow(FlowEnd):
@@ -336,7 +326,7 @@ class UdpClientFlow(FlowEnd):
         self.session.bytes_down += len(data)
         if self._owner is not None:
             self._owner.active = True
-        self.server.send(self.reply_header + data if self.reply_header else data, self.client)
+        self.server.reply(self, self.reply_header + data if self.reply_header else data)
 
     def write_to(self, data: bytes, address: Destination) -> None:
         encode = self.server.encode_reply
@@ -366,6 +356,10 @@ class UdpServer(asyncio.DatagramProtocol):
     outside any group is dropped (RFC 1928 section 7: only the association's client may use
     the relay).
     """
+
+    #: The inbound's traffic counters for the datagrams read and sent (``StreamEnd.rx``).
+    rx: Any = None
+    tx: Any = None
 
     def __init__(
         self,
@@ -413,6 +407,8 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.rx is not None:
+            self.rx.value += len(data)
         try:
             parsed = self.classify(data, addr)
         except Exception as exc:  # a bad datagram is dropped, never fatal
@@ -457,7 +453,13 @@ class UdpServer(asyncio.DatagramProtocol):
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
+            if self.tx is not None:
+                self.tx.value += len(data)
             self.transport.sendto(data, addr)
+
+    def reply(self, flow: UdpClientFlow, data: bytes) -> None:
+        """A reply of ``flow``'s destination to its client (from the listening socket)."""
+        self.send(data, flow.client)
 
     def forget(self, flow: UdpClientFlow) -> None:
         if self.closed is not None:
@@ -476,11 +478,7 @@ class UdpServer(asyncio.DatagramProtocol):
         logger.debug("UDP socket error: %s", exc)
 
     def close(self) -> None:
-        for flow in list(self.flows.values()):
-            peer = flow.peer
-            flow.abort()
-            if peer is not None:
-                peer.abort()
+        abort_links(self.flows.values())
         self.flows.clear()
         self._client_flows.clear()
         self.drops.close()

@@ -503,6 +503,16 @@ class BodyReader(_Direction):
         self._done = True
         return [EndOfStream()]
 
+    def _open_length(self, len_aead: _AEAD, sealed: memoryview) -> int:
+        """SIZE of the next chunk from its sealed length (option A)."""
+        nonce = _pack_u16(self._len_count) + self._len_tail
+        try:
+            word = len_aead.decrypt(nonce, sealed, None)
+        except InvalidTag:
+            raise VMessError("chunk length authentication failed") from None
+        self._len_count = (self._len_count + 1) & 0xFFFF
+        return (((word[0] << 8) | word[1]) + 16) & 0xFFFF
+
     def _parse(self, mv: memoryview, pos: int, end: int, out: list[bytes]) -> int:
         shake = self._shake
         pad_on = self._pad
@@ -525,13 +535,7 @@ class BodyReader(_Direction):
                         break
                     pad = shake.next_u16() % 64 if pad_on and shake is not None else 0
                     if len_aead is not None:
-                        nonce = _pack_u16(self._len_count) + self._len_tail
-                        try:
-                            word = len_aead.decrypt(nonce, mv[pos : pos + 18], None)
-                        except InvalidTag:
-                            raise VMessError("chunk length authentication failed") from None
-                        self._len_count = (self._len_count + 1) & 0xFFFF
-                        size = (((word[0] << 8) | word[1]) + 16) & 0xFFFF
+                        size = self._open_length(len_aead, mv[pos : pos + 18])
                     else:
                         mask = shake.next_u16() if mask_on and shake is not None else 0
                         size = ((mv[pos] << 8) | mv[pos + 1]) ^ mask
@@ -550,10 +554,7 @@ class BodyReader(_Direction):
                         raise VMessError("chunk authentication failed") from None
                     count = (count + 1) & 0xFFFF
                 elif auth == _AUTH_FNV:
-                    payload = bytes(mv[pos + 4 : sealed_end])
-                    expected = int.from_bytes(mv[pos : pos + 4], "big")
-                    if (fnv1a32(payload) if payload else FNV_EMPTY) != expected:
-                        raise VMessError("chunk checksum mismatch")
+                    payload = _fnv_checked(mv, pos, sealed_end)
                 else:
                     payload = bytes(mv[pos:sealed_end])
                 pos += size
@@ -569,3 +570,12 @@ class BodyReader(_Direction):
             self._pending_size = size
             self._pending_pad = pad
         return pos
+
+
+def _fnv_checked(mv: memoryview, pos: int, sealed_end: int) -> bytes:
+    """A LEGACY chunk's payload, once its FNV-1a checksum (the first 4 bytes) matches."""
+    payload = bytes(mv[pos + 4 : sealed_end])
+    expected = int.from_bytes(mv[pos : pos + 4], "big")
+    if (fnv1a32(payload) if payload else FNV_EMPTY) != expected:
+        raise VMessError("chunk checksum mismatch")
+    return payload

@@ -22,6 +22,7 @@ after a successful AEAD open closes at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from cryptography.hazmat.primitives.ciphers import CipherContext
 
@@ -119,6 +120,25 @@ def _security_from_nibble(nibble: int) -> Security:
     return Security.UNKNOWN
 
 
+def _checked_request(
+    command: Command, target: Destination | None, security: Security, options: Option | None
+) -> tuple[Command, Security, Option]:
+    """What a client is asked to send, checked before anything is drawn or sealed."""
+    try:
+        command = Command(command)
+        security = Security(security)
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc)) from None
+    if security in (Security.AUTO, Security.UNKNOWN):
+        raise LocalProtocolError("resolve the security type before connecting")
+    if command != Command.MUX and target is None:
+        raise LocalProtocolError("a TCP or UDP request needs a target")
+    options = Option(default_options(security) if options is None else options)
+    if int(options) & _P and not int(options) & _M:
+        raise LocalProtocolError("GlobalPadding without ChunkMasking crashes V2Ray 4.34")
+    return command, security, options
+
+
 # -- client -------------------------------------------------------------------------------------
 
 _R_AEAD_LENGTH = 0
@@ -127,7 +147,67 @@ _R_LEGACY_HEADER = 2
 _R_BODY = 3
 
 
-class ClientConnection:
+_Head = TypeVar("_Head", ResponseReceived, RequestReceived)
+
+
+class _Receiving(Generic[_Head]):
+    """What both sides do with the bytes they receive: until the body reader is set up they
+    collect in ``_head`` for the side's :meth:`_receive_head`, then go to the reader. The
+    first :class:`VMessError` fails the connection for good."""
+
+    #: Why an end before the body is an error (the side's words for its head).
+    _EOF_BEFORE_BODY = ""
+
+    def __init__(self, chunk_size: int) -> None:
+        if chunk_size < 1:
+            raise LocalProtocolError("chunk_size must be positive")
+        self._chunk_size = chunk_size
+        self._head = bytearray()
+        self._received = 0
+        self._failed = False
+        self._reader: BodyReader | None = None
+
+    def _receive_head(self) -> list[_Head | Data | EndOfStream]:
+        raise NotImplementedError
+
+    def _start_body(
+        self, reader: BodyReader, event: _Head, consumed: int
+    ) -> list[_Head | Data | EndOfStream]:
+        """The head is in (its first ``consumed`` bytes): from now on bytes go to
+        ``reader``, starting with those that came after the head."""
+        self._reader = reader
+        rest = bytes(self._head[consumed:])
+        self._head = bytearray()
+        events: list[_Head | Data | EndOfStream] = [event]
+        if rest:
+            events.extend(reader.feed(rest))
+        return events
+
+    def receive_data(self, data: BytesLike) -> list[_Head | Data | EndOfStream]:
+        if self._failed:
+            raise VMessError("connection already failed")
+        self._received += len(data)
+        try:
+            if self._reader is not None:
+                return list(self._reader.feed(data))
+            self._head += data
+            return self._receive_head()
+        except VMessError:
+            self._failed = True
+            raise
+
+    def receive_eof(self) -> list[_Head | Data | EndOfStream]:
+        """The peer closed the connection (not in the codec API V2Ray needs, but it lets a
+        raw body (no option S) end with an :class:`EndOfStream` like a chunked one)."""
+        if self._failed:
+            raise VMessError("connection already failed")
+        if self._reader is None:
+            self._failed = True
+            raise VMessError(self._EOF_BEFORE_BODY)
+        return list(self._reader.feed_eof())
+
+
+class ClientConnection(_Receiving[ResponseReceived]):
     """One VMess request from the client side.
 
     Randomness is drawn from ``urandom`` in this order, all in the constructor (so tests can
@@ -137,6 +217,8 @@ class ClientConnection:
     padding bytes; AEAD only: R4 (4 bytes) and the connection nonce N8 (8 bytes). Chunk
     padding bytes later come from ``urandom`` in blocks of 4096.
     """
+
+    _EOF_BEFORE_BODY = "connection closed before the response header"
 
     def __init__(
         self,
@@ -154,24 +236,10 @@ class ClientConnection:
     ) -> None:
         """``send_eos=False``: :meth:`send_eof` sends no end-of-stream chunk (v5's
         ``experiments: "NoTerminationSignal"``); the body ends with the connection."""
-        try:
-            command = Command(command)
-            security = Security(security)
-        except ValueError as exc:
-            raise LocalProtocolError(str(exc)) from None
-        if security in (Security.AUTO, Security.UNKNOWN):
-            raise LocalProtocolError("resolve the security type before connecting")
-        if command != Command.MUX and target is None:
-            raise LocalProtocolError("a TCP or UDP request needs a target")
+        command, security, options = _checked_request(command, target, security, options)
         if aead is None:
             aead = user.alter_id == 0
-        if options is None:
-            options = default_options(security)
-        options = Option(options)
-        if int(options) & _P and not int(options) & _M:
-            raise LocalProtocolError("GlobalPadding without ChunkMasking crashes V2Ray 4.34")
-        if chunk_size < 1:
-            raise LocalProtocolError("chunk_size must be positive")
+        super().__init__(chunk_size)
         self.user = user
         self.command = command
         self.security = security
@@ -183,36 +251,7 @@ class ClientConnection:
         key, iv, self.response_auth = rnd[:16], rnd[16:32], rnd[32]
         self.body_key, self.body_iv = key, iv
         self._resp_key, self._resp_iv = response_body_key_iv(key, iv, aead=aead)
-
-        ts = int(now)
-        auth = b""
-        if not aead:
-            ts += randbelow(urandom, 60) - 30
-            ids = user.alter_ids
-            id_bytes = ids[randbelow(urandom, len(ids))] if ids else user.id_bytes
-            auth = legacy_auth(id_bytes, ts)
-        padding_len = urandom(1)[0] & 0x0F
-        padding = urandom(padding_len) if padding_len else b""
-        try:
-            plaintext = encode_request_plaintext(
-                body_iv=iv,
-                body_key=key,
-                response_auth=self.response_auth,
-                options=options,
-                security=security,
-                command=command,
-                target=target,
-                padding=padding,
-            )
-        except (ValueError, UnicodeEncodeError) as exc:
-            raise LocalProtocolError(f"cannot encode the request header: {exc}") from None
-        if aead:
-            auth_id = create_auth_id(user.auth_id_key, ts, urandom(4))
-            self._header = seal_aead_request(user.cmd_key, auth_id, urandom(8), plaintext)
-        else:
-            self._header = auth + aes_cfb_encryptor(user.cmd_key, legacy_header_iv(ts)).update(
-                plaintext
-            )
+        self._header = self._seal_header(target, now, urandom)
         self._writer = BodyWriter(
             security=security,
             options=options,
@@ -223,11 +262,38 @@ class ClientConnection:
             chunk_size=chunk_size,
         )
         self._rstate = _R_AEAD_LENGTH if aead else _R_LEGACY_HEADER
-        self._rbuf = bytearray()
         self._resp_len = 0
         self._resp_cfb: CipherContext | None = None
-        self._reader: BodyReader | None = None
-        self._failed = False
+
+    def _seal_header(self, target: Destination | None, now: float, urandom: Urandom) -> bytes:
+        """The request header, AEAD or legacy, drawing randomness in the documented order."""
+        user = self.user
+        ts = int(now)
+        auth = b""
+        if not self.aead:
+            ts += randbelow(urandom, 60) - 30
+            ids = user.alter_ids
+            id_bytes = ids[randbelow(urandom, len(ids))] if ids else user.id_bytes
+            auth = legacy_auth(id_bytes, ts)
+        padding_len = urandom(1)[0] & 0x0F
+        padding = urandom(padding_len) if padding_len else b""
+        try:
+            plaintext = encode_request_plaintext(
+                body_iv=self.body_iv,
+                body_key=self.body_key,
+                response_auth=self.response_auth,
+                options=self.options,
+                security=self.security,
+                command=self.command,
+                target=target,
+                padding=padding,
+            )
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise LocalProtocolError(f"cannot encode the request header: {exc}") from None
+        if self.aead:
+            auth_id = create_auth_id(user.auth_id_key, ts, urandom(4))
+            return seal_aead_request(user.cmd_key, auth_id, urandom(8), plaintext)
+        return auth + aes_cfb_encryptor(user.cmd_key, legacy_header_iv(ts)).update(plaintext)
 
     @property
     def body_reader(self) -> BodyReader | None:
@@ -264,30 +330,8 @@ class ClientConnection:
 
     # receiving
 
-    def receive_data(self, data: BytesLike) -> list[ResponseReceived | Data | EndOfStream]:
-        if self._failed:
-            raise VMessError("connection already failed")
-        try:
-            if self._reader is not None:
-                return list(self._reader.feed(data))
-            self._rbuf += data
-            return self._receive_header()
-        except VMessError:
-            self._failed = True
-            raise
-
-    def receive_eof(self) -> list[ResponseReceived | Data | EndOfStream]:
-        """The server closed the connection (not in the codec API V2Ray needs, but it lets a
-        raw body (no option S) end with an :class:`EndOfStream` like a chunked one)."""
-        if self._failed:
-            raise VMessError("connection already failed")
-        if self._reader is None:
-            self._failed = True
-            raise VMessError("connection closed before the response header")
-        return list(self._reader.feed_eof())
-
-    def _receive_header(self) -> list[ResponseReceived | Data | EndOfStream]:
-        buf = self._rbuf
+    def _receive_head(self) -> list[ResponseReceived | Data | EndOfStream]:
+        buf = self._head
         if self._rstate == _R_AEAD_LENGTH:
             if len(buf) < 18:
                 return []
@@ -331,7 +375,7 @@ class ClientConnection:
                 buf[4:end] = cfb.update(bytes(buf[4:end]))
             event = self._parse_response(bytes(buf[:end]))
             assert event is not None
-        self._reader = BodyReader(
+        reader = BodyReader(
             security=self.security,
             options=self.options,
             command=self.command,
@@ -341,12 +385,7 @@ class ClientConnection:
             request_key_iv=(self.body_key, self.body_iv),
         )
         self._rstate = _R_BODY
-        rest = bytes(buf[end:])
-        self._rbuf = bytearray()
-        events: list[ResponseReceived | Data | EndOfStream] = [event]
-        if rest:
-            events.extend(self._reader.feed(rest))
-        return events
+        return self._start_body(reader, event, end)
 
     def _parse_response(self, plain: bytes) -> ResponseReceived | None:
         """``V OPT CMD CL [DATA]``; None if too short for what CMD/CL announce."""
@@ -374,8 +413,10 @@ _LEGACY_HEADER = 3
 _BODY = 4
 
 
-class ServerConnection:
+class ServerConnection(_Receiving[RequestReceived]):
     """One VMess connection from the server side (an inbound connection)."""
+
+    _EOF_BEFORE_BODY = "connection closed during the handshake"
 
     def __init__(
         self,
@@ -385,22 +426,20 @@ class ServerConnection:
         disable_insecure_encryption: bool = False,
         chunk_size: int = SEND_CHUNK_SIZE,
         aead_only: bool = False,
+        response_command: Callable[[User], tuple[int, bytes] | None] | None = None,
     ) -> None:
         """``aead_only``: refuse legacy (alterId > 0, MD5-based) headers, like V2Ray's
-        ``v2ray.vmess.aead.forced``; they fail as an unknown user would (drained)."""
-        if chunk_size < 1:
-            raise LocalProtocolError("chunk_size must be positive")
+        ``v2ray.vmess.aead.forced``; they fail as an unknown user would (drained).
+        ``response_command``: given the authenticated user, the (id, data) of a command for
+        the response header (1.8), or ``None``; called once, when the request is in."""
+        super().__init__(chunk_size)
         self._aead_only = aead_only
         self._validator = validator
         self._urandom = urandom
         self._secure_only = disable_insecure_encryption
-        self._chunk_size = chunk_size
         # V2Ray fixes the per-server drain seed when the first connection starts.
         validator.fuse_behavior_seed(urandom)
         self._state = _AUTH
-        self._buf = bytearray()
-        self._received = 0
-        self._failed = False
         self._user: User | None = None
         self._aead = False
         self._header_len = 0
@@ -408,9 +447,9 @@ class ServerConnection:
         self._legacy_cfb: CipherContext | None = None
         self._legacy_plain = bytearray()
         self._session_checked = False
-        self._reader: BodyReader | None = None
         self._writer: BodyWriter | None = None
         self._response_header = b""
+        self._response_command = response_command
         self.request: RequestHeader | None = None
 
     @property
@@ -419,57 +458,46 @@ class ServerConnection:
 
     # receiving
 
-    def receive_data(self, data: BytesLike) -> list[RequestReceived | Data | EndOfStream]:
-        if self._failed:
-            raise VMessError("connection already failed")
-        self._received += len(data)
-        try:
-            if self._reader is not None:
-                return list(self._reader.feed(data))
-            self._buf += data
-            return self._handshake()
-        except VMessError:
-            self._failed = True
-            raise
-
-    def receive_eof(self) -> list[RequestReceived | Data | EndOfStream]:
-        """The client closed the connection (see :meth:`ClientConnection.receive_eof`)."""
-        if self._failed:
-            raise VMessError("connection already failed")
-        if self._reader is None:
-            self._failed = True
-            raise VMessError("connection closed during the handshake")
-        return list(self._reader.feed_eof())
-
     def _drain(self, message: str, consumed: int) -> VMessAuthError:
         # V2Ray reads until ``size`` bytes in total have been read, if it has not already.
         size = self._validator.drain_size(self._urandom)
         return VMessAuthError(message, drain_to=size if size > consumed else None)
 
-    def _handshake(self) -> list[RequestReceived | Data | EndOfStream]:
-        buf = self._buf
-        if self._state == _AUTH:
-            if len(buf) < 16:
-                return []
-            auth = bytes(buf[:16])
-            match = self._validator.match_aead(auth)
-            if match.user is not None:
-                self._user = match.user
-                self._aead = True
-                self._state = _AEAD_LENGTH
-            elif match.replay:
-                raise self._drain("replayed AuthID", 16)
-            else:
-                legacy = None if self._aead_only else self._validator.match_legacy(auth)
-                if legacy is None:
-                    raise self._drain("invalid user", 16)
-                self._user, self._legacy_ts = legacy
-                self._legacy_cfb = aes_cfb_decryptor(
-                    self._user.cmd_key, legacy_header_iv(self._legacy_ts)
-                )
-                self._state = _LEGACY_HEADER
+    def _receive_head(self) -> list[RequestReceived | Data | EndOfStream]:
+        buf = self._head
+        if self._state == _AUTH and not self._match_user(buf):
+            return []
         user = self._user
         assert user is not None
+        if self._state == _LEGACY_HEADER:
+            return self._legacy_header(buf, user)
+        return self._aead_header(buf, user)
+
+    def _match_user(self, buf: bytearray) -> bool:
+        """AUTH: find the user by AEAD AuthID, then in the legacy table; False: too few bytes."""
+        if len(buf) < 16:
+            return False
+        auth = bytes(buf[:16])
+        match = self._validator.match_aead(auth)
+        if match.user is not None:
+            self._user = match.user
+            self._aead = True
+            self._state = _AEAD_LENGTH
+            return True
+        if match.replay:
+            raise self._drain("replayed AuthID", 16)
+        legacy = None if self._aead_only else self._validator.match_legacy(auth)
+        if legacy is None:
+            raise self._drain("invalid user", 16)
+        self._user, self._legacy_ts = legacy
+        self._legacy_cfb = aes_cfb_decryptor(self._user.cmd_key, legacy_header_iv(self._legacy_ts))
+        self._state = _LEGACY_HEADER
+        return True
+
+    def _aead_header(
+        self, buf: bytearray, user: User
+    ) -> list[RequestReceived | Data | EndOfStream]:
+        """AEAD_LENGTH then AEAD_HEADER: open the sealed length, then the header itself."""
         if self._state == _AEAD_LENGTH:
             if len(buf) < AEAD_HEADER_PREFIX:
                 return []
@@ -480,24 +508,27 @@ class ServerConnection:
                 raise self._drain("AEAD header length does not authenticate", 42)
             self._header_len = length
             self._state = _AEAD_HEADER
-        if self._state == _AEAD_HEADER:
-            end = AEAD_HEADER_PREFIX + self._header_len + TAG
-            if len(buf) < end:
-                return []
-            plain = open_aead_request_header(
-                user.cmd_key, bytes(buf[:16]), bytes(buf[34:42]), bytes(buf[42:end])
-            )
-            if plain is None:
-                raise self._drain("AEAD header does not authenticate", end)
-            if len(plain) < FIXED_LEN:
-                raise VMessError("request header too short")
-            if not self._validator.check_session(user, plain[17:33], plain[1:17]):
-                raise VMessError("duplicated session id (AEAD request)")
-            parsed = parse_request_plaintext(plain)
-            if isinstance(parsed, int):
-                raise VMessError("request header truncated")
-            return self._accept(parsed, end)
-        # legacy header: decrypt only what parsing asks for; the body uses another stream
+        end = AEAD_HEADER_PREFIX + self._header_len + TAG
+        if len(buf) < end:
+            return []
+        plain = open_aead_request_header(
+            user.cmd_key, bytes(buf[:16]), bytes(buf[34:42]), bytes(buf[42:end])
+        )
+        if plain is None:
+            raise self._drain("AEAD header does not authenticate", end)
+        if len(plain) < FIXED_LEN:
+            raise VMessError("request header too short")
+        if not self._validator.check_session(user, plain[17:33], plain[1:17]):
+            raise VMessError("duplicated session id (AEAD request)")
+        parsed = parse_request_plaintext(plain)
+        if isinstance(parsed, int):
+            raise VMessError("request header truncated")
+        return self._accept(parsed, end)
+
+    def _legacy_header(
+        self, buf: bytearray, user: User
+    ) -> list[RequestReceived | Data | EndOfStream]:
+        """LEGACY_HEADER: decrypt only what parsing asks for; the body uses another stream."""
         cfb = self._legacy_cfb
         assert cfb is not None
         plain_buf = self._legacy_plain
@@ -529,6 +560,23 @@ class ServerConnection:
         """Policy checks in V2Ray's order, then set up both body directions."""
         user = self._user
         assert user is not None
+        header = self._checked_header(parsed)
+        self.request = header
+        reader = BodyReader(
+            security=header.security,
+            options=header.options,
+            command=header.command,
+            key=header.body_key,
+            iv=header.body_iv,
+        )
+        self._set_up_response(header)
+        self._state = _BODY
+        self._legacy_plain = bytearray()
+        event = RequestReceived(header=header, user=user, aead=self._aead)
+        return self._start_body(reader, event, consumed)
+
+    def _checked_header(self, parsed: ParsedRequest) -> RequestHeader:
+        """The request, once it passes V2Ray's checks (in V2Ray's order)."""
         if not parsed.checksum_ok:
             raise VMessError("invalid auth (header checksum)")
         if not parsed.target_ok:
@@ -541,8 +589,7 @@ class ServerConnection:
         options = Option(parsed.options)
         if int(options) & _P and not int(options) & _M:
             raise VMessError("option GlobalPadding without ChunkMasking")
-        command = Command(parsed.command)
-        header = RequestHeader(
+        return RequestHeader(
             version=parsed.version,
             body_iv=parsed.body_iv,
             body_key=parsed.body_key,
@@ -550,19 +597,19 @@ class ServerConnection:
             options=options,
             padding_len=parsed.padding_len,
             security=security,
-            command=command,
+            command=Command(parsed.command),
             target=parsed.target,
         )
-        self.request = header
-        self._reader = BodyReader(
-            security=security,
-            options=options,
-            command=command,
-            key=parsed.body_key,
-            iv=parsed.body_iv,
-        )
-        resp_key, resp_iv = response_body_key_iv(parsed.body_key, parsed.body_iv, aead=self._aead)
-        plaintext = encode_response_plaintext(parsed.response_auth)
+
+    def _set_up_response(self, header: RequestHeader) -> None:
+        """Seal the response header (it goes out with the first response bytes) and make
+        the response body's writer."""
+        resp_key, resp_iv = response_body_key_iv(header.body_key, header.body_iv, aead=self._aead)
+        user = self._user
+        reply = None
+        if self._response_command is not None and user is not None:
+            reply = self._response_command(user)
+        plaintext = encode_response_plaintext(header.response_auth, *(reply or ()))
         writer_cfb: CipherContext | None
         if self._aead:
             self._response_header = seal_aead_response(resp_key, resp_iv, plaintext)
@@ -572,26 +619,16 @@ class ServerConnection:
             self._response_header = stream.update(plaintext)
             writer_cfb = stream  # LEGACY body continues the header's CFB stream (1.8)
         self._writer = BodyWriter(
-            security=security,
-            options=options,
-            command=command,
+            security=header.security,
+            options=header.options,
+            command=header.command,
             key=resp_key,
             iv=resp_iv,
             urandom=self._urandom,
             chunk_size=self._chunk_size,
-            cfb=writer_cfb if security == Security.LEGACY else None,
-            request_key_iv=(parsed.body_key, parsed.body_iv),
+            cfb=writer_cfb if header.security == Security.LEGACY else None,
+            request_key_iv=(header.body_key, header.body_iv),
         )
-        self._state = _BODY
-        rest = bytes(self._buf[consumed:])
-        self._buf = bytearray()
-        self._legacy_plain = bytearray()
-        events: list[RequestReceived | Data | EndOfStream] = [
-            RequestReceived(header=header, user=user, aead=self._aead)
-        ]
-        if rest:
-            events.extend(self._reader.feed(rest))
-        return events
 
     @property
     def body_reader(self) -> BodyReader | None:

@@ -44,12 +44,14 @@ from raybridge.protocols.vmess.primitives import fnv1a32, md5, sha256_16
 
 __all__ = [
     "AEAD_HEADER_PREFIX",
+    "SWITCH_ACCOUNT",
     "VERSION",
     "Command",
     "Option",
     "ParsedRequest",
     "RequestHeader",
     "Security",
+    "SwitchAccount",
     "create_auth_id",
     "encode_request_plaintext",
     "encode_response_plaintext",
@@ -345,6 +347,67 @@ def encode_response_plaintext(
     if len(command_data) > 255:
         raise ValueError("response command too long")
     return bytes((response_auth, 0, command_id, len(command_data))) + command_data
+
+
+#: Response command 1 (1.8), sent by an inbound with ``detour``.
+SWITCH_ACCOUNT = 1
+
+
+def encode_switch_account(
+    *, port: int, user_id: bytes, alter_ids: int, level: int, valid_minutes: int, host: str = ""
+) -> bytes:
+    """The data of response command 1, "switch account" (1.8; ``CommandSwitchAccountFactory``
+    in ``proxy/vmess/encoding/commands.go``): ``FNV1a32(body) || body`` with ``body = hostLen
+    || host || port || UUID || alterIds || level || validMinutes``. An empty ``host`` means
+    the server the client already talks to."""
+    raw_host = host.encode("ascii")
+    if len(raw_host) > 255 or len(user_id) != 16:
+        raise ValueError("bad switch-account fields")
+    body = (
+        bytes((len(raw_host),))
+        + raw_host
+        + port.to_bytes(2, "big")
+        + user_id
+        + alter_ids.to_bytes(2, "big")
+        + bytes((level & 0xFF, min(max(valid_minutes, 0), 255)))
+    )
+    return fnv1a32(body).to_bytes(4, "big") + body
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchAccount:
+    """Command 1 as a client reads it (``host`` ``""``: the server it came from)."""
+
+    host: str
+    port: int
+    user_id: bytes
+    alter_ids: int
+    level: int
+    valid_minutes: int
+
+
+def decode_switch_account(data: bytes) -> SwitchAccount | None:
+    """The inverse of :func:`encode_switch_account`; ``None`` when the checksum fails, the
+    data is short or the host is not ASCII (V2Ray's client ignores such a command)."""
+    if len(data) <= 4 or fnv1a32(data[4:]) != int.from_bytes(data[:4], "big"):
+        return None
+    body = data[4:]
+    n = body[0]
+    if len(body) < 1 + n + 22:
+        return None
+    try:
+        host = body[1 : 1 + n].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    rest = body[1 + n :]
+    return SwitchAccount(
+        host=host,
+        port=int.from_bytes(rest[0:2], "big"),
+        user_id=bytes(rest[2:18]),
+        alter_ids=int.from_bytes(rest[18:20], "big"),
+        level=rest[20],
+        valid_minutes=rest[21],
+    )
 
 
 def seal_aead_response(resp_key: bytes, resp_iv: bytes, plaintext: bytes) -> bytes:

@@ -124,10 +124,20 @@ class UserValidator:
         wanted = email.lower()
         for index, record in enumerate(self._records):
             if record.user.email.lower() == wanted:
-                del self._records[index]
-                break
-        else:
-            return False
+                self._drop(index)
+                return True
+        return False
+
+    def discard(self, user: User) -> bool:
+        """Remove the user equal to ``user`` (id, alterId, level and email), email or not."""
+        for index, record in enumerate(self._records):
+            if record.user == user:
+                self._drop(index)
+                return True
+        return False
+
+    def _drop(self, index: int) -> None:
+        record = self._records.pop(index)
         user = record.user
         for key in [k for k, entry in self._legacy.items() if entry.user is user]:
             del self._legacy[key]
@@ -137,7 +147,6 @@ class UserValidator:
                 self._legacy_by_ts[ts] = kept
             else:
                 del self._legacy_by_ts[ts]
-        return True
 
     # -- AEAD AuthID (1.5.2) --------------------------------------------------------------------
 
