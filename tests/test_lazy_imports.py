@@ -1,6 +1,6 @@
 """A plain ``raybridge run`` loads only what its node uses (issue 16): no config checks,
-init, share links, QR codes, status server or templates, and no WebSocket/HTTP/2 or
-reverse-proxy code for a config without them. Each case runs the command line in a fresh
+init, share links, QR codes, status server or templates, and no WebSocket/HTTP/2,
+reverse-proxy or DNS client code for a config without them. Each case runs the command line in a fresh
 interpreter up to the point where the node would start serving, then lists its modules."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ COMMAND_ONLY = (
 #: Loaded only by configs that use them.
 TRANSPORTS = ("wsproto", "h2", "raybridge.protocols.ws", "raybridge.transport.h2")
 REVERSE = ("raybridge.proxy.reverse", "raybridge.protocols.reverse_policy")
+DNS = ("dns", "raybridge.dns")  # dnspython, for a "dns" section
 
 SCRIPT = """
 import sys
@@ -67,7 +68,7 @@ def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
 def test_plain_run_loads_only_the_node(example: str, tmp_path: Path) -> None:
     modules = modules_after_run(ROOT / "examples" / example, tmp_path)
     assert "raybridge.node" in modules and "raybridge.proxy.vmess" in modules
-    assert loaded(modules, COMMAND_ONLY + TRANSPORTS + REVERSE) == []
+    assert loaded(modules, COMMAND_ONLY + TRANSPORTS + REVERSE + DNS) == []
 
 
 def test_transport_and_reverse_loaded_when_configured(tmp_path: Path) -> None:

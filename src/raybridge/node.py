@@ -37,7 +37,6 @@ from raybridge.config.model import (
     VMessUserConfig,
 )
 from raybridge.dispatcher import Dispatcher, SystemResolver
-from raybridge.dns import DnsClient
 from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
 from raybridge.log import check_files as check_log_files
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
     # (prometheus_client and its imports cost a node that runs without one about 8 MB of
     # RSS), the reverse proxy where there are portals or bridges.
     from raybridge.api.server import ApiServer
+    from raybridge.dns import DnsClient  # with dnspython: only for a "dns" section
     from raybridge.proxy.reverse import Bridge, Portal
     from raybridge.status import StatusServer
 
@@ -166,7 +166,11 @@ class Node:
         self.config = config
         check_log_files(config.log)  # of the merged config: a later file may replace them
         #: The ``dns`` section's client (``None``: the system resolver, no dns section).
-        self.dns = None if config.dns is None else DnsClient(config.dns)
+        self.dns: DnsClient | None = None
+        if config.dns is not None:
+            from raybridge.dns import DnsClient
+
+            self.dns = DnsClient(config.dns)
         resolver = self.dns or SystemResolver()
         self.outbounds: list[Outbound] = [build_outbound(o) for o in config.outbounds]
         #: What outbounds and routing resolve domains with (a reload's new outbounds too).
