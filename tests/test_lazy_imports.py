@@ -1,7 +1,8 @@
 """A plain ``raybridge run`` loads only what its node uses (issue 16): no config checks,
 init, share links, QR codes, status server or templates, and no WebSocket/HTTP/2,
-reverse-proxy or DNS client code for a config without them. Each case runs the command line in a fresh
-interpreter up to the point where the node would start serving, then lists its modules."""
+reverse-proxy or DNS client code for a config without them. Each case runs the command
+line in a fresh interpreter up to the point where the node would start serving, then
+lists its modules."""
 
 from __future__ import annotations
 
