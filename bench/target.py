@@ -14,7 +14,8 @@ work like this; a proxy that waits for the client's first bytes before it connec
 here).
 
 Blocking sockets, one thread per connection: simple, and fast enough that the proxies are
-what a benchmark measures.
+what a benchmark measures. ``target.py --echo PORT`` instead serves only ``E`` on one
+event loop (uvloop when installed), for the scale runs' thousands of idle connections.
 """
 
 from __future__ import annotations
@@ -119,7 +120,44 @@ def serve_greeter(port: int) -> None:
         threading.Thread(target=greet, args=(conn,), daemon=True).start()
 
 
+def serve_echo_async(port: int) -> None:
+    """``E`` (then echo until EOF) on an event loop: 10,000 idle connections cost no threads."""
+    import asyncio
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+            self.started = False
+
+        def data_received(self, data: bytes) -> None:
+            if not self.started:
+                self.started = True
+                if data[:1] != b"E":
+                    self.transport.close()
+                    return
+                self.transport.write(b"E")
+                data = data[1:]
+            if data:
+                self.transport.write(data)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, "127.0.0.1", port, backlog=4096)
+        print("ready", flush=True)
+        await server.serve_forever()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+
+
 def main() -> None:
+    if sys.argv[1] == "--echo":
+        serve_echo_async(int(sys.argv[2]))
+        return
     port = int(sys.argv[1])
     if len(sys.argv) > 2:
         threading.Thread(target=serve_greeter, args=(int(sys.argv[2]),), daemon=True).start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -29,7 +30,13 @@ from typing import Any
 from raybridge import __version__
 from raybridge import log as logs
 from raybridge.errors import ConfigError
-from raybridge.runtime import HeapTrimmer, loop_name, raise_fd_limit, tune_allocator
+from raybridge.runtime import (
+    HeapTrimmer,
+    loop_name,
+    raise_fd_limit,
+    trim_heap,
+    tune_allocator,
+)
 
 #: V2Ray exits with 23 when its configuration cannot be loaded; scripts may rely on it.
 EXIT_CONFIG = 23
@@ -68,7 +75,14 @@ def _config_paths(args: argparse.Namespace) -> list[str]:
     return paths
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands whose arguments are defined here; the others (init, link: raybridge.init's,
+#: which imports the config templates, share links and QR codes; api) are loaded for them.
+OWN_COMMANDS = frozenset({"run", "reload", "test", "demo", "uuid", "version"})
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; for one of :data:`OWN_COMMANDS` (``command``) without the init, link
+    and api subcommands, which only their own command lines need."""
     parser = argparse.ArgumentParser(
         prog="raybridge",
         description="A V2Ray 4.34 compatible proxy with reverse (bridge/portal) tunnels.",
@@ -102,12 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="fetch once through the chain and exit 0 or 1"
     )
     demo.add_argument("--dir", help="write the three configs here (default: a temp folder)")
-    from raybridge.init import add_parsers
+    if command not in OWN_COMMANDS:
+        from raybridge.init import add_parsers
 
-    add_parsers(sub)  # init, link
-    from raybridge.api.cli import add_parser as add_api_parser
+        add_parsers(sub)  # init, link
+        from raybridge.api.cli import add_parser as add_api_parser
 
-    add_api_parser(sub)
+        add_api_parser(sub)
     sub.add_parser("uuid", help="print a new random UUID")
     sub.add_parser("version", help="print the version")
     return parser
@@ -129,6 +144,24 @@ def findings(config: Any, *, documents: Any = None, skipped: Sequence[Any] = ())
     if documents is None:
         documents = parse_files(config.files)
     return all_findings(config, documents=documents, skipped=skipped)
+
+
+def unloaded(function: Callable[..., list[Any]], *args: Any) -> list[str]:
+    """``function(*args)`` as strings, with the raybridge modules it imported taken out of
+    ``sys.modules`` again: a running node checks its config once at start
+    (``raybridge.config.checks`` and ``simulate``, about 1 MB) and never again. Only
+    modules first imported by the call go, and nothing of them is kept but the strings."""
+    before = set(sys.modules)
+    try:
+        return [str(item) for item in function(*args)]
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith("raybridge."):
+                module = sys.modules.pop(name)
+                parent, _, child = name.rpartition(".")
+                if getattr(sys.modules.get(parent), child, None) is module:
+                    delattr(sys.modules[parent], child)  # the package held it too
+        # (their reference cycles go at the node's first collection: see settle())
 
 
 def _report(label: str, item: Any, fix: str = "") -> None:
@@ -190,6 +223,22 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Seconds after start when :func:`settle` runs: after the first connections, not before.
+SETTLE_DELAY = 1.0
+
+
+def settle() -> None:
+    """Once, shortly after a node has started: collect what start-up left (the unloaded
+    config checks, parsing), then freeze what remains (modules, config, the node's own
+    objects) out of the garbage collector's full passes, each of which would otherwise
+    walk those ~10^5 objects again (tens of ms, in the middle of traffic), and hand the
+    freed heap back to the kernel. (What is alive then stays alive: a node's own objects,
+    and the few connections of its first second.)"""
+    gc.collect()
+    gc.freeze()
+    trim_heap()
+
+
 async def serve(
     config: Any,
     *,
@@ -245,6 +294,7 @@ async def serve(
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")
     logger.warning("raybridge %s started (%s)", __version__, loop_name())
+    settling = loop.call_later(SETTLE_DELAY, settle)
     trimmer = HeapTrimmer()
     trimmer.start()
     if ready is not None:
@@ -264,6 +314,7 @@ async def serve(
                 )
             drained.cancel()
     finally:
+        settling.cancel()
         trimmer.stop()
         for task in list(tasks):
             task.cancel()
@@ -348,7 +399,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         print(f"raybridge: invalid configuration: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    for warning in findings(config):
+    for warning in unloaded(findings, config):
         logger.warning("config: %s", warning)
     pid_file = Path(args.pid_file) if args.pid_file else None
     return run_loop(
@@ -375,8 +426,9 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words[0] if words else None)
+    args = parser.parse_args(words)
     command = _COMMANDS.get(args.command)
     if command is not None:
         module, name = command

@@ -37,7 +37,6 @@ from raybridge.config.model import (
     VMessUserConfig,
 )
 from raybridge.dispatcher import Dispatcher, SystemResolver
-from raybridge.dns import DnsClient
 from raybridge.errors import ConfigError
 from raybridge.link import Inbound, Outbound
 from raybridge.log import check_files as check_log_files
@@ -46,16 +45,18 @@ from raybridge.proxy.base import StreamInbound
 from raybridge.proxy.dynamic import DynamicPorts
 from raybridge.proxy.mux import install_mux_server
 from raybridge.proxy.packetaddr import install_packetaddr_server
-from raybridge.proxy.reverse import Bridge, Portal
 from raybridge.proxy.vmess import Detour, VMessInbound
 from raybridge.registry import build_inbounds, build_outbound
 from raybridge.router import Router, compile_rules
 from raybridge.stats import Counters
 
 if TYPE_CHECKING:
-    # Imported when a status server is asked for: prometheus_client and its imports cost
-    # a node that runs without one about 8 MB of RSS.
+    # Imported where configured: the API and status servers when asked for
+    # (prometheus_client and its imports cost a node that runs without one about 8 MB of
+    # RSS), the reverse proxy where there are portals or bridges.
     from raybridge.api.server import ApiServer
+    from raybridge.dns import DnsClient  # with dnspython: only for a "dns" section
+    from raybridge.proxy.reverse import Bridge, Portal
     from raybridge.status import StatusServer
 
 logger = logging.getLogger("raybridge")
@@ -175,7 +176,11 @@ class Node:
         self.config = config
         check_log_files(config.log)  # of the merged config: a later file may replace them
         #: The ``dns`` section's client (``None``: the system resolver, no dns section).
-        self.dns = None if config.dns is None else DnsClient(config.dns)
+        self.dns: DnsClient | None = None
+        if config.dns is not None:
+            from raybridge.dns import DnsClient
+
+            self.dns = DnsClient(config.dns)
         resolver = self.dns or SystemResolver()
         self.outbounds: list[Outbound] = [build_outbound(o) for o in config.outbounds]
         #: What outbounds and routing resolve domains with (a reload's new outbounds too).
@@ -208,16 +213,21 @@ class Node:
         install_packetaddr_server(self.dispatcher)
         # Portals are outbounds registered after the configured ones (never the default
         # unless there is no other); bridges dial through the dispatcher.
-        self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
+        self.portals: list[Portal] = []
+        self.bridges: list[Bridge] = []
+        if config.reverse.portals or config.reverse.bridges:
+            from raybridge.proxy.reverse import Bridge, Portal
+
+            self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
+            self.bridges = [
+                Bridge(b.tag, b.domain, self.dispatcher, max_sessions=options.mux_max_sessions)
+                for b in config.reverse.bridges
+            ]
         for portal in self.portals:
             self.dispatcher.add_outbound(portal)
         self._chain(config)
         self.status_address = status or options.status
         self.status_server: StatusServer | None = None
-        self.bridges = [
-            Bridge(b.tag, b.domain, self.dispatcher, max_sessions=options.mux_max_sessions)
-            for b in config.reverse.bridges
-        ]
         self.inbounds: list[Inbound] = []
         #: The config entry each inbound and outbound was built from (what a reload
         #: compares); those added through the API have none.

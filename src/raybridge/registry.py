@@ -3,7 +3,7 @@
 Each protocol's module builds its own inbound or outbound from its settings dataclass
 (``proxy/socks.py`` ``build_inbound``, ``proxy/freedom.py`` ``build_outbound``, ...). An
 entry here pairs a protocol name with the settings type its builder takes; mypy checks
-the two against each other where the table is written, and :func:`build_inbounds` /
+the two against each other below the tables, and :func:`build_inbounds` /
 :func:`build_outbound` check a config's settings against them before calling. The node
 has no switch on protocol names.
 
@@ -14,8 +14,9 @@ here, naming the file, line and entry.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from raybridge.config.model import (
     BlackholeSettings,
@@ -32,30 +33,37 @@ from raybridge.config.model import (
 )
 from raybridge.dispatcher import Dispatcher
 from raybridge.link import Inbound, Outbound
-from raybridge.proxy import blackhole, dokodemo, freedom, http, socks, vmess
 from raybridge.proxy.base import InboundContext, StreamInbound
 from raybridge.proxy.dynamic import DynamicPorts
 
+if TYPE_CHECKING:
+    from raybridge.proxy import blackhole, dokodemo, freedom, http, socks, vmess
+
 C = TypeVar("C")  # what a builder gets besides its settings
-S = TypeVar("S")  # its settings dataclass
 R = TypeVar("R")  # what it builds
 
 
 class Builder(Generic[C, R]):
-    """One protocol's builder, with the settings type it takes."""
+    """One protocol's builder (``module``'s function ``function``), with the settings type
+    it takes. The module is imported by the first config that uses the protocol, so a node
+    loads only the protocols it runs (the HTTP inbound brings h11, for one)."""
 
-    __slots__ = ("_build", "protocol", "settings")
+    __slots__ = ("_build", "function", "module", "protocol", "settings")
 
-    def __init__(self, protocol: str, settings: type[S], build: Callable[[C, S], R]) -> None:
+    def __init__(self, protocol: str, settings: type, module: str, function: str) -> None:
         self.protocol = protocol
-        self.settings: type = settings
-        # ``S`` is checked here, against ``settings``; the call checks the instance.
-        self._build: Callable[[C, Any], R] = build
+        self.settings = settings
+        self.module = module
+        self.function = function
+        self._build: Callable[[C, Any], R] | None = None
 
     def __call__(self, context: C, settings: object) -> R | None:
         """What the builder makes of ``settings``; ``None`` if they are not its type."""
         if not isinstance(settings, self.settings):
             return None
+        if self._build is None:
+            module = importlib.import_module(f"raybridge.proxy.{self.module}")
+            self._build = getattr(module, self.function)
         return self._build(context, settings)
 
 
@@ -64,17 +72,31 @@ def _table(*builders: Builder[C, R]) -> dict[str, Builder[C, R]]:
 
 
 INBOUNDS: dict[str, Builder[InboundContext, StreamInbound]] = _table(
-    Builder("socks", SocksInboundSettings, socks.build_inbound),
-    Builder("http", HttpInboundSettings, http.build_inbound),
-    Builder("vmess", VMessInboundSettings, vmess.build_inbound),
-    Builder("dokodemo-door", DokodemoSettings, dokodemo.build_inbound),
+    Builder("socks", SocksInboundSettings, "socks", "build_inbound"),
+    Builder("http", HttpInboundSettings, "http", "build_inbound"),
+    Builder("vmess", VMessInboundSettings, "vmess", "build_inbound"),
+    Builder("dokodemo-door", DokodemoSettings, "dokodemo", "build_inbound"),
 )
 
 OUTBOUNDS: dict[str, Builder[OutboundConfig, Outbound]] = _table(
-    Builder("freedom", FreedomSettings, freedom.build_outbound),
-    Builder("blackhole", BlackholeSettings, blackhole.build_outbound),
-    Builder("vmess", VMessOutboundSettings, vmess.build_outbound),
+    Builder("freedom", FreedomSettings, "freedom", "build_outbound"),
+    Builder("blackhole", BlackholeSettings, "blackhole", "build_outbound"),
+    Builder("vmess", VMessOutboundSettings, "vmess", "build_outbound"),
 )
+
+if TYPE_CHECKING:
+    # mypy checks each table entry's builder against the settings type it is paired with.
+    _inbound_builders: tuple[
+        Callable[[InboundContext, SocksInboundSettings], StreamInbound],
+        Callable[[InboundContext, HttpInboundSettings], StreamInbound],
+        Callable[[InboundContext, VMessInboundSettings], StreamInbound],
+        Callable[[InboundContext, DokodemoSettings], StreamInbound],
+    ] = (socks.build_inbound, http.build_inbound, vmess.build_inbound, dokodemo.build_inbound)
+    _outbound_builders: tuple[
+        Callable[[OutboundConfig, FreedomSettings], Outbound],
+        Callable[[OutboundConfig, BlackholeSettings], Outbound],
+        Callable[[OutboundConfig, VMessOutboundSettings], Outbound],
+    ] = (freedom.build_outbound, blackhole.build_outbound, vmess.build_outbound)
 
 
 def _build(

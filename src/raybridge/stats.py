@@ -114,6 +114,14 @@ class Totals:
     bytes_down: int = 0
 
 
+def _totals(table: dict[str, Totals], key: str) -> Totals:
+    """``table[key]``, made on first use (no throw-away ``Totals`` per call)."""
+    totals = table.get(key)
+    if totals is None:
+        totals = table[key] = Totals()
+    return totals
+
+
 @dataclass(slots=True)
 class Event:
     time: float
@@ -156,8 +164,8 @@ class Stats:
 
     def opened(self, session: Session, outbound: str) -> None:
         session.outbound_tag = outbound
-        self.inbound.setdefault(session.inbound_tag, Totals()).connections += 1
-        self.outbound.setdefault(outbound, Totals()).connections += 1
+        _totals(self.inbound, session.inbound_tag).connections += 1
+        _totals(self.outbound, outbound).connections += 1
         self.live.add(session)
         if self.counters is not None and session.user and not session.counters:
             up, down = self.user_levels.get(session.level, (False, False))
@@ -176,8 +184,8 @@ class Stats:
         for counter in session.counters:
             counter.settle(session)
         for totals in (
-            self.inbound.setdefault(session.inbound_tag, Totals()),
-            self.outbound.setdefault(session.outbound_tag, Totals()),
+            _totals(self.inbound, session.inbound_tag),
+            _totals(self.outbound, session.outbound_tag),
         ):
             totals.bytes_up += session.bytes_up
             totals.bytes_down += session.bytes_down

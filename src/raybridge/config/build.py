@@ -651,12 +651,13 @@ def build_file(ctx: Ctx, value: JValue) -> FileConfig:
 def _status_options(obj: Obj) -> tuple[str | None, str | None, tuple[str, ...]]:
     """``"status"``: ``"host:port"``, or ``{"listen": "host:port", "token": "...",
     "hosts": ["name", ...]}`` -> (listen, token, hosts)."""
-    from raybridge.status import TOKEN_CHARS, host_name
-    from raybridge.status import parse_address as parse_status_address
-
     node = obj.get("status")
     if node is None:
         return None, None, ()
+    # Only here: raybridge.status brings prometheus_client (a node without it never loads it).
+    from raybridge.status import TOKEN_CHARS, host_name
+    from raybridge.status import parse_address as parse_status_address
+
     token: str | None = None
     hosts: list[str] = []
     if isinstance(node, JObject):

@@ -712,11 +712,12 @@ def status_exposure(ck: Checker) -> Iterator[Finding]:
     """The status server (``"raybridge": {"status": ...}``) shows the tunnel domain, bridge
     addresses and recent errors: beyond loopback it needs a token (and a long one)."""
     from raybridge.config.model import RaybridgeOptions
-    from raybridge.status import parse_address
 
     options = ck.config.sections.get("raybridge")
     if not isinstance(options, RaybridgeOptions) or not options.status:
         return
+    from raybridge.status import parse_address  # with prometheus_client: only if asked for
+
     host, port = parse_address(options.status)
     file = options.file or ""
     line = ck.line(file, "raybridge", options.line, "status")

@@ -165,7 +165,7 @@ class BridgeTunnel:
             join(end, ControlReader(self))
             self.control_end = end
             if self.bridge.draining:  # the portal opened it after our DRAIN went nowhere
-                end.write(encode_control(ControlState.DRAIN, os.urandom(8)))
+                end.write(encode_control(ControlState.DRAIN, self.bridge.urandom(8)))
             if not event.data:
                 # The portal's first heartbeat drew no padding: an empty Control message
                 # (ACTIVE) that the New frame still carries. The session's opening is what
@@ -218,10 +218,12 @@ class Bridge:
         max_sessions: int = 0,
         limits: FlowLimits | None = None,
         timings: Timings | None = None,
+        urandom: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.tag = tag
         self.domain = domain
         self.dispatcher = dispatcher
+        self.urandom = urandom  # the DRAIN message's padding
         self.limits = limits  # what a tunnel's sessions may buffer (transport/mux.py)
         self.max_sessions = max_sessions  # per tunnel, against a misbehaving portal
         self.timings = timings or Timings()
@@ -339,7 +341,7 @@ class Bridge:
         elif isinstance(event, SendDrain):
             end = tunnel.control_end
             if end is not None and not worker.closed:
-                end.write(encode_control(ControlState.DRAIN, os.urandom(8)))
+                end.write(encode_control(ControlState.DRAIN, self.urandom(8)))
         elif isinstance(event, DropTunnel):
             logger.warning(
                 "bridge [%s]: no heartbeat for %.0fs: dropping the tunnel", self.tag, event.silence

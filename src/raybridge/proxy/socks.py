@@ -61,15 +61,17 @@ class SocksInboundEnd(InboundEnd):
             self.reject(f"SOCKS: {exc}", reply=codec.data_to_send())
             return
         out = codec.data_to_send()
-        if out and self.transport is not None:
-            self.send_wire(out)
         if request is None:
+            if out and self.transport is not None:
+                self.send_wire(out)
             return
+        # The method reply (when the request came with the greeting, as most clients send
+        # it) goes out with the request's reply: one write, one wake-up of the client.
         assert self.transport is not None
         local = sockname(self.transport) or (self.inbound.listen, self.inbound.port)
         self.new_session(user=request.user, level=self.inbound.user_level)
         if request.command is SocksCommand.UDP_ASSOCIATE:
-            self.send_wire(codec.accept(self._udp_reply_address(local)))
+            self.send_wire(out + codec.accept(self._udp_reply_address(local)))
             self.udp_control = True
             self.relaying = True  # no handshake deadline for the control connection
             self._cancel_handshake_deadline()
@@ -78,7 +80,7 @@ class SocksInboundEnd(InboundEnd):
             self._idle = IdleTimer(self.session, self.policy.conn_idle, self._on_idle)
             return
         bind = Destination(Network.TCP, parse_host(local[0]), local[1])
-        self.send_wire(codec.accept(bind))
+        self.send_wire(out + codec.accept(bind))
         self.start_relay(request.target, codec.trailing)
 
     def _udp_reply_address(self, local: tuple[str, int]) -> Destination:

@@ -21,21 +21,17 @@ import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raybridge.address import Destination, Network, parse_host
 from raybridge.config.model import StreamSettings
 from raybridge.errors import ConfigError
 from raybridge.link import Outbound, Session
-from raybridge.protocols.httpheader import HttpHeaderLayer, HttpRequestConfig, HttpResponseConfig
-from raybridge.protocols.httpheader import Role as LayerRole
 from raybridge.protocols.proxyproto import ProxyProtocolLayer
 from raybridge.protocols.stream import StreamLayer
 from raybridge.protocols.tls import TlsLayer
-from raybridge.protocols.ws import MALFORMED_REQUEST_REPLY, WebSocketLayer, url_host
 from raybridge.stats import Stats
 from raybridge.transport.chain import connect_through
-from raybridge.transport.h2 import HANDSHAKE_TIMEOUT, H2ClientPool, H2ServerProtocol
 from raybridge.transport.stack import FailureHandler, LayerStack
 from raybridge.transport.tcp import open_tcp
 from raybridge.transport.tls import (
@@ -45,17 +41,29 @@ from raybridge.transport.tls import (
     server_tls,
 )
 
+if TYPE_CHECKING:
+    from raybridge.protocols.httpheader import HttpRequestConfig, HttpResponseConfig
+    from raybridge.transport.h2 import H2ClientPool, H2ServerProtocol
+
+# WebSocket (wsproto, h11), HTTP/2 (h2, hpack) and the HTTP header (email) are imported
+# by the first transport that uses them: a node on plain TCP never loads them (about 4 MB
+# of RSS and a fifth of the start-up time).
+
 logger = logging.getLogger("raybridge.transport")
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
 def _request(settings: StreamSettings) -> HttpRequestConfig:
+    from raybridge.protocols.httpheader import HttpRequestConfig
+
     r = settings.tcp.request
     return HttpRequestConfig(version=r.version, method=r.method, paths=r.paths, headers=r.headers)
 
 
 def _response(settings: StreamSettings) -> HttpResponseConfig:
+    from raybridge.protocols.httpheader import HttpResponseConfig
+
     r = settings.tcp.response
     return HttpResponseConfig(
         version=r.version, status=r.status, reason=r.reason, headers=r.headers
@@ -100,17 +108,24 @@ class ServerTransport:
         s = self.settings
         layers: list[StreamLayer] = []
         if self._accept_proxy():
+            from raybridge.protocols.ws import MALFORMED_REQUEST_REPLY
+
             # Without a PROXY header, a V2Ray ws listener answers Go's 400 (docs/transports.md 6).
             reply = MALFORMED_REQUEST_REPLY if s.network == "ws" else b""
             layers.append(ProxyProtocolLayer(error_reply=reply))
         if self.tls is not None:
             layers.append(TlsLayer(self.tls.context, server_side=True))
         if s.network == "ws":
-            layers.append(WebSocketLayer(LayerRole.SERVER, path=s.ws.path, clock=time.time))
+            from raybridge.protocols.httpheader import Role
+            from raybridge.protocols.ws import WebSocketLayer
+
+            layers.append(WebSocketLayer(Role.SERVER, path=s.ws.path, clock=time.time))
         elif s.tcp.header == "http":
+            from raybridge.protocols.httpheader import HttpHeaderLayer, Role
+
             layers.append(
                 HttpHeaderLayer(
-                    LayerRole.SERVER,
+                    Role.SERVER,
                     rng=self._rng,
                     request=_request(s),
                     response=_response(s),
@@ -143,6 +158,8 @@ class ServerTransport:
         return make
 
     def _h2_connection(self, upper: ProtocolFactory) -> asyncio.Protocol:
+        from raybridge.transport.h2 import HANDSHAKE_TIMEOUT, H2ServerProtocol
+
         conn = H2ServerProtocol(
             upper,
             hosts=self.settings.http.hosts,
@@ -177,7 +194,11 @@ class ClientTransport:
                 "as in V2Ray 4.34"
             )
         self._rng = random.SystemRandom()
-        self.pool = H2ClientPool() if settings.network == "http" else None
+        self.pool: H2ClientPool | None = None
+        if settings.network == "http":
+            from raybridge.transport.h2 import H2ClientPool
+
+            self.pool = H2ClientPool()
         #: ``proxySettings``: the outbound that carries each connection instead of a socket
         #: of our own (set by the node once every outbound is built; transport/chain.py).
         self.via: Outbound | None = None
@@ -196,9 +217,12 @@ class ClientTransport:
             name = client_server_name(s.tls, address)
             layers.append(TlsLayer(self.context, server_side=False, server_hostname=name))
         if s.network == "ws":
+            from raybridge.protocols.httpheader import Role
+            from raybridge.protocols.ws import WebSocketLayer, url_host
+
             layers.append(
                 WebSocketLayer(
-                    LayerRole.CLIENT,
+                    Role.CLIENT,
                     path=s.ws.path,
                     host=url_host(address, port, tls=self.context is not None),
                     headers=s.ws.headers,
@@ -206,9 +230,11 @@ class ClientTransport:
                 )
             )
         elif s.tcp.header == "http":
+            from raybridge.protocols.httpheader import HttpHeaderLayer, Role
+
             layers.append(
                 HttpHeaderLayer(
-                    LayerRole.CLIENT, rng=self._rng, request=_request(s), response=_response(s)
+                    Role.CLIENT, rng=self._rng, request=_request(s), response=_response(s)
                 )
             )
         return layers

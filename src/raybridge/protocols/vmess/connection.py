@@ -350,8 +350,11 @@ class ClientConnection(_Receiving[ResponseReceived]):
             event = self._parse_response(plain)
             if event is None:
                 raise VMessError("response header too short")
-            # A LEGACY body after an AEAD header starts a fresh CFB stream (1.8).
-            cfb: CipherContext | None = aes_cfb_decryptor(self._resp_key, self._resp_iv)
+            # A LEGACY body after an AEAD header starts a fresh CFB stream (1.8); no other
+            # body needs one (making it costs more than the rest of the header).
+            cfb: CipherContext | None = None
+            if self.security == Security.LEGACY:
+                cfb = aes_cfb_decryptor(self._resp_key, self._resp_iv)
         else:  # legacy header: decrypt exactly the header bytes with the CFB stream
             cfb = self._resp_cfb
             if cfb is None:

@@ -40,7 +40,7 @@ from raybridge.protocols.vmess.kdf import (
     kdf,
     kdf16,
 )
-from raybridge.protocols.vmess.primitives import fnv1a32_pure, md5, sha256_16
+from raybridge.protocols.vmess.primitives import fnv1a32, md5, sha256_16
 
 __all__ = [
     "AEAD_HEADER_PREFIX",
@@ -167,7 +167,7 @@ def encode_request_plaintext(
             raise ValueError("TCP/UDP request needs a target")
         out += VMESS_ADDRESS.encode(target.host, target.port)
     out += padding
-    out += fnv1a32_pure(out).to_bytes(4, "big")
+    out += fnv1a32(out).to_bytes(4, "big")
     return bytes(out)
 
 
@@ -240,7 +240,7 @@ def parse_request_plaintext(p: bytes | bytearray | memoryview) -> ParsedRequest 
     end = pos + padding_len + 4
     if n < end:
         return end
-    checksum_ok = fnv1a32_pure(p[: end - 4]) == int.from_bytes(p[end - 4 : end], "big")
+    checksum_ok = fnv1a32(p[: end - 4]) == int.from_bytes(p[end - 4 : end], "big")
     return ParsedRequest(
         version=p[0],
         body_iv=bytes(p[1:17]),
@@ -371,7 +371,7 @@ def encode_switch_account(
         + alter_ids.to_bytes(2, "big")
         + bytes((level & 0xFF, min(max(valid_minutes, 0), 255)))
     )
-    return fnv1a32_pure(body).to_bytes(4, "big") + body
+    return fnv1a32(body).to_bytes(4, "big") + body
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +389,7 @@ class SwitchAccount:
 def decode_switch_account(data: bytes) -> SwitchAccount | None:
     """The inverse of :func:`encode_switch_account`; ``None`` when the checksum fails, the
     data is short or the host is not ASCII (V2Ray's client ignores such a command)."""
-    if len(data) <= 4 or fnv1a32_pure(data[4:]) != int.from_bytes(data[:4], "big"):
+    if len(data) <= 4 or fnv1a32(data[4:]) != int.from_bytes(data[:4], "big"):
         return None
     body = data[4:]
     n = body[0]

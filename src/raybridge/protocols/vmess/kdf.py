@@ -101,11 +101,25 @@ def _f0(state: _Sha, tail: bytes) -> bytes:
     return h.digest()
 
 
+#: Pads of the latest per-connection path elements (AuthID, nonce): a request header's four
+#: derivations share them. Bounded: cleared when full.
+_RECENT_PADS: dict[bytes, tuple[bytes, bytes]] = {}
+
+
+def _request_pads(element: bytes) -> tuple[bytes, bytes]:
+    pads = _RECENT_PADS.get(element)
+    if pads is None:
+        if len(_RECENT_PADS) >= 64:
+            _RECENT_PADS.clear()
+        pads = _RECENT_PADS[element] = _pads(element)
+    return pads
+
+
 def kdf(key: bytes, *path: bytes) -> bytes:
     """``KDF(key, *path)``: 32 bytes (docs/protocols.md 1.5.1)."""
     if not path:
         return _f0(_ROOT_INNER, key)
-    if any(len(p) > _BLOCK for p in path):
+    if max(map(len, path)) > _BLOCK:
         # HMAC hashes a key longer than a block with its hash function: the layers below.
         # (Never in VMess: its path elements are at most 30 bytes.)
         fixed: list[bytes] = []
@@ -117,8 +131,8 @@ def kdf(key: bytes, *path: bytes) -> bytes:
     if len(path) == 1:  # the response-header derivations
         return _f0(outer1, _f0(inner1, key))
     if len(path) == 3:  # the request-header derivations, unrolled (see the docstring)
-        i2, o2 = _pads(path[1])
-        i3, o3 = _pads(path[2])
+        i2, o2 = _request_pads(path[1])
+        i3, o3 = _request_pads(path[2])
         s_i2 = inner1.copy()
         s_i2.update(i2)
         s_o2 = inner1.copy()

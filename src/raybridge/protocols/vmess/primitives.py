@@ -153,21 +153,30 @@ class _WordStream:
 
 
 class ShakeStream(_WordStream):
-    """SHAKE128(seed), squeezed incrementally."""
+    """SHAKE128(seed), squeezed incrementally.
 
-    __slots__ = ("_next", "_xof")
+    The first ``_FIRST_SQUEEZE`` bytes come from hashlib's one-shot digest (a third of the
+    cost of setting up an XOF, and all most connections use); the XOF is made, and skips
+    those bytes, only when a stream goes on."""
+
+    __slots__ = ("_next", "_seed", "_xof")
 
     def __init__(self, seed: bytes) -> None:
-        self._xof = hashes.XOFHash(hashes.SHAKE128(digest_size=2**63 - 1))
-        self._xof.update(seed)
-        self._buf = b""
-        self._next = _FIRST_SQUEEZE
+        self._seed = seed
+        self._xof: hashes.XOFHash | None = None
+        self._buf = hashlib.shake_128(seed).digest(_FIRST_SQUEEZE)
+        self._next = 2 * _FIRST_SQUEEZE
         self._pos = 0
 
     def _refill(self) -> bytes:
+        xof = self._xof
+        if xof is None:
+            xof = self._xof = hashes.XOFHash(hashes.SHAKE128(digest_size=2**63 - 1))
+            xof.update(self._seed)
+            xof.squeeze(_FIRST_SQUEEZE)  # what the one-shot digest gave
         size = self._next
         self._next = min(2 * size, _SQUEEZE)
-        return self._xof.squeeze(size)
+        return xof.squeeze(size)
 
 
 class HashlibShakeStream(_WordStream):
@@ -191,7 +200,9 @@ class HashlibShakeStream(_WordStream):
 
 def _xof_works() -> bool:
     try:
-        ShakeStream(b"\0" * 16).next_u16()
+        stream = ShakeStream(b"\0" * 16)
+        for _ in range(_FIRST_SQUEEZE // 2 + 1):  # past the one-shot part: the XOF
+            stream.next_u16()
     except (UnsupportedAlgorithm, AttributeError):
         return False
     return True
