@@ -218,7 +218,10 @@ class Node:
         if config.reverse.portals or config.reverse.bridges:
             from raybridge.proxy.reverse import Bridge, Portal
 
-            self.portals = [Portal(p.tag, p.domain) for p in config.reverse.portals]
+            self.portals = [
+                Portal(p.tag, p.domain, max_sessions=options.mux_max_sessions)
+                for p in config.reverse.portals
+            ]
             self.bridges = [
                 Bridge(b.tag, b.domain, self.dispatcher, max_sessions=options.mux_max_sessions)
                 for b in config.reverse.bridges
@@ -289,7 +292,6 @@ class Node:
         outbound (transport/chain.py); see :func:`check_chains`."""
         check_chains(config.outbounds, set(self.dispatcher.outbounds))
         chain_outbounds(zip(config.outbounds, self.outbounds, strict=True), self.dispatcher)
-
 
     def set_counting(
         self,

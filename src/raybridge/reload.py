@@ -233,7 +233,11 @@ def _plan_reverse(node: Node, config: Config, plan: _Plan) -> None:
     note = plan.changes.append
     options = _options(config)
     plan.portals, plan.new_portals, plan.gone_portals = _by_tag_and_domain(
-        "portal", node.portals, config.reverse.portals, lambda e: Portal(e.tag, e.domain), note
+        "portal",
+        node.portals,
+        config.reverse.portals,
+        lambda e: Portal(e.tag, e.domain, max_sessions=options.mux_max_sessions),
+        note,
     )
     plan.bridges, plan.new_bridges, plan.gone_bridges = _by_tag_and_domain(
         "bridge",

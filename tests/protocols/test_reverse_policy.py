@@ -192,6 +192,42 @@ def test_bridge_tops_up_busy_or_full_tunnels() -> None:
     assert DialTunnel(tunnel=3, redial=True) in events(policy)  # 1 tunnel, full
 
 
+def test_bridge_dials_at_once_when_every_tunnel_nears_its_session_cap() -> None:
+    """A burst: with a session cap, the bridge does not wait for its monitor tick once every
+    heard tunnel is three quarters full, and dials one tunnel at a time."""
+    policy = bridge(Timings(max_sessions=8))
+    events(policy)
+    policy.sessions_changed(T0, 1, 6)
+    policy.handle_timer(T0 + 0.1)
+    assert events(policy) == []  # not heard yet: its dial is still pending
+    policy.control_received(T0 + 0.1, 1, ACTIVE)
+    events(policy)
+    policy.sessions_changed(T0 + 0.2, 1, 5)
+    policy.handle_timer(T0 + 0.2)
+    assert events(policy) == []  # 5 of 8: under three quarters
+    policy.sessions_changed(T0 + 0.3, 1, 6)
+    assert policy.get_timer() == T0 + 0.3
+    policy.handle_timer(T0 + 0.3)
+    assert DialTunnel(tunnel=2, redial=True) in events(policy)
+    policy.sessions_changed(T0 + 0.4, 1, 7)
+    policy.handle_timer(T0 + 0.4)
+    assert not any(isinstance(e, DialTunnel) for e in events(policy))  # 2 not heard yet
+    policy.control_received(T0 + 0.5, 2, ACTIVE)
+    policy.sessions_changed(T0 + 0.5, 2, 2)
+    policy.handle_timer(T0 + 0.5)
+    assert not any(isinstance(e, DialTunnel) for e in events(policy))  # 2 has room
+
+
+def test_bridge_without_a_session_cap_dials_only_at_its_ticks() -> None:
+    policy = bridge()
+    events(policy)
+    policy.control_received(T0 + 0.1, 1, ACTIVE)
+    policy.sessions_changed(T0 + 0.1, 1, 5000)
+    assert policy.get_timer() == T0 + 2.0
+    policy.handle_timer(T0 + 2.0)
+    assert DialTunnel(tunnel=2, redial=True) in events(policy)
+
+
 def test_bridge_close_closes_every_tunnel_and_stops() -> None:
     policy = bridge()
     events(policy)
@@ -248,6 +284,27 @@ def test_portal_picks_the_least_loaded_tunnel_preferring_free_links() -> None:
     assert policy.pick(T0) == a
     policy.tunnel_closed(T0, a)
     assert policy.pick(T0) == b
+
+
+def test_portal_skips_a_raybridge_tunnel_at_its_session_cap() -> None:
+    """A tunnel whose bridge sends KeepAlives (raybridge, which refuses sessions past the
+    cap) is not picked at the cap, the control session counted: the client waits and is
+    served when a session ends. A V2Ray bridge's tunnel (no KeepAlives, no cap) is."""
+    policy = portal(max_sessions=4, tunnel_wait=4.0)
+    a = policy.tunnel_arrived(T0)
+    policy.keepalive(T0, a)
+    events(policy)
+    policy.sessions_changed(T0, a, 3)  # the control session and 2 clients
+    client = policy.client_arrived(T0)
+    assert events(policy) == [] and policy.waiting == 1
+    policy.sessions_changed(T0 + 1, a, 2)
+    assert events(policy) == [OpenSession(tunnel=a, client=client)]
+    v2 = portal(max_sessions=4)
+    b = v2.tunnel_arrived(T0)
+    events(v2)
+    v2.sessions_changed(T0, b, 100)
+    v2.client_arrived(T0)
+    assert [type(e) for e in events(v2)] == [OpenSession]
 
 
 def test_portal_drains_then_closes_when_the_last_session_ends() -> None:

@@ -195,6 +195,11 @@ class Timings:
     max_waiting: int = MAX_WAITING
     suspect_after: float = SUSPECT_AFTER
     peer_timeout: float = PEER_TIMEOUT
+    #: A tunnel's mux session cap (``raybridge.muxMaxSessions``; 0: none). A raybridge
+    #: bridge refuses New frames past it, so its portal does not pick a tunnel at the cap
+    #: (the client waits for another), and the bridge dials another tunnel as soon as every
+    #: one is three quarters full, instead of at its next monitor tick.
+    max_sessions: int = 0
 
     @property
     def keepalive_interval(self) -> float:
@@ -467,7 +472,11 @@ class BridgePolicy:
         self.tunnels = [t for t in self.tunnels if t.active]
         active = len(self.tunnels)
         sessions = sum(t.sessions for t in self.tunnels)
-        if active == 0 or sessions // active > timings.sessions_per_tunnel:
+        if (
+            active == 0
+            or sessions // active > timings.sessions_per_tunnel
+            or self._all_nearly_full()
+        ):
             self.dial(now)
         elif active < timings.max_tunnels and all(t.paused for t in self.tunnels):
             self.dial(now)  # every tunnel's link is full: another TCP connection gets its share
@@ -511,6 +520,8 @@ class BridgePolicy:
         if record is not None:
             record.sessions = count
             self._close_if_idle(record)
+            if self._all_nearly_full():
+                self.wake(now)  # a burst: the monitor dials another one now
 
     def write_paused(self, now: float, tunnel: int, paused: bool) -> None:
         """The tunnel's link is full (``paused``) or takes more again."""
@@ -519,6 +530,15 @@ class BridgePolicy:
             record.paused = paused
 
     # -- internals ---------------------------------------------------------------------------
+    def _all_nearly_full(self) -> bool:
+        """Every active tunnel has three quarters of its session cap, and no dial is
+        still waiting to be heard (one more tunnel at a time)."""
+        cap = self.timings.max_sessions
+        if not cap or not self.running or self.draining:
+            return False
+        active = [t for t in self.tunnels if t.active]
+        return bool(active) and all(t.heard and 4 * t.sessions >= 3 * cap for t in active)
+
     def _lost(self, now: float, tunnel: BridgeTunnelState) -> None:
         tunnel.closed = True
         del self._known[tunnel.id]
@@ -693,6 +713,8 @@ class PortalPolicy:
         if record is not None:
             record.sessions = count
             self._maybe_close(record)
+            if self._waiting and self.timings.max_sessions:
+                self._serve(now)  # a tunnel at its cap may take the waiting ones again
 
     def close(self, now: float) -> None:
         """Refuse every waiting client and close every tunnel."""
@@ -740,11 +762,14 @@ class PortalPolicy:
         fallback: PortalTunnelState | None = None
         best_count = fallback_count = 0
         suspect_after = self.timings.suspect_after
+        cap = self.timings.max_sessions
         for tunnel in self._tunnels.values():
             if tunnel.keepalives and now - tunnel.last_heard > suspect_after:
                 continue
             if tunnel.bridge_draining:
                 continue
+            if tunnel.keepalives and cap and tunnel.sessions >= cap - 1:
+                continue  # a raybridge bridge would refuse the session (with the control one)
             count = tunnel.sessions + (_FULL_LINK if tunnel.paused else 0)
             if tunnel.draining:
                 if fallback is None or count < fallback_count:

@@ -227,6 +227,8 @@ class Bridge:
         self.limits = limits  # what a tunnel's sessions may buffer (transport/mux.py)
         self.max_sessions = max_sessions  # per tunnel, against a misbehaving portal
         self.timings = timings or Timings()
+        if max_sessions and not self.timings.max_sessions:
+            self.timings = replace(self.timings, max_sessions=max_sessions)
         self.policy = BridgePolicy(self.timings, rng=rng or random.SystemRandom())
         self._tunnels: dict[int, BridgeTunnel] = {}  # every open one, by policy id
         self._driver = PolicyDriver(self.policy, self._handle)
@@ -452,6 +454,7 @@ class Portal(Outbound):
         peer_timeout: float | None = None,
         suspect_after: float | None = None,
         max_waiting: int | None = None,
+        max_sessions: int | None = None,
         limits: FlowLimits | None = None,
         urandom: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -465,6 +468,7 @@ class Portal(Outbound):
             "peer_timeout": peer_timeout,
             "suspect_after": suspect_after,
             "max_waiting": max_waiting,
+            "max_sessions": max_sessions,
         }
         overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         self.timings = replace(timings or Timings(), **overrides)
