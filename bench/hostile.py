@@ -27,7 +27,6 @@ import socket
 import statistics
 import struct
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ sys.path.insert(0, str(HERE))
 
 from chain import (  # noqa: E402 - a script next to this one
     Chain,
+    alternate,
     free_port,
     open_echo_ms,
     print_table,
@@ -45,7 +45,6 @@ from chain import (  # noqa: E402 - a script next to this one
     ready_time,
     reverse_chain,
     socks_open,
-    start_target,
     wait_port,
 )
 
@@ -192,22 +191,7 @@ def main() -> int:
     parser.add_argument("--systems", default="raybridge,v2ray")
     args = parser.parse_args()
     systems = args.systems.split(",")
-    target, target_port, _ = start_target()
-    results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for r in range(args.rounds):
-                for system in systems:
-                    res = measure(system, Path(tmp), target_port)
-                    results[system].append(res)
-                    print(
-                        f"round {r + 1} {system}: "
-                        + ", ".join(f"{k}={v:.3g}" for k, v in res.items()),
-                        flush=True,
-                    )
-    finally:
-        target.terminate()
-        target.wait()
+    results = alternate(systems, args.rounds, lambda s, w, p: measure(s, w, p.target))
     print_table(f"hostile: {time.strftime('%Y-%m-%d')}, {args.rounds} rounds, medians", results)
     return 0
 
