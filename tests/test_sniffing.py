@@ -260,86 +260,75 @@ def node_config(
 
 
 @pytest.mark.parametrize("inbound", ["socks", "dokodemo-door"])
-def test_adblock_by_sniffed_http_host(inbound: str) -> None:
-    async def main() -> None:
-        async with Origin() as origin:
-            port = free_port()
-            if inbound == "socks":
-                first = socks_in(port, sniffing())
-            else:
-                first = {
-                    "tag": "in",
-                    "protocol": "dokodemo-door",
-                    "listen": LOCAL,
-                    "port": port,
-                    "settings": {"address": LOCAL, "port": origin.port, "network": "tcp"},
-                    "sniffing": sniffing(),
-                }
+async def test_adblock_by_sniffed_http_host(inbound: str) -> None:
+    async with Origin() as origin:
+        port = free_port()
+        if inbound == "socks":
+            first = socks_in(port, sniffing())
+        else:
+            first = {
+                "tag": "in",
+                "protocol": "dokodemo-door",
+                "listen": LOCAL,
+                "port": port,
+                "settings": {"address": LOCAL, "port": origin.port, "network": "tcp"},
+                "sniffing": sniffing(),
+            }
+        target = (LOCAL, origin.port)
+        async with node(node_config([first], loopback_only())):
+            socks = inbound == "socks"
+            for host in ("ads.example", "www.ads.example", f"ads.example:{origin.port}"):
+                assert await http_via(port, target, host, socks=socks) == b""
+            assert origin.received == []  # the blocked names reached nothing
+            for host in (f"localhost:{origin.port}", "LocalHost", LOCAL):
+                assert await http_via(port, target, host, 70_000, socks=socks)
+            # Each request reached the origin whole: the held bytes went out first.
+            assert [bytes(r) for r in origin.received] == [
+                request(h, 70_000) for h in (f"localhost:{origin.port}", "LocalHost", LOCAL)
+            ]
+
+
+async def test_adblock_by_sniffed_tls_server_name(tmp_path: Path) -> None:
+    certs = Certs(tmp_path)
+    async with Origin("echo", tls=certs.server) as origin:
+        port = free_port()
+        async with node(node_config([socks_in(port, sniffing())], loopback_only())):
             target = (LOCAL, origin.port)
-            async with node(node_config([first], loopback_only())):
-                socks = inbound == "socks"
-                for host in ("ads.example", "www.ads.example", f"ads.example:{origin.port}"):
-                    assert await http_via(port, target, host, socks=socks) == b""
-                assert origin.received == []  # the blocked names reached nothing
-                for host in (f"localhost:{origin.port}", "LocalHost", LOCAL):
-                    assert await http_via(port, target, host, 70_000, socks=socks)
-                # Each request reached the origin whole: the held bytes went out first.
-                assert [bytes(r) for r in origin.received] == [
-                    request(h, 70_000) for h in (f"localhost:{origin.port}", "LocalHost", LOCAL)
-                ]
-
-    asyncio.run(main())
-
-
-def test_adblock_by_sniffed_tls_server_name(tmp_path: Path) -> None:
-    async def main() -> None:
-        certs = Certs(tmp_path)
-        async with Origin("echo", tls=certs.server) as origin:
-            port = free_port()
-            async with node(node_config([socks_in(port, sniffing())], loopback_only())):
-                target = (LOCAL, origin.port)
-                assert not await tls_via(port, target, "ads.example", certs)
-                assert origin.received == []
-                assert await tls_via(port, target, "localhost", certs)
-                # destOverride: the client asked for an address where nothing listens; the
-                # sniffed name (localhost, same port) is what was dialled.
-                assert await tls_via(port, (NOWHERE, origin.port), "localhost", certs)
-                assert len(origin.received) == 2
-
-    asyncio.run(main())
+            assert not await tls_via(port, target, "ads.example", certs)
+            assert origin.received == []
+            assert await tls_via(port, target, "localhost", certs)
+            # destOverride: the client asked for an address where nothing listens; the
+            # sniffed name (localhost, same port) is what was dialled.
+            assert await tls_via(port, (NOWHERE, origin.port), "localhost", certs)
+            assert len(origin.received) == 2
 
 
 @pytest.mark.parametrize("override", [True, False])
-def test_dest_override_dials_and_routes_the_sniffed_name(override: bool) -> None:
+async def test_dest_override_dials_and_routes_the_sniffed_name(override: bool) -> None:
     """With destOverride the sniffed name replaces the address: it is what routing sees
     (full:localhost -> an outbound redirecting to a second server) and what is dialled.
     Without it, V2Ray 4.34 routes and dials the address the client asked for."""
 
-    async def main() -> None:
-        async with Origin() as by_ip, Origin() as by_name:
-            port = free_port()
-            rules = loopback_only(
-                {"type": "field", "domain": ["full:localhost"], "outboundTag": "by-name"}
-            )
-            redirect = {
-                "tag": "by-name",
-                "protocol": "freedom",
-                "settings": {"redirect": f"{LOCAL}:{by_name.port}"},
-            }
-            config = node_config(
-                [socks_in(port, sniffing(None if override else []))], rules, [redirect]
-            )
-            async with node(config):
-                host = f"localhost:{by_ip.port}"
-                assert await http_via(port, (LOCAL, by_ip.port), host)
-                assert (len(by_name.received), len(by_ip.received)) == (
-                    (1, 0) if override else (0, 1)
-                )
-                # By name: 127.0.0.2 has no server; only a dial of "localhost" reaches one.
-                got = await http_via(port, (NOWHERE, by_ip.port), host)
-                assert bool(got) is override
-
-    asyncio.run(main())
+    async with Origin() as by_ip, Origin() as by_name:
+        port = free_port()
+        rules = loopback_only(
+            {"type": "field", "domain": ["full:localhost"], "outboundTag": "by-name"}
+        )
+        redirect = {
+            "tag": "by-name",
+            "protocol": "freedom",
+            "settings": {"redirect": f"{LOCAL}:{by_name.port}"},
+        }
+        config = node_config(
+            [socks_in(port, sniffing(None if override else []))], rules, [redirect]
+        )
+        async with node(config):
+            host = f"localhost:{by_ip.port}"
+            assert await http_via(port, (LOCAL, by_ip.port), host)
+            assert (len(by_name.received), len(by_ip.received)) == ((1, 0) if override else (0, 1))
+            # By name: 127.0.0.2 has no server; only a dial of "localhost" reaches one.
+            got = await http_via(port, (NOWHERE, by_ip.port), host)
+            assert bool(got) is override
 
 
 @pytest.mark.parametrize(
@@ -352,84 +341,73 @@ def test_dest_override_dials_and_routes_the_sniffed_name(override: bool) -> None
     ],
     ids=["bittorrent", "http", "tls-without-hello", "bittorrent-unsniffed"],
 )
-def test_protocol_rules(blocked: list[str], payload: bytes, sniff: bool) -> None:
-    async def main() -> None:
-        async with Origin("echo") as echo:
-            port = free_port()
-            rules = loopback_only({"type": "field", "protocol": blocked, "outboundTag": "block"})
-            inbound = socks_in(port, sniffing() if sniff else None)
-            async with node(node_config([inbound], rules)):
-                got = await raw_via(port, (LOCAL, echo.port), payload)
-                expect_block = sniff and blocked != ["tls"]
-                assert got == (b"" if expect_block else payload)
-                assert len(echo.received) == (0 if expect_block else 1)
-                if not expect_block:
-                    assert echo.received[0] == payload
-                # Anything else still passes, bytes checked.
-                other = b"SSH-2.0-client\r\n" + os.urandom(5000)
-                assert await raw_via(port, (LOCAL, echo.port), other) == other
-
-    asyncio.run(main())
+async def test_protocol_rules(blocked: list[str], payload: bytes, sniff: bool) -> None:
+    async with Origin("echo") as echo:
+        port = free_port()
+        rules = loopback_only({"type": "field", "protocol": blocked, "outboundTag": "block"})
+        inbound = socks_in(port, sniffing() if sniff else None)
+        async with node(node_config([inbound], rules)):
+            got = await raw_via(port, (LOCAL, echo.port), payload)
+            expect_block = sniff and blocked != ["tls"]
+            assert got == (b"" if expect_block else payload)
+            assert len(echo.received) == (0 if expect_block else 1)
+            if not expect_block:
+                assert echo.received[0] == payload
+            # Anything else still passes, bytes checked.
+            other = b"SSH-2.0-client\r\n" + os.urandom(5000)
+            assert await raw_via(port, (LOCAL, echo.port), other) == other
 
 
-def test_sniffing_keeps_server_first_protocols_large_transfers_and_half_close() -> None:
-    async def main() -> None:
-        banner = b"220 loopback ESMTP ready\r\n"
-        async with Origin("echo", banner=banner) as smtp, Origin("echo") as echo:
-            port = free_port()
-            async with node(node_config([socks_in(port, sniffing())], loopback_only())):
-                # The server speaks first: the sniff gives up after its windows and routes.
-                reader, writer = await socks_connect(port, LOCAL, smtp.port)
-                assert await asyncio.wait_for(reader.readexactly(len(banner)), TIMEOUT) == banner
-                writer.write(b"EHLO x\r\n")
-                assert await asyncio.wait_for(reader.readexactly(8), TIMEOUT) == b"EHLO x\r\n"
-                writer.close()
-                # 8 MiB after a sniffed HTTP head (dialled by its name): every byte, in order.
-                reader, writer = await socks_connect(port, NOWHERE, echo.port)
-                head = request(f"localhost:{echo.port}", 0)
-                writer.write(head)
-                assert await asyncio.wait_for(reader.readexactly(len(head)), TIMEOUT) == head
-                sent, got = await asyncio.wait_for(
-                    echo_roundtrip(reader, writer, 8 << 20), TIMEOUT * 3
-                )
-                assert sent == got
-                writer.close()
-                # Half a request, then EOF: the end of input ends the sniff; routed by address.
-                payload = b"GET / HTTP/1.0\r\nAccept: */*"
-                assert await raw_via(port, (LOCAL, echo.port), payload) == payload
-                hashes = {hashlib.sha256(r).hexdigest() for r in echo.received}
-                assert hashlib.sha256(payload).hexdigest() in hashes
-
-    asyncio.run(main())
+async def test_sniffing_keeps_server_first_protocols_large_transfers_and_half_close() -> None:
+    banner = b"220 loopback ESMTP ready\r\n"
+    async with Origin("echo", banner=banner) as smtp, Origin("echo") as echo:
+        port = free_port()
+        async with node(node_config([socks_in(port, sniffing())], loopback_only())):
+            # The server speaks first: the sniff gives up after its windows and routes.
+            reader, writer = await socks_connect(port, LOCAL, smtp.port)
+            assert await asyncio.wait_for(reader.readexactly(len(banner)), TIMEOUT) == banner
+            writer.write(b"EHLO x\r\n")
+            assert await asyncio.wait_for(reader.readexactly(8), TIMEOUT) == b"EHLO x\r\n"
+            writer.close()
+            # 8 MiB after a sniffed HTTP head (dialled by its name): every byte, in order.
+            reader, writer = await socks_connect(port, NOWHERE, echo.port)
+            head = request(f"localhost:{echo.port}", 0)
+            writer.write(head)
+            assert await asyncio.wait_for(reader.readexactly(len(head)), TIMEOUT) == head
+            sent, got = await asyncio.wait_for(echo_roundtrip(reader, writer, 8 << 20), TIMEOUT * 3)
+            assert sent == got
+            writer.close()
+            # Half a request, then EOF: the end of input ends the sniff; routed by address.
+            payload = b"GET / HTTP/1.0\r\nAccept: */*"
+            assert await raw_via(port, (LOCAL, echo.port), payload) == payload
+            hashes = {hashlib.sha256(r).hexdigest() for r in echo.received}
+            assert hashlib.sha256(payload).hexdigest() in hashes
 
 
-def test_mux_sessions_are_sniffed() -> None:
+async def test_mux_sessions_are_sniffed() -> None:
     """A raybridge client muxes over VMess to a raybridge server whose inbound sniffs:
     every mux session is sniffed on its own (V2Ray's mux server dispatches each session in
     the inbound's context)."""
 
-    async def main() -> None:
-        async with Origin() as origin:
-            uid, b_port, c_port = new_uuid(), free_port(), free_port()
-            server = node_config(
-                [
-                    {
-                        "tag": "vmess-in",
-                        "protocol": "vmess",
-                        "listen": LOCAL,
-                        "port": b_port,
-                        "settings": {"clients": [{"id": uid}]},
-                        "sniffing": sniffing(),
-                    }
-                ],
-                loopback_only(),
-            )
-            client = c_config(c_port, b_port, uid, mux=True)
-            async with node(server), node(client):
-                outcomes = await asyncio.gather(*(chain_cases(c_port, origin) for _ in range(3)))
-            assert outcomes == [EXPECTED_HTTP] * 3
-
-    asyncio.run(main())
+    async with Origin() as origin:
+        uid, b_port, c_port = new_uuid(), free_port(), free_port()
+        server = node_config(
+            [
+                {
+                    "tag": "vmess-in",
+                    "protocol": "vmess",
+                    "listen": LOCAL,
+                    "port": b_port,
+                    "settings": {"clients": [{"id": uid}]},
+                    "sniffing": sniffing(),
+                }
+            ],
+            loopback_only(),
+        )
+        client = c_config(c_port, b_port, uid, mux=True)
+        async with node(server), node(client):
+            outcomes = await asyncio.gather(*(chain_cases(c_port, origin) for _ in range(3)))
+        assert outcomes == [EXPECTED_HTTP] * 3
 
 
 # -- the same through a V2Ray 4.34 client, with raybridge or V2Ray as the node under test -------
@@ -493,48 +471,45 @@ async def node_b(kind: str, config: dict[str, Any], port: int) -> AsyncIterator[
 @pytest.mark.skipif(not HAVE_V2RAY, reason="needs /usr/bin/v2ray (V2Ray 4.34)")
 @pytest.mark.parametrize("mux", [False, True])
 @pytest.mark.parametrize("b_kind", ["raybridge", "v2ray"])
-def test_v2ray_client_through_a_sniffing_node(b_kind: str, mux: bool, tmp_path: Path) -> None:
+async def test_v2ray_client_through_a_sniffing_node(b_kind: str, mux: bool, tmp_path: Path) -> None:
     """C (V2Ray: socks in, vmess out) -> B (vmess in with sniffing, the ad-block rules) ->
     loopback servers. Run with raybridge and with V2Ray 4.34 as B: the same outcomes."""
 
-    async def main() -> None:
-        certs = Certs(tmp_path)
-        async with Origin() as origin, Origin("echo", tls=certs.server) as tls_origin:
-            async with Origin("echo") as echo:
-                uid, b_port, c_port = new_uuid(), free_port(), free_port()
-                async with node_b(b_kind, b_config(b_port, uid), b_port):
-                    with v2ray(c_config(c_port, b_port, uid, mux=mux)):
-                        await wait_port_async(c_port)
-                        outcome = await chain_cases(c_port, origin)
-                        tls_target = (LOCAL, tls_origin.port)
-                        outcome["tls ads.example"] = await tls_via(
-                            c_port, tls_target, "ads.example", certs
-                        )
-                        outcome["tls localhost"] = await tls_via(
-                            c_port, (NOWHERE, tls_origin.port), "localhost", certs
-                        )
-                        to_echo = (LOCAL, echo.port)
-                        bt = await raw_via(c_port, to_echo, BT_HANDSHAKE, half_close=False)
-                        outcome["bittorrent"] = bool(bt)
-                        other = b"plain bytes, not sniffed" * 100
-                        back = await raw_via(c_port, to_echo, other, half_close=False)
-                        outcome["other"] = back == other
-        assert outcome == {
-            **EXPECTED_HTTP,
-            "tls ads.example": False,
-            "tls localhost": True,
-            "bittorrent": False,
-            # V2Ray 4.34 shares one session.Content among the sessions of a mux connection:
-            # a session it cannot sniff keeps the previous one's "bittorrent" and is blocked
-            # (docs/protocols.md 8.23). raybridge sniffs each session on its own.
-            "other": not (b_kind == "v2ray" and mux),
-        }
-        # What reached the servers: only the allowed connections.
-        assert len(origin.received) == 2
-        assert len(tls_origin.received) == 1
-        assert len(echo.received) == int(outcome["other"])
-
-    asyncio.run(main())
+    certs = Certs(tmp_path)
+    async with Origin() as origin, Origin("echo", tls=certs.server) as tls_origin:
+        async with Origin("echo") as echo:
+            uid, b_port, c_port = new_uuid(), free_port(), free_port()
+            async with node_b(b_kind, b_config(b_port, uid), b_port):
+                with v2ray(c_config(c_port, b_port, uid, mux=mux)):
+                    await wait_port_async(c_port)
+                    outcome = await chain_cases(c_port, origin)
+                    tls_target = (LOCAL, tls_origin.port)
+                    outcome["tls ads.example"] = await tls_via(
+                        c_port, tls_target, "ads.example", certs
+                    )
+                    outcome["tls localhost"] = await tls_via(
+                        c_port, (NOWHERE, tls_origin.port), "localhost", certs
+                    )
+                    to_echo = (LOCAL, echo.port)
+                    bt = await raw_via(c_port, to_echo, BT_HANDSHAKE, half_close=False)
+                    outcome["bittorrent"] = bool(bt)
+                    other = b"plain bytes, not sniffed" * 100
+                    back = await raw_via(c_port, to_echo, other, half_close=False)
+                    outcome["other"] = back == other
+    assert outcome == {
+        **EXPECTED_HTTP,
+        "tls ads.example": False,
+        "tls localhost": True,
+        "bittorrent": False,
+        # V2Ray 4.34 shares one session.Content among the sessions of a mux connection:
+        # a session it cannot sniff keeps the previous one's "bittorrent" and is blocked
+        # (docs/protocols.md 8.23). raybridge sniffs each session on its own.
+        "other": not (b_kind == "v2ray" and mux),
+    }
+    # What reached the servers: only the allowed connections.
+    assert len(origin.received) == 2
+    assert len(tls_origin.received) == 1
+    assert len(echo.received) == int(outcome["other"])
 
 
 # -- routing and config ------------------------------------------------------------------------
@@ -694,48 +669,42 @@ def dispatcher_with(*tags: str) -> tuple[Dispatcher, dict[str, RecordingOutbound
     ), outbounds
 
 
-def test_sniffing_end_holds_routes_and_replays_in_order() -> None:
-    async def main() -> None:
-        dispatcher, out = dispatcher_with("direct", "block")
-        client = Recorder()
-        session = Session(inbound_tag="in", sniffing=frozenset({"tls"}))
-        end = dispatcher.dispatch(session, tcp(LOCAL, 443), client)
-        assert client.peer is end and not out["direct"].links  # nothing routed yet
-        parts = [HELLO_ADS[:1], HELLO_ADS[1:100], HELLO_ADS[100:]]
-        for part in parts[:2]:
-            end.write(part)
-        assert not out["block"].links
-        end.write(parts[2])  # the ClientHello is complete: routed at once
-        [(routed, dest, real)] = out["block"].links
-        assert routed is session and session.protocol == "tls"
-        assert dest == tcp("ads.example", 443)  # destOverride: the name, same port
-        assert b"".join(real.data) == HELLO_ADS and client.peer is real
-        end.write(b"later")  # a stale reference still reaches the real end
-        end.write_eof()
-        assert real.data[-1] == b"later" and real.eof
-
-    asyncio.run(main())
+async def test_sniffing_end_holds_routes_and_replays_in_order() -> None:
+    dispatcher, out = dispatcher_with("direct", "block")
+    client = Recorder()
+    session = Session(inbound_tag="in", sniffing=frozenset({"tls"}))
+    end = dispatcher.dispatch(session, tcp(LOCAL, 443), client)
+    assert client.peer is end and not out["direct"].links  # nothing routed yet
+    parts = [HELLO_ADS[:1], HELLO_ADS[1:100], HELLO_ADS[100:]]
+    for part in parts[:2]:
+        end.write(part)
+    assert not out["block"].links
+    end.write(parts[2])  # the ClientHello is complete: routed at once
+    [(routed, dest, real)] = out["block"].links
+    assert routed is session and session.protocol == "tls"
+    assert dest == tcp("ads.example", 443)  # destOverride: the name, same port
+    assert b"".join(real.data) == HELLO_ADS and client.peer is real
+    end.write(b"later")  # a stale reference still reaches the real end
+    end.write_eof()
+    assert real.data[-1] == b"later" and real.eof
 
 
-def test_sniffing_end_times_out_routes_by_address_and_aborts_cleanly() -> None:
-    async def main() -> None:
-        dispatcher, out = dispatcher_with("direct", "block")
-        # Nothing sent: after the two windows the link is routed without a result.
-        session = Session(inbound_tag="in", sniffing=frozenset({"http", "tls"}))
-        dispatcher.dispatch(session, tcp(LOCAL, 25), Recorder())
-        while not out["direct"].links:
-            await asyncio.sleep(SNIFF_WINDOW / 4)
-        [(_, dest, _)] = out["direct"].links
-        assert dest == tcp(LOCAL, 25) and session.protocol == ""
-        # Aborted while sniffing: nothing is ever routed.
-        quiet = Session(inbound_tag="in", sniffing=frozenset({"http"}))
-        end = dispatcher.dispatch(quiet, tcp(LOCAL, 80), Recorder())
-        end.write(b"GET / HTTP/1.1\r\n")
-        end.abort()
-        await asyncio.sleep(3 * SNIFF_WINDOW)
-        assert len(out["direct"].links) == 1 and not out["block"].links
-        # UDP is never sniffed (V2Ray sniffs TCP only): routed at once.
-        dispatcher.dispatch(quiet, udp(LOCAL, 53), Recorder())
-        assert len(out["direct"].links) == 2
-
-    asyncio.run(main())
+async def test_sniffing_end_times_out_routes_by_address_and_aborts_cleanly() -> None:
+    dispatcher, out = dispatcher_with("direct", "block")
+    # Nothing sent: after the two windows the link is routed without a result.
+    session = Session(inbound_tag="in", sniffing=frozenset({"http", "tls"}))
+    dispatcher.dispatch(session, tcp(LOCAL, 25), Recorder())
+    while not out["direct"].links:
+        await asyncio.sleep(SNIFF_WINDOW / 4)
+    [(_, dest, _)] = out["direct"].links
+    assert dest == tcp(LOCAL, 25) and session.protocol == ""
+    # Aborted while sniffing: nothing is ever routed.
+    quiet = Session(inbound_tag="in", sniffing=frozenset({"http"}))
+    end = dispatcher.dispatch(quiet, tcp(LOCAL, 80), Recorder())
+    end.write(b"GET / HTTP/1.1\r\n")
+    end.abort()
+    await asyncio.sleep(3 * SNIFF_WINDOW)
+    assert len(out["direct"].links) == 1 and not out["block"].links
+    # UDP is never sniffed (V2Ray sniffs TCP only): routed at once.
+    dispatcher.dispatch(quiet, udp(LOCAL, 53), Recorder())
+    assert len(out["direct"].links) == 2
