@@ -28,6 +28,7 @@ from raybridge.protocols.reverse_policy import (
     SendDrain,
     Timings,
 )
+from tests.changes import live, loopback_only, refused, socks_in
 from tests.support import (
     RB,
     V2,
@@ -45,7 +46,6 @@ from tests.support import (
     wait_chain,
     wait_port_async,
 )
-from tests.test_node_changes import live, loopback_only, refused, socks_in
 
 DRAIN_TIMEOUT = 30
 

@@ -25,6 +25,7 @@ from raybridge.config.loader import load_config
 from raybridge.errors import ConfigError
 from raybridge.matchers import ASSET_ENV, SYSTEM_ASSET_DIRS
 from raybridge.node import Node
+from tests.geofiles import write_test_files
 from tests.support import (
     HAVE_V2RAY,
     LOCAL,
@@ -35,7 +36,6 @@ from tests.support import (
     free_port,
     socks_connect,
 )
-from tests.test_geodata import write_test_files
 
 TIMEOUT = 20.0
 NEEDS_V2RAY = "needs V2Ray 4.34 at /usr/bin/v2ray"

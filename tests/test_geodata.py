@@ -48,41 +48,13 @@ from raybridge.protocols.geodata import (
     write_geoip_list,
     write_geosite_list,
 )
+from tests.geofiles import cidr, write_test_files
 
 # GeoIPList{entry: GeoIP{country_code: "CN", cidr: CIDR{ip: 1.2.3.0, prefix: 24}}}
 GEOIP_VECTOR = bytes.fromhex("0a0e0a02434e12080a04010203001018")
 # GeoSiteList{entry: GeoSite{"TEST", domain: Domain{type: Domain, value: "a.cn",
 #                                          attribute: {key: "ads", bool_value: true}}}}
 GEOSITE_VECTOR = bytes.fromhex("0a190a0454455354121108021204612e636e1a070a036164731001")
-
-
-def cidr(text: str) -> CIDR:
-    net = ipaddress.ip_network(text)
-    return CIDR(net.network_address.packed, net.prefixlen)
-
-
-def write_test_files(directory: Path) -> None:
-    """The geo files the routing tests use, in V2Ray's format (Go's field order)."""
-    sites = [
-        GeoSite(
-            "TEST",
-            [
-                Domain(DOMAIN, "blocked.test"),
-                Domain(FULL, "exact.test"),
-                Domain(PLAIN, "evilword"),
-                Domain(REGEX, r"^ads[0-9]+\."),
-                Domain(DOMAIN, "cn-only.test", (Attribute("cn", True),)),
-                Domain(DOMAIN, "ads.test", (Attribute("ads", True), Attribute("cn", True))),
-            ],
-        ),
-        GeoSite("OTHER", [Domain(DOMAIN, "other.test")]),
-    ]
-    ips = [
-        GeoIP("XX", [cidr("127.0.0.2/32"), cidr("10.20.0.0/16"), cidr("fd00:1::/32")]),
-        GeoIP("YY", [cidr("192.0.2.0/24")]),
-    ]
-    (directory / "geosite.dat").write_bytes(write_geosite_list(sites))
-    (directory / "geoip.dat").write_bytes(write_geoip_list(ips))
 
 
 # ---------------------------------------------------------------------------- reader / writer

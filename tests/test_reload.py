@@ -18,6 +18,7 @@ from typing import Any
 from raybridge.cli import reload_files
 from raybridge.node import Node
 from raybridge.proxy.base import StreamInbound
+from tests.changes import live, loopback_only, refused, socks_in
 from tests.support import (
     LOCAL,
     SUBPROCESS_ENV,
@@ -34,7 +35,6 @@ from tests.support import (
     wait_chain,
     wait_port_async,
 )
-from tests.test_node_changes import live, loopback_only, refused, socks_in
 
 
 def write(path: Path, config: dict[str, Any]) -> Path:

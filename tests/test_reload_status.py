@@ -11,6 +11,7 @@ from typing import Any
 
 from raybridge.cli import reload_files
 from raybridge.node import Node
+from tests.status_client import CHROMIUM, get, headless_page, samples
 from tests.support import (
     EchoServer,
     StartNode,
@@ -23,7 +24,6 @@ from tests.support import (
     until,
     wait_chain,
 )
-from tests.test_status import CHROMIUM, get, headless_page, samples
 
 
 def metric(text: bytes, name: str, **labels: str) -> float:

@@ -4,20 +4,16 @@ real headless Chromium."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
-import shutil
-import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from raybridge.status import parse_address
+from tests.status_client import CHROMIUM, get, headless_page, samples
 from tests.support import (
     EchoServer,
     StartNode,
@@ -34,23 +30,6 @@ from tests.support import (
 )
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-async def get(port: int, path: str) -> bytes:
-    def fetch() -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return bytes(r.read())
-
-    return await asyncio.to_thread(fetch)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def test_parse_address() -> None:
@@ -478,21 +457,6 @@ async def test_dashboard_with_a_token_in_headless_chromium() -> None:
             "document.querySelector('#conn').textContent.includes('token')",
             timeout=10_000,
         )
-
-
-@contextlib.asynccontextmanager
-async def headless_page() -> AsyncIterator[Any]:
-    """A page of headless Chromium (Debian's, driven by playwright), closed at the end."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            yield await browser.new_page()
-        finally:
-            await browser.close()
 
 
 async def test_status_shows_each_inbound_and_outbound_transport() -> None:
