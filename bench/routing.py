@@ -51,6 +51,11 @@ from raybridge.protocols.geodata import (
 )
 from raybridge.router import Router, compile_rule
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from chain import free_port, proc_stat, rss_now  # noqa: E402 - a script next to this one
+
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 TLDS = ("com", "net", "org", "cn", "io", "de", "jp")
@@ -196,19 +201,6 @@ def _wait_listen(port: int, proc: subprocess.Popen[bytes], deadline: float) -> N
             time.sleep(0.005)
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_up(argv: list[str], port: int, env: dict[str, str]) -> tuple[float, float, int]:
     """Seconds from spawn to a listening port, CPU seconds used by then, and VmRSS (KiB)."""
     start = time.monotonic()
@@ -216,9 +208,9 @@ def start_up(argv: list[str], port: int, env: dict[str, str]) -> tuple[float, fl
     try:
         _wait_listen(port, proc, start + 60)
         elapsed = time.monotonic() - start
-        cpu = _cpu_seconds(proc.pid)
+        cpu = proc_stat(proc.pid)[0]
         time.sleep(0.2)  # let lazy start-up work settle before reading RSS
-        return elapsed, cpu, _rss_kib(proc.pid)
+        return elapsed, cpu, rss_now(proc.pid) // 1024
     finally:
         proc.terminate()
         try:
@@ -228,12 +220,6 @@ def start_up(argv: list[str], port: int, env: dict[str, str]) -> tuple[float, fl
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> int:
@@ -276,7 +262,7 @@ def main() -> int:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(directory / "pycache")
         warm = directory / "warm.json"
-        port = _free_port()
+        port = free_port()
         warm.write_text(json.dumps(config(port, GEO_RULES)))
         start_up([sys.executable, "-m", "raybridge", "run", "-c", str(warm)], port, env)
         systems = [("raybridge", [sys.executable, "-m", "raybridge", "run", "-c"])]
@@ -287,7 +273,7 @@ def main() -> int:
             for name, argv in systems:
                 runs = []
                 for i in range(args.repeat):
-                    port = _free_port()
+                    port = free_port()
                     path = directory / f"{name}-{i}.json"
                     path.write_text(json.dumps(config(port, rules)))
                     runs.append(start_up([*argv, str(path)], port, env))
