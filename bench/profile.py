@@ -5,6 +5,7 @@ hottest functions, by own time and by time including callees.
     python bench/profile.py                      # reverse chain, open+echo x 2000
     python bench/profile.py --topology cb --workload conc1000
     python bench/profile.py --workload download --size 256
+    python bench/profile.py --topology cb --workload upload --size 512
 
 py-spy attaches once the chain carries traffic, so start-up is not in the figures. The
 raw collapsed stacks are kept (``--out DIR``) for flame graphs (e.g. speedscope or
@@ -82,9 +83,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--topology", choices=sorted(bench.TOPOLOGIES), default="abc")
     parser.add_argument("--transport", choices=sorted(bench.TRANSPORTS), default="tcp")
-    parser.add_argument("--workload", choices=["echo", "conc1000", "download"], default="echo")
+    parser.add_argument(
+        "--workload", choices=["echo", "conc1000", "download", "upload"], default="echo"
+    )
     parser.add_argument("--count", type=int, default=2000, help="open+echo connections")
-    parser.add_argument("--size", type=int, default=256, help="MB for download")
+    parser.add_argument("--size", type=int, default=256, help="MB for download/upload")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", help="keep the raw stacks here")
     parser.add_argument("--native", action="store_true", help="sample C frames too")
@@ -112,6 +115,8 @@ def main() -> int:
                 elif args.workload == "conc1000":
                     for _ in range(3):
                         bench.concurrent_echo(chain.socks, target_port, 1000, 10_000)
+                elif args.workload == "upload":
+                    bench.upload(chain.socks, target_port, args.size * 1_000_000)
                 else:
                     bench.download(chain.socks, target_port, args.size * 1_000_000)
                 print(f"{args.workload}: {time.perf_counter() - started:.2f} s")
