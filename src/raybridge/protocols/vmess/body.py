@@ -239,6 +239,13 @@ class _Direction:
             new_shake_stream(iv) if self._mask or self._pad else None
         )
 
+    def _len_nonce(self) -> bytes:
+        """The length AEAD's nonce for the next chunk (option A): its own counter, with the
+        request IV."""
+        count = self._len_count
+        self._len_count = (count + 1) & 0xFFFF
+        return _pack_u16(count) + self._len_tail
+
 
 class BodyWriter(_Direction):
     """Seals one direction's body. ``cfb`` continues an existing AES-CFB stream (LEGACY body
@@ -343,12 +350,11 @@ class BodyWriter(_Direction):
             pad = pads[i] if pads is not None else 0
             if len_aead is not None:
                 len_aead.encrypt_into(
-                    _pack_u16(self._len_count) + self._len_tail,
+                    self._len_nonce(),
                     _pack_u16(length + pad),  # uint16(len(SEALED) + p - 16)
                     None,
                     view[off : off + 18],
                 )
-                self._len_count = (self._len_count + 1) & 0xFFFF
             else:
                 word = length + 16 + pad
                 _pack_u16_into(out, off, word ^ masks[i] if masks is not None else word)
@@ -413,12 +419,7 @@ class BodyWriter(_Direction):
             pad = shake.next_u16() % 64 if pad_on and shake is not None else 0
             if len_aead is not None:
                 word = (len(chunk) + overhead + pad - 16) & 0xFFFF
-                append(
-                    len_aead.encrypt(
-                        _pack_u16(self._len_count) + self._len_tail, _pack_u16(word), None
-                    )
-                )
-                self._len_count = (self._len_count + 1) & 0xFFFF
+                append(len_aead.encrypt(self._len_nonce(), _pack_u16(word), None))
             else:
                 mask = shake.next_u16() if mask_on and shake is not None else 0
                 append(_pack_u16((len(chunk) + overhead + pad) ^ mask))
@@ -518,12 +519,10 @@ class BodyReader(_Direction):
 
     def _open_length(self, len_aead: _AEAD, sealed: memoryview) -> int:
         """SIZE of the next chunk from its sealed length (option A)."""
-        nonce = _pack_u16(self._len_count) + self._len_tail
         try:
-            word = len_aead.decrypt(nonce, sealed, None)
+            word = len_aead.decrypt(self._len_nonce(), sealed, None)
         except InvalidTag:
             raise VMessError("chunk length authentication failed") from None
-        self._len_count = (self._len_count + 1) & 0xFFFF
         return (((word[0] << 8) | word[1]) + 16) & 0xFFFF
 
     def _parse(self, mv: memoryview, pos: int, end: int, out: list[bytes]) -> int:
