@@ -39,7 +39,7 @@ from raybridge.protocols.vmess import (
     UserValidator,
     VMessError,
 )
-from raybridge.protocols.vmess.body import BodyReader
+from raybridge.protocols.vmess.body import BodyReader, BodySpec
 from raybridge.protocols.vmess.header import (
     create_auth_id,
     legacy_auth,
@@ -154,9 +154,7 @@ def test_aead_header_arbitrary_plaintext_split_anywhere(
 def _read_body(
     security: Security, options: Option, command: Command, pieces: list[bytes], eof: bool
 ) -> tuple[bytes, int, bool]:
-    reader = BodyReader(
-        security=security, options=options, command=command, key=bytes(16), iv=bytes(range(16))
-    )
+    reader = BodyReader(BodySpec(security, options, command, bytes(16), bytes(range(16))))
     payload, ends = b"", 0
     try:
         for piece in pieces:

@@ -22,7 +22,7 @@ from raybridge.protocols.vmess import (
     max_payload,
     primitives,
 )
-from raybridge.protocols.vmess.body import SEND_CHUNK_SIZE, BodyReader, BodyWriter
+from raybridge.protocols.vmess.body import SEND_CHUNK_SIZE, BodyReader, BodySpec, BodyWriter
 from raybridge.protocols.vmess.gorand import GoRand, crc64_ecma_update
 from tests.protocols.test_vmess_support import (
     OPTION_SETS,
@@ -50,15 +50,8 @@ FRAMED = [
 def test_big_chunk_writer_never_exceeds_the_send_limit(
     security: Security, options: Option, command: Command
 ) -> None:
-    writer = BodyWriter(
-        security=security,
-        options=options,
-        command=command,
-        key=REQ_KEY,
-        iv=REQ_IV,
-        urandom=os.urandom,
-        chunk_size=10**9,
-    )
+    spec = BodySpec(security, options, command, REQ_KEY, REQ_IV)
+    writer = BodyWriter(spec, urandom=os.urandom, chunk_size=10**9)
     limit = max_payload(security, options, command)
     if command == Command.UDP:
         data = [os.urandom(limit), os.urandom(limit - 1), b"x"]
@@ -74,7 +67,7 @@ def test_big_chunk_writer_never_exceeds_the_send_limit(
     assert all(c.size <= SEND_CHUNK_SIZE for c in chunks)
     assert b"".join(c.payload for c in chunks) == b"".join(data)
     assert max(len(c.payload) for c in chunks) == limit  # the cap is reached exactly
-    reader = BodyReader(security=security, options=options, command=command, key=REQ_KEY, iv=REQ_IV)
+    reader = BodyReader(spec)
     events = reader.feed(wire)
     assert b"".join(payloads(events)) == b"".join(data) and events[-1] == EndOfStream()
 
@@ -139,9 +132,7 @@ def test_bad_chunk_fails_the_connection(security: Security, big: bool) -> None:
 @pytest.mark.parametrize("security", [Security.AES_128_GCM, Security.LEGACY, Security.NONE])
 def test_size_below_overhead_plus_padding_is_an_error(security: Security) -> None:
     command = Command.UDP if security == Security.NONE else Command.TCP
-    reader = BodyReader(
-        security=security, options=S | M | P, command=command, key=REQ_KEY, iv=REQ_IV
-    )
+    reader = BodyReader(BodySpec(security, S | M | P, command, REQ_KEY, REQ_IV))
     # pad = 0xfc91 % 64 = 17, mask = 0x8e43: SIZE 3 decodes below overhead + padding
     wire = (3 ^ 0x8E43).to_bytes(2, "big")
     if security == Security.LEGACY:
@@ -151,29 +142,15 @@ def test_size_below_overhead_plus_padding_is_an_error(security: Security) -> Non
 
 
 def test_forged_eos_without_tag_is_rejected() -> None:
-    reader = BodyReader(
-        security=Security.AES_128_GCM, options=S, command=Command.TCP, key=REQ_KEY, iv=REQ_IV
-    )
+    reader = BodyReader(BodySpec(Security.AES_128_GCM, S, Command.TCP, REQ_KEY, REQ_IV))
     with pytest.raises(VMessError):
         reader.feed(b"\x00\x10" + b"\x00" * 16)
 
 
 def test_eos_waits_for_the_whole_chunk() -> None:
-    writer = BodyWriter(
-        security=Security.AES_128_GCM,
-        options=S | M | P,
-        command=Command.TCP,
-        key=REQ_KEY,
-        iv=REQ_IV,
-        urandom=os.urandom,
-    )
-    reader = BodyReader(
-        security=Security.AES_128_GCM,
-        options=S | M | P,
-        command=Command.TCP,
-        key=REQ_KEY,
-        iv=REQ_IV,
-    )
+    spec = BodySpec(Security.AES_128_GCM, S | M | P, Command.TCP, REQ_KEY, REQ_IV)
+    writer = BodyWriter(spec, urandom=os.urandom)
+    reader = BodyReader(spec)
     eos = writer.write_eof()
     assert reader.feed(eos[:-1]) == []
     assert reader.feed(eos[-1:]) == [EndOfStream()]
@@ -182,17 +159,9 @@ def test_eos_waits_for_the_whole_chunk() -> None:
 
 def test_raw_bodies() -> None:
     for security in (Security.NONE, Security.LEGACY):
-        writer = BodyWriter(
-            security=security,
-            options=Option(0),
-            command=Command.TCP,
-            key=REQ_KEY,
-            iv=REQ_IV,
-            urandom=os.urandom,
-        )
-        reader = BodyReader(
-            security=security, options=Option(0), command=Command.TCP, key=REQ_KEY, iv=REQ_IV
-        )
+        spec = BodySpec(security, Option(0), Command.TCP, REQ_KEY, REQ_IV)
+        writer = BodyWriter(spec, urandom=os.urandom)
+        reader = BodyReader(spec)
         wire = writer.write(b"hello") + writer.write(b" world")
         assert (wire == b"hello world") == (security == Security.NONE)
         assert b"".join(payloads(reader.feed(wire[:3]) + reader.feed(wire[3:]))) == b"hello world"
@@ -202,13 +171,7 @@ def test_raw_bodies() -> None:
 
 def test_p_without_m_refused_by_the_body_codec() -> None:
     with pytest.raises(ValueError):
-        BodyReader(
-            security=Security.AES_128_GCM,
-            options=S | P,
-            command=Command.TCP,
-            key=REQ_KEY,
-            iv=REQ_IV,
-        )
+        BodyReader(BodySpec(Security.AES_128_GCM, S | P, Command.TCP, REQ_KEY, REQ_IV))
 
 
 # -- helper implementations ----------------------------------------------------------------------
@@ -271,15 +234,9 @@ def test_vmess_package_is_sans_io() -> None:
 def test_big_chunks_arriving_in_pieces(piece: int) -> None:
     # The receive buffer keeps an offset and compacts only now and then. We never send
     # chunks over 16 KiB, but a V2Ray or Xray peer might, and 4.34 reads up to 65535 (1.9.7).
-    args = dict(
-        security=Security.AES_128_GCM,
-        options=S | M | P,
-        command=Command.TCP,
-        key=REQ_KEY,
-        iv=REQ_IV,
-    )
-    writer = BodyWriter(**args, urandom=os.urandom, chunk_size=10**6, send_limit=0xFFFF)
-    reader = BodyReader(**args)
+    spec = BodySpec(Security.AES_128_GCM, S | M | P, Command.TCP, REQ_KEY, REQ_IV)
+    writer = BodyWriter(spec, urandom=os.urandom, chunk_size=10**6, send_limit=0xFFFF)
+    reader = BodyReader(spec)
     data = os.urandom(3 * 65456 + 10)
     wire = writer.write(data) + writer.write_eof()
     events: list[Data | EndOfStream] = []

@@ -159,24 +159,14 @@ class StreamEnd(asyncio.Protocol, End):
             for data in parts:
                 self.send_wire(data)
             return
-        session = self.session
-        if session is not None:
-            session.active = True
-        tx = self.tx
-        if tx is not None:
-            tx.value += sum(map(len, parts))
+        self._count(sum(map(len, parts)))
         transport.writelines(parts)
 
     def send_wire(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes exactly as given (already encoded by a subclass)."""
         if self.closed or not data:
             return
-        session = self.session
-        if session is not None:
-            session.active = True
-        tx = self.tx
-        if tx is not None:
-            tx.value += len(data)
+        self._count(len(data))
         transport = self.transport
         if transport is not None:
             if type(data) is memoryview and len(data) < 4096 and transport.get_write_buffer_size():
@@ -186,6 +176,15 @@ class StreamEnd(asyncio.Protocol, End):
             transport.write(data)
             return
         self._backlog.add(data, self.peer)
+
+    def _count(self, n: int) -> None:
+        """*n* bytes go on the wire: the session is active, the tx counter grows."""
+        session = self.session
+        if session is not None:
+            session.active = True
+        tx = self.tx
+        if tx is not None:
+            tx.value += n
 
     def write_eof(self) -> None:
         if self._write_eof or self.closed:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -59,7 +60,14 @@ from raybridge.protocols.vmess.primitives import (
     new_shake_stream,
 )
 
-__all__ = ["MAX_CHUNK_SIZE", "SEND_CHUNK_SIZE", "BodyReader", "BodyWriter", "max_payload"]
+__all__ = [
+    "MAX_CHUNK_SIZE",
+    "SEND_CHUNK_SIZE",
+    "BodyReader",
+    "BodySpec",
+    "BodyWriter",
+    "max_payload",
+]
 
 BytesLike = bytes | bytearray | memoryview
 Urandom = Callable[[int], bytes]
@@ -149,6 +157,25 @@ def _check_options(options: Option) -> None:
         raise ValueError("option GlobalPadding requires ChunkMasking")
 
 
+@dataclass(frozen=True, slots=True)
+class BodySpec:
+    """How one direction's body is framed and keyed: the request header's security, options
+    and command, the direction's body key and IV, and for the response direction the
+    request's key and IV, which key option A's length AEAD in both directions."""
+
+    security: Security
+    options: Option
+    command: Command
+    key: bytes
+    iv: bytes
+    request_key_iv: tuple[bytes, bytes] | None = None
+
+    def response(self, key: bytes, iv: bytes) -> BodySpec:
+        """The response body of this (request) body: the same framing, keyed with the
+        response body key and IV (``header.response_body_key_iv``)."""
+        return BodySpec(self.security, self.options, self.command, key, iv, (self.key, self.iv))
+
+
 class _Direction:
     """State shared by writer and reader of one direction: cipher, nonce counter, SHAKE."""
 
@@ -170,31 +197,34 @@ class _Direction:
 
     def __init__(
         self,
-        security: Security,
-        options: Option,
-        command: Command,
-        key: bytes,
-        iv: bytes,
+        spec: BodySpec,
         cfb: CipherContext | None,
-        request_key_iv: tuple[bytes, bytes] | None,
+        new_cfb: Callable[[bytes, bytes], CipherContext],
     ) -> None:
+        """``cfb``: see :class:`BodyWriter`; ``new_cfb`` starts a LEGACY body's stream
+        from the body key and IV where no ``cfb`` continues one."""
+        security, options, key, iv = spec.security, spec.options, spec.key, spec.iv
         _check_options(options)
-        self._mode, self._auth, self._overhead = _framing(security, options, command)
+        self._mode, self._auth, self._overhead = _framing(security, options, spec.command)
         self._aead: _AEAD | None = None
         if security == Security.AES_128_GCM:
             self._aead = AESGCM(key)
         elif security == Security.CHACHA20_POLY1305:
             self._aead = ChaCha20Poly1305(chacha20_key(key))
+        if security != Security.LEGACY:
+            cfb = None
+        elif cfb is None:
+            cfb = new_cfb(key, iv)
         self._cfb = cfb
         self._count = 0
         self._iv_tail = iv[2:12]
         # AuthenticatedLength: the length AEAD is keyed from the request body key and IV in
-        # both directions (the response direction's caller passes them).
+        # both directions (a response's spec carries them).
         self._len_aead: _AEAD | None = None
         self._len_tail = b""
         self._len_count = 0
         if int(options) & _OPT_A and self._mode == _AUTH and security != Security.LEGACY:
-            req_key, req_iv = request_key_iv or (key, iv)
+            req_key, req_iv = spec.request_key_iv or (key, iv)
             len_key = kdf16(req_key, b"auth_len")
             if security == Security.CHACHA20_POLY1305:
                 self._len_aead = ChaCha20Poly1305(chacha20_key(len_key))
@@ -209,39 +239,40 @@ class _Direction:
             new_shake_stream(iv) if self._mask or self._pad else None
         )
 
+    def _len_nonce(self) -> bytes:
+        """The length AEAD's nonce for the next chunk (option A): its own counter, with the
+        request IV."""
+        count = self._len_count
+        self._len_count = (count + 1) & 0xFFFF
+        return _pack_u16(count) + self._len_tail
+
 
 class BodyWriter(_Direction):
     """Seals one direction's body. ``cfb`` continues an existing AES-CFB stream (LEGACY body
-    after a legacy response header, 1.8); by default LEGACY starts a fresh one from key/IV."""
+    after a legacy response header, 1.8); by default LEGACY starts a fresh one from key/IV;
+    other bodies have none, whatever ``cfb`` is."""
 
     __slots__ = ("_closed", "_max", "_packet", "_pad_pool", "_pad_pos", "_urandom")
 
     def __init__(
         self,
+        spec: BodySpec,
         *,
-        security: Security,
-        options: Option,
-        command: Command,
-        key: bytes,
-        iv: bytes,
         urandom: Urandom,
         chunk_size: int = SEND_CHUNK_SIZE,
         cfb: CipherContext | None = None,
-        request_key_iv: tuple[bytes, bytes] | None = None,
         send_limit: int = SEND_CHUNK_SIZE,
     ) -> None:
         """``send_limit``: the largest SIZE to write (tests raise it to 65535 to make the
         big chunks only V2Ray and Xray read)."""
-        if security == Security.LEGACY and cfb is None:
-            cfb = aes_cfb_encryptor(key, iv)
-        super().__init__(security, options, command, key, iv, cfb, request_key_iv)
+        super().__init__(spec, cfb, aes_cfb_encryptor)
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
-        self._packet = command == Command.UDP
+        self._packet = spec.command == Command.UDP
         # A datagram cannot be split: UDP is bounded only by what one chunk can carry.
         if not 1 <= send_limit <= MAX_CHUNK_SIZE:
             raise ValueError(f"send_limit must be 1..{MAX_CHUNK_SIZE}")
-        limit = max_payload(security, options, command, send_limit)
+        limit = max_payload(spec.security, spec.options, spec.command, send_limit)
         self._max = limit if self._packet else min(chunk_size, limit)
         self._urandom = urandom
         self._pad_pool = b""
@@ -319,12 +350,11 @@ class BodyWriter(_Direction):
             pad = pads[i] if pads is not None else 0
             if len_aead is not None:
                 len_aead.encrypt_into(
-                    _pack_u16(self._len_count) + self._len_tail,
+                    self._len_nonce(),
                     _pack_u16(length + pad),  # uint16(len(SEALED) + p - 16)
                     None,
                     view[off : off + 18],
                 )
-                self._len_count = (self._len_count + 1) & 0xFFFF
             else:
                 word = length + 16 + pad
                 _pack_u16_into(out, off, word ^ masks[i] if masks is not None else word)
@@ -389,12 +419,7 @@ class BodyWriter(_Direction):
             pad = shake.next_u16() % 64 if pad_on and shake is not None else 0
             if len_aead is not None:
                 word = (len(chunk) + overhead + pad - 16) & 0xFFFF
-                append(
-                    len_aead.encrypt(
-                        _pack_u16(self._len_count) + self._len_tail, _pack_u16(word), None
-                    )
-                )
-                self._len_count = (self._len_count + 1) & 0xFFFF
+                append(len_aead.encrypt(self._len_nonce(), _pack_u16(word), None))
             else:
                 mask = shake.next_u16() if mask_on and shake is not None else 0
                 append(_pack_u16((len(chunk) + overhead + pad) ^ mask))
@@ -411,24 +436,13 @@ class BodyWriter(_Direction):
 
 
 class BodyReader(_Direction):
-    """Opens one direction's body from bytes that may arrive split anywhere."""
+    """Opens one direction's body from bytes that may arrive split anywhere (``cfb`` as for
+    :class:`BodyWriter`)."""
 
     __slots__ = ("_buf", "_done", "_head", "_off", "_pending_pad", "_pending_size")
 
-    def __init__(
-        self,
-        *,
-        security: Security,
-        options: Option,
-        command: Command,
-        key: bytes,
-        iv: bytes,
-        cfb: CipherContext | None = None,
-        request_key_iv: tuple[bytes, bytes] | None = None,
-    ) -> None:
-        if security == Security.LEGACY and cfb is None:
-            cfb = aes_cfb_decryptor(key, iv)
-        super().__init__(security, options, command, key, iv, cfb, request_key_iv)
+    def __init__(self, spec: BodySpec, *, cfb: CipherContext | None = None) -> None:
+        super().__init__(spec, cfb, aes_cfb_decryptor)
         self._head = 18 if self._len_aead is not None else 2  # bytes of SIZE on the wire
         self._buf = bytearray()  # unparsed bytes start at self._off
         self._off = 0
@@ -505,12 +519,10 @@ class BodyReader(_Direction):
 
     def _open_length(self, len_aead: _AEAD, sealed: memoryview) -> int:
         """SIZE of the next chunk from its sealed length (option A)."""
-        nonce = _pack_u16(self._len_count) + self._len_tail
         try:
-            word = len_aead.decrypt(nonce, sealed, None)
+            word = len_aead.decrypt(self._len_nonce(), sealed, None)
         except InvalidTag:
             raise VMessError("chunk length authentication failed") from None
-        self._len_count = (self._len_count + 1) & 0xFFFF
         return (((word[0] << 8) | word[1]) + 16) & 0xFFFF
 
     def _parse(self, mv: memoryview, pos: int, end: int, out: list[bytes]) -> int:

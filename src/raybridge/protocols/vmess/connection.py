@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers import CipherContext
 from raybridge.address import Destination
 from raybridge.errors import LocalProtocolError
 from raybridge.protocols.vmess.account import User
-from raybridge.protocols.vmess.body import SEND_CHUNK_SIZE, BodyReader, BodyWriter
+from raybridge.protocols.vmess.body import SEND_CHUNK_SIZE, BodyReader, BodySpec, BodyWriter
 from raybridge.protocols.vmess.errors import VMessAuthError, VMessError
 from raybridge.protocols.vmess.events import (
     Data,
@@ -252,15 +252,8 @@ class ClientConnection(_Receiving[ResponseReceived]):
         self.body_key, self.body_iv = key, iv
         self._resp_key, self._resp_iv = response_body_key_iv(key, iv, aead=aead)
         self._header = self._seal_header(target, now, urandom)
-        self._writer = BodyWriter(
-            security=security,
-            options=options,
-            command=command,
-            key=key,
-            iv=iv,
-            urandom=urandom,
-            chunk_size=chunk_size,
-        )
+        self._body = BodySpec(security, options, command, key, iv)
+        self._writer = BodyWriter(self._body, urandom=urandom, chunk_size=chunk_size)
         self._rstate = _R_AEAD_LENGTH if aead else _R_LEGACY_HEADER
         self._resp_len = 0
         self._resp_cfb: CipherContext | None = None
@@ -350,11 +343,8 @@ class ClientConnection(_Receiving[ResponseReceived]):
             event = self._parse_response(plain)
             if event is None:
                 raise VMessError("response header too short")
-            # A LEGACY body after an AEAD header starts a fresh CFB stream (1.8); no other
-            # body needs one (making it costs more than the rest of the header).
+            # A LEGACY body after an AEAD header starts a fresh CFB stream (1.8).
             cfb: CipherContext | None = None
-            if self.security == Security.LEGACY:
-                cfb = aes_cfb_decryptor(self._resp_key, self._resp_iv)
         else:  # legacy header: decrypt exactly the header bytes with the CFB stream
             cfb = self._resp_cfb
             if cfb is None:
@@ -375,15 +365,7 @@ class ClientConnection(_Receiving[ResponseReceived]):
                 buf[4:end] = cfb.update(bytes(buf[4:end]))
             event = self._parse_response(bytes(buf[:end]))
             assert event is not None
-        reader = BodyReader(
-            security=self.security,
-            options=self.options,
-            command=self.command,
-            key=self._resp_key,
-            iv=self._resp_iv,
-            cfb=cfb if self.security == Security.LEGACY else None,
-            request_key_iv=(self.body_key, self.body_iv),
-        )
+        reader = BodyReader(self._body.response(self._resp_key, self._resp_iv), cfb=cfb)
         self._rstate = _R_BODY
         return self._start_body(reader, event, end)
 
@@ -562,14 +544,11 @@ class ServerConnection(_Receiving[RequestReceived]):
         assert user is not None
         header = self._checked_header(parsed)
         self.request = header
-        reader = BodyReader(
-            security=header.security,
-            options=header.options,
-            command=header.command,
-            key=header.body_key,
-            iv=header.body_iv,
+        body = BodySpec(
+            header.security, header.options, header.command, header.body_key, header.body_iv
         )
-        self._set_up_response(header)
+        reader = BodyReader(body)
+        self._set_up_response(header, body)
         self._state = _BODY
         self._legacy_plain = bytearray()
         event = RequestReceived(header=header, user=user, aead=self._aead)
@@ -601,9 +580,9 @@ class ServerConnection(_Receiving[RequestReceived]):
             target=parsed.target,
         )
 
-    def _set_up_response(self, header: RequestHeader) -> None:
+    def _set_up_response(self, header: RequestHeader, body: BodySpec) -> None:
         """Seal the response header (it goes out with the first response bytes) and make
-        the response body's writer."""
+        the writer of the response to the request ``body``."""
         resp_key, resp_iv = response_body_key_iv(header.body_key, header.body_iv, aead=self._aead)
         user = self._user
         reply = None
@@ -619,15 +598,10 @@ class ServerConnection(_Receiving[RequestReceived]):
             self._response_header = stream.update(plaintext)
             writer_cfb = stream  # LEGACY body continues the header's CFB stream (1.8)
         self._writer = BodyWriter(
-            security=header.security,
-            options=header.options,
-            command=header.command,
-            key=resp_key,
-            iv=resp_iv,
+            body.response(resp_key, resp_iv),
             urandom=self._urandom,
             chunk_size=self._chunk_size,
-            cfb=writer_cfb if header.security == Security.LEGACY else None,
-            request_key_iv=(header.body_key, header.body_iv),
+            cfb=writer_cfb,
         )
 
     @property
