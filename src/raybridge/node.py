@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from raybridge.config.model import (
@@ -168,6 +168,16 @@ def chain_outbounds(
     for oc, outbound in built:
         if oc.proxy_tag is not None:
             outbound.chain(dispatcher.outbounds[oc.proxy_tag], dispatcher.stats)
+
+
+async def _close_each(parts: Iterable[Any]) -> None:
+    """Close each part in turn; one that fails is logged and the rest are still closed
+    (best effort at shutdown)."""
+    for part in parts:
+        try:
+            await part.close()
+        except Exception:  # pragma: no cover - a close that fails is a bug to log, not raise
+            logger.exception("closing %s %s", type(part).__name__, getattr(part, "tag", ""))
 
 
 class Node:
@@ -405,36 +415,18 @@ class Node:
         self.state = "stopped"
         for task in list(self._tasks):
             task.cancel()
-        retiring, self.retiring = self.retiring, []
-        for inbound in retiring:
-            await inbound.close()
-        retired, self._retired_outbounds = self._retired_outbounds, []
-        for outbound in retired:
-            await outbound.close()
-        bridges, self._retired_bridges = self._retired_bridges, []
-        for bridge in bridges:
-            await bridge.close()
+        for retired in (self.retiring, self._retired_outbounds, self._retired_bridges):
+            items = retired[:]
+            retired.clear()
+            await _close_each(items)
         if self.status_server is not None:
             await self.status_server.close()
             self.status_server = None
-        for bridge in self.bridges:
-            await bridge.close()
-        if self.api is not None:
-            await self.api.close()
-        for portal in self.portals:
-            await portal.close()
-        for inbound in self.inbounds:
-            try:
-                await inbound.close()
-            except Exception:  # pragma: no cover - best effort at shutdown
-                logger.exception("closing inbound %s", inbound.tag)
+        api = [self.api] if self.api is not None else []
+        await _close_each([*self.bridges, *api, *self.portals, *self.inbounds])
         if self.dns is not None:
             await self.dns.close()
-        for outbound in self.outbounds:
-            try:
-                await outbound.close()
-            except Exception:  # pragma: no cover
-                logger.exception("closing outbound %s", outbound.tag)
+        await _close_each(self.outbounds)
         self.started = False
 
     def inbound(self, tag: str) -> Inbound:
@@ -488,13 +480,19 @@ class Node:
         """``bridge`` left the config: it drains, and is closed once its tunnels are (or
         after ``drainTimeout``)."""
         bridge.drain()
-        self._retired_bridges.append(bridge)
+        self._retire(self._retired_bridges, bridge, lambda: bridge.drained)
+
+    def _retire(self, retired: list[Any], item: Any, done: Callable[[], bool]) -> None:
+        """Keep ``item`` (an inbound, outbound or bridge that left the node) in ``retired``
+        until ``done()`` or ``drainTimeout``, then close it; :meth:`close` closes what is
+        still there."""
+        retired.append(item)
 
         async def drain() -> None:
-            await self._until_drained(lambda: bridge.drained, self.drain_timeout)
-            if bridge in self._retired_bridges:
-                self._retired_bridges.remove(bridge)
-                await bridge.close()
+            await self._until_drained(done, self.drain_timeout)
+            if item in retired:
+                retired.remove(item)
+                await item.close()
 
         self._spawn(drain())
 
@@ -550,15 +548,7 @@ class Node:
         """``inbound`` takes no new clients; it is closed when its last connection ends or
         after ``drainTimeout`` seconds, whichever is first."""
         inbound.stop_accepting()
-        self.retiring.append(inbound)
-
-        async def drain() -> None:
-            await self._until_drained(lambda: inbound.live == 0, self.drain_timeout)
-            if inbound in self.retiring:
-                self.retiring.remove(inbound)
-                await inbound.close()
-
-        self._spawn(drain())
+        self._retire(self.retiring, inbound, lambda: inbound.live == 0)
 
     async def add_outbound(self, settings: OutboundConfig | Mapping[str, Any]) -> Outbound:
         """Build, start and register an outbound (JSON object or :class:`OutboundConfig`).
@@ -591,7 +581,6 @@ class Node:
     def retire_outbound(self, outbound: Outbound) -> None:
         """Close ``outbound`` once the links it carries now have ended (or after
         ``drainTimeout``); it must be unreachable for new links already."""
-        self._retired_outbounds.append(outbound)
         since = time.monotonic()
         stats = self.dispatcher.stats
 
@@ -600,13 +589,7 @@ class Node:
                 s.outbound_tag == outbound.tag and s.started <= since for s in list(stats.live)
             )
 
-        async def drain() -> None:
-            await self._until_drained(idle, self.drain_timeout)
-            if outbound in self._retired_outbounds:
-                self._retired_outbounds.remove(outbound)
-                await outbound.close()
-
-        self._spawn(drain())
+        self._retire(self._retired_outbounds, outbound, idle)
 
     def alter_inbound_users(
         self,
