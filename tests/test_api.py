@@ -324,9 +324,7 @@ def test_handler_configs_become_config_entries() -> None:
         ),
     )
     out = parse_outbound(
-        outbound_json(
-            pb.OutboundHandlerConfig(tag="f", proxy_settings=pb.TypedMessage.of(freedom))
-        )
+        outbound_json(pb.OutboundHandlerConfig(tag="f", proxy_settings=pb.TypedMessage.of(freedom)))
     )
     assert out.settings.domain_strategy == "UseIPv4" and out.settings.redirect == (LOCAL, 8080)
 

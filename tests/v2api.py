@@ -112,7 +112,7 @@ def parse_text(text: str) -> dict[str, Any]:
     text = text.strip()
     while pos < len(text):
         match = _TOKEN.match(text, pos)
-        assert match, f"cannot read {text[pos:pos + 40]!r}"
+        assert match, f"cannot read {text[pos : pos + 40]!r}"
         pos = match.end()
         if match["key"]:
             key = match["key"]

@@ -27,7 +27,11 @@ class ApiClient:
         self.timeout = timeout
 
     async def call(
-        self, service: str, method: str, request: Message, reply: type[R] = pb.Empty  # type: ignore[assignment]
+        self,
+        service: str,
+        method: str,
+        request: Message,
+        reply: type[R] = pb.Empty,  # type: ignore[assignment]
     ) -> R:
         """One unary call; a ``grpclib.exceptions.GRPCError`` if the server refuses it."""
         stub: UnaryUnaryMethod[Message, R] = UnaryUnaryMethod(

@@ -202,8 +202,7 @@ def outbound_json(config: pb.OutboundHandlerConfig | None) -> dict[str, Any]:
             out["sendThrough"] = via
         if sender.stream_settings:
             raise ApiError(
-                "stream settings are not taken through the API: raybridge adds plain TCP "
-                "outbounds"
+                "stream settings are not taken through the API: raybridge adds plain TCP outbounds"
             )
         if sender.proxy_settings is not None and sender.proxy_settings.tag:
             out["proxySettings"] = {"tag": sender.proxy_settings.tag}

@@ -695,8 +695,10 @@ def api_exposure(ck: Checker) -> Iterator[Finding]:
     for inbound in ck.config.inbounds:
         if inbound.tag not in routed or is_loopback(inbound.listen):
             continue
-        can = "change this node (HandlerService)" if "HandlerService" in api.services else (
-            "read its traffic counters"
+        can = (
+            "change this node (HandlerService)"
+            if "HandlerService" in api.services
+            else ("read its traffic counters")
         )
         yield _at_listen(
             ck,
