@@ -16,7 +16,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from raybridge.config.model import SockOpt
 from raybridge.link import HIGH_WATER, LOW_WATER, Backlog, End, Session
@@ -63,8 +63,10 @@ class StreamEnd(asyncio.Protocol, End):
         return self._read_eof and self._write_eof
 
     # -- asyncio.Protocol --------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # (An annotation, not cast(): that is a function call, per connection.)
+        transport: asyncio.Transport = base  # type: ignore[assignment]
+        self.transport = transport
         if self._aborted:
             transport.abort()
             return
@@ -248,7 +250,8 @@ class StreamEnd(asyncio.Protocol, End):
     def start_connect(self, connector: Callable[[StreamEnd], Awaitable[None]]) -> None:
         """Run ``connector(self)`` (a coroutine that dials with ``self`` as the protocol)
         in the background; a failure aborts the peer."""
-        self._connect_task = asyncio.ensure_future(self._run_connect(connector))
+        # create_task, not ensure_future: the same task without ensure_future's type checks.
+        self._connect_task = asyncio.get_running_loop().create_task(self._run_connect(connector))
 
     async def _run_connect(self, connector: Callable[[StreamEnd], Awaitable[None]]) -> None:
         try:
