@@ -321,7 +321,7 @@ class VMessInboundEnd(InboundEnd, VMessBody):
         return self.start_relay(dest)
 
     def input_ended(self) -> None:
-        self._half_closed(self.policy.uplink_only)
+        self._half_closed(self.inbound.policy.uplink_only)
 
     def eof_received(self) -> bool:
         if not self.relaying:

@@ -277,7 +277,7 @@ SO_MARK = getattr(socket, "SO_MARK", 36)
 TCP_FASTOPEN_CONNECT = getattr(socket, "TCP_FASTOPEN_CONNECT", 30)
 
 
-async def connect_tcp(
+def connect_tcp(
     protocol: asyncio.Protocol,
     host: str,
     port: int,
@@ -285,17 +285,30 @@ async def connect_tcp(
     local_addr: tuple[str, int] | None = None,
     family: int = 0,
     sockopt: SockOpt | None = None,
-) -> None:
-    """One TCP connection with ``protocol``; ``sockopt`` ``mark`` and ``tcpFastOpen`` are
-    set on the socket before it connects (they need a socket of our own)."""
+) -> Awaitable[object]:
+    """One TCP connection with ``protocol``, to be awaited; ``sockopt`` ``mark`` and
+    ``tcpFastOpen`` are set on the socket before it connects (they need a socket of our
+    own). Without those it is the loop's ``create_connection`` itself (no coroutine of
+    ours around it: one less per dial)."""
     loop = asyncio.get_running_loop()
     if sockopt is None or (
         not sockopt.mark and sockopt.tcp_fast_open is None and sockopt.tproxy == "off"
     ):
-        await loop.create_connection(
+        return loop.create_connection(
             lambda: protocol, host, port, local_addr=local_addr, family=family
         )
-        return
+    return _connect_own_socket(loop, protocol, host, port, local_addr, family, sockopt)
+
+
+async def _connect_own_socket(
+    loop: asyncio.AbstractEventLoop,
+    protocol: asyncio.Protocol,
+    host: str,
+    port: int,
+    local_addr: tuple[str, int] | None,
+    family: int,
+    sockopt: SockOpt,
+) -> None:
     infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
     last: OSError | None = None
     for fam, kind, proto, _, address in infos:
@@ -330,7 +343,7 @@ def apply_sockopt(sock: socket.socket, sockopt: SockOpt, *, listening: bool) -> 
             sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, int(sockopt.tcp_fast_open))
 
 
-async def open_tcp(
+def open_tcp(
     protocol: asyncio.Protocol,
     host: str,
     port: int,
@@ -340,12 +353,30 @@ async def open_tcp(
     local_addr: tuple[str, int] | None = None,
     family: int = 0,
     sockopt: SockOpt | None = None,
-) -> None:
-    """Dial ``host:port`` with ``protocol``, retrying like V2Ray's ``retry.ExponentialBackoff``.
+) -> Awaitable[object]:
+    """Dial ``host:port`` with ``protocol`` (await it), retrying like V2Ray's
+    ``retry.ExponentialBackoff``.
 
     ``delays[i]`` is the wait before attempt ``i + 1`` (V2Ray's VMess outbound: 5 attempts,
     0, 200, 400, 600, 800 ms, docs/protocols.md 3.1).
     """
+    if attempts <= 1:  # no retry loop to run: the connection attempt itself
+        return connect_tcp(
+            protocol, host, port, local_addr=local_addr, family=family, sockopt=sockopt
+        )
+    return _open_tcp_retrying(protocol, host, port, attempts, delays, local_addr, family, sockopt)
+
+
+async def _open_tcp_retrying(
+    protocol: asyncio.Protocol,
+    host: str,
+    port: int,
+    attempts: int,
+    delays: Sequence[float],
+    local_addr: tuple[str, int] | None,
+    family: int,
+    sockopt: SockOpt | None,
+) -> None:
     last: Exception | None = None
     for attempt in range(max(1, attempts)):
         if attempt and attempt - 1 < len(delays) and delays[attempt - 1] > 0:
