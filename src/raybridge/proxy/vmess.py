@@ -219,7 +219,7 @@ class VMessBody(StreamEnd):
             self.send_wire_many(seal_many(self.codec.send, parts))
 
     def write_eof(self) -> None:
-        if self._write_eof or self.closed:
+        if self._write_eof or self._aborted or self._lost:  # (StreamEnd.closed, inline)
             return
         if self.transport is None:
             # A dial in progress: queue the EOS chunk now, in order after the pending data.

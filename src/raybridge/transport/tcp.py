@@ -108,7 +108,7 @@ class StreamEnd(asyncio.Protocol, End):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.transport = None
-        if not self._aborted and not self.done and self.peer is not None:
+        if not self._aborted and not (self._read_eof and self._write_eof) and self.peer is not None:
             self.peer.abort(exc or ConnectionResetError("connection closed"))
         self._notify_closed(exc)
 
@@ -171,7 +171,7 @@ class StreamEnd(asyncio.Protocol, End):
 
     def send_wire(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes exactly as given (already encoded by a subclass)."""
-        if self.closed or not data:
+        if self._aborted or self._lost or not data:  # (not .closed: a property call)
             return
         session = self.session
         if session is not None:
@@ -190,7 +190,7 @@ class StreamEnd(asyncio.Protocol, End):
         self._backlog.add(data, self.peer)
 
     def write_eof(self) -> None:
-        if self._write_eof or self.closed:
+        if self._write_eof or self._aborted or self._lost:  # (not .closed: a property call)
             return
         self._write_eof = True
         if self.transport is None:
