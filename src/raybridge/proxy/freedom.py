@@ -63,7 +63,8 @@ class FreedomOutbound(Outbound):
         return Destination(dest.network, new_host, port or dest.port)
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
-        dest = self.target(dest)
+        if self.redirect is not None:
+            dest = self.target(dest)
         via = self.transport.via
         if dest.network is Network.UDP and via is not None:
             # V2Ray 4.34 dials UDP through the hop as well: it carries the datagrams.

@@ -771,7 +771,9 @@ class VMessOutbound(Outbound):
             for key, (_, until) in list(self.learned.items()):
                 if until <= now:
                     del self.learned[key]
-        servers = self.servers + [server for server, _ in self.learned.values()]
+        servers = self.servers
+        if self.learned:
+            servers = servers + [server for server, _ in self.learned.values()]
         server = servers[self._turn % len(servers)]
         self._turn = (self._turn + 1) % (len(servers) * 1024)
         return server
