@@ -12,7 +12,8 @@ separate target process (bench/target.py) is the destination. Figures (``--figur
 
 * ``ready``: time from process start until the chain carries traffic;
 * ``echo``: open a connection through the chain and echo one byte, median and p99 of
-  ``--echoes`` (and the same for a server that speaks first, ``greet``);
+  ``--echoes``, and the CPU milliseconds all nodes spent per connection meanwhile (and the
+  latency for a server that speaks first, ``greet``);
 * ``stream``: one TCP stream down and up through C's SOCKS port, CPU seconds per GB moved;
 * ``conc``: 1000 concurrent connections each echoing 10 KB: seconds, failures;
 * ``stall``: RSS growth while a reader stalls (backpressure);
@@ -637,7 +638,11 @@ def measure(
         for _ in range(5):
             open_echo_ms(chain.socks, target)  # warm up
         if "echo" in figures:
+            cpu0 = sum(c for c, _ in chain.stats().values())
             times = [open_echo_ms(chain.socks, target) for _ in range(echoes)]
+            # CPU of all the nodes per connection: less disturbed by a busy machine than
+            # the latency (the clock ticks are 10 ms: 200 echoes make a few hundred).
+            out["echo_cpu_ms"] = (sum(c for c, _ in chain.stats().values()) - cpu0) * 1e3 / echoes
             out["echo_ms"] = statistics.median(times)
             out["echo_p99_ms"] = percentile(times, 0.99)
             if ports.greeter:

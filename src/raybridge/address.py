@@ -94,6 +94,13 @@ def normalize_ip(text: str) -> str | None:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=1024)
+def _ipv4(packed: bytes) -> ipaddress.IPv4Address:
+    """An IPv4 address from the wire: the same few come again and again (addresses are
+    immutable, so one object serves them all; a hit calls no Python code)."""
+    return ipaddress.IPv4Address(packed)
+
+
 def format_host(host: Host) -> str:
     return host if isinstance(host, str) else str(host)
 
@@ -170,7 +177,7 @@ class AddressCodec:
         if size == 4:
             if n < pos + 4:
                 return None
-            host = ipaddress.IPv4Address(bytes(data[pos : pos + 4]))
+            host = _ipv4(bytes(data[pos : pos + 4]))
             pos += 4
         elif size == 16:
             if n < pos + 16:

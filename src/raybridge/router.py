@@ -59,7 +59,10 @@ class Rule:
     description: str
 
     def matches(self, session: Session, dest: Destination) -> bool:
-        return all(cond(session, dest) for cond in self.conditions)
+        for cond in self.conditions:  # noqa: SIM110 - a loop: no generator per rule, per link
+            if not cond(session, dest):
+                return False
+        return True
 
 
 _Where = Callable[[str], ConfigError]

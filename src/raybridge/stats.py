@@ -164,8 +164,10 @@ class Stats:
 
     def opened(self, session: Session, outbound: str) -> None:
         session.outbound_tag = outbound
-        _totals(self.inbound, session.inbound_tag).connections += 1
-        _totals(self.outbound, outbound).connections += 1
+        # (``get(...) or _totals(...)``: no call for a tag seen before; a Totals is true.)
+        inbound, tag = self.inbound, session.inbound_tag
+        (inbound.get(tag) or _totals(inbound, tag)).connections += 1
+        (self.outbound.get(outbound) or _totals(self.outbound, outbound)).connections += 1
         self.live.add(session)
         if self.counters is not None and session.user and not session.counters:
             up, down = self.user_levels.get(session.level, (False, False))
@@ -183,9 +185,11 @@ class Stats:
         self.live.discard(session)
         for counter in session.counters:
             counter.settle(session)
+        inbound, outbound = self.inbound, self.outbound
+        itag, otag = session.inbound_tag, session.outbound_tag
         for totals in (
-            _totals(self.inbound, session.inbound_tag),
-            _totals(self.outbound, session.outbound_tag),
+            inbound.get(itag) or _totals(inbound, itag),
+            outbound.get(otag) or _totals(outbound, otag),
         ):
             totals.bytes_up += session.bytes_up
             totals.bytes_down += session.bytes_down

@@ -229,7 +229,10 @@ _OPT_DATA, _OPT_ERROR = 1, 2
 
 def _encode_target(target: Destination) -> bytes:
     try:
-        return bytes((Network(target.network),)) + VMESS_ADDRESS.encode(target.host, target.port)
+        network = target.network
+        if type(network) is not Network:  # (the enum call is slow: only when it checks)
+            network = Network(network)
+        return bytes((network,)) + VMESS_ADDRESS.encode(target.host, target.port)
     except ValueError as exc:  # includes UnicodeEncodeError
         raise LocalProtocolError(f"cannot encode mux target {target}: {exc}") from None
 
@@ -299,7 +302,7 @@ def _decode_target(buf: _Buffer, start: int, meta_end: int) -> Destination:
     if decoded is None:
         raise MuxError("New frame address runs past the end of META")
     host, port, _ = decoded
-    return Destination(Network(network), host, port)
+    return Destination(Network.TCP if network == 1 else Network.UDP, host, port)
 
 
 #: A decoded header: session ID, status, option, target (New and XUDP Keep), DATA length.

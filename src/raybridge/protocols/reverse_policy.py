@@ -536,8 +536,13 @@ class BridgePolicy:
         cap = self.timings.max_sessions
         if not cap or not self.running or self.draining:
             return False
-        active = [t for t in self.tunnels if t.active]
-        return bool(active) and all(t.heard and 4 * t.sessions >= 3 * cap for t in active)
+        any_active = False
+        for t in self.tunnels:  # (a loop: this runs each time a tunnel's sessions change)
+            if t.active:
+                if not (t.heard and 4 * t.sessions >= 3 * cap):
+                    return False
+                any_active = True
+        return any_active
 
     def _lost(self, now: float, tunnel: BridgeTunnelState) -> None:
         tunnel.closed = True

@@ -21,7 +21,7 @@ import hmac
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import Enum, IntEnum, StrEnum
 from functools import lru_cache
 from typing import ClassVar
 
@@ -113,7 +113,7 @@ class SocksRequest:
     version: int
 
 
-class _State(Enum):
+class _State(StrEnum):  # (str's hash: _STEPS is looked up per connection; Enum's is slow)
     GREETING = "greeting"
     AUTH = "auth"
     REQUEST = "request"
@@ -159,7 +159,7 @@ class SocksServer:
         nobody gets in (05 FF to a client not offering it, 01 FF to one that does), as in
         V2Ray: never fall back to no authentication."""
         # Compare bytes, as V2Ray compares Go strings: a name that is not UTF-8 can't match.
-        self._accounts = {u.encode(): p.encode() for u, p in (accounts or {}).items()}
+        self._accounts = {u.encode(): p.encode() for u, p in accounts.items()} if accounts else {}
         if password is None:
             password = bool(self._accounts)
         self._method = AuthMethod.PASSWORD if password else AuthMethod.NO_AUTH

@@ -132,10 +132,12 @@ class InboundEnd(StreamEnd):
         peer = describe_peer(transport)
         if peer is not None:
             self.source = Destination(Network.TCP, parse_host(peer[0]), peer[1])
-        self.inbound.tracker.ends.add(self)
-        if self.policy.handshake > 0:
+        inbound = self.inbound
+        inbound.tracker.ends.add(self)
+        handshake = inbound.policy.handshake  # (not self.policy: a property, a call)
+        if handshake > 0:
             loop = asyncio.get_running_loop()
-            self._handshake_timer = loop.call_later(self.policy.handshake, self._handshake_expired)
+            self._handshake_timer = loop.call_later(handshake, self._handshake_expired)
         self.handshake_started()
 
     def handshake_started(self) -> None:
@@ -179,7 +181,7 @@ class InboundEnd(StreamEnd):
         session = self.session or self.new_session()
         self.relaying = True
         peer = self.inbound.dispatcher.dispatch(session, dest, self)
-        self._idle = IdleTimer(session, self.policy.conn_idle, self._on_idle)
+        self._idle = IdleTimer(session, self.inbound.policy.conn_idle, self._on_idle)
         if first:
             session.bytes_up += len(first)
             peer.write(first)
@@ -197,12 +199,12 @@ class InboundEnd(StreamEnd):
             self.reject(f"{self.inbound.protocol_name}: connection ended during the handshake")
             return False
         keep = super().eof_received()
-        self._half_closed(self.policy.uplink_only)
+        self._half_closed(self.inbound.policy.uplink_only)
         return keep
 
     def write_eof(self) -> None:
         super().write_eof()
-        self._half_closed(self.policy.downlink_only)
+        self._half_closed(self.inbound.policy.downlink_only)
 
     def _half_closed(self, timeout: float | None) -> None:
         if self._idle is not None and timeout is not None and not self.done:

@@ -63,7 +63,8 @@ class FreedomOutbound(Outbound):
         return Destination(dest.network, new_host, port or dest.port)
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
-        dest = self.target(dest)
+        if self.redirect is not None:
+            dest = self.target(dest)
         via = self.transport.via
         if dest.network is Network.UDP and via is not None:
             # V2Ray 4.34 dials UDP through the hop as well: it carries the datagrams.
@@ -88,7 +89,8 @@ class FreedomOutbound(Outbound):
     async def _udp_address(self, dest: Destination) -> tuple[str, int]:
         return await self._address(dest), dest.port
 
-    async def _address(self, dest: Destination) -> str:
+    async def _address(self, dest: Destination, name: str | None = None) -> str:
+        """The address to dial for ``dest`` (``name``: its host as text, when known)."""
         host = dest.host
         family = _FAMILIES.get(self.domain_strategy)
         if isinstance(host, str) and (family is not None or self.block_private):
@@ -105,15 +107,16 @@ class FreedomOutbound(Outbound):
             return str(ips[0])
         if self.block_private and not isinstance(host, str) and is_private(host):
             raise OSError(f"refused private destination {host}")
-        return format_host(host)
+        return format_host(host) if name is None else name
 
     async def _dial(self, end: StreamEnd, dest: Destination, session: Session) -> None:
         try:
-            address = await self._address(dest)
+            name = format_host(dest.host)  # (an IP address's str() is two Python calls)
+            address = await self._address(dest, name)
             local = (self.send_through, 0) if self.send_through else None
             await self.transport.connect(
                 end,
-                format_host(dest.host),  # what TLS checks: the name asked for
+                name,  # what TLS checks: the name asked for
                 dest.port,
                 dial_address=address,
                 local_addr=local,

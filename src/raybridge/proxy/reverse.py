@@ -517,7 +517,7 @@ class Portal(Outbound):
 
     # -- entry points --------------------------------------------------------------------
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
-        if dest.host == self.domain:
+        if type(dest.host) is str and dest.host == self.domain:  # (IPv4Address.__eq__ is slow)
             return self._adopt(peer)
         client = _Client(session, dest, peer)
         cid = self.policy.client_arrived(_now())

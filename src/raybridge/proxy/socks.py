@@ -19,6 +19,7 @@ UDP associations (RFC 1928 section 7). Beyond V2Ray:
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from raybridge.address import Destination, Host, Network, parse_host
 from raybridge.config.model import SocksInboundSettings
@@ -33,6 +34,9 @@ from raybridge.protocols.socks import (
 from raybridge.proxy.base import InboundCommon, InboundContext, InboundEnd, StreamInbound
 from raybridge.transport.tcp import sockname
 from raybridge.transport.udp import FlowGroup, UdpServer
+
+if TYPE_CHECKING:
+    import asyncio
 
 logger = logging.getLogger("raybridge.proxy.socks")
 
@@ -68,7 +72,7 @@ class SocksInboundEnd(InboundEnd):
         # The method reply (when the request came with the greeting, as most clients send
         # it) goes out with the request's reply: one write, one wake-up of the client.
         assert self.transport is not None
-        local = sockname(self.transport) or (self.inbound.listen, self.inbound.port)
+        local, bind = self.inbound.local_address(self.transport)
         self.new_session(user=request.user, level=self.inbound.user_level)
         if request.command is SocksCommand.UDP_ASSOCIATE:
             self.send_wire(out + codec.accept(self._udp_reply_address(local)))
@@ -79,7 +83,6 @@ class SocksInboundEnd(InboundEnd):
             self.association = self.inbound.associate(self)
             self._idle = IdleTimer(self.session, self.policy.conn_idle, self._on_idle)
             return
-        bind = Destination(Network.TCP, parse_host(local[0]), local[1])
         self.send_wire(out + codec.accept(bind))
         self.start_relay(request.target, codec.trailing)
 
@@ -129,6 +132,29 @@ class SocksInbound(StreamInbound):
         self.ip = ip
         #: Live UDP associations by client IP address, oldest first.
         self.associations: dict[Host, list[FlowGroup]] = {}
+        # A listener on one IP address (not transparent) accepts every connection on that
+        # address and port: its local address is asked of the first connection only.
+        host = parse_host(common.listen)
+        self._one_local = (
+            not isinstance(host, str)
+            and not host.is_unspecified
+            and common.stream.sockopt.tproxy == "off"
+        )
+        self._local: tuple[tuple[str, int], Destination] | None = None
+
+    def local_address(
+        self, transport: asyncio.BaseTransport
+    ) -> tuple[tuple[str, int], Destination]:
+        """A connection's local address (what the SOCKS reply names), also as a TCP
+        destination."""
+        known = self._local
+        if known is not None:
+            return known
+        local = sockname(transport) or (self.listen, self.port)
+        found = (local, Destination(Network.TCP, parse_host(local[0]), local[1]))
+        if self._one_local:
+            self._local = found
+        return found
 
     @property
     def udp_port(self) -> int:

@@ -219,7 +219,7 @@ class VMessBody(StreamEnd):
             self.send_wire_many(seal_many(self.codec.send, parts))
 
     def write_eof(self) -> None:
-        if self._write_eof or self.closed:
+        if self._write_eof or self._aborted or self._lost:  # (StreamEnd.closed, inline)
             return
         if self.transport is None:
             # A dial in progress: queue the EOS chunk now, in order after the pending data.
@@ -308,19 +308,20 @@ class VMessInboundEnd(InboundEnd, VMessBody):
             dest = Destination(Network.UDP, header.target.host, header.target.port)
         else:
             dest = header.target
-        logger.debug(
-            "%s: %s request from %s (%s, %s) to %s",
-            self.inbound.describe(),
-            "AEAD" if event.aead else "legacy",
-            self.source_text,
-            header.security.name,
-            user_label(user.email, user.id),  # never the UUID (a secret)
-            dest,
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # describe() asks the socket for its port
+            logger.debug(
+                "%s: %s request from %s (%s, %s) to %s",
+                self.inbound.describe(),
+                "AEAD" if event.aead else "legacy",
+                self.source_text,
+                header.security.name,
+                user_label(user.email, user.id),  # never the UUID (a secret)
+                dest,
+            )
         return self.start_relay(dest)
 
     def input_ended(self) -> None:
-        self._half_closed(self.policy.uplink_only)
+        self._half_closed(self.inbound.policy.uplink_only)
 
     def eof_received(self) -> bool:
         if not self.relaying:
@@ -633,6 +634,10 @@ class XudpClientEnd(VMessOutboundEnd):
             peer.abort(exc)
 
 
+#: ClientUser.profile's results: (security name, AuthenticatedLength, command) -> profile.
+_PROFILES: dict[tuple[str, bool, Command], tuple[Security, Option]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class ClientUser:
     """A user of a VMess outbound: who, and how its requests are made."""
@@ -642,6 +647,15 @@ class ClientUser:
     experiments: frozenset[str] = frozenset()  # AuthenticatedLength, NoTerminationSignal
 
     def profile(self, command: Command) -> tuple[Security, Option]:
+        """The security and options of a request: a function of the security name, the
+        AuthenticatedLength experiment and the command only, so computed once for each."""
+        key = (self.security, "AuthenticatedLength" in self.experiments, command)
+        profile = _PROFILES.get(key)
+        if profile is None:
+            profile = _PROFILES[key] = self._profile(command)
+        return profile
+
+    def _profile(self, command: Command) -> tuple[Security, Option]:
         if self.security == "zero":
             return client_profile(None, command, zero=True)
         if self.security == "legacy":  # a detour's user (never from a config)
@@ -689,10 +703,12 @@ class VMessOutbound(Outbound):
 
     def connect(self, session: Session, dest: Destination, peer: End) -> End:
         server = self._pick_server()
-        client = self._rng.choice(server.users)
+        users = server.users
+        # (A draw from the system's random source costs a system call: none for one user.)
+        client = users[0] if len(users) == 1 else self._rng.choice(users)
         target: Destination | None
         encoding = "none"
-        if dest.host == MUX_DOMAIN:
+        if type(dest.host) is str and dest.host == MUX_DOMAIN:  # (IPv4Address.__eq__ is slow)
             command, target = Command.MUX, None
         elif dest.network is Network.UDP:
             encoding = self.packet_encoding
@@ -755,7 +771,9 @@ class VMessOutbound(Outbound):
             for key, (_, until) in list(self.learned.items()):
                 if until <= now:
                     del self.learned[key]
-        servers = self.servers + [server for server, _ in self.learned.values()]
+        servers = self.servers
+        if self.learned:
+            servers = servers + [server for server, _ in self.learned.values()]
         server = servers[self._turn % len(servers)]
         self._turn = (self._turn + 1) % (len(servers) * 1024)
         return server

@@ -204,10 +204,11 @@ class ClientTransport:
         self.via: Outbound | None = None
         #: The node's counters, for the links through ``via``.
         self.via_stats: Stats | None = None
+        self._plain = settings.plain  # (StreamSettings.plain is a property: a call per dial)
 
     @property
     def plain(self) -> bool:
-        return self.settings.plain
+        return self._plain
 
     def layers(self, address: str, port: int) -> list[StreamLayer]:
         s = self.settings
@@ -241,7 +242,7 @@ class ClientTransport:
 
     def wrap(self, protocol: asyncio.Protocol, address: str, port: int) -> asyncio.Protocol:
         """The socket's protocol for an end that talks to ``address:port``."""
-        if self.plain:
+        if self._plain:
             return protocol
         return LayerStack(self.layers(address, port), protocol, server_side=False)
 
@@ -274,7 +275,7 @@ class ClientTransport:
             return
         sockopt = self.settings.sockopt
 
-        def dial(conn: asyncio.Protocol) -> Awaitable[None]:
+        def dial(conn: asyncio.Protocol) -> Awaitable[object]:
             return open_tcp(
                 self.wrap(conn, address, port),
                 target,

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from raybridge.config.model import SockOpt
 from raybridge.link import HIGH_WATER, LOW_WATER, Backlog, End, Session
@@ -63,8 +63,10 @@ class StreamEnd(asyncio.Protocol, End):
         return self._read_eof and self._write_eof
 
     # -- asyncio.Protocol --------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # (An annotation, not cast(): that is a function call, per connection.)
+        transport: asyncio.Transport = base  # type: ignore[assignment]
+        self.transport = transport
         if self._aborted:
             transport.abort()
             return
@@ -106,7 +108,7 @@ class StreamEnd(asyncio.Protocol, End):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.transport = None
-        if not self._aborted and not self.done and self.peer is not None:
+        if not self._aborted and not (self._read_eof and self._write_eof) and self.peer is not None:
             self.peer.abort(exc or ConnectionResetError("connection closed"))
         self._notify_closed(exc)
 
@@ -164,7 +166,7 @@ class StreamEnd(asyncio.Protocol, End):
 
     def send_wire(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes exactly as given (already encoded by a subclass)."""
-        if self.closed or not data:
+        if self._aborted or self._lost or not data:  # (not .closed: a property call)
             return
         self._count(len(data))
         transport = self.transport
@@ -187,7 +189,7 @@ class StreamEnd(asyncio.Protocol, End):
             tx.value += n
 
     def write_eof(self) -> None:
-        if self._write_eof or self.closed:
+        if self._write_eof or self._aborted or self._lost:  # (not .closed: a property call)
             return
         self._write_eof = True
         if self.transport is None:
@@ -247,7 +249,8 @@ class StreamEnd(asyncio.Protocol, End):
     def start_connect(self, connector: Callable[[StreamEnd], Awaitable[None]]) -> None:
         """Run ``connector(self)`` (a coroutine that dials with ``self`` as the protocol)
         in the background; a failure aborts the peer."""
-        self._connect_task = asyncio.ensure_future(self._run_connect(connector))
+        # create_task, not ensure_future: the same task without ensure_future's type checks.
+        self._connect_task = asyncio.get_running_loop().create_task(self._run_connect(connector))
 
     async def _run_connect(self, connector: Callable[[StreamEnd], Awaitable[None]]) -> None:
         try:
@@ -273,7 +276,7 @@ SO_MARK = getattr(socket, "SO_MARK", 36)
 TCP_FASTOPEN_CONNECT = getattr(socket, "TCP_FASTOPEN_CONNECT", 30)
 
 
-async def connect_tcp(
+def connect_tcp(
     protocol: asyncio.Protocol,
     host: str,
     port: int,
@@ -281,17 +284,30 @@ async def connect_tcp(
     local_addr: tuple[str, int] | None = None,
     family: int = 0,
     sockopt: SockOpt | None = None,
-) -> None:
-    """One TCP connection with ``protocol``; ``sockopt`` ``mark`` and ``tcpFastOpen`` are
-    set on the socket before it connects (they need a socket of our own)."""
+) -> Awaitable[object]:
+    """One TCP connection with ``protocol``, to be awaited; ``sockopt`` ``mark`` and
+    ``tcpFastOpen`` are set on the socket before it connects (they need a socket of our
+    own). Without those it is the loop's ``create_connection`` itself (no coroutine of
+    ours around it: one less per dial)."""
     loop = asyncio.get_running_loop()
     if sockopt is None or (
         not sockopt.mark and sockopt.tcp_fast_open is None and sockopt.tproxy == "off"
     ):
-        await loop.create_connection(
+        return loop.create_connection(
             lambda: protocol, host, port, local_addr=local_addr, family=family
         )
-        return
+    return _connect_own_socket(loop, protocol, host, port, local_addr, family, sockopt)
+
+
+async def _connect_own_socket(
+    loop: asyncio.AbstractEventLoop,
+    protocol: asyncio.Protocol,
+    host: str,
+    port: int,
+    local_addr: tuple[str, int] | None,
+    family: int,
+    sockopt: SockOpt,
+) -> None:
     infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
     last: OSError | None = None
     for fam, kind, proto, _, address in infos:
@@ -326,7 +342,7 @@ def apply_sockopt(sock: socket.socket, sockopt: SockOpt, *, listening: bool) -> 
             sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, int(sockopt.tcp_fast_open))
 
 
-async def open_tcp(
+def open_tcp(
     protocol: asyncio.Protocol,
     host: str,
     port: int,
@@ -336,12 +352,30 @@ async def open_tcp(
     local_addr: tuple[str, int] | None = None,
     family: int = 0,
     sockopt: SockOpt | None = None,
-) -> None:
-    """Dial ``host:port`` with ``protocol``, retrying like V2Ray's ``retry.ExponentialBackoff``.
+) -> Awaitable[object]:
+    """Dial ``host:port`` with ``protocol`` (await it), retrying like V2Ray's
+    ``retry.ExponentialBackoff``.
 
     ``delays[i]`` is the wait before attempt ``i + 1`` (V2Ray's VMess outbound: 5 attempts,
     0, 200, 400, 600, 800 ms, docs/protocols.md 3.1).
     """
+    if attempts <= 1:  # no retry loop to run: the connection attempt itself
+        return connect_tcp(
+            protocol, host, port, local_addr=local_addr, family=family, sockopt=sockopt
+        )
+    return _open_tcp_retrying(protocol, host, port, attempts, delays, local_addr, family, sockopt)
+
+
+async def _open_tcp_retrying(
+    protocol: asyncio.Protocol,
+    host: str,
+    port: int,
+    attempts: int,
+    delays: Sequence[float],
+    local_addr: tuple[str, int] | None,
+    family: int,
+    sockopt: SockOpt | None,
+) -> None:
     last: Exception | None = None
     for attempt in range(max(1, attempts)):
         if attempt and attempt - 1 < len(delays) and delays[attempt - 1] > 0:

@@ -77,15 +77,27 @@ _M = int(Option.CHUNK_MASKING)
 _P = int(Option.GLOBAL_PADDING)
 _A = Option.AUTHENTICATED_LENGTH
 _INSECURE = (Security.NONE, Security.LEGACY, Security.UNKNOWN)
+_SMP = _S | _M | _P
+_SM = _S | _M
 
 
 def default_options(security: Security) -> Option:
     """The options byte a V2Ray 4.34 client sends for ``security`` (1.3, ``outbound.go``)."""
     if security in (Security.AES_128_GCM, Security.CHACHA20_POLY1305):
-        return _S | _M | _P
+        return _SMP
     if security == Security.NONE:
-        return _S | _M
+        return _SM
     return _S
+
+
+_E = TypeVar("_E", Security, Command, Option)
+
+
+def _member(kind: type[_E], value: int) -> _E:
+    """``kind(value)`` by a look-up in the enum's own table: a per-connection call, and the
+    enum call is slow; the call itself still raises for a value the enum does not know."""
+    member = kind._value2member_map_.get(value)
+    return member if member is not None else kind(value)  # type: ignore[return-value]
 
 
 def client_profile(
@@ -116,7 +128,7 @@ def _security_from_nibble(nibble: int) -> Security:
     if nibble == 0:
         return Security.LEGACY
     if nibble <= Security.NONE:
-        return Security(nibble)
+        return _member(Security, nibble)
     return Security.UNKNOWN
 
 
@@ -125,15 +137,15 @@ def _checked_request(
 ) -> tuple[Command, Security, Option]:
     """What a client is asked to send, checked before anything is drawn or sealed."""
     try:
-        command = Command(command)
-        security = Security(security)
+        command = _member(Command, command)
+        security = _member(Security, security)
     except ValueError as exc:
         raise LocalProtocolError(str(exc)) from None
     if security in (Security.AUTO, Security.UNKNOWN):
         raise LocalProtocolError("resolve the security type before connecting")
     if command != Command.MUX and target is None:
         raise LocalProtocolError("a TCP or UDP request needs a target")
-    options = Option(default_options(security) if options is None else options)
+    options = default_options(security) if options is None else _member(Option, options)
     if int(options) & _P and not int(options) & _M:
         raise LocalProtocolError("GlobalPadding without ChunkMasking crashes V2Ray 4.34")
     return command, security, options
@@ -565,7 +577,7 @@ class ServerConnection(_Receiving[RequestReceived]):
             raise VMessError(f"unknown security type: {parsed.security_nibble}")
         if self._secure_only and security in _INSECURE:
             raise VMessError(f"client is using insecure encryption: {security.name}")
-        options = Option(parsed.options)
+        options = _member(Option, parsed.options)
         if int(options) & _P and not int(options) & _M:
             raise VMessError("option GlobalPadding without ChunkMasking")
         return RequestHeader(
@@ -576,7 +588,7 @@ class ServerConnection(_Receiving[RequestReceived]):
             options=options,
             padding_len=parsed.padding_len,
             security=security,
-            command=Command(parsed.command),
+            command=_member(Command, parsed.command),
             target=parsed.target,
         )
 

@@ -38,7 +38,6 @@ from raybridge.protocols.vmess.kdf import (
     SALT_HEADER_PAYLOAD_KEY,
     SALT_HEADER_PAYLOAD_NONCE,
     kdf,
-    kdf16,
 )
 from raybridge.protocols.vmess.primitives import fnv1a32, md5, sha256_16
 
@@ -287,19 +286,15 @@ def create_auth_id(auth_id_key: bytes, ts: int, r4: bytes) -> bytes:
     return enc.update(block)
 
 
-def _gcm(key: bytes) -> AESGCM:
-    return AESGCM(key)
-
-
 def seal_aead_request(cmd_key: bytes, auth_id: bytes, nonce8: bytes, plaintext: bytes) -> bytes:
     if len(plaintext) > 0xFFFF:
         raise ValueError("header too long")
-    enc_len = _gcm(kdf16(cmd_key, SALT_HEADER_LEN_KEY, auth_id, nonce8)).encrypt(
+    enc_len = AESGCM(kdf(cmd_key, SALT_HEADER_LEN_KEY, auth_id, nonce8)[:16]).encrypt(
         kdf(cmd_key, SALT_HEADER_LEN_NONCE, auth_id, nonce8)[:12],
         len(plaintext).to_bytes(2, "big"),
         auth_id,
     )
-    enc_hdr = _gcm(kdf16(cmd_key, SALT_HEADER_PAYLOAD_KEY, auth_id, nonce8)).encrypt(
+    enc_hdr = AESGCM(kdf(cmd_key, SALT_HEADER_PAYLOAD_KEY, auth_id, nonce8)[:16]).encrypt(
         kdf(cmd_key, SALT_HEADER_PAYLOAD_NONCE, auth_id, nonce8)[:12], plaintext, auth_id
     )
     return auth_id + enc_len + nonce8 + enc_hdr
@@ -310,7 +305,7 @@ def open_aead_request_length(
 ) -> int | None:
     """The plaintext header length, or None if the 18-byte sealed length does not open."""
     try:
-        raw = _gcm(kdf16(cmd_key, SALT_HEADER_LEN_KEY, auth_id, nonce8)).decrypt(
+        raw = AESGCM(kdf(cmd_key, SALT_HEADER_LEN_KEY, auth_id, nonce8)[:16]).decrypt(
             kdf(cmd_key, SALT_HEADER_LEN_NONCE, auth_id, nonce8)[:12], enc_len, auth_id
         )
     except InvalidTag:
@@ -322,7 +317,7 @@ def open_aead_request_header(
     cmd_key: bytes, auth_id: bytes, nonce8: bytes, enc_hdr: bytes
 ) -> bytes | None:
     try:
-        return _gcm(kdf16(cmd_key, SALT_HEADER_PAYLOAD_KEY, auth_id, nonce8)).decrypt(
+        return AESGCM(kdf(cmd_key, SALT_HEADER_PAYLOAD_KEY, auth_id, nonce8)[:16]).decrypt(
             kdf(cmd_key, SALT_HEADER_PAYLOAD_NONCE, auth_id, nonce8)[:12], enc_hdr, auth_id
         )
     except InvalidTag:
@@ -411,10 +406,10 @@ def decode_switch_account(data: bytes) -> SwitchAccount | None:
 
 
 def seal_aead_response(resp_key: bytes, resp_iv: bytes, plaintext: bytes) -> bytes:
-    enc_len = _gcm(kdf16(resp_key, SALT_AEAD_RESP_HEADER_LEN_KEY)).encrypt(
+    enc_len = AESGCM(kdf(resp_key, SALT_AEAD_RESP_HEADER_LEN_KEY)[:16]).encrypt(
         kdf(resp_iv, SALT_AEAD_RESP_HEADER_LEN_IV)[:12], len(plaintext).to_bytes(2, "big"), None
     )
-    enc = _gcm(kdf16(resp_key, SALT_AEAD_RESP_HEADER_KEY)).encrypt(
+    enc = AESGCM(kdf(resp_key, SALT_AEAD_RESP_HEADER_KEY)[:16]).encrypt(
         kdf(resp_iv, SALT_AEAD_RESP_HEADER_IV)[:12], plaintext, None
     )
     return enc_len + enc
@@ -422,7 +417,7 @@ def seal_aead_response(resp_key: bytes, resp_iv: bytes, plaintext: bytes) -> byt
 
 def open_aead_response_length(resp_key: bytes, resp_iv: bytes, enc_len: bytes) -> int | None:
     try:
-        raw = _gcm(kdf16(resp_key, SALT_AEAD_RESP_HEADER_LEN_KEY)).decrypt(
+        raw = AESGCM(kdf(resp_key, SALT_AEAD_RESP_HEADER_LEN_KEY)[:16]).decrypt(
             kdf(resp_iv, SALT_AEAD_RESP_HEADER_LEN_IV)[:12], enc_len, None
         )
     except InvalidTag:
@@ -432,7 +427,7 @@ def open_aead_response_length(resp_key: bytes, resp_iv: bytes, enc_len: bytes) -
 
 def open_aead_response_header(resp_key: bytes, resp_iv: bytes, enc: bytes) -> bytes | None:
     try:
-        return _gcm(kdf16(resp_key, SALT_AEAD_RESP_HEADER_KEY)).decrypt(
+        return AESGCM(kdf(resp_key, SALT_AEAD_RESP_HEADER_KEY)[:16]).decrypt(
             kdf(resp_iv, SALT_AEAD_RESP_HEADER_IV)[:12], enc, None
         )
     except InvalidTag:

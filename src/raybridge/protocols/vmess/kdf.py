@@ -128,11 +128,11 @@ def kdf(key: bytes, *path: bytes) -> bytes:
         path = tuple(fixed)
     first = _FIRST_LAYERS.get(path[0])
     inner1, outer1 = first if first is not None else _first_layer(path[0])
-    if len(path) == 1:  # the response-header derivations
-        return _f0(outer1, _f0(inner1, key))
-    if len(path) == 3:  # the request-header derivations, unrolled (see the docstring)
-        i2, o2 = _request_pads(path[1])
-        i3, o3 = _request_pads(path[2])
+    if len(path) == 1:  # the response-header derivations: F1(key)
+        prefixes: tuple[_Sha, ...] = (inner1,)
+    elif len(path) == 3:  # the request-header derivations, unrolled (see the docstring)
+        i2, o2 = _RECENT_PADS.get(path[1]) or _request_pads(path[1])
+        i3, o3 = _RECENT_PADS.get(path[2]) or _request_pads(path[2])
         s_i2 = inner1.copy()
         s_i2.update(i2)
         s_o2 = inner1.copy()
@@ -141,12 +141,29 @@ def kdf(key: bytes, *path: bytes) -> bytes:
         s_i2i3.update(i3)
         s_i2o3 = s_i2
         s_i2o3.update(o3)
-        # F3(key) = F2(o3 ‖ F2(i3 ‖ key)), F2(x) = F1(o2 ‖ F1(i2 ‖ x)),
-        # F1(p ‖ t) = F0(o1 ‖ F0(i1 ‖ p ‖ t)).
-        y = _f0(outer1, _f0(s_i2i3, key))
-        y = _f0(outer1, _f0(s_o2, y))
-        y = _f0(outer1, _f0(s_i2o3, y))
-        return _f0(outer1, _f0(s_o2, y))
+        # F3(key) = F2(o3 ‖ F2(i3 ‖ key)), F2(x) = F1(o2 ‖ F1(i2 ‖ x)): four F1 steps.
+        prefixes = (s_i2i3, s_o2, s_i2o3, s_o2)
+    else:
+        return _kdf_nested(key, path, inner1, outer1)
+    # F1(p ‖ y) = F0(o1 ‖ F0(i1 ‖ p ‖ y)) for each prefix state in turn, with _f0 written
+    # out (these run four times per request header and four per response, on both ends).
+    root_outer = _ROOT_OUTER
+    y = key
+    for prefix in prefixes:
+        h = prefix.copy()
+        h.update(y)
+        t = root_outer.copy()
+        t.update(h.digest())
+        h = outer1.copy()
+        h.update(t.digest())
+        t = root_outer.copy()
+        t.update(h.digest())
+        y = t.digest()
+    return y
+
+
+def _kdf_nested(key: bytes, path: tuple[bytes, ...], inner1: _Sha, outer1: _Sha) -> bytes:
+    """Any other path length, layer by layer (``inner1``/``outer1``: the first layer's)."""
     pads = [_pads(p) for p in path[1:]]
     states: dict[tuple[bytes, ...], _Sha] = {(): inner1}
 
