@@ -722,6 +722,19 @@ def start_target() -> tuple[subprocess.Popen[bytes], int, int]:
     return target, target_port, greeter_port
 
 
+def compile_sources(systems: list[str]) -> None:
+    """Byte-compile raybridge first, as an installed wheel is, this tree's and each
+    ``NAME=SRC`` tree's: start-up then measures the program, not the compiler (matters
+    where PYTHONDONTWRITEBYTECODE is set)."""
+    trees = {HERE.parent / "src"} | {Path(s.partition("=")[2]) for s in systems if "=" in s}
+    for tree in sorted(trees):
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(tree / "raybridge")],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+
+
 def alternate(
     systems: list[str],
     rounds: int,
@@ -792,13 +805,7 @@ def main() -> int:
     if scales:
         raise_nofile(8 * max(scales))
 
-    # Byte-compile raybridge first, as an installed wheel is: start-up then measures the
-    # program, not the compiler (matters where PYTHONDONTWRITEBYTECODE is set).
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(HERE.parent / "src" / "raybridge")],
-        check=False,
-        stdout=subprocess.DEVNULL,
-    )
+    compile_sources(systems)
     results = alternate(
         systems,
         args.rounds,

@@ -115,6 +115,7 @@ def main() -> int:
     parser.add_argument("--systems", default="raybridge,v2ray")
     parser.add_argument("--settle", type=float, default=1.0, help="idle seconds before RSS")
     args = parser.parse_args()
+    bench.compile_sources(args.systems.split(","))
     results = bench.alternate(
         args.systems.split(","),
         args.rounds,
