@@ -54,6 +54,19 @@ LOCAL = "127.0.0.1"
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 5) -> None:
+    """SIGTERM ``proc``, SIGKILL it if it has not exited after ``timeout`` seconds, reap it
+    and close its stdout pipe if it has one."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOCAL, 0))

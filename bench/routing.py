@@ -54,7 +54,7 @@ from raybridge.router import Router, compile_rule
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from chain import free_port, proc_stat, rss_now  # noqa: E402 - a script next to this one
+from chain import free_port, proc_stat, rss_now, stop_process  # noqa: E402 - a script next to this one
 
 V2RAY = shutil.which("v2ray") or "/usr/bin/v2ray"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -212,14 +212,7 @@ def start_up(argv: list[str], port: int, env: dict[str, str]) -> tuple[float, fl
         time.sleep(0.2)  # let lazy start-up work settle before reading RSS
         return elapsed, cpu, rss_now(proc.pid) // 1024
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 def main() -> int:

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import LOCAL, wait_port
+from tests.support import LOCAL, stop_process, wait_port
 
 __all__ = [
     "HAVE_SING_BOX",
@@ -155,12 +155,7 @@ def sing_box(config: dict[str, Any], wait: list[int]) -> Iterator[SingBox]:
                 )
                 raise
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     finally:
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -260,6 +260,19 @@ async def socks_udp_echo(
 # -- V2Ray processes -----------------------------------------------------------------------
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 5) -> None:
+    """SIGTERM ``proc``, SIGKILL it if it has not exited after ``timeout`` seconds, reap it
+    and close its stdout pipe if it has one."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -293,14 +306,7 @@ def v2ray(
                 raise RuntimeError(f"v2ray did not start:\n{out}") from None
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
         os.unlink(path)
 
 

@@ -39,6 +39,7 @@ from tests.support import (
     node,
     socks_echo,
     socks_udp_echo,
+    stop_process,
     wait_chain,
     wait_port_async,
 )
@@ -201,14 +202,7 @@ async def run_file(kind: str, path: Path, port: int | None) -> AsyncIterator[Non
                 raise RuntimeError(f"v2ray did not start: {proc.communicate()[0]!r}") from None
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 async def http_connect_echo(http_port: int, echo_port: int, payload: bytes) -> bytes:
@@ -737,12 +731,7 @@ def running_nginx(conf: Path, directory: Path, port: int) -> Any:
                 time.sleep(0.05)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 CHAINS = [

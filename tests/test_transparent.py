@@ -34,7 +34,7 @@ from raybridge.errors import ConfigError
 from raybridge.node import Node
 from raybridge.transport.redirect import parse_sockaddr
 from tests.conftest import NEEDS_V2RAY
-from tests.support import HAVE_V2RAY, RB, V2, V2RAY
+from tests.support import HAVE_V2RAY, RB, V2, V2RAY, stop_process
 
 HELPER = str(Path(__file__).with_name("netns_helper.py"))
 PY = sys.executable
@@ -97,14 +97,7 @@ def inside(ns: str, *args: str, **kwargs: Any) -> Iterator[subprocess.Popen[str]
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc, 10)
 
 
 def node_config(listen: str, port: int, sockopt: dict[str, Any], access: Path) -> dict[str, Any]:

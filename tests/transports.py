@@ -56,6 +56,7 @@ from tests.support import (  # noqa: F401 - RB and V2 re-exported, next to SB
     server_config,
     socks_echo,
     socks_udp_echo,
+    stop_process,
     wait_chain,
     wait_port,
 )
@@ -570,12 +571,7 @@ def nginx(certs: Certs, locations: dict[str, int]) -> Iterator[Nginx]:
                         raise RuntimeError(f"nginx did not listen:\n{server.error_log()}") from None
             yield server
         finally:
-            proc.terminate()  # SIGTERM: fast shutdown
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)  # SIGTERM: fast shutdown
     finally:
         out.close()
         shutil.rmtree(directory, ignore_errors=True)
